@@ -1,0 +1,224 @@
+//! Define-by-run reverse-mode autograd.
+//!
+//! Every op that has an input requiring grad (while grad mode is on) records a [`Node`] on its
+//! output: the inputs and a backward closure. `backward()` walks the graph in reverse
+//! topological order, sums gradients per tensor, accumulates into the `.grad` of leaves and
+//! frees the graph (unless asked to retain it). Gradients of non-leaf tensors are not kept.
+
+use crate::{Error, Result, Tensor, TensorId};
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// Gradient function of one recorded op: output gradient in, one optional gradient per input
+/// out (`None` where an input needs none).
+pub(crate) type BackwardFn = dyn Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync;
+
+/// A recorded op.
+pub(crate) struct Node {
+    pub(crate) name: &'static str,
+    pub(crate) inputs: Vec<Tensor>,
+    pub(crate) backward: Box<BackwardFn>,
+}
+
+/// Where a tensor stands in the graph.
+pub(crate) enum NodeState {
+    /// Created by the user or outside grad mode.
+    Leaf,
+    /// Produced by a recorded op.
+    Op(Arc<Node>),
+    /// Produced by a recorded op whose graph a backward pass has freed.
+    Freed(&'static str),
+}
+
+thread_local! {
+    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Whether ops currently record the graph (thread-local; on by default).
+pub fn is_grad_enabled() -> bool {
+    GRAD_ENABLED.with(|g| g.get())
+}
+
+/// Restores the previous grad mode when dropped. See [`no_grad`].
+#[derive(Debug)]
+pub struct GradModeGuard {
+    prev: bool,
+}
+
+impl Drop for GradModeGuard {
+    fn drop(&mut self) {
+        GRAD_ENABLED.with(|g| g.set(self.prev));
+    }
+}
+
+/// Sets grad mode for the current thread until the guard drops.
+pub fn set_grad_enabled(on: bool) -> GradModeGuard {
+    let prev = GRAD_ENABLED.with(|g| g.replace(on));
+    GradModeGuard { prev }
+}
+
+/// Disables graph recording until the guard drops, like `torch.no_grad()`.
+///
+/// ```
+/// use hemi_engine::{no_grad, Tensor, DType, Device};
+/// let w = Tensor::ones([2], DType::F32, Device::Cpu)?.requires_grad_(true)?;
+/// let y = { let _g = no_grad(); w.mul_scalar(2.0)? };
+/// assert!(!y.requires_grad());
+/// # Ok::<(), hemi_engine::Error>(())
+/// ```
+pub fn no_grad() -> GradModeGuard {
+    set_grad_enabled(false)
+}
+
+/// Records `backward` on `out` when grad mode is on and any input requires grad.
+pub(crate) fn track<F>(out: Tensor, name: &'static str, inputs: &[&Tensor], backward: F) -> Tensor
+where
+    F: Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync + 'static,
+{
+    if !is_grad_enabled() || !inputs.iter().any(|t| t.requires_grad()) {
+        return out;
+    }
+    out.set_requires_grad_flag(true);
+    *out.node() = NodeState::Op(Arc::new(Node {
+        name,
+        inputs: inputs.iter().map(|&t| t.clone()).collect(),
+        backward: Box::new(backward),
+    }));
+    out
+}
+
+fn node_of(t: &Tensor) -> Result<Option<Arc<Node>>> {
+    match &*t.node() {
+        NodeState::Leaf => Ok(None),
+        NodeState::Op(n) => Ok(Some(n.clone())),
+        NodeState::Freed(name) => Err(Error::Autograd(format!(
+            "trying to backward through the graph a second time (through `{name}`); \
+             pass retain_graph = true to the first backward"
+        ))),
+    }
+}
+
+/// Tensors reachable from `root` through nodes, in reverse topological order (root first).
+fn reverse_topo(root: &Tensor) -> Result<Vec<Tensor>> {
+    let mut order = Vec::new();
+    let mut seen = HashSet::new();
+    // Iterative post-order DFS: (tensor, children pushed?)
+    let mut stack = vec![(root.clone(), false)];
+    while let Some((t, expanded)) = stack.pop() {
+        if expanded {
+            order.push(t);
+            continue;
+        }
+        if !seen.insert(t.id()) {
+            continue;
+        }
+        let node = node_of(&t)?;
+        stack.push((t, true));
+        if let Some(node) = node {
+            for i in node.inputs.iter().filter(|i| i.requires_grad()) {
+                if !seen.contains(&i.id()) {
+                    stack.push((i.clone(), false));
+                }
+            }
+        }
+    }
+    order.reverse();
+    Ok(order)
+}
+
+fn accumulate(map: &mut HashMap<TensorId, Tensor>, t: &Tensor, g: Tensor) -> Result<()> {
+    let merged = match map.remove(&t.id()) {
+        Some(prev) => prev.add(&g)?,
+        None => g,
+    };
+    map.insert(t.id(), merged);
+    Ok(())
+}
+
+/// Runs the backward pass from `root` with upstream gradient `seed`.
+pub(crate) fn run_backward(root: &Tensor, seed: Tensor, retain_graph: bool) -> Result<()> {
+    let _guard = no_grad();
+    let order = reverse_topo(root)?;
+    let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
+    grads.insert(root.id(), seed);
+    for t in &order {
+        let Some(g) = grads.remove(&t.id()) else {
+            continue;
+        };
+        match node_of(t)? {
+            None => {
+                if t.requires_grad() {
+                    let total = match t.grad() {
+                        Some(prev) => prev.add(&g)?,
+                        None => g,
+                    };
+                    t.set_grad(Some(total))?;
+                }
+            }
+            Some(node) => {
+                let input_grads = (node.backward)(&g)?;
+                for (input, ig) in node.inputs.iter().zip(input_grads) {
+                    let Some(ig) = ig else { continue };
+                    if !input.requires_grad() {
+                        continue;
+                    }
+                    if ig.shape() != input.shape() {
+                        return Err(Error::Autograd(format!(
+                            "{}: backward produced a gradient of shape {:?} for an input of shape {:?}",
+                            node.name,
+                            ig.shape(),
+                            input.shape()
+                        )));
+                    }
+                    let ig = if ig.dtype() != input.dtype() {
+                        ig.to_dtype(input.dtype())?
+                    } else {
+                        ig
+                    };
+                    accumulate(&mut grads, input, ig)?;
+                }
+                if !retain_graph {
+                    *t.node() = NodeState::Freed(node.name);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Tensor {
+    /// Backpropagates from this one-element tensor (seed gradient 1) and frees the graph.
+    pub fn backward(&self) -> Result<()> {
+        if self.elem_count() != 1 {
+            return Err(Error::Autograd(format!(
+                "grad can be implicitly created only for one-element outputs, this one has shape {:?}",
+                self.shape()
+            )));
+        }
+        let seed = Tensor::ones(self.shape().clone(), self.dtype(), self.device())?;
+        self.backward_with(&seed, false)
+    }
+
+    /// Backpropagates with an explicit upstream gradient of this tensor's shape. With
+    /// `retain_graph` the graph survives for another backward pass.
+    pub fn backward_with(&self, grad: &Tensor, retain_graph: bool) -> Result<()> {
+        if !self.requires_grad() {
+            return Err(Error::Autograd(
+                "element 0 of tensors does not require grad and does not have a grad_fn".into(),
+            ));
+        }
+        if grad.shape() != self.shape() {
+            return Err(Error::Autograd(format!(
+                "gradient of shape {:?} for an output of shape {:?}",
+                grad.shape(),
+                self.shape()
+            )));
+        }
+        let seed = grad
+            .detach()
+            .to_device(self.device())?
+            .to_dtype(self.dtype())?;
+        run_backward(self, seed, retain_graph)
+    }
+}

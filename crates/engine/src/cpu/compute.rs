@@ -1,0 +1,159 @@
+//! The CPU backend's compute representation: every float op gathers its inputs into f32
+//! (F16, BF16, F32) or f64 (F64) vectors in logical order, computes there, and rounds once
+//! into the output dtype.
+
+use crate::{CpuStorage, DType, Device, Element, Error, Layout, Result, StorageRef};
+use half::{bf16, f16};
+use num_traits::Float;
+use rayon::prelude::*;
+
+/// Element count above which CPU loops go parallel.
+pub(crate) const PAR_THRESHOLD: usize = 1 << 15;
+
+/// Values in the compute type of their dtype.
+#[derive(Debug, Clone)]
+pub(crate) enum Compute {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+/// Downcasts a storage to host memory.
+pub(crate) fn host<'a>(op: &'static str, s: &'a StorageRef) -> Result<&'a CpuStorage> {
+    s.as_any()
+        .downcast_ref::<CpuStorage>()
+        .ok_or(Error::DeviceMismatch {
+            op,
+            lhs: Device::Cpu,
+            rhs: s.device(),
+        })
+}
+
+fn gather<T: Copy + Send + Sync, U: Send>(
+    v: &[T],
+    layout: &Layout,
+    f: impl Fn(T) -> U + Sync + Send,
+) -> Vec<U> {
+    if let Some(start) = layout.contiguous_start() {
+        let src = &v[start..start + layout.elem_count()];
+        if src.len() >= PAR_THRESHOLD {
+            src.par_iter().map(|&x| f(x)).collect()
+        } else {
+            src.iter().map(|&x| f(x)).collect()
+        }
+    } else {
+        layout.offsets().map(|o| f(v[o])).collect()
+    }
+}
+
+/// Copies the elements of `layout` in logical order (same dtype).
+pub(crate) fn gather_same(s: &CpuStorage, layout: &Layout) -> CpuStorage {
+    match s {
+        CpuStorage::F16(v) => CpuStorage::F16(gather(v, layout, |x| x)),
+        CpuStorage::BF16(v) => CpuStorage::BF16(gather(v, layout, |x| x)),
+        CpuStorage::F32(v) => CpuStorage::F32(gather(v, layout, |x| x)),
+        CpuStorage::F64(v) => CpuStorage::F64(gather(v, layout, |x| x)),
+        CpuStorage::I64(v) => CpuStorage::I64(gather(v, layout, |x| x)),
+    }
+}
+
+/// Gathers a float view into its compute type; I64 is an error naming `op`.
+pub(crate) fn to_compute(op: &'static str, s: &CpuStorage, layout: &Layout) -> Result<Compute> {
+    Ok(match s {
+        CpuStorage::F16(v) => Compute::F32(gather(v, layout, f16::to_f32)),
+        CpuStorage::BF16(v) => Compute::F32(gather(v, layout, bf16::to_f32)),
+        CpuStorage::F32(v) => Compute::F32(gather(v, layout, |x| x)),
+        CpuStorage::F64(v) => Compute::F64(gather(v, layout, |x| x)),
+        CpuStorage::I64(_) => {
+            return Err(Error::dtype(op, "expected a float tensor, got int64"));
+        }
+    })
+}
+
+/// Whole contiguous storage into its compute type.
+pub(crate) fn all_to_compute(op: &'static str, s: &CpuStorage) -> Result<Compute> {
+    to_compute(op, s, &Layout::contiguous([s.len()]))
+}
+
+/// Gathers any view into f64 (used for indices and mixed-dtype paths).
+pub(crate) fn to_f64_vec(s: &CpuStorage, layout: &Layout) -> Vec<f64> {
+    match s {
+        CpuStorage::F16(v) => gather(v, layout, f16::to_f64),
+        CpuStorage::BF16(v) => gather(v, layout, bf16::to_f64),
+        CpuStorage::F32(v) => gather(v, layout, |x| x as f64),
+        CpuStorage::F64(v) => gather(v, layout, |x| x),
+        CpuStorage::I64(v) => gather(v, layout, |x| x as f64),
+    }
+}
+
+fn round_vec<T: Float + Send + Sync, E: Element>(
+    v: Vec<T>,
+    f: impl Fn(T) -> E + Sync + Send,
+) -> Vec<E> {
+    if v.len() >= PAR_THRESHOLD {
+        v.into_par_iter().map(f).collect()
+    } else {
+        v.into_iter().map(f).collect()
+    }
+}
+
+/// Rounds f32 values once into `dtype`.
+pub(crate) fn from_f32(v: Vec<f32>, dtype: DType) -> CpuStorage {
+    match dtype {
+        DType::F16 => CpuStorage::F16(round_vec(v, f16::from_f32)),
+        DType::BF16 => CpuStorage::BF16(round_vec(v, bf16::from_f32)),
+        DType::F32 => CpuStorage::F32(v),
+        DType::F64 => CpuStorage::F64(round_vec(v, |x| x as f64)),
+        DType::I64 => CpuStorage::I64(round_vec(v, |x| x as i64)),
+    }
+}
+
+/// Rounds f64 values once into `dtype`.
+pub(crate) fn from_f64(v: Vec<f64>, dtype: DType) -> CpuStorage {
+    match dtype {
+        DType::F16 => CpuStorage::F16(round_vec(v, f16::from_f64)),
+        DType::BF16 => CpuStorage::BF16(round_vec(v, bf16::from_f64)),
+        DType::F32 => CpuStorage::F32(round_vec(v, |x| x as f32)),
+        DType::F64 => CpuStorage::F64(v),
+        DType::I64 => CpuStorage::I64(round_vec(v, |x| x as i64)),
+    }
+}
+
+impl Compute {
+    /// Rounds into `dtype`.
+    pub(crate) fn into_storage(self, dtype: DType) -> CpuStorage {
+        match self {
+            Compute::F32(v) => from_f32(v, dtype),
+            Compute::F64(v) => from_f64(v, dtype),
+        }
+    }
+}
+
+/// Applies `$body` with `$v` bound to the inner vector of a [`Compute`], for both f32 and f64
+/// (`$T` names the element type), and wraps the result again.
+macro_rules! map_compute {
+    ($c:expr, |$v:ident : $T:ident| $body:expr) => {
+        match $c {
+            $crate::cpu::compute::Compute::F32($v) => {
+                #[allow(dead_code)]
+                type $T = f32;
+                $crate::cpu::compute::Compute::F32($body)
+            }
+            $crate::cpu::compute::Compute::F64($v) => {
+                #[allow(dead_code)]
+                type $T = f64;
+                $crate::cpu::compute::Compute::F64($body)
+            }
+        }
+    };
+}
+pub(crate) use map_compute;
+
+/// Converts an f64 scalar to the compute type `T`.
+pub(crate) fn scalar<T: Float>(v: f64) -> T {
+    T::from(v).unwrap_or_else(T::nan)
+}
+
+/// Converts a count to the compute type `T`.
+pub(crate) fn count<T: Float>(n: usize) -> T {
+    T::from(n).unwrap_or_else(T::nan)
+}

@@ -1,0 +1,297 @@
+//! CPU 2-D convolution (NCHW input, OIHW weight) by im2col + GEMM per image and group,
+//! parallel over the batch. Computes in f32 (f64 for F64) and rounds once at the output.
+
+use super::compute::{all_to_compute, host, Compute};
+use super::matmul::gemm_strided;
+use crate::backend::Conv2dSpec;
+use crate::{CpuStorage, Error, Result, StorageRef};
+use num_traits::Float;
+use rayon::prelude::*;
+
+/// Sizes derived from a spec: per-group channels, patch length `K` and output pixels `P`.
+#[derive(Clone, Copy)]
+struct Geometry {
+    s: Conv2dSpec,
+    cin_g: usize,
+    cout_g: usize,
+    k: usize,
+    p: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Geometry {
+    fn new(s: &Conv2dSpec) -> Self {
+        let (oh, ow) = (s.out_h(), s.out_w());
+        let cin_g = s.c_in / s.groups;
+        Geometry {
+            s: *s,
+            cin_g,
+            cout_g: s.c_out / s.groups,
+            k: cin_g * s.kh * s.kw,
+            p: oh * ow,
+            oh,
+            ow,
+        }
+    }
+
+    /// Input coordinate of output `o` and kernel tap `t` along one axis, if inside the image.
+    fn src(
+        o: usize,
+        t: usize,
+        stride: usize,
+        pad: usize,
+        dil: usize,
+        size: usize,
+    ) -> Option<usize> {
+        (o * stride + t * dil)
+            .checked_sub(pad)
+            .filter(|&i| i < size)
+    }
+
+    /// Fills `col [K, P]` from channels of group `g` of one image `x [c_in, h, w]`.
+    fn im2col<T: Float>(&self, x: &[T], g: usize, col: &mut [T]) {
+        let s = &self.s;
+        for ci in 0..self.cin_g {
+            let plane = &x[(g * self.cin_g + ci) * s.h * s.w..][..s.h * s.w];
+            for ki in 0..s.kh {
+                for kj in 0..s.kw {
+                    let row = (ci * s.kh + ki) * s.kw + kj;
+                    let dst = &mut col[row * self.p..][..self.p];
+                    for oy in 0..self.oh {
+                        let iy = Self::src(oy, ki, s.stride.0, s.padding.0, s.dilation.0, s.h);
+                        for ox in 0..self.ow {
+                            let ix = Self::src(ox, kj, s.stride.1, s.padding.1, s.dilation.1, s.w);
+                            dst[oy * self.ow + ox] = match (iy, ix) {
+                                (Some(y), Some(x)) => plane[y * s.w + x],
+                                _ => T::zero(),
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds `col [K, P]` back into channels of group `g` of one image gradient `dx`.
+    fn col2im<T: Float>(&self, col: &[T], g: usize, dx: &mut [T]) {
+        let s = &self.s;
+        for ci in 0..self.cin_g {
+            let plane = &mut dx[(g * self.cin_g + ci) * s.h * s.w..][..s.h * s.w];
+            for ki in 0..s.kh {
+                for kj in 0..s.kw {
+                    let row = (ci * s.kh + ki) * s.kw + kj;
+                    let src = &col[row * self.p..][..self.p];
+                    for oy in 0..self.oh {
+                        let Some(y) = Self::src(oy, ki, s.stride.0, s.padding.0, s.dilation.0, s.h)
+                        else {
+                            continue;
+                        };
+                        for ox in 0..self.ow {
+                            if let Some(x) =
+                                Self::src(ox, kj, s.stride.1, s.padding.1, s.dilation.1, s.w)
+                            {
+                                plane[y * s.w + x] = plane[y * s.w + x] + src[oy * self.ow + ox];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn forward<T: Float + Send + Sync + 'static>(x: &[T], w: &[T], g: &Geometry) -> Vec<T> {
+    let s = &g.s;
+    let img_in = s.c_in * s.h * s.w;
+    let img_out = s.c_out * g.p;
+    let mut out = vec![T::zero(); s.n * img_out];
+    let serial = s.n < rayon::current_num_threads();
+    let run = |(img, dst): (usize, &mut [T])| {
+        let mut col = vec![T::zero(); g.k * g.p];
+        for grp in 0..s.groups {
+            g.im2col(&x[img * img_in..][..img_in], grp, &mut col);
+            gemm_strided(
+                (g.cout_g, g.p, g.k),
+                &mut dst[grp * g.cout_g * g.p..],
+                &w[grp * g.cout_g * g.k..],
+                (g.k, 1),
+                &col,
+                (g.p, 1),
+                false,
+                serial,
+            );
+        }
+    };
+    if serial {
+        out.chunks_mut(img_out).enumerate().for_each(run);
+    } else {
+        out.par_chunks_mut(img_out).enumerate().for_each(run);
+    }
+    out
+}
+
+fn backward_input<T: Float + Send + Sync + 'static>(dy: &[T], w: &[T], g: &Geometry) -> Vec<T> {
+    let s = &g.s;
+    let img_in = s.c_in * s.h * s.w;
+    let img_out = s.c_out * g.p;
+    let mut dx = vec![T::zero(); s.n * img_in];
+    let serial = s.n < rayon::current_num_threads();
+    let run = |(img, dst): (usize, &mut [T])| {
+        let mut col = vec![T::zero(); g.k * g.p];
+        for grp in 0..s.groups {
+            // dcol [K, P] = W_g^T [K, cout_g] · dy_g [cout_g, P]
+            gemm_strided(
+                (g.k, g.p, g.cout_g),
+                &mut col,
+                &w[grp * g.cout_g * g.k..],
+                (1, g.k),
+                &dy[img * img_out + grp * g.cout_g * g.p..],
+                (g.p, 1),
+                false,
+                serial,
+            );
+            g.col2im(&col, grp, dst);
+        }
+    };
+    if serial {
+        dx.chunks_mut(img_in).enumerate().for_each(run);
+    } else {
+        dx.par_chunks_mut(img_in).enumerate().for_each(run);
+    }
+    dx
+}
+
+fn backward_weight<T: Float + Send + Sync + 'static>(x: &[T], dy: &[T], g: &Geometry) -> Vec<T> {
+    let s = &g.s;
+    let img_in = s.c_in * s.h * s.w;
+    let img_out = s.c_out * g.p;
+    let wlen = s.c_out * g.k;
+    let serial = s.n < rayon::current_num_threads();
+    let accumulate_image = |mut acc: Vec<T>, img: usize| {
+        let mut col = vec![T::zero(); g.k * g.p];
+        for grp in 0..s.groups {
+            g.im2col(&x[img * img_in..][..img_in], grp, &mut col);
+            // dW_g [cout_g, K] += dy_g [cout_g, P] · col^T [P, K]
+            gemm_strided(
+                (g.cout_g, g.k, g.p),
+                &mut acc[grp * g.cout_g * g.k..],
+                &dy[img * img_out + grp * g.cout_g * g.p..],
+                (g.p, 1),
+                &col,
+                (1, g.p),
+                true,
+                serial,
+            );
+        }
+        acc
+    };
+    if serial {
+        (0..s.n).fold(vec![T::zero(); wlen], accumulate_image)
+    } else {
+        (0..s.n)
+            .into_par_iter()
+            .fold(|| vec![T::zero(); wlen], accumulate_image)
+            .reduce(
+                || vec![T::zero(); wlen],
+                |mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(x, y)| *x = *x + y);
+                    a
+                },
+            )
+    }
+}
+
+fn check_len(
+    op: &'static str,
+    what: &str,
+    got: usize,
+    want: usize,
+    spec: &Conv2dSpec,
+) -> Result<()> {
+    if got != want {
+        return Err(Error::shape(
+            op,
+            format!("{what} has {got} elements, expected {want} for {spec:?}"),
+        ));
+    }
+    Ok(())
+}
+
+fn pair(
+    op: &'static str,
+    a: &StorageRef,
+    b: &StorageRef,
+) -> Result<(Compute, Compute, crate::DType)> {
+    let (ha, hb) = (host(op, a)?, host(op, b)?);
+    if ha.dtype() != hb.dtype() {
+        return Err(Error::dtype(
+            op,
+            format!("{} and {}", ha.dtype(), hb.dtype()),
+        ));
+    }
+    Ok((all_to_compute(op, ha)?, all_to_compute(op, hb)?, ha.dtype()))
+}
+
+macro_rules! dispatch {
+    ($op:expr, $a:expr, $b:expr, $f:ident, $g:expr) => {
+        match ($a, $b) {
+            (Compute::F32(a), Compute::F32(b)) => Compute::F32($f(&a, &b, $g)),
+            (Compute::F64(a), Compute::F64(b)) => Compute::F64($f(&a, &b, $g)),
+            _ => return Err(Error::dtype($op, "mixed compute types")),
+        }
+    };
+}
+
+/// Forward convolution of contiguous `x [n, c_in, h, w]` and `w [c_out, c_in/groups, kh, kw]`.
+pub(crate) fn conv2d(x: &StorageRef, w: &StorageRef, spec: &Conv2dSpec) -> Result<CpuStorage> {
+    const OP: &str = "conv2d";
+    spec.validate(OP)?;
+    let g = Geometry::new(spec);
+    check_len(
+        OP,
+        "input",
+        x.len(),
+        spec.n * spec.c_in * spec.h * spec.w,
+        spec,
+    )?;
+    check_len(OP, "weight", w.len(), spec.c_out * g.k, spec)?;
+    let (a, b, dtype) = pair(OP, x, w)?;
+    Ok(dispatch!(OP, a, b, forward, &g).into_storage(dtype))
+}
+
+/// Input gradient of [`conv2d`] from `dy [n, c_out, oh, ow]`.
+pub(crate) fn conv2d_backward_input(
+    dy: &StorageRef,
+    w: &StorageRef,
+    spec: &Conv2dSpec,
+) -> Result<CpuStorage> {
+    const OP: &str = "conv2d_backward_input";
+    spec.validate(OP)?;
+    let g = Geometry::new(spec);
+    check_len(OP, "grad_output", dy.len(), spec.n * spec.c_out * g.p, spec)?;
+    check_len(OP, "weight", w.len(), spec.c_out * g.k, spec)?;
+    let (a, b, dtype) = pair(OP, dy, w)?;
+    Ok(dispatch!(OP, a, b, backward_input, &g).into_storage(dtype))
+}
+
+/// Weight gradient of [`conv2d`] from the input `x` and `dy`.
+pub(crate) fn conv2d_backward_weight(
+    x: &StorageRef,
+    dy: &StorageRef,
+    spec: &Conv2dSpec,
+) -> Result<CpuStorage> {
+    const OP: &str = "conv2d_backward_weight";
+    spec.validate(OP)?;
+    let g = Geometry::new(spec);
+    check_len(
+        OP,
+        "input",
+        x.len(),
+        spec.n * spec.c_in * spec.h * spec.w,
+        spec,
+    )?;
+    check_len(OP, "grad_output", dy.len(), spec.n * spec.c_out * g.p, spec)?;
+    let (a, b, dtype) = pair(OP, x, dy)?;
+    Ok(dispatch!(OP, a, b, backward_weight, &g).into_storage(dtype))
+}

@@ -1,0 +1,172 @@
+//! CPU elementwise ops: unary, binary (broadcast by strides) and casts.
+
+use super::compute::{map_compute, scalar, to_compute, Compute, PAR_THRESHOLD};
+use crate::backend::{BinaryOp, UnaryOp};
+use crate::{CpuStorage, DType, Error, Layout, Result};
+use half::{bf16, f16};
+use num_traits::Float;
+use rayon::prelude::*;
+
+fn map_par<T: Float + Send + Sync>(v: Vec<T>, f: impl Fn(T) -> T + Sync + Send) -> Vec<T> {
+    if v.len() >= PAR_THRESHOLD {
+        v.into_par_iter().map(f).collect()
+    } else {
+        v.into_iter().map(f).collect()
+    }
+}
+
+fn unary_fn<T: Float>(op: UnaryOp) -> impl Fn(T) -> T + Sync + Send {
+    move |x: T| match op {
+        UnaryOp::Neg => -x,
+        UnaryOp::Exp => x.exp(),
+        UnaryOp::Log => x.ln(),
+        UnaryOp::Sqrt => x.sqrt(),
+        UnaryOp::Rsqrt => x.sqrt().recip(),
+        UnaryOp::Abs => x.abs(),
+        UnaryOp::Square => x * x,
+        UnaryOp::Recip => x.recip(),
+        UnaryOp::Relu => {
+            if x.is_nan() || x > T::zero() {
+                x
+            } else {
+                T::zero()
+            }
+        }
+        UnaryOp::Step => {
+            if x > T::zero() {
+                T::one()
+            } else {
+                T::zero()
+            }
+        }
+        UnaryOp::Sign => {
+            if x.is_nan() {
+                x
+            } else if x > T::zero() {
+                T::one()
+            } else if x < T::zero() {
+                -T::one()
+            } else {
+                T::zero()
+            }
+        }
+        UnaryOp::Affine { mul, add } => x * scalar::<T>(mul) + scalar::<T>(add),
+        UnaryOp::Powf(e) => x.powf(scalar::<T>(e)),
+    }
+}
+
+/// Elementwise op of one float view; output contiguous, same dtype.
+pub(crate) fn unary(op: UnaryOp, s: &CpuStorage, layout: &Layout) -> Result<CpuStorage> {
+    let c = to_compute("unary", s, layout)?;
+    let out = map_compute!(c, |v: T| map_par(v, unary_fn::<T>(op)));
+    Ok(out.into_storage(s.dtype()))
+}
+
+fn binary_fn<T: Float>(op: BinaryOp) -> impl Fn(T, T) -> T + Sync + Send {
+    move |a: T, b: T| match op {
+        BinaryOp::Add => a + b,
+        BinaryOp::Sub => a - b,
+        BinaryOp::Mul => a * b,
+        BinaryOp::Div => a / b,
+        BinaryOp::Maximum => {
+            if a.is_nan() || b.is_nan() {
+                T::nan()
+            } else {
+                a.max(b)
+            }
+        }
+        BinaryOp::Minimum => {
+            if a.is_nan() || b.is_nan() {
+                T::nan()
+            } else {
+                a.min(b)
+            }
+        }
+        BinaryOp::Eq => {
+            if a == b {
+                T::one()
+            } else {
+                T::zero()
+            }
+        }
+    }
+}
+
+fn zip_par<T: Float + Send + Sync>(
+    a: Vec<T>,
+    b: &[T],
+    f: impl Fn(T, T) -> T + Sync + Send,
+) -> Vec<T> {
+    if a.len() >= PAR_THRESHOLD {
+        a.into_par_iter()
+            .zip(b.par_iter())
+            .map(|(x, &y)| f(x, y))
+            .collect()
+    } else {
+        a.into_iter().zip(b).map(|(x, &y)| f(x, y)).collect()
+    }
+}
+
+/// Elementwise op of two float views of equal shape and dtype.
+pub(crate) fn binary(
+    op: BinaryOp,
+    lhs: &CpuStorage,
+    lhs_layout: &Layout,
+    rhs: &CpuStorage,
+    rhs_layout: &Layout,
+) -> Result<CpuStorage> {
+    if lhs.dtype() != rhs.dtype() {
+        return Err(Error::dtype(
+            "binary",
+            format!("{op:?} of {} and {}", lhs.dtype(), rhs.dtype()),
+        ));
+    }
+    if lhs_layout.shape() != rhs_layout.shape() {
+        return Err(Error::shape(
+            "binary",
+            format!(
+                "{op:?} of {:?} and {:?}",
+                lhs_layout.shape(),
+                rhs_layout.shape()
+            ),
+        ));
+    }
+    let a = to_compute("binary", lhs, lhs_layout)?;
+    let b = to_compute("binary", rhs, rhs_layout)?;
+    let out = match (a, b) {
+        (Compute::F32(a), Compute::F32(b)) => Compute::F32(zip_par(a, &b, binary_fn(op))),
+        (Compute::F64(a), Compute::F64(b)) => Compute::F64(zip_par(a, &b, binary_fn(op))),
+        _ => return Err(Error::dtype("binary", "compute types differ")),
+    };
+    Ok(out.into_storage(lhs.dtype()))
+}
+
+/// Converts a view to `dtype`: floats round to nearest even (bit-exact with `half`), floats
+/// to I64 truncate toward zero.
+pub(crate) fn cast(s: &CpuStorage, layout: &Layout, dtype: DType) -> CpuStorage {
+    use super::compute::gather_same;
+    let src = gather_same(s, layout);
+    if src.dtype() == dtype {
+        return src;
+    }
+    match (src, dtype) {
+        // f16 <-> bf16 goes through f32, which holds both exactly.
+        (CpuStorage::F16(v), DType::BF16) => {
+            CpuStorage::BF16(v.into_iter().map(|x| bf16::from_f32(x.to_f32())).collect())
+        }
+        (CpuStorage::BF16(v), DType::F16) => {
+            CpuStorage::F16(v.into_iter().map(|x| f16::from_f32(x.to_f32())).collect())
+        }
+        (CpuStorage::F16(v), _) => {
+            super::compute::from_f32(v.into_iter().map(f16::to_f32).collect(), dtype)
+        }
+        (CpuStorage::BF16(v), _) => {
+            super::compute::from_f32(v.into_iter().map(bf16::to_f32).collect(), dtype)
+        }
+        (CpuStorage::F32(v), _) => super::compute::from_f32(v, dtype),
+        (CpuStorage::F64(v), _) => super::compute::from_f64(v, dtype),
+        (CpuStorage::I64(v), _) => {
+            super::compute::from_f64(v.into_iter().map(|x| x as f64).collect(), dtype)
+        }
+    }
+}

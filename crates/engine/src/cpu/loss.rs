@@ -1,0 +1,249 @@
+//! CPU softmax / log-softmax along one dim and fused cross-entropy with integer targets.
+
+use super::compute::{all_to_compute, count, host, map_compute, scalar, Compute};
+use crate::backend::{CrossEntropySpec, Reduction};
+use crate::{CpuStorage, Error, Result, StorageRef};
+use num_traits::{Float, One, Zero};
+use rayon::prelude::*;
+
+fn check_len(op: &'static str, what: &str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        return Err(Error::shape(
+            op,
+            format!("{what} has {got} elements, expected {want}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Softmax (or log-softmax) of one `[size]` line with stride `inner`, written in place.
+fn softmax_line<T: Float>(v: &mut [T], base: usize, size: usize, inner: usize, log: bool) {
+    let at = |j: usize| base + j * inner;
+    let max = (0..size).fold(T::neg_infinity(), |m, j| m.max(v[at(j)]));
+    let max = if max.is_finite() { max } else { T::zero() };
+    let sum = (0..size).fold(T::zero(), |s, j| s + (v[at(j)] - max).exp());
+    if log {
+        let lse = sum.ln();
+        (0..size).for_each(|j| v[at(j)] = v[at(j)] - max - lse);
+    } else {
+        (0..size).for_each(|j| v[at(j)] = (v[at(j)] - max).exp() / sum);
+    }
+}
+
+/// Softmax along the middle dim of contiguous `[outer, size, inner]`.
+pub(crate) fn softmax(
+    x: &StorageRef,
+    (outer, size, inner): (usize, usize, usize),
+    log: bool,
+) -> Result<CpuStorage> {
+    const OP: &str = "softmax";
+    let xh = host(OP, x)?;
+    check_len(OP, "input", xh.len(), outer * size * inner)?;
+    let c = all_to_compute(OP, xh)?;
+    let block = (size * inner).max(1);
+    let out = map_compute!(c, |v: T| {
+        let mut v = v;
+        v.par_chunks_mut(block).for_each(|b| {
+            for i in 0..inner {
+                softmax_line(b, i, size, inner, log);
+            }
+        });
+        v
+    });
+    Ok(out.into_storage(xh.dtype()))
+}
+
+/// Gradient of softmax (`y·(dy − Σ dy·y)`) or log-softmax (`dy − e^y·Σ dy`) from output `y`.
+pub(crate) fn softmax_backward(
+    y: &StorageRef,
+    dy: &StorageRef,
+    (outer, size, inner): (usize, usize, usize),
+    log: bool,
+) -> Result<CpuStorage> {
+    const OP: &str = "softmax_backward";
+    let (yh, gh) = (host(OP, y)?, host(OP, dy)?);
+    check_len(OP, "output", yh.len(), outer * size * inner)?;
+    check_len(OP, "grad_output", gh.len(), outer * size * inner)?;
+    let block = (size * inner).max(1);
+    let out = match (all_to_compute(OP, yh)?, all_to_compute(OP, gh)?) {
+        (Compute::F32(y), Compute::F32(g)) => {
+            Compute::F32(softmax_grad(&y, &g, block, size, inner, log))
+        }
+        (Compute::F64(y), Compute::F64(g)) => {
+            Compute::F64(softmax_grad(&y, &g, block, size, inner, log))
+        }
+        _ => {
+            return Err(Error::dtype(
+                OP,
+                format!("output {} and grad {}", yh.dtype(), gh.dtype()),
+            ))
+        }
+    };
+    Ok(out.into_storage(gh.dtype()))
+}
+
+fn softmax_grad<T: Float + Send + Sync>(
+    y: &[T],
+    g: &[T],
+    block: usize,
+    size: usize,
+    inner: usize,
+    log: bool,
+) -> Vec<T> {
+    let mut dx = vec![T::zero(); y.len()];
+    dx.par_chunks_mut(block).enumerate().for_each(|(b, d)| {
+        let (yb, gb) = (&y[b * block..][..d.len()], &g[b * block..][..d.len()]);
+        for i in 0..inner {
+            let at = |j: usize| i + j * inner;
+            if log {
+                let s = (0..size).fold(T::zero(), |s, j| s + gb[at(j)]);
+                (0..size).for_each(|j| d[at(j)] = gb[at(j)] - yb[at(j)].exp() * s);
+            } else {
+                let s = (0..size).fold(T::zero(), |s, j| s + gb[at(j)] * yb[at(j)]);
+                (0..size).for_each(|j| d[at(j)] = yb[at(j)] * (gb[at(j)] - s));
+            }
+        }
+    });
+    dx
+}
+
+/// Validated targets: `None` for ignored samples, else the class.
+fn targets(
+    op: &'static str,
+    t: &StorageRef,
+    n: usize,
+    c: usize,
+    spec: &CrossEntropySpec,
+) -> Result<Vec<Option<usize>>> {
+    let th = host(op, t)?;
+    let tv = th.as_slice::<i64>().map_err(|_| {
+        Error::dtype(
+            op,
+            format!("targets must be int64 class indices, got {}", th.dtype()),
+        )
+    })?;
+    check_len(op, "targets", tv.len(), n)?;
+    tv.iter()
+        .enumerate()
+        .map(|(i, &t)| {
+            if t == spec.ignore_index {
+                Ok(None)
+            } else if t < 0 || t as usize >= c {
+                Err(Error::TargetOutOfRange {
+                    op,
+                    target: t,
+                    index: i,
+                    classes: c,
+                })
+            } else {
+                Ok(Some(t as usize))
+            }
+        })
+        .collect()
+}
+
+fn check_spec(op: &'static str, spec: &CrossEntropySpec) -> Result<()> {
+    if !(0.0..=1.0).contains(&spec.label_smoothing) {
+        return Err(Error::invalid(
+            op,
+            format!("label_smoothing {} must be in [0, 1]", spec.label_smoothing),
+        ));
+    }
+    Ok(())
+}
+
+/// Per-sample loss `−(1−ε)·logp[y] − ε/C·Σ_c logp[c]` (0 for ignored samples).
+fn per_sample<T: Float + Send + Sync>(x: &[T], tg: &[Option<usize>], c: usize, eps: f64) -> Vec<T> {
+    let (eps, cf) = (scalar::<T>(eps), count::<T>(c));
+    x.par_chunks(c.max(1))
+        .zip(tg.par_iter())
+        .map(|(row, t)| {
+            let Some(t) = *t else { return T::zero() };
+            let max = row.iter().fold(T::neg_infinity(), |m, &v| m.max(v));
+            let max = if max.is_finite() { max } else { T::zero() };
+            let lse = row.iter().fold(T::zero(), |s, &v| s + (v - max).exp()).ln() + max;
+            let nll = lse - row[t];
+            if eps == T::zero() {
+                nll
+            } else {
+                let mean_nll = row.iter().fold(T::zero(), |s, &v| s + (lse - v)) / cf;
+                (T::one() - eps) * nll + eps * mean_nll
+            }
+        })
+        .collect()
+}
+
+/// Fused cross-entropy of `[n, c]` logits against I64 targets (PyTorch semantics: the mean
+/// divides by the number of non-ignored samples).
+pub(crate) fn cross_entropy(
+    logits: &StorageRef,
+    t: &StorageRef,
+    (n, c): (usize, usize),
+    spec: &CrossEntropySpec,
+) -> Result<CpuStorage> {
+    const OP: &str = "cross_entropy";
+    check_spec(OP, spec)?;
+    let lh = host(OP, logits)?;
+    check_len(OP, "logits", lh.len(), n * c)?;
+    let tg = targets(OP, t, n, c, spec)?;
+    let valid = tg.iter().filter(|t| t.is_some()).count();
+    let out = map_compute!(all_to_compute(OP, lh)?, |x: T| {
+        let l = per_sample(&x, &tg, c, spec.label_smoothing);
+        match spec.reduction {
+            Reduction::None => l,
+            Reduction::Sum => vec![l.iter().fold(T::zero(), |a, &b| a + b)],
+            Reduction::Mean => {
+                vec![l.iter().fold(T::zero(), |a, &b| a + b) / count::<T>(valid)]
+            }
+        }
+    });
+    Ok(out.into_storage(lh.dtype()))
+}
+
+/// Gradient of [`cross_entropy`]: `(softmax − ((1−ε)·onehot + ε/C)) · g_i` per sample.
+pub(crate) fn cross_entropy_backward(
+    logits: &StorageRef,
+    t: &StorageRef,
+    dloss: &StorageRef,
+    (n, c): (usize, usize),
+    spec: &CrossEntropySpec,
+) -> Result<CpuStorage> {
+    const OP: &str = "cross_entropy_backward";
+    check_spec(OP, spec)?;
+    let lh = host(OP, logits)?;
+    check_len(OP, "logits", lh.len(), n * c)?;
+    let tg = targets(OP, t, n, c, spec)?;
+    let valid = tg.iter().filter(|t| t.is_some()).count();
+    let gh = host(OP, dloss)?;
+    let want = if spec.reduction == Reduction::None {
+        n
+    } else {
+        1
+    };
+    check_len(OP, "grad_output", gh.len(), want)?;
+    let g = super::compute::to_f64_vec(gh, &crate::Layout::contiguous([want]));
+    let weight = |i: usize| match spec.reduction {
+        Reduction::None => g[i],
+        Reduction::Sum => g[0],
+        Reduction::Mean => g[0] / valid as f64,
+    };
+    let out = map_compute!(all_to_compute(OP, lh)?, |x: T| {
+        let mut dx = vec![T::zero(); x.len()];
+        let (eps, cf) = (scalar::<T>(spec.label_smoothing), count::<T>(c));
+        dx.par_chunks_mut(c.max(1)).enumerate().for_each(|(i, d)| {
+            let Some(t) = tg[i] else { return };
+            let row = &x[i * c..][..c];
+            let w = scalar::<T>(weight(i));
+            let max = row.iter().fold(T::neg_infinity(), |m, &v| m.max(v));
+            let max = if max.is_finite() { max } else { T::zero() };
+            let sum = row.iter().fold(T::zero(), |s, &v| s + (v - max).exp());
+            for (j, o) in d.iter_mut().enumerate() {
+                let p = (row[j] - max).exp() / sum;
+                let target = if j == t { T::one() - eps } else { T::zero() } + eps / cf;
+                *o = (p - target) * w;
+            }
+        });
+        dx
+    });
+    Ok(out.into_storage(lh.dtype()))
+}

@@ -1,0 +1,141 @@
+//! CPU batch normalization over `[N, C, S]` (S = product of spatial dims), training mode.
+//! Statistics are accumulated in f64 and stored in the weight's dtype; the output is computed
+//! in f32 (f64 when any operand is F64) and rounded once into the input's dtype.
+
+use super::compute::{host, to_f64_vec};
+use crate::backend::{BatchNormBackward, BatchNormForward};
+use crate::{DType, Error, Layout, Result, StorageRef};
+use rayon::prelude::*;
+use std::sync::Arc;
+
+fn wide(op: &'static str, s: &StorageRef, want: usize, what: &str) -> Result<(Vec<f64>, DType)> {
+    let h = host(op, s)?;
+    if h.dtype() == DType::I64 {
+        return Err(Error::dtype(op, format!("{what} must be a float tensor")));
+    }
+    if h.len() != want {
+        return Err(Error::shape(
+            op,
+            format!("{what} has {} elements, expected {want}", h.len()),
+        ));
+    }
+    Ok((to_f64_vec(h, &Layout::contiguous([h.len()])), h.dtype()))
+}
+
+/// Rounds like the compute type would (f32 unless F64 is involved), then into `dtype`.
+fn store(v: Vec<f64>, compute_f64: bool, dtype: DType) -> StorageRef {
+    let v = if compute_f64 {
+        v
+    } else {
+        v.into_iter().map(|x| x as f32 as f64).collect()
+    };
+    Arc::new(super::compute::from_f64(v, dtype))
+}
+
+/// Flat indices of channel `ch` in a contiguous `[N, C, S]` tensor.
+fn channel_values((n, c, s): (usize, usize, usize), ch: usize) -> impl Iterator<Item = usize> {
+    (0..n).flat_map(move |i| {
+        let base = (i * c + ch) * s;
+        base..base + s
+    })
+}
+
+/// Training-mode forward: batch mean, biased variance, invstd and the normalized output.
+pub(crate) fn batch_norm_train(
+    x: &StorageRef,
+    weight: &StorageRef,
+    bias: &StorageRef,
+    dims: (usize, usize, usize),
+    eps: f64,
+) -> Result<BatchNormForward> {
+    const OP: &str = "batch_norm";
+    let (n, c, s) = dims;
+    let (xv, xdt) = wide(OP, x, n * c * s, "input")?;
+    let (wv, wdt) = wide(OP, weight, c, "weight")?;
+    let (bv, _) = wide(OP, bias, c, "bias")?;
+    let m = (n * s) as f64;
+    if n * s == 0 {
+        return Err(Error::invalid(
+            OP,
+            format!("no values per channel in input [{n}, {c}, {s}]"),
+        ));
+    }
+    let f64c = xdt == DType::F64 || wdt == DType::F64;
+    let stats: Vec<(f64, f64)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let mean = channel_values(dims, ch).map(|i| xv[i]).sum::<f64>() / m;
+            let var = channel_values(dims, ch)
+                .map(|i| (xv[i] - mean).powi(2))
+                .sum::<f64>()
+                / m;
+            (mean, var)
+        })
+        .collect();
+    let invstd: Vec<f64> = stats.iter().map(|&(_, v)| 1.0 / (v + eps).sqrt()).collect();
+    let mut y = vec![0.0; xv.len()];
+    y.par_chunks_mut(s.max(1))
+        .enumerate()
+        .for_each(|(row, out)| {
+            let ch = row % c;
+            let scale = invstd[ch] * wv[ch];
+            let shift = bv[ch] - stats[ch].0 * scale;
+            for (o, &xi) in out.iter_mut().zip(&xv[row * s..]) {
+                *o = xi * scale + shift;
+            }
+        });
+    Ok(BatchNormForward {
+        y: store(y, f64c, xdt),
+        mean: store(stats.iter().map(|s| s.0).collect(), f64c, wdt),
+        var: store(stats.iter().map(|s| s.1).collect(), f64c, wdt),
+        invstd: store(invstd, f64c, wdt),
+    })
+}
+
+/// Backward of [`batch_norm_train`]: `dx = w·invstd/M · (M·dy − Σdy − x̂·Σ(dy·x̂))`,
+/// `dweight = Σ(dy·x̂)`, `dbias = Σdy`.
+pub(crate) fn batch_norm_backward(
+    dy: &StorageRef,
+    x: &StorageRef,
+    weight: &StorageRef,
+    mean: &StorageRef,
+    invstd: &StorageRef,
+    dims: (usize, usize, usize),
+) -> Result<BatchNormBackward> {
+    const OP: &str = "batch_norm_backward";
+    let (n, c, s) = dims;
+    let (dyv, _) = wide(OP, dy, n * c * s, "grad_output")?;
+    let (xv, xdt) = wide(OP, x, n * c * s, "input")?;
+    let (wv, wdt) = wide(OP, weight, c, "weight")?;
+    let (mv, _) = wide(OP, mean, c, "mean")?;
+    let (iv, _) = wide(OP, invstd, c, "invstd")?;
+    let f64c = xdt == DType::F64 || wdt == DType::F64;
+    let m = (n * s) as f64;
+    let sums: Vec<(f64, f64)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            channel_values(dims, ch).fold((0.0, 0.0), |(sd, sdx), i| {
+                let xhat = (xv[i] - mv[ch]) * iv[ch];
+                (sd + dyv[i], sdx + dyv[i] * xhat)
+            })
+        })
+        .collect();
+    let mut dx = vec![0.0; xv.len()];
+    dx.par_chunks_mut(s.max(1))
+        .enumerate()
+        .for_each(|(row, out)| {
+            let ch = row % c;
+            let (sd, sdx) = sums[ch];
+            let k = wv[ch] * iv[ch] / m;
+            for (j, o) in out.iter_mut().enumerate() {
+                let i = row * s + j;
+                let xhat = (xv[i] - mv[ch]) * iv[ch];
+                *o = k * (m * dyv[i] - sd - xhat * sdx);
+            }
+        });
+    Ok(BatchNormBackward {
+        dx: store(dx, f64c, xdt),
+        dweight: store(sums.iter().map(|s| s.1).collect(), f64c, wdt),
+        dbias: store(sums.iter().map(|s| s.0).collect(), f64c, wdt),
+    })
+}

@@ -1,0 +1,297 @@
+//! CPU pooling over NCHW planes: max (with argmax indices), average and adaptive average,
+//! forward and backward, parallel over the `n * c` planes.
+
+use super::compute::{all_to_compute, count, host, map_compute};
+use crate::backend::Pool2dSpec;
+use crate::{CpuStorage, Error, Result, StorageRef};
+use num_traits::{Float, Zero};
+use rayon::prelude::*;
+use std::ops::Range;
+
+fn check_len(op: &'static str, what: &str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        return Err(Error::shape(
+            op,
+            format!("{what} has {got} elements, expected {want}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Input rows (or cols) under output position `o`: `o*stride - pad + t*dil` for each tap `t`.
+fn taps(
+    o: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    dil: usize,
+    size: usize,
+) -> impl Iterator<Item = usize> {
+    (0..k).filter_map(move |t| {
+        (o * stride + t * dil)
+            .checked_sub(pad)
+            .filter(|&i| i < size)
+    })
+}
+
+fn max_plane<T: Float>(x: &[T], s: &Pool2dSpec, out: &mut [T], idx: &mut [i64]) {
+    let (oh, ow) = (s.out_h(), s.out_w());
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let mut best = T::neg_infinity();
+            let mut arg = -1i64;
+            for y in taps(oy, s.kernel.0, s.stride.0, s.padding.0, s.dilation.0, s.h) {
+                for xx in taps(ox, s.kernel.1, s.stride.1, s.padding.1, s.dilation.1, s.w) {
+                    let v = x[y * s.w + xx];
+                    if v > best || v.is_nan() || arg < 0 {
+                        best = v;
+                        arg = (y * s.w + xx) as i64;
+                        if v.is_nan() {
+                            break;
+                        }
+                    }
+                }
+                if best.is_nan() {
+                    break;
+                }
+            }
+            out[oy * ow + ox] = best;
+            idx[oy * ow + ox] = arg;
+        }
+    }
+}
+
+/// Max pooling; returns the output and the flat argmax `h * W + w` of every output.
+pub(crate) fn max_pool2d(x: &StorageRef, s: &Pool2dSpec) -> Result<(CpuStorage, CpuStorage)> {
+    const OP: &str = "max_pool2d";
+    s.validate(OP)?;
+    let xh = host(OP, x)?;
+    check_len(OP, "input", xh.len(), s.n * s.c * s.h * s.w)?;
+    let (plane_in, plane_out) = (s.h * s.w, s.out_h() * s.out_w());
+    let mut idx = vec![0i64; s.n * s.c * plane_out];
+    let c = all_to_compute(OP, xh)?;
+    let out = map_compute!(c, |v: T| {
+        let mut out = vec![T::zero(); s.n * s.c * plane_out];
+        out.par_chunks_mut(plane_out.max(1))
+            .zip(idx.par_chunks_mut(plane_out.max(1)))
+            .enumerate()
+            .for_each(|(p, (o, i))| max_plane(&v[p * plane_in..][..plane_in], s, o, i));
+        out
+    });
+    Ok((out.into_storage(xh.dtype()), CpuStorage::I64(idx)))
+}
+
+/// Scatters `dy` into the argmax positions of each plane (accumulating on overlaps).
+pub(crate) fn max_pool2d_backward(
+    dy: &StorageRef,
+    indices: &StorageRef,
+    s: &Pool2dSpec,
+) -> Result<CpuStorage> {
+    const OP: &str = "max_pool2d_backward";
+    let dyh = host(OP, dy)?;
+    let ih = host(OP, indices)?;
+    let plane_out = s.out_h() * s.out_w();
+    let plane_in = s.h * s.w;
+    check_len(OP, "grad_output", dyh.len(), s.n * s.c * plane_out)?;
+    let idx = ih.as_slice::<i64>()?;
+    check_len(OP, "indices", idx.len(), s.n * s.c * plane_out)?;
+    if let Some(bad) = idx.iter().find(|&&i| i < 0 || i as usize >= plane_in) {
+        return Err(Error::invalid(
+            OP,
+            format!("index {bad} outside a {}x{} plane", s.h, s.w),
+        ));
+    }
+    let c = all_to_compute(OP, dyh)?;
+    let out = map_compute!(c, |g: T| {
+        let mut dx = vec![T::zero(); s.n * s.c * plane_in];
+        dx.par_chunks_mut(plane_in.max(1))
+            .enumerate()
+            .for_each(|(p, d)| {
+                let (gp, ip) = (
+                    &g[p * plane_out..][..plane_out],
+                    &idx[p * plane_out..][..plane_out],
+                );
+                for (&v, &i) in gp.iter().zip(ip) {
+                    d[i as usize] = d[i as usize] + v;
+                }
+            });
+        dx
+    });
+    Ok(out.into_storage(dyh.dtype()))
+}
+
+/// The divisor of average-pooling output `(oy, ox)`.
+fn avg_divisor(s: &Pool2dSpec, oy: usize, ox: usize) -> usize {
+    if s.count_include_pad {
+        // Window clipped to the padded extent, as PyTorch does.
+        let span = |o: usize, k: usize, st: usize, p: usize, size: usize| {
+            let start = o * st;
+            let end = (start + k).min(size + 2 * p);
+            end - start
+        };
+        span(oy, s.kernel.0, s.stride.0, s.padding.0, s.h)
+            * span(ox, s.kernel.1, s.stride.1, s.padding.1, s.w)
+    } else {
+        taps(oy, s.kernel.0, s.stride.0, s.padding.0, 1, s.h).count()
+            * taps(ox, s.kernel.1, s.stride.1, s.padding.1, 1, s.w).count()
+    }
+}
+
+fn check_avg(op: &'static str, s: &Pool2dSpec) -> Result<()> {
+    s.validate(op)?;
+    if s.dilation != (1, 1) {
+        return Err(Error::invalid(op, "average pooling takes no dilation"));
+    }
+    Ok(())
+}
+
+/// Average pooling (PyTorch semantics, floor mode).
+pub(crate) fn avg_pool2d(x: &StorageRef, s: &Pool2dSpec) -> Result<CpuStorage> {
+    const OP: &str = "avg_pool2d";
+    check_avg(OP, s)?;
+    let xh = host(OP, x)?;
+    check_len(OP, "input", xh.len(), s.n * s.c * s.h * s.w)?;
+    let (oh, ow) = (s.out_h(), s.out_w());
+    let (plane_in, plane_out) = (s.h * s.w, oh * ow);
+    let c = all_to_compute(OP, xh)?;
+    let out = map_compute!(c, |v: T| {
+        let mut out = vec![T::zero(); s.n * s.c * plane_out];
+        out.par_chunks_mut(plane_out.max(1))
+            .enumerate()
+            .for_each(|(p, o)| {
+                let x = &v[p * plane_in..][..plane_in];
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut acc = T::zero();
+                        for y in taps(oy, s.kernel.0, s.stride.0, s.padding.0, 1, s.h) {
+                            for xx in taps(ox, s.kernel.1, s.stride.1, s.padding.1, 1, s.w) {
+                                acc = acc + x[y * s.w + xx];
+                            }
+                        }
+                        let d = count::<T>(avg_divisor(s, oy, ox));
+                        o[oy * ow + ox] = acc / d;
+                    }
+                }
+            });
+        out
+    });
+    Ok(out.into_storage(xh.dtype()))
+}
+
+/// Gradient of [`avg_pool2d`].
+pub(crate) fn avg_pool2d_backward(dy: &StorageRef, s: &Pool2dSpec) -> Result<CpuStorage> {
+    const OP: &str = "avg_pool2d_backward";
+    check_avg(OP, s)?;
+    let dyh = host(OP, dy)?;
+    let (oh, ow) = (s.out_h(), s.out_w());
+    let (plane_in, plane_out) = (s.h * s.w, oh * ow);
+    check_len(OP, "grad_output", dyh.len(), s.n * s.c * plane_out)?;
+    let c = all_to_compute(OP, dyh)?;
+    let out = map_compute!(c, |g: T| {
+        let mut dx = vec![T::zero(); s.n * s.c * plane_in];
+        dx.par_chunks_mut(plane_in.max(1))
+            .enumerate()
+            .for_each(|(p, d)| {
+                let gp = &g[p * plane_out..][..plane_out];
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let share = gp[oy * ow + ox] / count::<T>(avg_divisor(s, oy, ox));
+                        for y in taps(oy, s.kernel.0, s.stride.0, s.padding.0, 1, s.h) {
+                            for xx in taps(ox, s.kernel.1, s.stride.1, s.padding.1, 1, s.w) {
+                                d[y * s.w + xx] = d[y * s.w + xx] + share;
+                            }
+                        }
+                    }
+                }
+            });
+        dx
+    });
+    Ok(out.into_storage(dyh.dtype()))
+}
+
+/// PyTorch's adaptive window along one axis: `floor(i*in/out) .. ceil((i+1)*in/out)`.
+fn adaptive_window(i: usize, input: usize, output: usize) -> Range<usize> {
+    (i * input / output)..((i + 1) * input).div_ceil(output)
+}
+
+fn check_adaptive(op: &'static str, dims: [usize; 4], out: (usize, usize)) -> Result<()> {
+    if out.0 == 0 || out.1 == 0 || dims[2] == 0 || dims[3] == 0 {
+        return Err(Error::invalid(
+            op,
+            format!("output size {out:?} and input {dims:?} must have positive spatial sizes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Adaptive average pooling `[n, c, h, w] -> [n, c, oh, ow]`.
+pub(crate) fn adaptive_avg_pool2d(
+    x: &StorageRef,
+    dims: [usize; 4],
+    out: (usize, usize),
+) -> Result<CpuStorage> {
+    const OP: &str = "adaptive_avg_pool2d";
+    check_adaptive(OP, dims, out)?;
+    let [n, c, h, w] = dims;
+    let xh = host(OP, x)?;
+    check_len(OP, "input", xh.len(), n * c * h * w)?;
+    let (plane_in, plane_out) = (h * w, out.0 * out.1);
+    let comp = all_to_compute(OP, xh)?;
+    let res = map_compute!(comp, |v: T| {
+        let mut o = vec![T::zero(); n * c * plane_out];
+        o.par_chunks_mut(plane_out).enumerate().for_each(|(p, op)| {
+            let x = &v[p * plane_in..][..plane_in];
+            for oy in 0..out.0 {
+                let ys = adaptive_window(oy, h, out.0);
+                for ox in 0..out.1 {
+                    let xs = adaptive_window(ox, w, out.1);
+                    let cnt = count::<T>(ys.len() * xs.len());
+                    let mut acc = T::zero();
+                    for y in ys.clone() {
+                        for xx in xs.clone() {
+                            acc = acc + x[y * w + xx];
+                        }
+                    }
+                    op[oy * out.1 + ox] = acc / cnt;
+                }
+            }
+        });
+        o
+    });
+    Ok(res.into_storage(xh.dtype()))
+}
+
+/// Gradient of [`adaptive_avg_pool2d`].
+pub(crate) fn adaptive_avg_pool2d_backward(
+    dy: &StorageRef,
+    dims: [usize; 4],
+    out: (usize, usize),
+) -> Result<CpuStorage> {
+    const OP: &str = "adaptive_avg_pool2d_backward";
+    check_adaptive(OP, dims, out)?;
+    let [n, c, h, w] = dims;
+    let dyh = host(OP, dy)?;
+    let (plane_in, plane_out) = (h * w, out.0 * out.1);
+    check_len(OP, "grad_output", dyh.len(), n * c * plane_out)?;
+    let comp = all_to_compute(OP, dyh)?;
+    let res = map_compute!(comp, |g: T| {
+        let mut dx = vec![T::zero(); n * c * plane_in];
+        dx.par_chunks_mut(plane_in).enumerate().for_each(|(p, d)| {
+            let gp = &g[p * plane_out..][..plane_out];
+            for oy in 0..out.0 {
+                let ys = adaptive_window(oy, h, out.0);
+                for ox in 0..out.1 {
+                    let xs = adaptive_window(ox, w, out.1);
+                    let share = gp[oy * out.1 + ox] / count::<T>(ys.len() * xs.len());
+                    for y in ys.clone() {
+                        for xx in xs.clone() {
+                            d[y * w + xx] = d[y * w + xx] + share;
+                        }
+                    }
+                }
+            }
+        });
+        dx
+    });
+    Ok(res.into_storage(dyh.dtype()))
+}

@@ -1,0 +1,55 @@
+//! CPU reductions over a set of dims.
+
+use super::compute::{count, map_compute, to_compute, PAR_THRESHOLD};
+use crate::backend::ReduceOp;
+use crate::{CpuStorage, Layout, Result};
+use num_traits::Float;
+use rayon::prelude::*;
+
+fn reduce_chunk<T: Float>(op: ReduceOp, chunk: &[T]) -> T {
+    match op {
+        ReduceOp::Sum => chunk.iter().fold(T::zero(), |a, &b| a + b),
+        ReduceOp::Mean => chunk.iter().fold(T::zero(), |a, &b| a + b) / count::<T>(chunk.len()),
+        ReduceOp::Max => chunk.iter().fold(T::neg_infinity(), |a, &b| {
+            if a.is_nan() || b.is_nan() {
+                T::nan()
+            } else {
+                a.max(b)
+            }
+        }),
+        ReduceOp::Min => chunk.iter().fold(T::infinity(), |a, &b| {
+            if a.is_nan() || b.is_nan() {
+                T::nan()
+            } else {
+                a.min(b)
+            }
+        }),
+    }
+}
+
+/// Reduces `dims` (sorted, unique) of a float view; the output keeps them as size 1.
+/// An empty reduction gives 0 for sum, NaN for mean, -inf/+inf for max/min.
+pub(crate) fn reduce(
+    op: ReduceOp,
+    s: &CpuStorage,
+    layout: &Layout,
+    dims: &[usize],
+) -> Result<CpuStorage> {
+    let rank = layout.shape().rank();
+    let kept: Vec<usize> = (0..rank).filter(|d| !dims.contains(d)).collect();
+    let perm: Vec<usize> = kept.iter().chain(dims.iter()).copied().collect();
+    let permuted = layout.permute(&perm);
+    let chunk: usize = dims.iter().map(|&d| layout.dims()[d]).product();
+    let outer: usize = kept.iter().map(|&d| layout.dims()[d]).product();
+    let c = to_compute("reduce", s, &permuted)?;
+    let out = map_compute!(c, |v: T| {
+        if chunk == 0 {
+            vec![reduce_chunk::<T>(op, &[]); outer]
+        } else if v.len() >= PAR_THRESHOLD && outer > 1 {
+            v.par_chunks(chunk).map(|c| reduce_chunk(op, c)).collect()
+        } else {
+            v.chunks(chunk).map(|c| reduce_chunk(op, c)).collect()
+        }
+    });
+    Ok(out.into_storage(s.dtype()))
+}

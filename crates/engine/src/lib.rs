@@ -1,0 +1,37 @@
+//! # hemi-engine
+//!
+//! The core of hemi: [`Tensor`] (shape, strides, dtype, device), the object-safe [`Backend`]
+//! trait with its CPU reference implementation, and define-by-run autograd.
+//!
+//! ```
+//! use hemi_engine::{Tensor, DType, Device};
+//! let w = Tensor::randn([3, 2], DType::F32, Device::Cpu)?.requires_grad_(true)?;
+//! let x = Tensor::ones([4, 3], DType::F32, Device::Cpu)?;
+//! let loss = x.matmul(&w)?.relu()?.sum_all()?;
+//! loss.backward()?;
+//! assert_eq!(w.grad().expect("w has a gradient").dims(), &[3, 2]);
+//! # Ok::<(), hemi_engine::Error>(())
+//! ```
+
+pub mod autograd;
+pub mod backend;
+pub mod cpu;
+mod device;
+mod dtype;
+mod error;
+mod ops;
+mod shape;
+mod storage;
+mod tensor;
+
+pub use autograd::{is_grad_enabled, no_grad, set_grad_enabled, GradModeGuard};
+pub use backend::{Backend, CrossEntropySpec, Reduction};
+pub use device::Device;
+pub use dtype::{DType, Element};
+pub use error::{Error, Result};
+pub use ops::{AvgPool2dParams, BatchNormParams, Conv2dParams, MaxPool2dParams};
+pub use shape::{Layout, Shape, StridedOffsets};
+pub use storage::{BackendStorage, CpuStorage, StorageElement, StorageRef};
+pub use tensor::{manual_seed, Generator, Tensor, TensorId};
+
+pub use half::{bf16, f16};

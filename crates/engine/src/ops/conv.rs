@@ -1,0 +1,113 @@
+//! 2-D convolution (NCHW input, OIHW weight, optional bias) with input and weight gradients.
+
+use super::{expect_rank, float_only, pair, promote_pair};
+use crate::autograd::track;
+use crate::backend::Conv2dSpec;
+use crate::{Error, Result, Tensor};
+
+/// Hyper-parameters of [`Tensor::conv2d`], as in `torch.nn.functional.conv2d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dParams {
+    /// Step between windows `(h, w)`.
+    pub stride: (usize, usize),
+    /// Zero padding on each side `(h, w)`.
+    pub padding: (usize, usize),
+    /// Spacing between kernel taps `(h, w)`.
+    pub dilation: (usize, usize),
+    /// Channel groups (input and output channels must be divisible by it).
+    pub groups: usize,
+}
+
+impl Default for Conv2dParams {
+    fn default() -> Self {
+        Conv2dParams {
+            stride: (1, 1),
+            padding: (0, 0),
+            dilation: (1, 1),
+            groups: 1,
+        }
+    }
+}
+
+impl Conv2dParams {
+    /// Square stride and padding, no dilation, one group.
+    pub fn new(stride: usize, padding: usize) -> Self {
+        Conv2dParams {
+            stride: pair(stride),
+            padding: pair(padding),
+            ..Default::default()
+        }
+    }
+}
+
+impl Tensor {
+    /// Convolution of `x [n, c_in, h, w]` with `w [c_out, c_in/groups, kh, kw]` plus an
+    /// optional `bias [c_out]`; output `[n, c_out, out_h, out_w]`. Computes in f32 (f64 for
+    /// F64) and rounds once; obeys DESIGN.md's GEMM bound with `K = c_in/groups·kh·kw`.
+    pub fn conv2d(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        p: Conv2dParams,
+    ) -> Result<Tensor> {
+        const OP: &str = "conv2d";
+        let (x, w) = promote_pair(OP, self, weight)?;
+        float_only(OP, &x)?;
+        expect_rank(OP, "input", &x, 4)?;
+        expect_rank(OP, "weight", &w, 4)?;
+        let (xd, wd) = (x.dims(), w.dims());
+        let spec = Conv2dSpec {
+            n: xd[0],
+            c_in: xd[1],
+            h: xd[2],
+            w: xd[3],
+            c_out: wd[0],
+            kh: wd[2],
+            kw: wd[3],
+            stride: p.stride,
+            padding: p.padding,
+            dilation: p.dilation,
+            groups: p.groups,
+        };
+        if p.groups == 0 || wd[1] * p.groups != xd[1] {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "input {:?} has {} channels but weight {:?} with groups {} expects {}",
+                    x.shape(),
+                    xd[1],
+                    w.shape(),
+                    p.groups,
+                    wd[1] * p.groups
+                ),
+            ));
+        }
+        spec.validate(OP)?;
+        let (xc, wc) = (x.contiguous()?, w.contiguous()?);
+        let s = x.backend()?.conv2d(&xc.storage(), &wc.storage(), &spec)?;
+        let out = Tensor::contiguous_from(s, [spec.n, spec.c_out, spec.out_h(), spec.out_w()]);
+        let (sx, sw) = (xc.detach(), wc.detach());
+        let y = track(out, OP, &[&x, &w], move |g| {
+            let g = g.contiguous()?;
+            let be = g.backend()?;
+            let dx = be.conv2d_backward_input(&g.storage(), &sw.storage(), &spec)?;
+            let dw = be.conv2d_backward_weight(&sx.storage(), &g.storage(), &spec)?;
+            Ok(vec![
+                Some(Tensor::contiguous_from(dx, sx.shape().clone())),
+                Some(Tensor::contiguous_from(dw, sw.shape().clone())),
+            ])
+        });
+        match bias {
+            None => Ok(y),
+            Some(b) => {
+                if b.dims() != [spec.c_out] {
+                    return Err(Error::shape(
+                        OP,
+                        format!("bias {:?} for {} output channels", b.shape(), spec.c_out),
+                    ));
+                }
+                y.add(&b.reshape([1, spec.c_out, 1, 1])?)
+            }
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Elementwise unary, scalar and broadcasting binary ops with their gradients.
+
+use super::{float_only, promote_pair};
+use crate::autograd::track;
+use crate::backend::{BinaryOp, UnaryOp};
+use crate::{Result, Shape, Tensor};
+
+impl Tensor {
+    /// The op without autograd: contiguous output of the same shape and dtype.
+    pub(crate) fn unary_raw(&self, op: UnaryOp) -> Result<Tensor> {
+        float_only("unary", self)?;
+        let s = self.backend()?.unary(op, &self.storage(), self.layout())?;
+        Ok(Tensor::contiguous_from(s, self.shape().clone()))
+    }
+
+    /// The op without autograd, broadcasting both operands (dtypes must match).
+    pub(crate) fn binary_raw(&self, op: BinaryOp, rhs: &Tensor) -> Result<Tensor> {
+        let shape = Shape::broadcast("binary", self.shape(), rhs.shape())?;
+        let (la, lb) = (
+            self.layout().broadcast_as("binary", &shape)?,
+            rhs.layout().broadcast_as("binary", &shape)?,
+        );
+        let s = self
+            .backend()?
+            .binary(op, &self.storage(), &la, &rhs.storage(), &lb)?;
+        Ok(Tensor::contiguous_from(s, shape))
+    }
+
+    fn unary_tracked<F>(&self, name: &'static str, op: UnaryOp, grad: F) -> Result<Tensor>
+    where
+        F: Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor> + Send + Sync + 'static,
+    {
+        let out = self.unary_raw(op)?;
+        let (x, y) = (self.detach(), out.detach());
+        Ok(track(out, name, &[self], move |g| {
+            Ok(vec![Some(grad(g, &x, &y)?)])
+        }))
+    }
+
+    /// `-x`
+    pub fn neg(&self) -> Result<Tensor> {
+        self.unary_tracked("neg", UnaryOp::Neg, |g, _, _| g.neg())
+    }
+    /// `e^x`
+    pub fn exp(&self) -> Result<Tensor> {
+        self.unary_tracked("exp", UnaryOp::Exp, |g, _, y| g.mul(y))
+    }
+    /// Natural logarithm.
+    pub fn log(&self) -> Result<Tensor> {
+        self.unary_tracked("log", UnaryOp::Log, |g, x, _| g.div(x))
+    }
+    /// Square root.
+    pub fn sqrt(&self) -> Result<Tensor> {
+        self.unary_tracked("sqrt", UnaryOp::Sqrt, |g, _, y| g.div(&y.mul_scalar(2.0)?))
+    }
+    /// `1 / sqrt(x)`
+    pub fn rsqrt(&self) -> Result<Tensor> {
+        self.unary_tracked("rsqrt", UnaryOp::Rsqrt, |g, _, y| {
+            g.mul(&y.unary_raw(UnaryOp::Powf(3.0))?)?.mul_scalar(-0.5)
+        })
+    }
+    /// `|x|` (gradient `sign(x)`, 0 at 0).
+    pub fn abs(&self) -> Result<Tensor> {
+        self.unary_tracked("abs", UnaryOp::Abs, |g, x, _| {
+            g.mul(&x.unary_raw(UnaryOp::Sign)?)
+        })
+    }
+    /// `x²`
+    pub fn square(&self) -> Result<Tensor> {
+        self.unary_tracked("square", UnaryOp::Square, |g, x, _| {
+            g.mul(x)?.mul_scalar(2.0)
+        })
+    }
+    /// `1 / x`
+    pub fn recip(&self) -> Result<Tensor> {
+        self.unary_tracked("recip", UnaryOp::Recip, |g, _, y| {
+            g.mul(&y.unary_raw(UnaryOp::Square)?)?.neg()
+        })
+    }
+    /// `max(x, 0)`; gradient 1 where `x > 0`, else 0 (PyTorch's convention at 0).
+    pub fn relu(&self) -> Result<Tensor> {
+        self.unary_tracked("relu", UnaryOp::Relu, |g, x, _| {
+            g.mul(&x.unary_raw(UnaryOp::Step)?)
+        })
+    }
+    /// `x ^ e` for a scalar exponent.
+    pub fn powf(&self, e: f64) -> Result<Tensor> {
+        self.unary_tracked("powf", UnaryOp::Powf(e), move |g, x, _| {
+            g.mul(&x.unary_raw(UnaryOp::Powf(e - 1.0))?)?.mul_scalar(e)
+        })
+    }
+    /// `x * mul + add` in one pass.
+    pub fn affine(&self, mul: f64, add: f64) -> Result<Tensor> {
+        self.unary_tracked("affine", UnaryOp::Affine { mul, add }, move |g, _, _| {
+            g.mul_scalar(mul)
+        })
+    }
+    /// `x + s`
+    pub fn add_scalar(&self, s: f64) -> Result<Tensor> {
+        self.affine(1.0, s)
+    }
+    /// `x - s`
+    pub fn sub_scalar(&self, s: f64) -> Result<Tensor> {
+        self.affine(1.0, -s)
+    }
+    /// `x * s`
+    pub fn mul_scalar(&self, s: f64) -> Result<Tensor> {
+        self.affine(s, 0.0)
+    }
+    /// `x / s` (computed as `x * (1/s)`)
+    pub fn div_scalar(&self, s: f64) -> Result<Tensor> {
+        self.affine(1.0 / s, 0.0)
+    }
+
+    fn binary_tracked<F>(
+        &self,
+        name: &'static str,
+        op: BinaryOp,
+        rhs: &Tensor,
+        grad: F,
+    ) -> Result<Tensor>
+    where
+        F: Fn(&Tensor, &Tensor, &Tensor, &Tensor) -> Result<(Tensor, Tensor)>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let (a, b) = promote_pair(name, self, rhs)?;
+        float_only(name, &a)?;
+        let out = a.binary_raw(op, &b)?;
+        let (sa, sb, so) = (a.shape().clone(), b.shape().clone(), out.detach());
+        let (da, db) = (a.detach(), b.detach());
+        Ok(track(out, name, &[&a, &b], move |g| {
+            let (ga, gb) = grad(g, &da, &db, &so)?;
+            Ok(vec![
+                Some(ga.sum_to_shape(&sa)?),
+                Some(gb.sum_to_shape(&sb)?),
+            ])
+        }))
+    }
+
+    /// `a + b` with broadcasting and type promotion.
+    pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary_tracked("add", BinaryOp::Add, rhs, |g, _, _, _| {
+            Ok((g.clone(), g.clone()))
+        })
+    }
+    /// `a - b` with broadcasting and type promotion.
+    pub fn sub(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary_tracked("sub", BinaryOp::Sub, rhs, |g, _, _, _| {
+            Ok((g.clone(), g.neg()?))
+        })
+    }
+    /// `a * b` with broadcasting and type promotion.
+    pub fn mul(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary_tracked("mul", BinaryOp::Mul, rhs, |g, a, b, _| {
+            Ok((g.mul(b)?, g.mul(a)?))
+        })
+    }
+    /// `a / b` with broadcasting and type promotion.
+    pub fn div(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary_tracked("div", BinaryOp::Div, rhs, |g, _, b, y| {
+            Ok((g.div(b)?, g.mul(y)?.div(b)?.neg()?))
+        })
+    }
+    /// Elementwise maximum; on ties the gradient goes to `a`.
+    pub fn maximum(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary_tracked("maximum", BinaryOp::Maximum, rhs, |g, a, _, y| {
+            let mask = y.binary_raw(BinaryOp::Eq, a)?;
+            Ok((g.mul(&mask)?, g.mul(&mask.affine(-1.0, 1.0)?)?))
+        })
+    }
+    /// Elementwise minimum; on ties the gradient goes to `a`.
+    pub fn minimum(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary_tracked("minimum", BinaryOp::Minimum, rhs, |g, a, _, y| {
+            let mask = y.binary_raw(BinaryOp::Eq, a)?;
+            Ok((g.mul(&mask)?, g.mul(&mask.affine(-1.0, 1.0)?)?))
+        })
+    }
+    /// `1.0` where `a == b`, else `0.0` (broadcasting; not differentiable).
+    pub fn eq_mask(&self, rhs: &Tensor) -> Result<Tensor> {
+        let (a, b) = promote_pair("eq", self, rhs)?;
+        a.binary_raw(BinaryOp::Eq, &b)
+    }
+}

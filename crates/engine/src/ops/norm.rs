@@ -1,0 +1,176 @@
+//! Batch normalization (training with batch statistics and a momentum update of the running
+//! statistics; evaluation with the running statistics).
+
+use super::{float_only, same_device};
+use crate::autograd::{no_grad, track};
+use crate::{DType, Error, Result, Tensor};
+
+/// Options of [`Tensor::batch_norm`], as in `torch.nn.functional.batch_norm`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchNormParams {
+    /// Use batch statistics (and update the running ones) rather than the running ones.
+    pub training: bool,
+    /// Weight of the new batch statistic in the running average (PyTorch default 0.1).
+    pub momentum: f64,
+    /// Added to the variance before the square root (PyTorch default 1e-5).
+    pub eps: f64,
+}
+
+impl Default for BatchNormParams {
+    fn default() -> Self {
+        BatchNormParams {
+            training: true,
+            momentum: 0.1,
+            eps: 1e-5,
+        }
+    }
+}
+
+fn check_channels(what: &str, t: Option<&Tensor>, c: usize, x: &Tensor) -> Result<()> {
+    if let Some(t) = t {
+        if t.dims() != [c] {
+            return Err(Error::shape(
+                "batch_norm",
+                format!(
+                    "{what} {:?} for input {:?} with {c} channels",
+                    t.shape(),
+                    x.shape()
+                ),
+            ));
+        }
+        float_only("batch_norm", t)?;
+    }
+    Ok(())
+}
+
+impl Tensor {
+    /// Batch norm of `x [N, C, *]` over all dims but `C`. `weight`/`bias` `[C]` default to
+    /// 1/0; the statistics dtype is the weight's (or x's when there is none), so fp16 inputs
+    /// with fp32 parameters keep fp32 statistics. Training updates `running_mean`/`running_var`
+    /// in place: `r ← (1−m)·r + m·stat`, with the unbiased variance. The output has x's dtype.
+    pub fn batch_norm(
+        &self,
+        running_mean: Option<&Tensor>,
+        running_var: Option<&Tensor>,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        p: BatchNormParams,
+    ) -> Result<Tensor> {
+        const OP: &str = "batch_norm";
+        float_only(OP, self)?;
+        if self.rank() < 2 {
+            return Err(Error::shape(
+                OP,
+                format!("input must be [N, C, *], got {:?}", self.shape()),
+            ));
+        }
+        let (n, c) = (self.dims()[0], self.dims()[1]);
+        let s: usize = self.dims()[2..].iter().product();
+        for (what, t) in [
+            ("weight", weight),
+            ("bias", bias),
+            ("running_mean", running_mean),
+            ("running_var", running_var),
+        ] {
+            check_channels(what, t, c, self)?;
+            if let Some(t) = t {
+                same_device(OP, &[self, t])?;
+            }
+        }
+        let stat_dtype = weight.map(|w| w.dtype()).unwrap_or(match self.dtype() {
+            DType::F64 => DType::F64,
+            _ => DType::F32,
+        });
+        let w = match weight {
+            Some(w) => w.clone(),
+            None => Tensor::ones([c], stat_dtype, self.device())?,
+        };
+        let b = match bias {
+            Some(b) => b.to_dtype(stat_dtype)?,
+            None => Tensor::zeros([c], stat_dtype, self.device())?,
+        };
+        if !p.training {
+            return self.batch_norm_eval(running_mean, running_var, &w, &b, stat_dtype, p.eps);
+        }
+        if n * s <= 1 {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "expected more than 1 value per channel when training, got input {:?}",
+                    self.shape()
+                ),
+            ));
+        }
+        let x = self.contiguous()?;
+        let be = x.backend()?;
+        let fwd =
+            be.batch_norm_train(&x.storage(), &w.storage(), &b.storage(), (n, c, s), p.eps)?;
+        let stat = |st| Tensor::contiguous_from(st, [c]);
+        let (mean, var, invstd) = (stat(fwd.mean), stat(fwd.var), stat(fwd.invstd));
+        {
+            let _g = no_grad();
+            let unbias = (n * s) as f64 / (n * s - 1) as f64;
+            if let Some(rm) = running_mean {
+                rm.assign(
+                    &rm.affine(1.0 - p.momentum, 0.0)?
+                        .add(&mean.mul_scalar(p.momentum)?)?,
+                )?;
+            }
+            if let Some(rv) = running_var {
+                rv.assign(
+                    &rv.affine(1.0 - p.momentum, 0.0)?
+                        .add(&var.mul_scalar(p.momentum * unbias)?)?,
+                )?;
+            }
+        }
+        let out = Tensor::contiguous_from(fwd.y, self.shape().clone());
+        let (sx, sw) = (x.detach(), w.detach());
+        Ok(track(out, OP, &[&x, &w, &b], move |g| {
+            let g = g.contiguous()?;
+            let r = g.backend()?.batch_norm_backward(
+                &g.storage(),
+                &sx.storage(),
+                &sw.storage(),
+                &mean.storage(),
+                &invstd.storage(),
+                (n, c, s),
+            )?;
+            Ok(vec![
+                Some(Tensor::contiguous_from(r.dx, sx.shape().clone())),
+                Some(Tensor::contiguous_from(r.dweight, [c])),
+                Some(Tensor::contiguous_from(r.dbias, [c])),
+            ])
+        }))
+    }
+
+    /// Eval-mode batch norm as differentiable tensor ops in the statistics dtype, rounded once
+    /// into x's dtype: `y = x·scale + shift`, `scale = w/√(rv+eps)`, `shift = b − rm·scale`.
+    fn batch_norm_eval(
+        &self,
+        running_mean: Option<&Tensor>,
+        running_var: Option<&Tensor>,
+        w: &Tensor,
+        b: &Tensor,
+        stat_dtype: DType,
+        eps: f64,
+    ) -> Result<Tensor> {
+        let (Some(rm), Some(rv)) = (running_mean, running_var) else {
+            return Err(Error::invalid(
+                "batch_norm",
+                "evaluation mode needs running_mean and running_var",
+            ));
+        };
+        let c = self.dims()[1];
+        let mut bshape = vec![1; self.rank()];
+        bshape[1] = c;
+        let scale = w
+            .to_dtype(stat_dtype)?
+            .mul(&rv.detach().add_scalar(eps)?.rsqrt()?)?;
+        let shift = b.sub(&rm.detach().mul(&scale)?)?;
+        let y = self
+            .to_dtype(stat_dtype)?
+            .mul(&scale.reshape(bshape.clone())?)?
+            .add(&shift.reshape(bshape)?)?;
+        y.to_dtype(self.dtype())
+    }
+}

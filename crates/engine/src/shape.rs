@@ -1,0 +1,291 @@
+//! Shapes, strided layouts and broadcasting rules.
+
+use crate::{Error, Result};
+use std::fmt;
+
+/// The dimensions of a tensor, outermost first. A shape with no dims is a scalar (1 element).
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct Shape(Vec<usize>);
+
+impl Shape {
+    /// Wraps a list of dims.
+    pub fn new(dims: impl Into<Vec<usize>>) -> Self {
+        Shape(dims.into())
+    }
+    /// The dims.
+    pub fn dims(&self) -> &[usize] {
+        &self.0
+    }
+    /// Number of dims.
+    pub fn rank(&self) -> usize {
+        self.0.len()
+    }
+    /// Number of elements (1 for a scalar).
+    pub fn elem_count(&self) -> usize {
+        self.0.iter().product()
+    }
+    /// Row-major strides of a contiguous tensor of this shape.
+    pub fn contiguous_strides(&self) -> Vec<usize> {
+        let mut strides = vec![0; self.0.len()];
+        let mut acc = 1;
+        for (s, d) in strides.iter_mut().zip(&self.0).rev() {
+            *s = acc;
+            acc *= *d;
+        }
+        strides
+    }
+    /// Resolves a possibly negative dim index (`-1` = last) against this rank.
+    pub fn dim_index(&self, op: &'static str, dim: isize) -> Result<usize> {
+        let rank = self.rank() as isize;
+        let d = if dim < 0 { dim + rank } else { dim };
+        if d < 0 || d >= rank.max(1) || (rank == 0 && d != 0) {
+            return Err(Error::invalid(
+                op,
+                format!("dim {dim} out of range for shape {self:?}"),
+            ));
+        }
+        Ok(d as usize)
+    }
+    /// The broadcast of two shapes under NumPy/PyTorch rules (align right; 1 stretches).
+    pub fn broadcast(op: &'static str, a: &Shape, b: &Shape) -> Result<Shape> {
+        let rank = a.rank().max(b.rank());
+        let mut out = vec![0; rank];
+        for (i, o) in out.iter_mut().enumerate() {
+            let da = dim_from_right(a, rank - 1 - i);
+            let db = dim_from_right(b, rank - 1 - i);
+            *o = match (da, db) {
+                (x, y) if x == y => x,
+                (1, y) => y,
+                (x, 1) => x,
+                _ => {
+                    return Err(Error::shape(
+                        op,
+                        format!("shapes {a:?} and {b:?} cannot be broadcast together"),
+                    ))
+                }
+            };
+        }
+        Ok(Shape(out))
+    }
+}
+
+fn dim_from_right(s: &Shape, from_right: usize) -> usize {
+    if from_right < s.rank() {
+        s.0[s.rank() - 1 - from_right]
+    } else {
+        1
+    }
+}
+
+impl fmt::Debug for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+impl From<&[usize]> for Shape {
+    fn from(d: &[usize]) -> Self {
+        Shape(d.to_vec())
+    }
+}
+impl From<Vec<usize>> for Shape {
+    fn from(d: Vec<usize>) -> Self {
+        Shape(d)
+    }
+}
+impl<const N: usize> From<[usize; N]> for Shape {
+    fn from(d: [usize; N]) -> Self {
+        Shape(d.to_vec())
+    }
+}
+impl From<&Shape> for Shape {
+    fn from(s: &Shape) -> Self {
+        s.clone()
+    }
+}
+impl From<()> for Shape {
+    fn from(_: ()) -> Self {
+        Shape(vec![])
+    }
+}
+
+/// How a tensor's logical elements map onto its storage: shape, element strides and offset.
+/// Strides are non-negative; a stride of 0 broadcasts a dim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    shape: Shape,
+    strides: Vec<usize>,
+    offset: usize,
+}
+
+impl Layout {
+    /// The row-major contiguous layout of `shape` at offset 0.
+    pub fn contiguous(shape: impl Into<Shape>) -> Self {
+        let shape = shape.into();
+        let strides = shape.contiguous_strides();
+        Layout {
+            shape,
+            strides,
+            offset: 0,
+        }
+    }
+    /// A layout from its parts (the caller guarantees it stays inside its storage).
+    pub fn new(shape: Shape, strides: Vec<usize>, offset: usize) -> Self {
+        Layout {
+            shape,
+            strides,
+            offset,
+        }
+    }
+    /// The logical shape.
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+    /// The dims of the shape.
+    pub fn dims(&self) -> &[usize] {
+        self.shape.dims()
+    }
+    /// Element strides, one per dim.
+    pub fn strides(&self) -> &[usize] {
+        &self.strides
+    }
+    /// Offset of the first element in the storage.
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+    /// Number of logical elements.
+    pub fn elem_count(&self) -> usize {
+        self.shape.elem_count()
+    }
+    /// True when the elements are row-major and dense (dims of size 1 may have any stride).
+    pub fn is_contiguous(&self) -> bool {
+        let mut acc = 1;
+        for (&d, &s) in self.dims().iter().zip(&self.strides).rev() {
+            if d != 1 && s != acc {
+                return false;
+            }
+            acc *= d;
+        }
+        true
+    }
+    /// Swaps two dims (a view).
+    pub fn transpose(&self, a: usize, b: usize) -> Layout {
+        let mut dims = self.dims().to_vec();
+        let mut strides = self.strides.clone();
+        dims.swap(a, b);
+        strides.swap(a, b);
+        Layout::new(Shape(dims), strides, self.offset)
+    }
+    /// Reorders dims: output dim `i` is input dim `perm[i]` (a view). `perm` must be valid.
+    pub fn permute(&self, perm: &[usize]) -> Layout {
+        let dims = perm.iter().map(|&p| self.dims()[p]).collect::<Vec<_>>();
+        let strides = perm.iter().map(|&p| self.strides[p]).collect();
+        Layout::new(Shape(dims), strides, self.offset)
+    }
+    /// Views this layout as the broadcast shape `to` (stride 0 on stretched dims).
+    pub fn broadcast_as(&self, op: &'static str, to: &Shape) -> Result<Layout> {
+        let rank = to.rank();
+        if self.shape.rank() > rank {
+            return Err(Error::shape(
+                op,
+                format!("cannot broadcast {:?} to {:?}", self.shape, to),
+            ));
+        }
+        let lead = rank - self.shape.rank();
+        let mut strides = vec![0; rank];
+        for i in 0..rank {
+            if i < lead {
+                continue;
+            }
+            let d = self.dims()[i - lead];
+            if d == to.dims()[i] {
+                strides[i] = self.strides[i - lead];
+            } else if d != 1 {
+                return Err(Error::shape(
+                    op,
+                    format!("cannot broadcast {:?} to {:?}", self.shape, to),
+                ));
+            }
+        }
+        Ok(Layout::new(to.clone(), strides, self.offset))
+    }
+    /// Storage offsets of every logical element, in row-major logical order.
+    pub fn offsets(&self) -> StridedOffsets<'_> {
+        StridedOffsets::new(self)
+    }
+    /// `Some(start)` when the elements are contiguous, so they are `start..start + n`.
+    pub fn contiguous_start(&self) -> Option<usize> {
+        self.is_contiguous().then_some(self.offset)
+    }
+}
+
+/// Iterator over the storage offsets of a [`Layout`] in logical (row-major) order.
+#[derive(Debug)]
+pub struct StridedOffsets<'a> {
+    layout: &'a Layout,
+    index: Vec<usize>,
+    next: Option<usize>,
+    remaining: usize,
+}
+
+impl<'a> StridedOffsets<'a> {
+    fn new(layout: &'a Layout) -> Self {
+        let n = layout.elem_count();
+        StridedOffsets {
+            layout,
+            index: vec![0; layout.shape.rank()],
+            next: (n > 0).then_some(layout.offset),
+            remaining: n,
+        }
+    }
+}
+
+impl Iterator for StridedOffsets<'_> {
+    type Item = usize;
+    fn next(&mut self) -> Option<usize> {
+        let cur = self.next?;
+        self.remaining -= 1;
+        if self.remaining == 0 {
+            self.next = None;
+            return Some(cur);
+        }
+        let mut off = cur;
+        for d in (0..self.index.len()).rev() {
+            let size = self.layout.dims()[d];
+            let stride = self.layout.strides[d];
+            if self.index[d] + 1 < size {
+                self.index[d] += 1;
+                off += stride;
+                break;
+            }
+            off -= stride * self.index[d];
+            self.index[d] = 0;
+        }
+        self.next = Some(off);
+        Some(cur)
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining, Some(self.remaining))
+    }
+}
+
+impl ExactSizeIterator for StridedOffsets<'_> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_of_transposed_layout() {
+        let l = Layout::contiguous([2, 3]).transpose(0, 1);
+        assert_eq!(l.offsets().collect::<Vec<_>>(), vec![0, 3, 1, 4, 2, 5]);
+        assert!(!l.is_contiguous());
+    }
+
+    #[test]
+    fn broadcast_rules() {
+        let s = Shape::broadcast("t", &Shape::new([3, 1]), &Shape::new([4])).unwrap_or_default();
+        assert_eq!(s.dims(), &[3, 4]);
+        assert!(Shape::broadcast("t", &Shape::new([3]), &Shape::new([4])).is_err());
+    }
+}

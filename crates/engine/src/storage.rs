@@ -1,0 +1,134 @@
+//! Tensor storage: the host representation [`CpuStorage`] and the backend-agnostic
+//! [`BackendStorage`] that every device's buffer implements.
+
+use crate::{DType, Device, Element, Error, Result};
+use half::{bf16, f16};
+use std::any::Any;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+/// A device buffer of one dtype. Backends downcast it to their concrete type with `as_any`.
+pub trait BackendStorage: Any + Send + Sync + Debug {
+    /// The device holding the buffer.
+    fn device(&self) -> Device;
+    /// The element type.
+    fn dtype(&self) -> DType;
+    /// Number of elements.
+    fn len(&self) -> usize;
+    /// True when the buffer has no elements.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// For downcasting to the backend's concrete buffer type.
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// Shared handle to a device buffer.
+pub type StorageRef = Arc<dyn BackendStorage>;
+
+/// Host memory of one dtype.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(missing_docs)]
+pub enum CpuStorage {
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    I64(Vec<i64>),
+}
+
+impl CpuStorage {
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        match self {
+            CpuStorage::F16(_) => DType::F16,
+            CpuStorage::BF16(_) => DType::BF16,
+            CpuStorage::F32(_) => DType::F32,
+            CpuStorage::F64(_) => DType::F64,
+            CpuStorage::I64(_) => DType::I64,
+        }
+    }
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            CpuStorage::F16(v) => v.len(),
+            CpuStorage::BF16(v) => v.len(),
+            CpuStorage::F32(v) => v.len(),
+            CpuStorage::F64(v) => v.len(),
+            CpuStorage::I64(v) => v.len(),
+        }
+    }
+    /// True when there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Wraps a vector of any element type.
+    pub fn from_vec<T: Element>(v: Vec<T>) -> CpuStorage {
+        T::into_storage(v)
+    }
+    /// `n` copies of `value`, rounded to `dtype`.
+    pub fn full(dtype: DType, n: usize, value: f64) -> CpuStorage {
+        match dtype {
+            DType::F16 => CpuStorage::F16(vec![f16::from_f64(value); n]),
+            DType::BF16 => CpuStorage::BF16(vec![bf16::from_f64(value); n]),
+            DType::F32 => CpuStorage::F32(vec![value as f32; n]),
+            DType::F64 => CpuStorage::F64(vec![value; n]),
+            DType::I64 => CpuStorage::I64(vec![value as i64; n]),
+        }
+    }
+    /// Borrows the elements as `T`; errors when `T` is not this storage's dtype.
+    pub fn as_slice<T: Element>(&self) -> Result<&[T]> {
+        T::slice_of(self).ok_or(Error::ReadBack {
+            requested: T::DTYPE,
+            actual: self.dtype(),
+        })
+    }
+    /// Size in bytes.
+    pub fn size_in_bytes(&self) -> usize {
+        self.len() * self.dtype().size_in_bytes()
+    }
+}
+
+/// Conversion between typed vectors and [`CpuStorage`]; implemented for every [`Element`].
+pub trait StorageElement: Sized {
+    /// Wraps a vector.
+    fn into_storage(v: Vec<Self>) -> CpuStorage;
+    /// Borrows the vector if the dtype matches.
+    fn slice_of(s: &CpuStorage) -> Option<&[Self]>;
+}
+
+macro_rules! storage_element {
+    ($t:ty, $v:ident) => {
+        impl StorageElement for $t {
+            fn into_storage(v: Vec<Self>) -> CpuStorage {
+                CpuStorage::$v(v)
+            }
+            fn slice_of(s: &CpuStorage) -> Option<&[Self]> {
+                match s {
+                    CpuStorage::$v(v) => Some(v),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+storage_element!(f16, F16);
+storage_element!(bf16, BF16);
+storage_element!(f32, F32);
+storage_element!(f64, F64);
+storage_element!(i64, I64);
+
+impl BackendStorage for CpuStorage {
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+    fn dtype(&self) -> DType {
+        CpuStorage::dtype(self)
+    }
+    fn len(&self) -> usize {
+        CpuStorage::len(self)
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}

@@ -1,0 +1,192 @@
+//! Shape views: reshape, flatten, transpose, permute, (un)squeeze, broadcast, contiguous.
+//! Views share storage with their source; all are differentiable.
+
+use super::Tensor;
+use crate::autograd::track;
+use crate::{Error, Layout, Result, Shape};
+
+impl Tensor {
+    /// A tensor over the same storage with another layout (no graph node).
+    fn view_with(&self, layout: Layout) -> Tensor {
+        Tensor::from_storage(self.storage(), layout)
+    }
+
+    /// Same elements in a new shape with the same element count. A view when the tensor is
+    /// contiguous, else a copy.
+    pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Tensor> {
+        let shape = shape.into();
+        if shape.elem_count() != self.elem_count() {
+            return Err(Error::shape(
+                "reshape",
+                format!(
+                    "cannot reshape {:?} ({} elements) to {shape:?}",
+                    self.shape(),
+                    self.elem_count()
+                ),
+            ));
+        }
+        let src = self.contiguous()?;
+        let strides = shape.contiguous_strides();
+        let out = src.view_with(Layout::new(shape, strides, src.layout().offset()));
+        let orig = self.shape().clone();
+        Ok(track(out, "reshape", &[&src], move |g| {
+            Ok(vec![Some(g.reshape(orig.clone())?)])
+        }))
+    }
+
+    /// Merges dims `start..=end` into one (negative indices count from the end).
+    pub fn flatten(&self, start: isize, end: isize) -> Result<Tensor> {
+        if self.rank() == 0 {
+            return self.reshape([1]);
+        }
+        let (s, e) = (
+            self.shape().dim_index("flatten", start)?,
+            self.shape().dim_index("flatten", end)?,
+        );
+        if s > e {
+            return Err(Error::invalid(
+                "flatten",
+                format!("start dim {start} after end dim {end}"),
+            ));
+        }
+        let d = self.dims();
+        let mut dims = d[..s].to_vec();
+        dims.push(d[s..=e].iter().product());
+        dims.extend_from_slice(&d[e + 1..]);
+        self.reshape(dims)
+    }
+
+    /// Swaps two dims (a view).
+    pub fn transpose(&self, a: isize, b: isize) -> Result<Tensor> {
+        let (a, b) = (
+            self.shape().dim_index("transpose", a)?,
+            self.shape().dim_index("transpose", b)?,
+        );
+        if self.rank() == 0 {
+            return Ok(self.clone());
+        }
+        let out = self.view_with(self.layout().transpose(a, b));
+        Ok(track(out, "transpose", &[self], move |g| {
+            Ok(vec![Some(g.transpose(a as isize, b as isize)?)])
+        }))
+    }
+
+    /// Transpose of a 2-D tensor (swaps the last two dims of higher ranks).
+    pub fn t(&self) -> Result<Tensor> {
+        if self.rank() < 2 {
+            return Err(Error::invalid(
+                "t",
+                format!("needs at least 2 dims, got {:?}", self.shape()),
+            ));
+        }
+        self.transpose(-2, -1)
+    }
+
+    /// Reorders dims: output dim `i` is input dim `perm[i]` (a view).
+    pub fn permute(&self, perm: &[usize]) -> Result<Tensor> {
+        let rank = self.rank();
+        let mut seen = vec![false; rank];
+        if perm.len() != rank
+            || perm
+                .iter()
+                .any(|&p| p >= rank || std::mem::replace(&mut seen[p], true))
+        {
+            return Err(Error::invalid(
+                "permute",
+                format!(
+                    "{perm:?} is not a permutation of the dims of {:?}",
+                    self.shape()
+                ),
+            ));
+        }
+        let out = self.view_with(self.layout().permute(perm));
+        let mut inverse = vec![0; rank];
+        for (i, &p) in perm.iter().enumerate() {
+            inverse[p] = i;
+        }
+        Ok(track(out, "permute", &[self], move |g| {
+            Ok(vec![Some(g.permute(&inverse)?)])
+        }))
+    }
+
+    /// A contiguous tensor with the same values (the same tensor if already contiguous).
+    pub fn contiguous(&self) -> Result<Tensor> {
+        if self.layout().is_contiguous() {
+            return Ok(self.clone());
+        }
+        let s = self
+            .backend()?
+            .copy_strided(&self.storage(), self.layout())?;
+        let out = Tensor::contiguous_from(s, self.shape().clone());
+        Ok(track(out, "contiguous", &[self], |g| {
+            Ok(vec![Some(g.clone())])
+        }))
+    }
+
+    /// Inserts a dim of size 1 at `dim` (`-1` appends).
+    pub fn unsqueeze(&self, dim: isize) -> Result<Tensor> {
+        let rank = self.rank() as isize;
+        let d = if dim < 0 { dim + rank + 1 } else { dim };
+        if d < 0 || d > rank {
+            return Err(Error::invalid(
+                "unsqueeze",
+                format!("dim {dim} for shape {:?}", self.shape()),
+            ));
+        }
+        let mut dims = self.dims().to_vec();
+        dims.insert(d as usize, 1);
+        self.reshape(dims)
+    }
+
+    /// Removes dim `dim`, which must have size 1.
+    pub fn squeeze(&self, dim: isize) -> Result<Tensor> {
+        let d = self.shape().dim_index("squeeze", dim)?;
+        if self.rank() == 0 {
+            return Ok(self.clone());
+        }
+        if self.dims()[d] != 1 {
+            return Err(Error::invalid(
+                "squeeze",
+                format!("dim {dim} of {:?} is not 1", self.shape()),
+            ));
+        }
+        let mut dims = self.dims().to_vec();
+        dims.remove(d);
+        self.reshape(dims)
+    }
+
+    /// A view broadcast to `shape` (stride 0 on stretched dims). Its gradient sums back.
+    pub fn broadcast_as(&self, shape: impl Into<Shape>) -> Result<Tensor> {
+        let shape = shape.into();
+        if &shape == self.shape() {
+            return Ok(self.clone());
+        }
+        let out = self.view_with(self.layout().broadcast_as("broadcast_as", &shape)?);
+        let orig = self.shape().clone();
+        Ok(track(out, "broadcast_as", &[self], move |g| {
+            Ok(vec![Some(g.sum_to_shape(&orig)?)])
+        }))
+    }
+
+    /// Sums a broadcast tensor back down to `shape` (the gradient of a broadcast).
+    pub fn sum_to_shape(&self, shape: &Shape) -> Result<Tensor> {
+        if self.shape() == shape {
+            return Ok(self.clone());
+        }
+        let lead = self.rank().checked_sub(shape.rank()).ok_or_else(|| {
+            Error::shape(
+                "sum_to_shape",
+                format!("{:?} has fewer dims than {shape:?}", self.shape()),
+            )
+        })?;
+        let dims: Vec<usize> = (0..self.rank())
+            .filter(|&i| i < lead || (shape.dims()[i - lead] == 1 && self.dims()[i] != 1))
+            .collect();
+        let summed = if dims.is_empty() {
+            self.clone()
+        } else {
+            self.sum_dims(&dims, true)?
+        };
+        summed.reshape(shape.clone())
+    }
+}

@@ -1,0 +1,15 @@
+//! # hemi
+//!
+//! A mixed-precision (fp16/bf16) deep-learning training engine. This facade re-exports the
+//! engine ([`hemi_engine`]) and AMP ([`hemi_amp`]) crates; with feature `cuda` it will add the
+//! CUDA backend.
+//!
+//! ```
+//! use hemi::{Tensor, DType, Device};
+//! let x = Tensor::randn([2, 3], DType::F16, Device::Cpu)?;
+//! assert_eq!(x.to_dtype(DType::F32)?.dims(), &[2, 3]);
+//! # Ok::<(), hemi::Error>(())
+//! ```
+
+pub use hemi_amp as amp;
+pub use hemi_engine::*;
