@@ -20,7 +20,7 @@ fn leaf(v: Vec<f64>, dims: &[usize]) -> Tensor {
 }
 
 /// Compares analytic and numeric gradients of `f` at `inputs` (all F64).
-fn gradcheck<F>(name: &str, gen: &mut Generator, inputs: &[(Vec<f64>, Vec<usize>)], f: F)
+fn gradcheck<F>(name: &str, gen: &mut Generator, inputs: Vec<(Vec<f64>, Vec<usize>)>, f: F)
 where
     F: Fn(&[Tensor]) -> Result<Tensor>,
 {
@@ -111,20 +111,20 @@ fn unary_ops() {
         let any = input(&mut g, &d, -2.0, 2.0);
         let pos = input(&mut g, &d, 0.5, 2.0);
         let kinked = away_from_zero(&mut g, &d);
-        gradcheck("neg", &mut g, &[any.clone()], |x| x[0].neg());
-        gradcheck("exp", &mut g, &[any.clone()], |x| x[0].exp());
-        gradcheck("log", &mut g, &[pos.clone()], |x| x[0].log());
-        gradcheck("sqrt", &mut g, &[pos.clone()], |x| x[0].sqrt());
-        gradcheck("rsqrt", &mut g, &[pos.clone()], |x| x[0].rsqrt());
-        gradcheck("abs", &mut g, &[kinked.clone()], |x| x[0].abs());
-        gradcheck("square", &mut g, &[any.clone()], |x| x[0].square());
-        gradcheck("recip", &mut g, &[pos.clone()], |x| x[0].recip());
-        gradcheck("relu", &mut g, &[kinked], |x| x[0].relu());
-        gradcheck("powf", &mut g, &[pos], |x| x[0].powf(2.5));
-        gradcheck("affine", &mut g, &[any.clone()], |x| {
+        gradcheck("neg", &mut g, vec![any.clone()], |x| x[0].neg());
+        gradcheck("exp", &mut g, vec![any.clone()], |x| x[0].exp());
+        gradcheck("log", &mut g, vec![pos.clone()], |x| x[0].log());
+        gradcheck("sqrt", &mut g, vec![pos.clone()], |x| x[0].sqrt());
+        gradcheck("rsqrt", &mut g, vec![pos.clone()], |x| x[0].rsqrt());
+        gradcheck("abs", &mut g, vec![kinked.clone()], |x| x[0].abs());
+        gradcheck("square", &mut g, vec![any.clone()], |x| x[0].square());
+        gradcheck("recip", &mut g, vec![pos.clone()], |x| x[0].recip());
+        gradcheck("relu", &mut g, vec![kinked], |x| x[0].relu());
+        gradcheck("powf", &mut g, vec![pos], |x| x[0].powf(2.5));
+        gradcheck("affine", &mut g, vec![any.clone()], |x| {
             x[0].affine(-1.5, 0.25)
         });
-        gradcheck("scalar ops", &mut g, &[any], |x| {
+        gradcheck("scalar ops", &mut g, vec![any], |x| {
             x[0].add_scalar(1.0)?
                 .sub_scalar(0.5)?
                 .mul_scalar(3.0)?
@@ -141,22 +141,22 @@ fn binary_ops_with_broadcasting() {
         let full = input(&mut g, &[a, b], -2.0, 2.0);
         let row = input(&mut g, &[b], -2.0, 2.0);
         let col = input(&mut g, &[a, 1], 0.5, 2.0);
-        gradcheck("add", &mut g, &[full.clone(), row.clone()], |x| {
+        gradcheck("add", &mut g, vec![full.clone(), row.clone()], |x| {
             x[0].add(&x[1])
         });
-        gradcheck("sub", &mut g, &[row.clone(), full.clone()], |x| {
+        gradcheck("sub", &mut g, vec![row.clone(), full.clone()], |x| {
             x[0].sub(&x[1])
         });
-        gradcheck("mul", &mut g, &[full.clone(), col.clone()], |x| {
+        gradcheck("mul", &mut g, vec![full.clone(), col.clone()], |x| {
             x[0].mul(&x[1])
         });
-        gradcheck("div", &mut g, &[full.clone(), col.clone()], |x| {
+        gradcheck("div", &mut g, vec![full.clone(), col.clone()], |x| {
             x[0].div(&x[1])
         });
         gradcheck(
             "outer broadcast",
             &mut g,
-            &[col.clone(), row.clone()],
+            vec![col.clone(), row.clone()],
             |x| x[0].mul(&x[1]),
         );
         // maximum/minimum: shift one operand so no pair is within ±H of a tie.
@@ -168,10 +168,10 @@ fn binary_ops_with_broadcasting() {
                 .collect(),
             full.1.clone(),
         );
-        gradcheck("maximum", &mut g, &[full.clone(), other.clone()], |x| {
+        gradcheck("maximum", &mut g, vec![full.clone(), other.clone()], |x| {
             x[0].maximum(&x[1])
         });
-        gradcheck("minimum", &mut g, &[full, other], |x| x[0].minimum(&x[1]));
+        gradcheck("minimum", &mut g, vec![full, other], |x| x[0].minimum(&x[1]));
     }
 }
 
@@ -181,15 +181,15 @@ fn reductions() {
         let mut g = Generator::new(seed);
         let d = [dim(&mut g, 1, 3), dim(&mut g, 2, 4), dim(&mut g, 1, 3)];
         let x = input(&mut g, &d, -2.0, 2.0);
-        gradcheck("sum dim", &mut g, &[x.clone()], |x| x[0].sum(1, false));
-        gradcheck("sum dims keepdim", &mut g, &[x.clone()], |x| {
+        gradcheck("sum dim", &mut g, vec![x.clone()], |x| x[0].sum(1, false));
+        gradcheck("sum dims keepdim", &mut g, vec![x.clone()], |x| {
             x[0].sum_dims(&[0, 2], true)
         });
-        gradcheck("sum_all", &mut g, &[x.clone()], |x| x[0].sum_all());
-        gradcheck("mean dim", &mut g, &[x.clone()], |x| x[0].mean(-1, false));
-        gradcheck("mean_all", &mut g, &[x.clone()], |x| x[0].mean_all());
-        gradcheck("max dim", &mut g, &[x.clone()], |x| x[0].max(1, true));
-        gradcheck("min dims", &mut g, &[x], |x| x[0].min_dims(&[0, 1], false));
+        gradcheck("sum_all", &mut g, vec![x.clone()], |x| x[0].sum_all());
+        gradcheck("mean dim", &mut g, vec![x.clone()], |x| x[0].mean(-1, false));
+        gradcheck("mean_all", &mut g, vec![x.clone()], |x| x[0].mean_all());
+        gradcheck("max dim", &mut g, vec![x.clone()], |x| x[0].max(1, true));
+        gradcheck("min dims", &mut g, vec![x], |x| x[0].min_dims(&[0, 1], false));
     }
 }
 
@@ -200,22 +200,22 @@ fn views() {
         let d = [dim(&mut g, 1, 3), dim(&mut g, 2, 4), dim(&mut g, 1, 3)];
         let x = input(&mut g, &d, -2.0, 2.0);
         let n: usize = d.iter().product();
-        gradcheck("reshape", &mut g, &[x.clone()], move |x| x[0].reshape([n]));
-        gradcheck("flatten", &mut g, &[x.clone()], |x| x[0].flatten(1, 2));
-        gradcheck("transpose", &mut g, &[x.clone()], |x| {
+        gradcheck("reshape", &mut g, vec![x.clone()], move |x| x[0].reshape([n]));
+        gradcheck("flatten", &mut g, vec![x.clone()], |x| x[0].flatten(1, 2));
+        gradcheck("transpose", &mut g, vec![x.clone()], |x| {
             x[0].transpose(0, 2)?.contiguous()
         });
-        gradcheck("permute", &mut g, &[x.clone()], |x| {
+        gradcheck("permute", &mut g, vec![x.clone()], |x| {
             x[0].permute(&[2, 0, 1])
         });
-        gradcheck("reshape of permuted", &mut g, &[x.clone()], move |x| {
+        gradcheck("reshape of permuted", &mut g, vec![x.clone()], move |x| {
             x[0].permute(&[1, 2, 0])?.reshape([n])
         });
-        gradcheck("unsqueeze/squeeze", &mut g, &[x.clone()], |x| {
+        gradcheck("unsqueeze/squeeze", &mut g, vec![x.clone()], |x| {
             x[0].unsqueeze(1)?.mul_scalar(2.0)?.squeeze(1)
         });
         let (a, b, c) = (d[0], d[1], d[2]);
-        gradcheck("broadcast_as", &mut g, &[x], move |x| {
+        gradcheck("broadcast_as", &mut g, vec![x], move |x| {
             x[0].broadcast_as([2, a, b, c])
         });
     }
@@ -236,23 +236,23 @@ fn matmul_and_linear() {
         let a3 = input(&mut g, &[b, m, k], -1.0, 1.0);
         let b3 = input(&mut g, &[b, k, n], -1.0, 1.0);
         let bt = input(&mut g, &[n, k], -1.0, 1.0);
-        gradcheck("matmul 2d", &mut g, &[a2.clone(), b2.clone()], |x| {
+        gradcheck("matmul 2d", &mut g, vec![a2.clone(), b2.clone()], |x| {
             x[0].matmul(&x[1])
         });
-        gradcheck("matmul batched", &mut g, &[a3.clone(), b3], |x| {
+        gradcheck("matmul batched", &mut g, vec![a3.clone(), b3], |x| {
             x[0].matmul(&x[1])
         });
-        gradcheck("matmul broadcast rhs", &mut g, &[a3, b2.clone()], |x| {
+        gradcheck("matmul broadcast rhs", &mut g, vec![a3, b2.clone()], |x| {
             x[0].matmul(&x[1])
         });
         gradcheck(
             "matmul transposed rhs",
             &mut g,
-            &[a2.clone(), bt.clone()],
+            vec![a2.clone(), bt.clone()],
             |x| x[0].matmul(&x[1].t()?),
         );
         let bias = input(&mut g, &[n], -1.0, 1.0);
-        gradcheck("linear", &mut g, &[a2, bt, bias], |x| {
+        gradcheck("linear", &mut g, vec![a2, bt, bias], |x| {
             x[0].linear(&x[1], Some(&x[2]))
         });
     }
@@ -278,7 +278,7 @@ fn conv2d_all_options() {
             dilation: (dil, dil),
             groups,
         };
-        gradcheck(&format!("conv2d {p:?}"), &mut g, &[x, wt, b], move |x| {
+        gradcheck(&format!("conv2d {p:?}"), &mut g, vec![x, wt, b], move |x| {
             x[0].conv2d(&x[1], Some(&x[2]), p)
         });
     }
@@ -300,7 +300,7 @@ fn batch_norm_train_and_eval() {
         gradcheck(
             "batch_norm train",
             &mut g,
-            &[x.clone(), wt.clone(), b.clone()],
+            vec![x.clone(), wt.clone(), b.clone()],
             |x| {
                 x[0].batch_norm(
                     None,
@@ -315,7 +315,7 @@ fn batch_norm_train_and_eval() {
         gradcheck(
             "batch_norm train 2d",
             &mut g,
-            &[x2, wt.clone(), b.clone()],
+            vec![x2, wt.clone(), b.clone()],
             |x| {
                 x[0].batch_norm(
                     None,
@@ -332,7 +332,7 @@ fn batch_norm_train_and_eval() {
             training: false,
             ..Default::default()
         };
-        gradcheck("batch_norm eval", &mut g, &[x, wt, b], move |x| {
+        gradcheck("batch_norm eval", &mut g, vec![x, wt, b], move |x| {
             x[0].batch_norm(Some(&rm), Some(&rv), Some(&x[1]), Some(&x[2]), eval)
         });
     }
@@ -355,29 +355,29 @@ fn pooling() {
             ramp.swap(i, g.int(0, i as i64 + 1) as usize);
         }
         let distinct = (ramp, vec![n, c, h, w]);
-        gradcheck("max_pool2d k3 s2 p1", &mut g, &[distinct.clone()], |x| {
+        gradcheck("max_pool2d k3 s2 p1", &mut g, vec![distinct.clone()], |x| {
             x[0].max_pool2d(MaxPool2dParams::new(3, 2, 1))
         });
-        gradcheck("max_pool2d k2 dilated", &mut g, &[distinct], |x| {
+        gradcheck("max_pool2d k2 dilated", &mut g, vec![distinct], |x| {
             x[0].max_pool2d(MaxPool2dParams {
                 dilation: (2, 1),
                 ..MaxPool2dParams::new(2, 1, 0)
             })
         });
         let x = input(&mut g, &[n, c, h, w], -1.0, 1.0);
-        gradcheck("avg_pool2d", &mut g, &[x.clone()], |x| {
+        gradcheck("avg_pool2d", &mut g, vec![x.clone()], |x| {
             x[0].avg_pool2d(AvgPool2dParams::new(3, 2, 1))
         });
-        gradcheck("avg_pool2d no pad count", &mut g, &[x.clone()], |x| {
+        gradcheck("avg_pool2d no pad count", &mut g, vec![x.clone()], |x| {
             x[0].avg_pool2d(AvgPool2dParams {
                 count_include_pad: false,
                 ..AvgPool2dParams::new(2, 1, 1)
             })
         });
-        gradcheck("adaptive_avg_pool2d", &mut g, &[x.clone()], |x| {
+        gradcheck("adaptive_avg_pool2d", &mut g, vec![x.clone()], |x| {
             x[0].adaptive_avg_pool2d((3, 2))
         });
-        gradcheck("adaptive_avg_pool2d 1x1", &mut g, &[x], |x| {
+        gradcheck("adaptive_avg_pool2d 1x1", &mut g, vec![x], |x| {
             x[0].adaptive_avg_pool2d((1, 1))
         });
     }
@@ -390,12 +390,12 @@ fn softmax_and_losses() {
         let (n, c) = (dim(&mut g, 2, 5), dim(&mut g, 2, 6));
         let x = input(&mut g, &[n, c], -3.0, 3.0);
         let x3 = input(&mut g, &[2, c, 3], -3.0, 3.0);
-        gradcheck("softmax", &mut g, &[x.clone()], |x| x[0].softmax(-1));
-        gradcheck("softmax middle dim", &mut g, &[x3.clone()], |x| {
+        gradcheck("softmax", &mut g, vec![x.clone()], |x| x[0].softmax(-1));
+        gradcheck("softmax middle dim", &mut g, vec![x3.clone()], |x| {
             x[0].softmax(1)
         });
-        gradcheck("log_softmax", &mut g, &[x.clone()], |x| x[0].log_softmax(1));
-        gradcheck("log_softmax dim 0", &mut g, &[x3], |x| x[0].log_softmax(0));
+        gradcheck("log_softmax", &mut g, vec![x.clone()], |x| x[0].log_softmax(1));
+        gradcheck("log_softmax dim 0", &mut g, vec![x3], |x| x[0].log_softmax(0));
         let mut tv: Vec<i64> = (0..n).map(|_| g.int(0, c as i64)).collect();
         tv[0] = -100; // one ignored sample
         let t = Tensor::from_vec(tv, [n], Device::Cpu).expect("targets");
@@ -413,15 +413,15 @@ fn softmax_and_losses() {
             gradcheck(
                 &format!("cross_entropy {spec:?}"),
                 &mut g,
-                &[x.clone()],
+                vec![x.clone()],
                 move |x| x[0].cross_entropy(&t, spec),
             );
         }
         let y = input(&mut g, &[n, c], -1.0, 1.0);
-        gradcheck("mse_loss", &mut g, &[x.clone(), y.clone()], |x| {
+        gradcheck("mse_loss", &mut g, vec![x.clone(), y.clone()], |x| {
             x[0].mse_loss(&x[1], Reduction::Mean)
         });
-        gradcheck("mse_loss sum", &mut g, &[x, y], |x| {
+        gradcheck("mse_loss sum", &mut g, vec![x, y], |x| {
             x[0].mse_loss(&x[1], Reduction::Sum)
         });
     }
@@ -451,7 +451,7 @@ fn casts_pass_gradients_back() {
         .expect("vals")
         .iter()
         .all(|&v| v == 3.0));
-    gradcheck("to_device + contiguous", &mut g, &[x], |x| {
+    gradcheck("to_device + contiguous", &mut g, vec![x], |x| {
         x[0].to_device(Device::Cpu)?.t()?.contiguous()
     });
 }

@@ -107,7 +107,7 @@ fn special_f32() -> Vec<f32> {
         -65520.0,
         1e-8,
         2.9802322e-8,
-        2.98023259e-8,
+        2.980_232_6e-8,
         5.9604645e-8,
         6.1035156e-5,
         6.097555e-5,
@@ -214,9 +214,9 @@ proptest! {
         // Make `a` compatible with `b` on some dims by setting them to 1 or copying b's size.
         let mut a = a;
         let rank = a.len().max(b.len());
-        for i in 0..a.len().min(b.len()) {
+        for (i, &one) in ones_a.iter().enumerate().take(a.len().min(b.len())) {
             let (ia, ib) = (a.len() - 1 - i, b.len() - 1 - i);
-            if ones_a[i] { a[ia] = 1 } else if a[ia] != b[ib] && a[ia] != 1 && b[ib] != 1 && i % 2 == 0 { a[ia] = b[ib] }
+            if one { a[ia] = 1 } else if a[ia] != b[ib] && a[ia] != 1 && b[ib] != 1 && i % 2 == 0 { a[ia] = b[ib] }
         }
         let mut expected = Some(vec![0usize; rank]);
         for i in 0..rank {
@@ -240,7 +240,7 @@ proptest! {
                 // Element check by explicit index arithmetic.
                 let (va, vb, vs) = (ta.to_vec::<f64>().expect("a"), tb.to_vec::<f64>().expect("b"), sum.to_vec::<f64>().expect("s"));
                 let n: usize = e.iter().product();
-                for flat in 0..n {
+                for (flat, &got) in vs.iter().enumerate().take(n) {
                     let mut rem = flat;
                     let mut idx = vec![0; rank];
                     for d in (0..rank).rev() { idx[d] = rem % e[d]; rem /= e[d]; }
@@ -248,7 +248,7 @@ proptest! {
                         let lead = rank - s.len();
                         s.iter().enumerate().fold(0, |o, (k, &sz)| o * sz + if sz == 1 { 0 } else { idx[lead + k] })
                     };
-                    prop_assert_eq!(vs[flat], va[off(&a)] + vb[off(&b)]);
+                    prop_assert_eq!(got, va[off(&a)] + vb[off(&b)]);
                 }
             }
         }

@@ -193,13 +193,10 @@ impl Layout {
         }
         let lead = rank - self.shape.rank();
         let mut strides = vec![0; rank];
-        for i in 0..rank {
-            if i < lead {
-                continue;
-            }
+        for (i, stride) in strides.iter_mut().enumerate().skip(lead) {
             let d = self.dims()[i - lead];
             if d == to.dims()[i] {
-                strides[i] = self.strides[i - lead];
+                *stride = self.strides[i - lead];
             } else if d != 1 {
                 return Err(Error::shape(
                     op,

@@ -49,7 +49,7 @@ pub trait Backend: Send + Sync + Debug {
     fn device(&self) -> Device;
 
     /// Copies host data to a new device buffer.
-    fn from_host(&self, data: &CpuStorage) -> Result<StorageRef>;
+    fn upload(&self, data: &CpuStorage) -> Result<StorageRef>;
     /// Copies the elements of `layout` (in logical order) back to the host.
     fn to_host(&self, s: &StorageRef, layout: &Layout) -> Result<CpuStorage>;
     /// A buffer of `n` elements, all `value` rounded to `dtype`.

@@ -3,6 +3,7 @@
 //! into the output dtype.
 
 use crate::{CpuStorage, DType, Device, Element, Error, Layout, Result, StorageRef};
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use num_traits::Float;
 use rayon::prelude::*;
@@ -56,10 +57,31 @@ pub(crate) fn gather_same(s: &CpuStorage, layout: &Layout) -> CpuStorage {
     }
 }
 
+/// f16 → f32 of a contiguous slice with the `half` crate's SIMD (F16C) slice conversion.
+fn widen_f16(src: &[f16]) -> Vec<f32> {
+    let mut out = vec![0f32; src.len()];
+    out.par_chunks_mut(PAR_THRESHOLD)
+        .zip(src.par_chunks(PAR_THRESHOLD))
+        .for_each(|(o, s)| s.convert_to_f32_slice(o));
+    out
+}
+
+/// f32 → f16 (round to nearest even) with the `half` crate's SIMD slice conversion.
+fn narrow_f16(src: &[f32]) -> Vec<f16> {
+    let mut out = vec![f16::ZERO; src.len()];
+    out.par_chunks_mut(PAR_THRESHOLD)
+        .zip(src.par_chunks(PAR_THRESHOLD))
+        .for_each(|(o, s)| o.convert_from_f32_slice(s));
+    out
+}
+
 /// Gathers a float view into its compute type; I64 is an error naming `op`.
 pub(crate) fn to_compute(op: &'static str, s: &CpuStorage, layout: &Layout) -> Result<Compute> {
     Ok(match s {
-        CpuStorage::F16(v) => Compute::F32(gather(v, layout, f16::to_f32)),
+        CpuStorage::F16(v) => Compute::F32(match layout.contiguous_start() {
+            Some(start) => widen_f16(&v[start..start + layout.elem_count()]),
+            None => gather(v, layout, f16::to_f32),
+        }),
         CpuStorage::BF16(v) => Compute::F32(gather(v, layout, bf16::to_f32)),
         CpuStorage::F32(v) => Compute::F32(gather(v, layout, |x| x)),
         CpuStorage::F64(v) => Compute::F64(gather(v, layout, |x| x)),
@@ -99,7 +121,7 @@ fn round_vec<T: Float + Send + Sync, E: Element>(
 /// Rounds f32 values once into `dtype`.
 pub(crate) fn from_f32(v: Vec<f32>, dtype: DType) -> CpuStorage {
     match dtype {
-        DType::F16 => CpuStorage::F16(round_vec(v, f16::from_f32)),
+        DType::F16 => CpuStorage::F16(narrow_f16(&v)),
         DType::BF16 => CpuStorage::BF16(round_vec(v, bf16::from_f32)),
         DType::F32 => CpuStorage::F32(v),
         DType::F64 => CpuStorage::F64(round_vec(v, |x| x as f64)),

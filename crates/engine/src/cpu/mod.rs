@@ -38,7 +38,7 @@ impl Backend for CpuBackend {
         Device::Cpu
     }
 
-    fn from_host(&self, data: &CpuStorage) -> Result<StorageRef> {
+    fn upload(&self, data: &CpuStorage) -> Result<StorageRef> {
         Ok(wrap(data.clone()))
     }
 

@@ -112,7 +112,7 @@ pub(crate) fn max_pool2d_backward(
                     &idx[p * plane_out..][..plane_out],
                 );
                 for (&v, &i) in gp.iter().zip(ip) {
-                    d[i as usize] = d[i as usize] + v;
+                    d[i as usize] += v;
                 }
             });
         dx
@@ -165,7 +165,7 @@ pub(crate) fn avg_pool2d(x: &StorageRef, s: &Pool2dSpec) -> Result<CpuStorage> {
                         let mut acc = T::zero();
                         for y in taps(oy, s.kernel.0, s.stride.0, s.padding.0, 1, s.h) {
                             for xx in taps(ox, s.kernel.1, s.stride.1, s.padding.1, 1, s.w) {
-                                acc = acc + x[y * s.w + xx];
+                                acc += x[y * s.w + xx];
                             }
                         }
                         let d = count::<T>(avg_divisor(s, oy, ox));
@@ -198,7 +198,7 @@ pub(crate) fn avg_pool2d_backward(dy: &StorageRef, s: &Pool2dSpec) -> Result<Cpu
                         let share = gp[oy * ow + ox] / count::<T>(avg_divisor(s, oy, ox));
                         for y in taps(oy, s.kernel.0, s.stride.0, s.padding.0, 1, s.h) {
                             for xx in taps(ox, s.kernel.1, s.stride.1, s.padding.1, 1, s.w) {
-                                d[y * s.w + xx] = d[y * s.w + xx] + share;
+                                d[y * s.w + xx] += share;
                             }
                         }
                     }
@@ -249,7 +249,7 @@ pub(crate) fn adaptive_avg_pool2d(
                     let mut acc = T::zero();
                     for y in ys.clone() {
                         for xx in xs.clone() {
-                            acc = acc + x[y * w + xx];
+                            acc += x[y * w + xx];
                         }
                     }
                     op[oy * out.1 + ox] = acc / cnt;
@@ -285,7 +285,7 @@ pub(crate) fn adaptive_avg_pool2d_backward(
                     let share = gp[oy * out.1 + ox] / count::<T>(ys.len() * xs.len());
                     for y in ys.clone() {
                         for xx in xs.clone() {
-                            d[y * w + xx] = d[y * w + xx] + share;
+                            d[y * w + xx] += share;
                         }
                     }
                 }

@@ -72,7 +72,7 @@ impl Tensor {
                 format!("{} elements for shape {shape:?}", data.len()),
             ));
         }
-        let s = backend_for(device)?.from_host(&data)?;
+        let s = backend_for(device)?.upload(&data)?;
         Ok(Tensor::contiguous_from(s, shape))
     }
 }

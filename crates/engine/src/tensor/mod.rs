@@ -253,7 +253,7 @@ impl Tensor {
             return Ok(self.clone());
         }
         let host = self.to_host()?;
-        let s = backend_for(device)?.from_host(&host)?;
+        let s = backend_for(device)?.upload(&host)?;
         let out = Tensor::contiguous_from(s, self.shape().clone());
         let src_device = self.device();
         Ok(crate::autograd::track(

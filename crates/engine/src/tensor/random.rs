@@ -94,7 +94,7 @@ impl Tensor {
         dtype: DType,
         device: Device,
     ) -> Result<Tensor> {
-        if !(lo < hi) || !lo.is_finite() || !hi.is_finite() {
+        if lo >= hi || !lo.is_finite() || !hi.is_finite() {
             return Err(Error::invalid(
                 "uniform",
                 format!("bounds [{lo}, {hi}) must be finite with lo < hi"),
