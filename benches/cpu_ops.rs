@@ -14,15 +14,19 @@ fn rand(g: &mut Generator, dims: &[usize], dt: DType) -> Tensor {
 
 fn matmul(c: &mut Criterion) {
     let mut group = c.benchmark_group("cpu_matmul");
-    group.sample_size(10).measurement_time(Duration::from_secs(3));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(3));
     let mut g = Generator::new(1);
     for n in [128usize, 256, 512, 1024] {
         for dt in [DType::F32, DType::F16] {
             let (a, b) = (rand(&mut g, &[n, n], dt), rand(&mut g, &[n, n], dt));
             group.throughput(Throughput::Elements(2 * (n * n * n) as u64));
-            group.bench_with_input(BenchmarkId::new(dt.name(), format!("{n}x{n}x{n}")), &n, |bench, _| {
-                bench.iter(|| a.matmul(&b).expect("matmul"))
-            });
+            group.bench_with_input(
+                BenchmarkId::new(dt.name(), format!("{n}x{n}x{n}")),
+                &n,
+                |bench, _| bench.iter(|| a.matmul(&b).expect("matmul")),
+            );
         }
     }
     group.finish();
@@ -31,7 +35,9 @@ fn matmul(c: &mut Criterion) {
 /// ResNet-18 conv shapes at batch 8 (224×224 input): stem and one 3×3 conv per stage.
 fn conv2d(c: &mut Criterion) {
     let mut group = c.benchmark_group("cpu_conv2d");
-    group.sample_size(10).measurement_time(Duration::from_secs(3));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(3));
     let mut g = Generator::new(2);
     let shapes: [(&str, [usize; 4], [usize; 4], usize, usize); 4] = [
         ("stem_7x7s2", [8, 3, 224, 224], [64, 3, 7, 7], 2, 3),

@@ -11,7 +11,11 @@ fn main() -> Result<()> {
     let scores = x.matmul(&teacher)?.to_vec::<f32>()?;
     let labels: Vec<i64> = scores
         .chunks(classes)
-        .map(|r| (0..classes).max_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap_or(0) as i64)
+        .map(|r| {
+            (0..classes)
+                .max_by(|&a, &b| r[a].total_cmp(&r[b]))
+                .unwrap_or(0) as i64
+        })
         .collect();
     let y = Tensor::from_vec(labels.clone(), [n], Device::Cpu)?;
     let init = |g: &mut Generator, dims: [usize; 2]| {
@@ -37,9 +41,15 @@ fn main() -> Result<()> {
             let hits = v
                 .chunks(classes)
                 .zip(&labels)
-                .filter(|(r, &l)| (0..classes).max_by(|&a, &b| r[a].total_cmp(&r[b])) == Some(l as usize))
+                .filter(|(r, &l)| {
+                    (0..classes).max_by(|&a, &b| r[a].total_cmp(&r[b])) == Some(l as usize)
+                })
                 .count();
-            println!("step {step}: loss = {:.4}, accuracy = {:.1}%", loss.item()?, 100.0 * hits as f64 / n as f64);
+            println!(
+                "step {step}: loss = {:.4}, accuracy = {:.1}%",
+                loss.item()?,
+                100.0 * hits as f64 / n as f64
+            );
         }
     }
     Ok(())

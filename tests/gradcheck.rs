@@ -171,7 +171,9 @@ fn binary_ops_with_broadcasting() {
         gradcheck("maximum", &mut g, vec![full.clone(), other.clone()], |x| {
             x[0].maximum(&x[1])
         });
-        gradcheck("minimum", &mut g, vec![full, other], |x| x[0].minimum(&x[1]));
+        gradcheck("minimum", &mut g, vec![full, other], |x| {
+            x[0].minimum(&x[1])
+        });
     }
 }
 
@@ -186,10 +188,14 @@ fn reductions() {
             x[0].sum_dims(&[0, 2], true)
         });
         gradcheck("sum_all", &mut g, vec![x.clone()], |x| x[0].sum_all());
-        gradcheck("mean dim", &mut g, vec![x.clone()], |x| x[0].mean(-1, false));
+        gradcheck("mean dim", &mut g, vec![x.clone()], |x| {
+            x[0].mean(-1, false)
+        });
         gradcheck("mean_all", &mut g, vec![x.clone()], |x| x[0].mean_all());
         gradcheck("max dim", &mut g, vec![x.clone()], |x| x[0].max(1, true));
-        gradcheck("min dims", &mut g, vec![x], |x| x[0].min_dims(&[0, 1], false));
+        gradcheck("min dims", &mut g, vec![x], |x| {
+            x[0].min_dims(&[0, 1], false)
+        });
     }
 }
 
@@ -200,7 +206,9 @@ fn views() {
         let d = [dim(&mut g, 1, 3), dim(&mut g, 2, 4), dim(&mut g, 1, 3)];
         let x = input(&mut g, &d, -2.0, 2.0);
         let n: usize = d.iter().product();
-        gradcheck("reshape", &mut g, vec![x.clone()], move |x| x[0].reshape([n]));
+        gradcheck("reshape", &mut g, vec![x.clone()], move |x| {
+            x[0].reshape([n])
+        });
         gradcheck("flatten", &mut g, vec![x.clone()], |x| x[0].flatten(1, 2));
         gradcheck("transpose", &mut g, vec![x.clone()], |x| {
             x[0].transpose(0, 2)?.contiguous()
@@ -394,8 +402,12 @@ fn softmax_and_losses() {
         gradcheck("softmax middle dim", &mut g, vec![x3.clone()], |x| {
             x[0].softmax(1)
         });
-        gradcheck("log_softmax", &mut g, vec![x.clone()], |x| x[0].log_softmax(1));
-        gradcheck("log_softmax dim 0", &mut g, vec![x3], |x| x[0].log_softmax(0));
+        gradcheck("log_softmax", &mut g, vec![x.clone()], |x| {
+            x[0].log_softmax(1)
+        });
+        gradcheck("log_softmax dim 0", &mut g, vec![x3], |x| {
+            x[0].log_softmax(0)
+        });
         let mut tv: Vec<i64> = (0..n).map(|_| g.int(0, c as i64)).collect();
         tv[0] = -100; // one ignored sample
         let t = Tensor::from_vec(tv, [n], Device::Cpu).expect("targets");
