@@ -32,6 +32,9 @@ fn matmul(c: &mut Criterion) {
     group.finish();
 }
 
+/// Name, input dims, weight dims, stride, padding.
+type ConvShape = (&'static str, [usize; 4], [usize; 4], usize, usize);
+
 /// ResNet-18 conv shapes at batch 8 (224×224 input): stem and one 3×3 conv per stage.
 fn conv2d(c: &mut Criterion) {
     let mut group = c.benchmark_group("cpu_conv2d");
@@ -39,7 +42,7 @@ fn conv2d(c: &mut Criterion) {
         .sample_size(10)
         .measurement_time(Duration::from_secs(3));
     let mut g = Generator::new(2);
-    let shapes: [(&str, [usize; 4], [usize; 4], usize, usize); 4] = [
+    let shapes: [ConvShape; 4] = [
         ("stem_7x7s2", [8, 3, 224, 224], [64, 3, 7, 7], 2, 3),
         ("layer1_3x3", [8, 64, 56, 56], [64, 64, 3, 3], 1, 1),
         ("layer2_3x3", [8, 128, 28, 28], [128, 128, 3, 3], 1, 1),
