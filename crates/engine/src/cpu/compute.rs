@@ -179,3 +179,14 @@ pub(crate) fn scalar<T: Float>(v: f64) -> T {
 pub(crate) fn count<T: Float>(n: usize) -> T {
     T::from(n).unwrap_or_else(T::nan)
 }
+
+/// Errors unless a buffer has the element count the op's geometry implies.
+pub(crate) fn check_len(op: &'static str, what: &str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        return Err(Error::shape(
+            op,
+            format!("{what} has {got} elements, expected {want}"),
+        ));
+    }
+    Ok(())
+}

@@ -1,20 +1,10 @@
 //! CPU softmax / log-softmax along one dim and fused cross-entropy with integer targets.
 
-use super::compute::{all_to_compute, count, host, map_compute, scalar, Compute};
+use super::compute::{check_len, all_to_compute, count, host, map_compute, scalar, Compute};
 use crate::backend::{CrossEntropySpec, Reduction};
 use crate::{CpuStorage, Error, Result, StorageRef};
 use num_traits::{Float, One, Zero};
 use rayon::prelude::*;
-
-fn check_len(op: &'static str, what: &str, got: usize, want: usize) -> Result<()> {
-    if got != want {
-        return Err(Error::shape(
-            op,
-            format!("{what} has {got} elements, expected {want}"),
-        ));
-    }
-    Ok(())
-}
 
 /// Softmax (or log-softmax) of one `[size]` line with stride `inner`, written in place.
 fn softmax_line<T: Float>(v: &mut [T], base: usize, size: usize, inner: usize, log: bool) {

@@ -1,22 +1,12 @@
 //! CPU pooling over NCHW planes: max (with argmax indices), average and adaptive average,
 //! forward and backward, parallel over the `n * c` planes.
 
-use super::compute::{all_to_compute, count, host, map_compute};
+use super::compute::{check_len, all_to_compute, count, host, map_compute};
 use crate::backend::Pool2dSpec;
 use crate::{CpuStorage, Error, Result, StorageRef};
 use num_traits::{Float, Zero};
 use rayon::prelude::*;
 use std::ops::Range;
-
-fn check_len(op: &'static str, what: &str, got: usize, want: usize) -> Result<()> {
-    if got != want {
-        return Err(Error::shape(
-            op,
-            format!("{what} has {got} elements, expected {want}"),
-        ));
-    }
-    Ok(())
-}
 
 /// Input rows (or cols) under output position `o`: `o*stride - pad + t*dil` for each tap `t`.
 fn taps(
