@@ -117,18 +117,3 @@ storage_element!(bf16, BF16);
 storage_element!(f32, F32);
 storage_element!(f64, F64);
 storage_element!(i64, I64);
-
-impl BackendStorage for CpuStorage {
-    fn device(&self) -> Device {
-        Device::Cpu
-    }
-    fn dtype(&self) -> DType {
-        CpuStorage::dtype(self)
-    }
-    fn len(&self) -> usize {
-        CpuStorage::len(self)
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-}

@@ -21,7 +21,8 @@ pub(crate) enum Compute {
 /// Downcasts a storage to host memory.
 pub(crate) fn host<'a>(op: &'static str, s: &'a StorageRef) -> Result<&'a CpuStorage> {
     s.as_any()
-        .downcast_ref::<CpuStorage>()
+        .downcast_ref::<super::CpuBuffer>()
+        .map(super::CpuBuffer::data)
         .ok_or(Error::DeviceMismatch {
             op,
             lhs: Device::Cpu,

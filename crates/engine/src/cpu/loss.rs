@@ -1,6 +1,6 @@
 //! CPU softmax / log-softmax along one dim and fused cross-entropy with integer targets.
 
-use super::compute::{check_len, all_to_compute, count, host, map_compute, scalar, Compute};
+use super::compute::{all_to_compute, check_len, count, host, map_compute, scalar, Compute};
 use crate::backend::{CrossEntropySpec, Reduction};
 use crate::{CpuStorage, Error, Result, StorageRef};
 use num_traits::{Float, One, Zero};

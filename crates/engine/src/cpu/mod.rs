@@ -1,6 +1,7 @@
 //! The CPU backend: the reference implementation of every op. Simple loops over f32/f64
 //! compute vectors, GEMM through the `gemm` crate, parallel with rayon.
 
+mod buffer;
 pub(crate) mod compute;
 mod conv;
 mod elementwise;
@@ -16,6 +17,8 @@ use crate::backend::{
 };
 use crate::{CpuStorage, DType, Device, Layout, Result, StorageRef};
 use compute::host;
+
+pub use buffer::CpuBuffer;
 use std::sync::Arc;
 
 /// The host backend (see the module docs).
@@ -29,8 +32,9 @@ impl CpuBackend {
     }
 }
 
-fn wrap(s: CpuStorage) -> StorageRef {
-    Arc::new(s)
+/// Wraps host data as a counted CPU storage.
+pub(crate) fn wrap(s: CpuStorage) -> StorageRef {
+    Arc::new(CpuBuffer::new(s))
 }
 
 impl Backend for CpuBackend {

@@ -6,7 +6,6 @@ use super::compute::{host, to_f64_vec};
 use crate::backend::{BatchNormBackward, BatchNormForward};
 use crate::{DType, Error, Layout, Result, StorageRef};
 use rayon::prelude::*;
-use std::sync::Arc;
 
 fn wide(op: &'static str, s: &StorageRef, want: usize, what: &str) -> Result<(Vec<f64>, DType)> {
     let h = host(op, s)?;
@@ -29,7 +28,7 @@ fn store(v: Vec<f64>, compute_f64: bool, dtype: DType) -> StorageRef {
     } else {
         v.into_iter().map(|x| x as f32 as f64).collect()
     };
-    Arc::new(super::compute::from_f64(v, dtype))
+    super::wrap(super::compute::from_f64(v, dtype))
 }
 
 /// Flat indices of channel `ch` in a contiguous `[N, C, S]` tensor.

@@ -1,7 +1,7 @@
 //! CPU pooling over NCHW planes: max (with argmax indices), average and adaptive average,
 //! forward and backward, parallel over the `n * c` planes.
 
-use super::compute::{check_len, all_to_compute, count, host, map_compute};
+use super::compute::{all_to_compute, check_len, count, host, map_compute};
 use crate::backend::Pool2dSpec;
 use crate::{CpuStorage, Error, Result, StorageRef};
 use num_traits::{Float, Zero};

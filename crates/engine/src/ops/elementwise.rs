@@ -183,3 +183,28 @@ impl Tensor {
         a.binary_raw(BinaryOp::Eq, &b)
     }
 }
+
+impl Tensor {
+    /// Dropout: in training, zeroes each element with probability `p` (from the thread's
+    /// default generator) and scales the survivors by `1/(1−p)`; otherwise the identity.
+    pub fn dropout(&self, p: f64, training: bool) -> Result<Tensor> {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(crate::Error::invalid(
+                "dropout",
+                format!("probability {p} must be in [0, 1]"),
+            ));
+        }
+        if !training || p == 0.0 {
+            return Ok(self.clone());
+        }
+        if p == 1.0 {
+            return self.mul_scalar(0.0);
+        }
+        let u = Tensor::rand(self.shape().clone(), crate::DType::F32, self.device())?;
+        let mask = u
+            .add_scalar(-p)?
+            .unary_raw(UnaryOp::Step)?
+            .mul_scalar(1.0 / (1.0 - p))?;
+        self.mul(&mask.to_dtype(self.dtype())?)
+    }
+}

@@ -132,6 +132,16 @@ impl Tensor {
     pub fn rand(shape: impl Into<Shape>, dtype: DType, device: Device) -> Result<Tensor> {
         with_default(|g| Tensor::rand_with(g, shape, dtype, device))
     }
+    /// Uniform `[lo, hi)` samples from the thread's default generator.
+    pub fn uniform(
+        shape: impl Into<Shape>,
+        lo: f64,
+        hi: f64,
+        dtype: DType,
+        device: Device,
+    ) -> Result<Tensor> {
+        with_default(|g| Tensor::uniform_with(g, shape, lo, hi, dtype, device))
+    }
     /// I64 samples in `[lo, hi)` from the thread's default generator.
     pub fn randint(lo: i64, hi: i64, shape: impl Into<Shape>, device: Device) -> Result<Tensor> {
         with_default(|g| Tensor::randint_with(g, lo, hi, shape, device))

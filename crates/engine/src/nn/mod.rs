@@ -1,0 +1,112 @@
+//! Neural-network layers with PyTorch's names, shapes and initialisation.
+//!
+//! A [`Module`] has a forward pass, named parameters (tensors that require grad) and named
+//! buffers (e.g. batch-norm running statistics), and a training flag. Names are the dotted
+//! paths of torchvision (`layer1.0.conv1.weight`), so state dicts exchange with PyTorch.
+//!
+//! ```
+//! use hemi_engine::nn::{Linear, Module, ReLU, Sequential};
+//! use hemi_engine::{DType, Device, Tensor};
+//! let mlp = Sequential::new()
+//!     .push(Linear::new(4, 8, true, Device::Cpu)?)
+//!     .push(ReLU)
+//!     .push(Linear::new(8, 2, true, Device::Cpu)?);
+//! let y = mlp.forward(&Tensor::randn([3, 4], DType::F32, Device::Cpu)?)?;
+//! assert_eq!(y.dims(), &[3, 2]);
+//! let names: Vec<String> = mlp.named_parameters().into_iter().map(|(n, _)| n).collect();
+//! assert_eq!(names, ["0.weight", "0.bias", "2.weight", "2.bias"]);
+//! # Ok::<(), hemi_engine::Error>(())
+//! ```
+
+mod activation;
+mod container;
+mod conv;
+pub mod init;
+mod linear;
+mod norm;
+mod pool;
+mod resnet;
+
+pub use activation::{Dropout, ReLU};
+pub use container::Sequential;
+pub use conv::Conv2d;
+pub use linear::Linear;
+pub use norm::BatchNorm2d;
+pub use pool::{AdaptiveAvgPool2d, Flatten, MaxPool2d};
+pub use resnet::{resnet18, resnet34, BasicBlock, ResNet};
+
+use crate::{Result, Tensor};
+
+/// Callback receiving a dotted name and a tensor.
+pub type Visitor<'a> = dyn FnMut(&str, &Tensor) + 'a;
+
+/// Joins a module path prefix and a member name with a dot.
+pub fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// A layer or a model. Object safe; containers hold `Box<dyn Module>`.
+pub trait Module: Send + Sync + std::fmt::Debug {
+    /// The forward pass.
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+
+    /// Calls `f` for each parameter with its dotted name under `prefix`, in registration order.
+    fn visit_parameters(&self, prefix: &str, f: &mut Visitor<'_>);
+
+    /// Calls `f` for each buffer (state that is saved but not trained) under `prefix`.
+    fn visit_buffers(&self, _prefix: &str, _f: &mut Visitor<'_>) {}
+
+    /// Switches training mode (batch norm statistics, dropout) for this module and children.
+    fn set_training(&mut self, _on: bool) {}
+
+    /// Whether the module is in training mode (true for stateless layers).
+    fn is_training(&self) -> bool {
+        true
+    }
+
+    /// Parameters in registration order.
+    fn parameters(&self) -> Vec<Tensor> {
+        self.named_parameters()
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect()
+    }
+
+    /// Parameters with their dotted names.
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        self.visit_parameters("", &mut |n, t| out.push((n.to_string(), t.clone())));
+        out
+    }
+
+    /// Buffers with their dotted names.
+    fn named_buffers(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        self.visit_buffers("", &mut |n, t| out.push((n.to_string(), t.clone())));
+        out
+    }
+
+    /// Total number of parameter elements.
+    fn num_parameters(&self) -> usize {
+        self.parameters().iter().map(Tensor::elem_count).sum()
+    }
+
+    /// Training mode (`model.train()`).
+    fn train(&mut self) {
+        self.set_training(true)
+    }
+
+    /// Evaluation mode (`model.eval()`).
+    fn eval(&mut self) {
+        self.set_training(false)
+    }
+
+    /// Drops the gradients of every parameter.
+    fn zero_grad(&self) {
+        self.parameters().iter().for_each(Tensor::zero_grad)
+    }
+}
