@@ -81,6 +81,22 @@ pub enum Error {
         /// The tensor's dtype.
         actual: DType,
     },
+    /// Reading or writing a file failed.
+    #[error("{path}: {msg}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What the OS or the parser said.
+        msg: String,
+    },
+    /// A checkpoint does not fit the model: every mismatch found, one per line.
+    #[error("checkpoint {path} does not match the model:\n  {}", problems.join("\n  "))]
+    Checkpoint {
+        /// The file.
+        path: String,
+        /// Missing, unexpected, mis-shaped and mis-typed entries.
+        problems: Vec<String>,
+    },
     /// Errors from a device driver or other backend-specific failures.
     #[error("{device}: {msg}")]
     Backend {

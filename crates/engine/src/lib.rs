@@ -15,6 +15,7 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod checkpoint;
 pub mod cpu;
 mod device;
 mod dtype;
@@ -22,6 +23,7 @@ mod error;
 pub mod memory;
 pub mod nn;
 mod ops;
+pub mod optim;
 mod shape;
 mod storage;
 mod tensor;
@@ -33,6 +35,7 @@ pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use memory::{memory_stats, reset_peak_memory, MemoryStats};
 pub use ops::{AvgPool2dParams, BatchNormParams, Conv2dParams, MaxPool2dParams};
+pub use optim::{Adam, AdamConfig, AdamW, Optimizer, OptimizerState, ParamState, Sgd, SgdConfig};
 pub use shape::{Layout, Shape, StridedOffsets};
 pub use storage::{BackendStorage, CpuStorage, StorageElement, StorageRef};
 pub use tensor::{manual_seed, Generator, Tensor, TensorId};

@@ -1,6 +1,6 @@
 //! Define-by-run reverse-mode autograd.
 //!
-//! Every op that has an input requiring grad (while grad mode is on) records a [`Node`] on its
+//! Every op that has an input requiring grad (while grad mode is on) records a node on its
 //! output: the inputs and a backward closure. `backward()` walks the graph in reverse
 //! topological order, sums gradients per tensor, accumulates into the `.grad` of leaves and
 //! frees the graph (unless asked to retain it). Gradients of non-leaf tensors are not kept.

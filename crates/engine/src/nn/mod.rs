@@ -90,6 +90,13 @@ pub trait Module: Send + Sync + std::fmt::Debug {
         out
     }
 
+    /// Parameters and buffers by name: what a checkpoint holds (PyTorch's `state_dict()`).
+    fn state_dict(&self) -> Vec<(String, Tensor)> {
+        let mut out = self.named_parameters();
+        out.extend(self.named_buffers());
+        out
+    }
+
     /// Total number of parameter elements.
     fn num_parameters(&self) -> usize {
         self.parameters().iter().map(Tensor::elem_count).sum()

@@ -1,0 +1,43 @@
+//! One ResNet-18 training step (forward, cross-entropy, backward, Adam) on the CPU at small
+//! image sizes. Criterion's throughput is the batch size, so `elem/s` reads as images/s.
+//! Run: `cargo bench --bench train_step`.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use hemi::nn::{resnet18, Module};
+use hemi::optim::{Adam, AdamConfig, Optimizer};
+use hemi::{manual_seed, CrossEntropySpec, DType, Device, Tensor};
+use std::time::Duration;
+
+fn train_step(c: &mut Criterion) {
+    let mut group = c.benchmark_group("cpu_resnet18_train_step");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    for (batch, size) in [(8usize, 64usize), (8, 112)] {
+        manual_seed(0);
+        let model = resnet18(1000, Device::Cpu).expect("model");
+        let mut opt = Adam::new(model.parameters(), AdamConfig::adam()).expect("adam");
+        let x = Tensor::randn([batch, 3, size, size], DType::F32, Device::Cpu).expect("x");
+        let y = Tensor::randint(0, 1000, [batch], Device::Cpu).expect("y");
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_with_input(
+            BenchmarkId::new("f32", format!("{batch}x3x{size}x{size}")),
+            &size,
+            |b, _| {
+                b.iter(|| {
+                    opt.zero_grad();
+                    let loss = model
+                        .forward(&x)
+                        .and_then(|l| l.cross_entropy(&y, CrossEntropySpec::default()))
+                        .expect("forward");
+                    loss.backward().expect("backward");
+                    opt.step().expect("step");
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, train_step);
+criterion_main!(benches);

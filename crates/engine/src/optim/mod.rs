@@ -1,0 +1,218 @@
+//! Optimizers with the update rules, defaults and state-dict buffer names of `torch.optim`:
+//! [`Sgd`] (momentum, dampening, Nesterov, weight decay), [`Adam`] and [`AdamW`] (both with
+//! AMSGrad).
+//!
+//! An optimizer holds one parameter group. [`Optimizer::step`] updates every parameter that has
+//! a gradient (parameters whose `grad()` is `None` are skipped, as in PyTorch) under
+//! [`no_grad`](crate::no_grad), in the parameter's dtype, and writes the result back with
+//! [`Tensor::assign`]. State buffers have the parameter's dtype and device.
+//!
+//! The optimizers never write into their state tensors in place: each step stores new
+//! tensors, so an [`OptimizerState`] taken earlier keeps its values while training goes on.
+//! [`Optimizer::load_state_dict`] copies the tensors it is given.
+//!
+//! ```
+//! use hemi_engine::optim::{Optimizer, Sgd, SgdConfig};
+//! use hemi_engine::{DType, Device, Tensor};
+//! let w = Tensor::from_vec(vec![1.0f32, -2.0], [2], Device::Cpu)?.requires_grad_(true)?;
+//! let mut opt = Sgd::new(vec![w.clone()], SgdConfig::new(0.5).momentum(0.9))?;
+//! w.square()?.sum_all()?.backward()?; // grad = 2w = [2, -4]
+//! opt.step()?;
+//! assert_eq!(w.to_vec::<f32>()?, vec![0.0, 0.0]); // w - 0.5 * grad
+//! opt.zero_grad();
+//! let saved = opt.state_dict();
+//! assert_eq!(saved.kind, "SGD");
+//! assert!(saved.params[0].buffers.contains_key("momentum_buffer"));
+//! # Ok::<(), hemi_engine::Error>(())
+//! ```
+
+mod adam;
+mod sgd;
+
+pub use adam::{Adam, AdamConfig, AdamW};
+pub use sgd::{Sgd, SgdConfig};
+
+use crate::{Error, Result, Tensor};
+use std::collections::{BTreeMap, HashSet};
+
+/// A first-order optimizer over a fixed list of parameters (object safe).
+pub trait Optimizer {
+    /// One update of every parameter that has a gradient; the others are left untouched.
+    fn step(&mut self) -> Result<()>;
+    /// Drops the gradients of all parameters (PyTorch's `zero_grad(set_to_none=True)`).
+    fn zero_grad(&self);
+    /// The learning rate.
+    fn lr(&self) -> f64;
+    /// Sets the learning rate used by the following steps (for schedulers).
+    fn set_lr(&mut self, lr: f64);
+    /// The parameters, in the order they were given.
+    fn params(&self) -> &[Tensor];
+    /// The hyper-parameters and per-parameter state. The tensors are shared with the
+    /// optimizer, which never writes into them, so later steps leave the snapshot as it is.
+    fn state_dict(&self) -> OptimizerState;
+    /// Replaces hyper-parameters and per-parameter state with deep copies of `state` (buffers
+    /// cast to each parameter's dtype and device). Errors, leaving the optimizer unchanged,
+    /// when `state` is from another kind of optimizer, has another number of parameters,
+    /// an unknown buffer, a buffer whose shape differs from its parameter's, misses a
+    /// buffer a started parameter needs, or has an invalid or missing hyper-parameter.
+    fn load_state_dict(&mut self, state: &OptimizerState) -> Result<()>;
+}
+
+/// An optimizer's state dict: what `torch.optim.Optimizer.state_dict()` holds for one
+/// parameter group. Like the tensors themselves, a clone shares the buffers' data.
+#[derive(Debug, Clone, Default)]
+pub struct OptimizerState {
+    /// The optimizer kind, PyTorch's class name: `"SGD"`, `"Adam"` or `"AdamW"`.
+    pub kind: String,
+    /// Hyper-parameters by PyTorch's names (`lr`, `momentum`, `betas` as `beta1`/`beta2`,
+    /// ...); booleans are `0.0` / `1.0`.
+    pub hyper_params: BTreeMap<String, f64>,
+    /// Per-parameter state, in parameter order.
+    pub params: Vec<ParamState>,
+}
+
+/// The state of one parameter.
+#[derive(Debug, Clone, Default)]
+pub struct ParamState {
+    /// How many updates this parameter has received.
+    pub step: u64,
+    /// Named buffers with PyTorch's names: `momentum_buffer` (SGD); `exp_avg`, `exp_avg_sq`
+    /// and, with AMSGrad, `max_exp_avg_sq` (Adam, AdamW). Absent until first needed.
+    pub buffers: BTreeMap<String, Tensor>,
+}
+
+/// Checks the parameter list like PyTorch: not empty, leaf float tensors, no duplicates;
+/// and contiguous, as [`Tensor::assign`] requires.
+fn check_params(op: &'static str, params: &[Tensor]) -> Result<()> {
+    if params.is_empty() {
+        return Err(Error::invalid(op, "optimizer got an empty parameter list"));
+    }
+    let mut seen = HashSet::new();
+    for (i, p) in params.iter().enumerate() {
+        let bad = if !p.is_leaf() {
+            "can't optimize a non-leaf Tensor"
+        } else if !p.dtype().is_float() {
+            "needs a float tensor"
+        } else if !p.layout().is_contiguous() || p.layout().offset() != 0 {
+            "needs a contiguous tensor"
+        } else if !seen.insert(p.id()) {
+            "appears more than once in the parameter list"
+        } else {
+            continue;
+        };
+        return Err(Error::invalid(
+            op,
+            format!("parameter {i} ({}, {:?}): {bad}", p.dtype(), p.shape()),
+        ));
+    }
+    Ok(())
+}
+
+/// `Err(InvalidArgument)` with PyTorch's message when `ok` is false.
+fn ensure(op: &'static str, ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(op, msg()))
+    }
+}
+
+/// The gradient of `p` in `p`'s dtype, or `None` when it has none.
+fn grad_of(p: &Tensor) -> Result<Option<Tensor>> {
+    p.grad().map(|g| g.to_dtype(p.dtype())).transpose()
+}
+
+/// A new tensor with its own copy of `t`'s data, on the same device.
+fn deep_copy(t: &Tensor) -> Result<Tensor> {
+    let s = t.backend()?.copy_strided(&t.storage(), t.layout())?;
+    Ok(Tensor::contiguous_from(s, t.shape().clone()))
+}
+
+/// A hyper-parameter of a loaded state; an error names the missing key.
+fn hyper(state: &OptimizerState, key: &str) -> Result<f64> {
+    state.hyper_params.get(key).copied().ok_or_else(|| {
+        Error::invalid(
+            "load_state_dict",
+            format!("{} state has no hyper-parameter `{key}`", state.kind),
+        )
+    })
+}
+
+/// A boolean hyper-parameter stored as `0.0` / `1.0`.
+fn flag(state: &OptimizerState, key: &str) -> Result<bool> {
+    let v = hyper(state, key)?;
+    ensure("load_state_dict", v == 0.0 || v == 1.0, || {
+        format!("hyper-parameter `{key}` must be 0 or 1, got {v}")
+    })?;
+    Ok(v == 1.0)
+}
+
+/// Checks that `state` is from an optimizer of this `kind` (before its hyper-parameters).
+fn check_kind(kind: &'static str, state: &OptimizerState) -> Result<()> {
+    ensure("load_state_dict", state.kind == kind, || {
+        format!(
+            "the state is from a `{}` optimizer, this is `{kind}`",
+            state.kind
+        )
+    })
+}
+
+/// Checks `state` against this optimizer's `params` and returns deep copies of its
+/// per-parameter states, cast to each parameter's dtype and device. `allowed` are the buffer
+/// names of this `kind`; `required` those a parameter with `step > 0` must have.
+fn load_param_states(
+    kind: &'static str,
+    params: &[Tensor],
+    state: &OptimizerState,
+    allowed: &[&str],
+    required: &[&str],
+) -> Result<Vec<ParamState>> {
+    const OP: &str = "load_state_dict";
+    if state.params.len() != params.len() {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "the state has {} parameters, this {kind} optimizer has {}",
+                state.params.len(),
+                params.len()
+            ),
+        ));
+    }
+    let mut out = Vec::with_capacity(params.len());
+    for (i, (p, ps)) in params.iter().zip(&state.params).enumerate() {
+        if let Some(name) = ps.buffers.keys().find(|n| !allowed.contains(&n.as_str())) {
+            return Err(Error::invalid(
+                OP,
+                format!("parameter {i}: unknown {kind} buffer `{name}`"),
+            ));
+        }
+        if ps.step > 0 {
+            if let Some(name) = required.iter().find(|n| !ps.buffers.contains_key(**n)) {
+                return Err(Error::invalid(
+                    OP,
+                    format!("parameter {i}: step {} but no buffer `{name}`", ps.step),
+                ));
+            }
+        }
+        let mut buffers = BTreeMap::new();
+        for (name, b) in &ps.buffers {
+            if b.shape() != p.shape() {
+                return Err(Error::shape(
+                    OP,
+                    format!(
+                        "parameter {i}: buffer `{name}` has shape {:?}, the parameter {:?}",
+                        b.shape(),
+                        p.shape()
+                    ),
+                ));
+            }
+            let b = deep_copy(&b.to_dtype(p.dtype())?.to_device(p.device())?)?;
+            buffers.insert(name.clone(), b);
+        }
+        out.push(ParamState {
+            step: ps.step,
+            buffers,
+        });
+    }
+    Ok(out)
+}

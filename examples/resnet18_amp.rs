@@ -1,0 +1,115 @@
+//! The reference program of DESIGN.md §1: ResNet-18 trained with Adam on one random batch,
+//! printing `Epoch {i}: Loss = {loss}` each epoch. fp32 for now; `--amp` arrives with the AMP
+//! issue and `--device cuda` with the CUDA backend.
+//!
+//! ```text
+//! cargo run --release --example resnet18_amp                       # the seed's settings
+//! cargo run --release --example resnet18_amp -- --image-size 64 --batch-size 8
+//! ```
+
+use clap::Parser;
+use hemi::nn::{resnet18, Module};
+use hemi::optim::{Adam, AdamConfig, Optimizer};
+use hemi::{manual_seed, memory_stats, CrossEntropySpec, DType, Device, Error, Result, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// Train ResNet-18 on a random batch, as the PyTorch AMP seed program does.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Images per batch.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Height and width of the random images.
+    #[arg(long, default_value_t = 224)]
+    image_size: usize,
+    /// Training steps (one batch per epoch, as in the seed).
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    /// Classes of the classifier and of the random targets.
+    #[arg(long, default_value_t = 1000)]
+    num_classes: usize,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Seed of the data and of the initialisation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// `cpu`, or `cuda` / `cuda:N` once the CUDA backend is built.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        "cuda-sim" => Ok(Device::CudaSim),
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(Device::Cuda)
+            .ok_or_else(|| Error::InvalidArgument {
+                op: "--device",
+                msg: format!("unknown device `{other}` (cpu, cuda, cuda:N)"),
+            }),
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    let device = parse_device(&args.device)?;
+    manual_seed(args.seed);
+    let model = resnet18(args.num_classes, device)?;
+    let mut opt = Adam::new(model.parameters(), AdamConfig::adam().lr(args.lr))?;
+    let (b, s) = (args.batch_size, args.image_size);
+    let data = Tensor::randn([b, 3, s, s], DType::F32, device)?;
+    let target = Tensor::randint(0, args.num_classes as i64, [b], device)?;
+    println!(
+        "resnet18: {} parameters, batch {b}x3x{s}x{s}, {} classes, {} epochs on {device}",
+        model.num_parameters(),
+        args.num_classes,
+        args.epochs
+    );
+    let bar = ProgressBar::new(args.epochs as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let start = Instant::now();
+    for epoch in 0..args.epochs {
+        let t0 = Instant::now();
+        opt.zero_grad();
+        let loss = model
+            .forward(&data)?
+            .cross_entropy(&target, CrossEntropySpec::default())?;
+        loss.backward()?;
+        opt.step()?;
+        let dt = t0.elapsed().as_secs_f64();
+        let loss = loss.item()?;
+        bar.suspend(|| println!("Epoch {epoch}: Loss = {loss:.6}"));
+        bar.set_message(format!("step {dt:.2}s, {:.1} img/s", b as f64 / dt));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let total = start.elapsed().as_secs_f64();
+    let mem = memory_stats(device);
+    println!(
+        "done: {total:.2}s total, {:.1} images/s, peak memory {:.1} MiB on {device}",
+        (b * args.epochs) as f64 / total,
+        mem.peak as f64 / (1 << 20) as f64
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
