@@ -222,6 +222,20 @@ fn views() {
         gradcheck("unsqueeze/squeeze", &mut g, vec![x.clone()], |x| {
             x[0].unsqueeze(1)?.mul_scalar(2.0)?.squeeze(1)
         });
+        let y = input(&mut g, &[d[0], 2, d[2]], -2.0, 2.0);
+        gradcheck("cat dim 1", &mut g, vec![x.clone(), y], |x| {
+            Tensor::cat(&[&x[0], &x[1]], 1)
+        });
+        gradcheck(
+            "cat dim 0 three",
+            &mut g,
+            vec![x.clone(), x.clone(), x.clone()],
+            |x| Tensor::cat(&[&x[0], &x[1], &x[2]], 0),
+        );
+        let len = d[1] - 1;
+        gradcheck("narrow", &mut g, vec![x.clone()], move |x| {
+            x[0].narrow(1, 1, len)
+        });
         let (a, b, c) = (d[0], d[1], d[2]);
         gradcheck("broadcast_as", &mut g, vec![x], move |x| {
             x[0].broadcast_as([2, a, b, c])

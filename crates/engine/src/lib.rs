@@ -15,6 +15,7 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod cast_policy;
 pub mod checkpoint;
 pub mod cpu;
 mod device;

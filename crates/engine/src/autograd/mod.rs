@@ -139,6 +139,7 @@ fn accumulate(map: &mut HashMap<TensorId, Tensor>, t: &Tensor, g: Tensor) -> Res
 /// Runs the backward pass from `root` with upstream gradient `seed`.
 pub(crate) fn run_backward(root: &Tensor, seed: Tensor, retain_graph: bool) -> Result<()> {
     let _guard = no_grad();
+    let _policy = crate::cast_policy::suspend();
     let order = reverse_topo(root)?;
     let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
     grads.insert(root.id(), seed);

@@ -59,6 +59,9 @@ pub trait Backend: Send + Sync + Debug {
     /// Converts a strided view to `dtype` (round to nearest even; contiguous output).
     fn cast(&self, s: &StorageRef, layout: &Layout, dtype: DType) -> Result<StorageRef>;
 
+    /// Concatenates views of one dtype along `dim`; all agree on the other dims.
+    fn cat(&self, inputs: &[(StorageRef, Layout)], dim: usize) -> Result<StorageRef>;
+
     /// Elementwise op on a strided view.
     fn unary(&self, op: UnaryOp, s: &StorageRef, layout: &Layout) -> Result<StorageRef>;
     /// Elementwise op on two views of equal shape and dtype (broadcast by stride 0).

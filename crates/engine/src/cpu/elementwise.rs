@@ -170,3 +170,37 @@ pub(crate) fn cast(s: &CpuStorage, layout: &Layout, dtype: DType) -> CpuStorage 
         }
     }
 }
+
+/// Concatenates contiguous parts (with their dims) along `dim`: the output interleaves, for
+/// each index of the dims before `dim`, each part's contiguous block.
+pub(crate) fn cat(parts: &[(CpuStorage, Vec<usize>)], dim: usize) -> Result<CpuStorage> {
+    let Some((first, first_dims)) = parts.first() else {
+        return Err(Error::invalid("cat", "needs at least one tensor"));
+    };
+    let outer: usize = first_dims[..dim].iter().product();
+    let blocks: Vec<usize> = parts
+        .iter()
+        .map(|(_, d)| d[dim..].iter().product())
+        .collect();
+    macro_rules! join {
+        ($variant:ident) => {{
+            let mut out = Vec::with_capacity(blocks.iter().sum::<usize>() * outer);
+            for o in 0..outer {
+                for ((p, _), &b) in parts.iter().zip(&blocks) {
+                    let CpuStorage::$variant(v) = p else {
+                        return Err(Error::dtype("cat", "inputs have different dtypes"));
+                    };
+                    out.extend_from_slice(&v[o * b..(o + 1) * b]);
+                }
+            }
+            CpuStorage::$variant(out)
+        }};
+    }
+    Ok(match first {
+        CpuStorage::F16(_) => join!(F16),
+        CpuStorage::BF16(_) => join!(BF16),
+        CpuStorage::F32(_) => join!(F32),
+        CpuStorage::F64(_) => join!(F64),
+        CpuStorage::I64(_) => join!(I64),
+    })
+}

@@ -65,6 +65,17 @@ impl Backend for CpuBackend {
         Ok(wrap(elementwise::cast(host("to_dtype", s)?, layout, dtype)))
     }
 
+    fn cat(&self, inputs: &[(StorageRef, Layout)], dim: usize) -> Result<StorageRef> {
+        let parts = inputs
+            .iter()
+            .map(|(s, l)| {
+                check_bounds("cat", s, l)?;
+                Ok((compute::gather_same(host("cat", s)?, l), l.dims().to_vec()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(wrap(elementwise::cat(&parts, dim)?))
+    }
+
     fn unary(&self, op: UnaryOp, s: &StorageRef, layout: &Layout) -> Result<StorageRef> {
         check_bounds("unary", s, layout)?;
         Ok(wrap(elementwise::unary(op, host("unary", s)?, layout)?))

@@ -51,7 +51,12 @@ impl Tensor {
         p: Conv2dParams,
     ) -> Result<Tensor> {
         const OP: &str = "conv2d";
-        let (x, w) = promote_pair(OP, self, weight)?;
+        let ins = match bias {
+            Some(b) => crate::cast_policy::cast_inputs(OP, &[self, weight, b])?,
+            None => crate::cast_policy::cast_inputs(OP, &[self, weight])?,
+        };
+        let bias = ins.get(2);
+        let (x, w) = promote_pair(OP, &ins[0], &ins[1])?;
         float_only(OP, &x)?;
         expect_rank(OP, "input", &x, 4)?;
         expect_rank(OP, "weight", &w, 4)?;

@@ -30,9 +30,10 @@ impl Tensor {
     where
         F: Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor> + Send + Sync + 'static,
     {
-        let out = self.unary_raw(op)?;
-        let (x, y) = (self.detach(), out.detach());
-        Ok(track(out, name, &[self], move |g| {
+        let input = &crate::cast_policy::cast_inputs(name, &[self])?[0];
+        let out = input.unary_raw(op)?;
+        let (x, y) = (input.detach(), out.detach());
+        Ok(track(out, name, &[input], move |g| {
             Ok(vec![Some(grad(g, &x, &y)?)])
         }))
     }
@@ -125,7 +126,8 @@ impl Tensor {
             + Sync
             + 'static,
     {
-        let (a, b) = promote_pair(name, self, rhs)?;
+        let ins = crate::cast_policy::cast_inputs(name, &[self, rhs])?;
+        let (a, b) = promote_pair(name, &ins[0], &ins[1])?;
         float_only(name, &a)?;
         let out = a.binary_raw(op, &b)?;
         let (sa, sb, so) = (a.shape().clone(), b.shape().clone(), out.detach());

@@ -9,7 +9,7 @@ impl Tensor {
     fn softmax_impl(&self, op: &'static str, dim: isize, log: bool) -> Result<Tensor> {
         float_only(op, self)?;
         let d = self.shape().dim_index(op, dim)?;
-        let x = self.contiguous()?;
+        let x = crate::cast_policy::cast_inputs(op, &[self])?[0].contiguous()?;
         let dims = x.dims();
         let three = if dims.is_empty() {
             (1, 1, 1)
@@ -72,7 +72,8 @@ impl Tensor {
                 ),
             ));
         }
-        let (x, t) = (self.contiguous()?, targets.contiguous()?);
+        let x = crate::cast_policy::cast_inputs(OP, &[self])?[0].contiguous()?;
+        let t = targets.contiguous()?;
         let s = x
             .backend()?
             .cross_entropy(&x.storage(), &t.storage(), (n, c), &spec)?;
@@ -104,7 +105,8 @@ impl Tensor {
                 format!("input {:?} and target {:?}", self.shape(), target.shape()),
             ));
         }
-        let sq = self.sub(target)?.square()?;
+        let ins = crate::cast_policy::cast_inputs("mse_loss", &[self, target])?;
+        let sq = ins[0].sub(&ins[1])?.square()?;
         match reduction {
             Reduction::None => Ok(sq),
             Reduction::Mean => sq.mean_all(),

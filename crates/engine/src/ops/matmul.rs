@@ -33,7 +33,8 @@ impl Tensor {
     /// F16/BF16 accumulate in f32 and round once.
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
         const OP: &str = "matmul";
-        let (a, b) = promote_pair(OP, self, rhs)?;
+        let ins = crate::cast_policy::cast_inputs(OP, &[self, rhs])?;
+        let (a, b) = promote_pair(OP, &ins[0], &ins[1])?;
         float_only(OP, &a)?;
         if a.rank() < 2 || b.rank() < 2 {
             return Err(Error::shape(
@@ -115,8 +116,12 @@ impl Tensor {
                 format!("weight must be [out, in], got {:?}", weight.shape()),
             ));
         }
-        let y = self.matmul(&weight.t()?)?;
-        match bias {
+        let ins = match bias {
+            Some(b) => crate::cast_policy::cast_inputs("linear", &[self, weight, b])?,
+            None => crate::cast_policy::cast_inputs("linear", &[self, weight])?,
+        };
+        let y = ins[0].matmul(&ins[1].t()?)?;
+        match ins.get(2) {
             Some(b) => y.add(b),
             None => Ok(y),
         }

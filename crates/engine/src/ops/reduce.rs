@@ -83,11 +83,13 @@ impl Tensor {
 
     /// Sum over `dims` (accumulated in f32; f64 for F64).
     pub fn sum_dims(&self, dims: &[usize], keepdim: bool) -> Result<Tensor> {
-        self.reduce_tracked("sum", ReduceOp::Sum, dims, keepdim)
+        let x = &crate::cast_policy::cast_inputs("sum", &[self])?[0];
+        x.reduce_tracked("sum", ReduceOp::Sum, dims, keepdim)
     }
     /// Mean over `dims`.
     pub fn mean_dims(&self, dims: &[usize], keepdim: bool) -> Result<Tensor> {
-        self.reduce_tracked("mean", ReduceOp::Mean, dims, keepdim)
+        let x = &crate::cast_policy::cast_inputs("mean", &[self])?[0];
+        x.reduce_tracked("mean", ReduceOp::Mean, dims, keepdim)
     }
     /// Maximum over `dims` (gradient split evenly among ties).
     pub fn max_dims(&self, dims: &[usize], keepdim: bool) -> Result<Tensor> {

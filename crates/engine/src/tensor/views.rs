@@ -190,3 +190,108 @@ impl Tensor {
         summed.reshape(shape.clone())
     }
 }
+
+impl Tensor {
+    /// The slice `start..start + len` of dim `dim` (a view).
+    pub fn narrow(&self, dim: isize, start: usize, len: usize) -> Result<Tensor> {
+        let d = self.shape().dim_index("narrow", dim)?;
+        let size = self.dims().get(d).copied().unwrap_or(1);
+        if start + len > size {
+            return Err(Error::invalid(
+                "narrow",
+                format!(
+                    "range {start}..{} out of dim {d} of {:?}",
+                    start + len,
+                    self.shape()
+                ),
+            ));
+        }
+        let mut dims = self.dims().to_vec();
+        dims[d] = len;
+        let l = self.layout();
+        let layout = Layout::new(
+            Shape::new(dims),
+            l.strides().to_vec(),
+            l.offset() + start * l.strides()[d],
+        );
+        let out = self.view_with(layout);
+        let (shape, dtype, device) = (self.shape().clone(), self.dtype(), self.device());
+        Ok(track(out, "narrow", &[self], move |g| {
+            // Scatter back: zeros before and after the slice, concatenated with g.
+            let mut parts = Vec::new();
+            let mut before = shape.dims().to_vec();
+            before[d] = start;
+            let mut after = shape.dims().to_vec();
+            after[d] = size - start - len;
+            if start > 0 {
+                parts.push(Tensor::zeros(before, dtype, device)?);
+            }
+            parts.push(g.clone());
+            if after[d] > 0 {
+                parts.push(Tensor::zeros(after, dtype, device)?);
+            }
+            Ok(vec![Some(Tensor::cat(
+                &parts.iter().collect::<Vec<_>>(),
+                d as isize,
+            )?)])
+        }))
+    }
+
+    /// Concatenation along `dim` (autocast: promoted to the widest input dtype).
+    pub fn cat(tensors: &[&Tensor], dim: isize) -> Result<Tensor> {
+        let Some(first) = tensors.first() else {
+            return Err(Error::invalid("cat", "needs at least one tensor"));
+        };
+        let ins = crate::cast_policy::cast_inputs("cat", tensors)?;
+        let dtype = ins
+            .iter()
+            .fold(ins[0].dtype(), |a, t| crate::DType::promote(a, t.dtype()));
+        let ins = ins
+            .iter()
+            .map(|t| t.to_dtype(dtype))
+            .collect::<Result<Vec<_>>>()?;
+        let d = first.shape().dim_index("cat", dim)?;
+        let mut total = 0;
+        for t in &ins {
+            crate::ops::same_device_pub("cat", first, t)?;
+            let same = t.rank() == first.rank()
+                && t.dims()
+                    .iter()
+                    .zip(first.dims())
+                    .enumerate()
+                    .all(|(i, (a, b))| i == d || a == b);
+            if !same {
+                return Err(Error::shape(
+                    "cat",
+                    format!(
+                        "{:?} and {:?} differ outside dim {d}",
+                        first.shape(),
+                        t.shape()
+                    ),
+                ));
+            }
+            total += t.dims()[d];
+        }
+        let parts: Vec<(crate::StorageRef, Layout)> = ins
+            .iter()
+            .map(|t| (t.storage(), t.layout().clone()))
+            .collect();
+        let s = first.backend()?.cat(&parts, d)?;
+        let mut dims = first.dims().to_vec();
+        dims[d] = total;
+        let out = Tensor::contiguous_from(s, dims);
+        let sizes: Vec<usize> = ins.iter().map(|t| t.dims()[d]).collect();
+        let refs: Vec<&Tensor> = ins.iter().collect();
+        Ok(track(out, "cat", &refs, move |g| {
+            let mut start = 0;
+            sizes
+                .iter()
+                .map(|&n| {
+                    let part = g.narrow(d as isize, start, n)?.contiguous()?;
+                    start += n;
+                    Ok(Some(part))
+                })
+                .collect()
+        }))
+    }
+}
