@@ -8,8 +8,10 @@
 //! - F16/BF16 compute in f32 and round once at the output; F64 computes in f64;
 //! - every error names the op and the shapes.
 
+mod amp;
 mod specs;
 
+pub use amp::*;
 pub use specs::*;
 
 use crate::cpu::CpuBackend;
@@ -193,6 +195,36 @@ pub trait Backend: Send + Sync + Debug {
         n_c: (usize, usize),
         spec: &CrossEntropySpec,
     ) -> Result<StorageRef>;
+
+    /// AMP: multiplies every gradient by `inv_scale` (F32 `[1]`) and returns the results with
+    /// `found_inf` (F32 `[1]`) set to 1 when any gradient value is inf or NaN, else kept — one
+    /// call for the whole list, reading the scale on the device (no host sync).
+    fn non_finite_check_and_unscale(
+        &self,
+        grads: &[StorageRef],
+        found_inf: &StorageRef,
+        inv_scale: &StorageRef,
+    ) -> Result<(Vec<StorageRef>, StorageRef)>;
+
+    /// AMP: the dynamic loss-scale update of [`ScaleUpdateSpec`], on the device.
+    fn update_scale(
+        &self,
+        state: &ScaleState,
+        found_inf: &StorageRef,
+        spec: &ScaleUpdateSpec,
+    ) -> Result<ScaleState>;
+
+    /// Fused Adam/AdamW over many parameters. Increments each step count, divides each
+    /// gradient by `grad_scale` when given, and updates; when `found_inf` is nonzero nothing
+    /// changes (the step count is restored) — all decided on the device. Returns the new
+    /// tensors (the gradient unscaled) in the same order.
+    fn fused_adam(
+        &self,
+        tensors: &[AdamTensors],
+        spec: &FusedAdamSpec,
+        grad_scale: Option<&StorageRef>,
+        found_inf: Option<&StorageRef>,
+    ) -> Result<Vec<AdamTensors>>;
 }
 
 type Registry = RwLock<HashMap<Device, Arc<dyn Backend>>>;

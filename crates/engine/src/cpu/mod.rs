@@ -1,6 +1,7 @@
 //! The CPU backend: the reference implementation of every op. Simple loops over f32/f64
 //! compute vectors, GEMM through the `gemm` crate, parallel with rayon.
 
+mod amp;
 mod buffer;
 pub(crate) mod compute;
 mod conv;
@@ -8,12 +9,14 @@ mod elementwise;
 mod loss;
 mod matmul;
 mod norm;
+mod optim;
 mod pool;
 mod reduce;
 
 use crate::backend::{
-    check_bounds, Backend, BatchNormBackward, BatchNormForward, BinaryOp, Conv2dSpec,
-    CrossEntropySpec, MatmulSpec, Pool2dSpec, ReduceOp, UnaryOp,
+    check_bounds, AdamTensors, Backend, BatchNormBackward, BatchNormForward, BinaryOp, Conv2dSpec,
+    CrossEntropySpec, FusedAdamSpec, MatmulSpec, Pool2dSpec, ReduceOp, ScaleState, ScaleUpdateSpec,
+    UnaryOp,
 };
 use crate::{CpuStorage, DType, Device, Layout, Result, StorageRef};
 use compute::host;
@@ -246,5 +249,33 @@ impl Backend for CpuBackend {
         Ok(wrap(loss::cross_entropy_backward(
             logits, targets, dloss, n_c, spec,
         )?))
+    }
+
+    fn non_finite_check_and_unscale(
+        &self,
+        grads: &[StorageRef],
+        found_inf: &StorageRef,
+        inv_scale: &StorageRef,
+    ) -> Result<(Vec<StorageRef>, StorageRef)> {
+        amp::non_finite_check_and_unscale(grads, found_inf, inv_scale)
+    }
+
+    fn update_scale(
+        &self,
+        state: &ScaleState,
+        found_inf: &StorageRef,
+        spec: &ScaleUpdateSpec,
+    ) -> Result<ScaleState> {
+        amp::update_scale(state, found_inf, spec)
+    }
+
+    fn fused_adam(
+        &self,
+        tensors: &[AdamTensors],
+        spec: &FusedAdamSpec,
+        grad_scale: Option<&StorageRef>,
+        found_inf: Option<&StorageRef>,
+    ) -> Result<Vec<AdamTensors>> {
+        optim::fused_adam(tensors, spec, grad_scale, found_inf)
     }
 }

@@ -19,6 +19,7 @@
 //! ```
 
 mod activation;
+mod clip;
 mod container;
 mod conv;
 pub mod init;
@@ -28,6 +29,7 @@ mod pool;
 mod resnet;
 
 pub use activation::{Dropout, ReLU};
+pub use clip::clip_grad_norm_;
 pub use container::Sequential;
 pub use conv::Conv2d;
 pub use linear::Linear;

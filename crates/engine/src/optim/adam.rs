@@ -2,7 +2,8 @@
 
 use super::{check_kind, check_params, ensure, flag, grad_of, hyper, load_param_states};
 use super::{Optimizer, OptimizerState, ParamState};
-use crate::{no_grad, Result, Tensor};
+use crate::backend::{AdamTensors, FusedAdamSpec};
+use crate::{no_grad, DType, Result, Tensor};
 
 const EXP_AVG: &str = "exp_avg";
 const EXP_AVG_SQ: &str = "exp_avg_sq";
@@ -26,6 +27,10 @@ pub struct AdamConfig {
     pub weight_decay: f64,
     /// Use the maximum of past second moments (AMSGrad; default false).
     pub amsgrad: bool,
+    /// Run each step as one backend call over all parameters (`Backend::fused_adam`), with
+    /// the step counts on the device; enables the sync-free [`Optimizer::step_amp`] that a
+    /// `GradScaler` uses (default false). Not part of the state dict.
+    pub fused: bool,
 }
 
 impl Default for AdamConfig {
@@ -43,6 +48,7 @@ impl AdamConfig {
             eps: 1e-8,
             weight_decay: 0.0,
             amsgrad: false,
+            fused: false,
         }
     }
     /// `torch.optim.AdamW`'s defaults: those of Adam with weight decay 1e-2.
@@ -72,6 +78,11 @@ impl AdamConfig {
     /// Turns AMSGrad on or off.
     pub fn amsgrad(mut self, amsgrad: bool) -> Self {
         self.amsgrad = amsgrad;
+        self
+    }
+    /// Turns the fused implementation on or off.
+    pub fn fused(mut self, fused: bool) -> Self {
+        self.fused = fused;
         self
     }
 
@@ -105,6 +116,9 @@ struct AdamCore {
     params: Vec<Tensor>,
     config: AdamConfig,
     state: Vec<ParamState>,
+    /// Fused mode: each parameter's step count as an F32 `[1]` device tensor (authoritative
+    /// over `state[i].step`, which `state_dict` refreshes from it).
+    device_steps: Vec<Option<Tensor>>,
 }
 
 impl AdamCore {
@@ -117,12 +131,14 @@ impl AdamCore {
         config.validate(kind)?;
         check_params(kind, &params)?;
         let state = vec![ParamState::default(); params.len()];
+        let device_steps = vec![None; params.len()];
         Ok(AdamCore {
             kind,
             decoupled,
             params,
             config,
             state,
+            device_steps,
         })
     }
 
@@ -182,11 +198,81 @@ impl AdamCore {
     }
 
     fn step(&mut self) -> Result<()> {
+        if self.config.fused {
+            return self.fused_step(None, None);
+        }
         let _guard = no_grad();
         for i in 0..self.params.len() {
             if let Some(grad) = grad_of(&self.params[i])? {
                 self.update(i, &grad)?;
             }
+        }
+        Ok(())
+    }
+
+    /// One backend call over every parameter with a gradient (see `Backend::fused_adam`).
+    fn fused_step(
+        &mut self,
+        grad_scale: Option<&Tensor>,
+        found_inf: Option<&Tensor>,
+    ) -> Result<()> {
+        let _guard = no_grad();
+        let mut idx = Vec::new();
+        let mut tensors = Vec::new();
+        for (i, p) in self.params.iter().enumerate() {
+            let Some(g) = p.grad() else { continue };
+            let step = match &self.device_steps[i] {
+                Some(s) => s.clone(),
+                None => Tensor::full([1], self.state[i].step as f64, DType::F32, p.device())?,
+            };
+            tensors.push(AdamTensors {
+                param: p.storage(),
+                grad: g.contiguous()?.storage(),
+                exp_avg: self.buffer(i, EXP_AVG)?.contiguous()?.storage(),
+                exp_avg_sq: self.buffer(i, EXP_AVG_SQ)?.contiguous()?.storage(),
+                max_exp_avg_sq: match self.config.amsgrad {
+                    true => Some(self.buffer(i, MAX_EXP_AVG_SQ)?.contiguous()?.storage()),
+                    false => None,
+                },
+                step: step.storage(),
+            });
+            idx.push(i);
+        }
+        let Some(&first) = idx.first() else {
+            return Ok(());
+        };
+        let c = self.config;
+        let spec = FusedAdamSpec {
+            lr: c.lr,
+            beta1: c.betas.0,
+            beta2: c.betas.1,
+            eps: c.eps,
+            weight_decay: c.weight_decay,
+            amsgrad: c.amsgrad,
+            decoupled: self.decoupled,
+        };
+        let backend = self.params[first].backend()?;
+        let out = backend.fused_adam(
+            &tensors,
+            &spec,
+            grad_scale.map(Tensor::storage).as_ref(),
+            found_inf.map(Tensor::storage).as_ref(),
+        )?;
+        for (i, t) in idx.into_iter().zip(out) {
+            let p = &self.params[i];
+            let like = |s| Tensor::contiguous_from(s, p.shape().clone());
+            p.assign(&like(t.param))?;
+            if grad_scale.is_some() {
+                p.set_grad(Some(like(t.grad)))?;
+            }
+            let st = &mut self.state[i];
+            st.buffers.insert(EXP_AVG.to_string(), like(t.exp_avg));
+            st.buffers
+                .insert(EXP_AVG_SQ.to_string(), like(t.exp_avg_sq));
+            if let Some(v) = t.max_exp_avg_sq {
+                st.buffers.insert(MAX_EXP_AVG_SQ.to_string(), like(v));
+            }
+            self.device_steps[i] = Some(Tensor::contiguous_from(t.step, [1]));
         }
         Ok(())
     }
@@ -207,7 +293,19 @@ impl AdamCore {
                 .iter()
                 .map(|(k, v)| (k.to_string(), *v))
                 .collect(),
-            params: self.state.clone(),
+            params: self
+                .state
+                .iter()
+                .zip(&self.device_steps)
+                .map(|(st, dev)| {
+                    // Fused mode: the one host read of the step count (documented sync).
+                    let step = dev
+                        .as_ref()
+                        .and_then(|t| t.item().ok())
+                        .map_or(st.step, |s| s as u64);
+                    ParamState { step, ..st.clone() }
+                })
+                .collect(),
         }
     }
 
@@ -219,6 +317,7 @@ impl AdamCore {
             eps: hyper(state, "eps")?,
             weight_decay: hyper(state, "weight_decay")?,
             amsgrad: flag(state, "amsgrad")?,
+            fused: self.config.fused,
         };
         let required: &[&str] = if config.amsgrad {
             &BUFFERS
@@ -229,6 +328,7 @@ impl AdamCore {
         config.validate(self.kind)?;
         self.config = config;
         self.state = loaded;
+        self.device_steps = vec![None; self.params.len()];
         Ok(())
     }
 }
@@ -257,6 +357,18 @@ macro_rules! adam_optimizer {
             }
             fn load_state_dict(&mut self, state: &OptimizerState) -> Result<()> {
                 self.0.load_state_dict(state)
+            }
+            fn supports_amp_scaling(&self) -> bool {
+                self.0.config.fused
+            }
+            fn step_amp(&mut self, grad_scale: Option<&Tensor>, found_inf: &Tensor) -> Result<()> {
+                if !self.0.config.fused {
+                    return Err(crate::Error::InvalidArgument {
+                        op: "step_amp",
+                        msg: "needs AdamConfig::fused(true)".into(),
+                    });
+                }
+                self.0.fused_step(grad_scale, Some(found_inf))
             }
         }
 

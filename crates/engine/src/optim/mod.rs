@@ -50,6 +50,23 @@ pub trait Optimizer {
     /// The hyper-parameters and per-parameter state. The tensors are shared with the
     /// optimizer, which never writes into them, so later steps leave the snapshot as it is.
     fn state_dict(&self) -> OptimizerState;
+    /// Whether [`Optimizer::step_amp`] is implemented: the step divides gradients by the loss
+    /// scale and skips on overflow on the device, with no host synchronization (PyTorch's
+    /// `_step_supports_amp_scaling`, true for fused Adam/AdamW).
+    fn supports_amp_scaling(&self) -> bool {
+        false
+    }
+    /// One step for a gradient scaler: gradients are divided by `grad_scale` (when given)
+    /// inside the step, and when `found_inf` (F32 `[1]`) is nonzero nothing changes — not the
+    /// parameters, not the state, not the step counts. Only optimizers whose
+    /// [`Optimizer::supports_amp_scaling`] is true implement it.
+    fn step_amp(&mut self, grad_scale: Option<&Tensor>, found_inf: &Tensor) -> Result<()> {
+        let _ = (grad_scale, found_inf);
+        Err(Error::InvalidArgument {
+            op: "step_amp",
+            msg: "this optimizer has no fused AMP step; use step() after unscaling".into(),
+        })
+    }
     /// Replaces hyper-parameters and per-parameter state with deep copies of `state` (buffers
     /// cast to each parameter's dtype and device). Errors, leaving the optimizer unchanged,
     /// when `state` is from another kind of optimizer, has another number of parameters,

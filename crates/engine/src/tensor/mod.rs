@@ -71,6 +71,19 @@ impl Tensor {
         Tensor::from_storage(storage, Layout::contiguous(shape))
     }
 
+    /// A contiguous tensor over a storage a backend returned (for code that calls [`Backend`]
+    /// methods directly); the storage must hold exactly `shape`'s element count.
+    pub fn from_storage_ref(storage: StorageRef, shape: impl Into<Shape>) -> Result<Tensor> {
+        let shape = shape.into();
+        if storage.len() != shape.elem_count() {
+            return Err(Error::shape(
+                "from_storage_ref",
+                format!("{} elements for shape {shape:?}", storage.len()),
+            ));
+        }
+        Ok(Tensor::contiguous_from(storage, shape))
+    }
+
     /// This tensor's id.
     pub fn id(&self) -> TensorId {
         self.0.id
@@ -111,7 +124,8 @@ impl Tensor {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
-    pub(crate) fn backend(&self) -> Result<Arc<dyn Backend>> {
+    /// The backend of this tensor's device.
+    pub fn backend(&self) -> Result<Arc<dyn Backend>> {
         backend_for(self.device())
     }
 
@@ -141,6 +155,10 @@ impl Tensor {
     /// True when the tensor was not produced by a recorded op.
     pub fn is_leaf(&self) -> bool {
         matches!(*self.node(), NodeState::Leaf)
+    }
+    /// True when a backward pass has freed the graph node that produced this tensor.
+    pub fn graph_freed(&self) -> bool {
+        matches!(*self.node(), NodeState::Freed(_))
     }
     pub(crate) fn node(&self) -> MutexGuard<'_, NodeState> {
         self.0.node.lock().unwrap_or_else(|e| e.into_inner())

@@ -1,0 +1,208 @@
+//! Autocast: a thread-local region in which ops choose their compute dtype by one rule table
+//! (PyTorch's CUDA autocast lists), with a cache of weight casts.
+//!
+//! | rule | ops | inputs become |
+//! |---|---|---|
+//! | lower precision | `conv2d`, `linear`, `matmul` (2-D and batched) | the region's dtype (F16 or BF16) |
+//! | fp32 | `softmax`, `log_softmax`, `cross_entropy`, `mse_loss`, `sum`, `mean`, `exp`, `log`, `powf`, `rsqrt`, `recip` | F32 |
+//! | promote | `add`, `sub`, `mul`, `div`, `maximum`, `minimum`, `cat` | the widest input dtype |
+//! | pass-through | everything else: `relu`, pooling, reshape and other views, ... | unchanged |
+//! | batch norm | `batch_norm` | runs in its input's dtype with fp32 weight, bias and statistics |
+//!
+//! Only F32 (and lower-precision) floating inputs are cast; F64 and integer tensors never are,
+//! as in PyTorch. Gradients flow back through each cast, so fp32 parameters get fp32 gradients.
+//!
+//! **Weight-cast cache.** While the outermost region is active, the lower-precision cast of an
+//! F32 leaf that requires grad is made once and reused (one copy of each weight per forward).
+//! The cache is dropped when the outermost region exits. Casts made under `no_grad` are not
+//! cached — unlike PyTorch (issue #112583), where a cast cached under `no_grad` is later reused
+//! without its autograd edge.
+//!
+//! ```
+//! use hemi_amp::autocast;
+//! use hemi_engine::{DType, Device, Tensor};
+//! let x = Tensor::randn([4, 8], DType::F32, Device::Cpu)?;
+//! let w = Tensor::randn([8, 2], DType::F32, Device::Cpu)?;
+//! let _region = autocast(DType::F16)?;
+//! let y = x.matmul(&w)?;
+//! assert_eq!(y.dtype(), DType::F16);                  // lower precision
+//! assert_eq!(y.softmax(1)?.dtype(), DType::F32);      // fp32 rule
+//! # Ok::<(), hemi_engine::Error>(())
+//! ```
+
+use hemi_engine::cast_policy::{self, CastPolicy};
+use hemi_engine::{is_grad_enabled, DType, Error, Result, Tensor, TensorId};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// How an op's inputs are cast inside an autocast region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CastRule {
+    /// To the region's F16/BF16.
+    LowerPrecision,
+    /// To F32.
+    Fp32,
+    /// To the widest input dtype.
+    Promote,
+    /// Unchanged.
+    PassThrough,
+}
+
+/// The rule table: the rule autocast applies to the op named `op`.
+pub fn rule_for(op: &str) -> CastRule {
+    match op {
+        "conv2d" | "linear" | "matmul" => CastRule::LowerPrecision,
+        "softmax" | "log_softmax" | "cross_entropy" | "mse_loss" | "sum" | "mean" | "exp"
+        | "log" | "powf" | "rsqrt" | "recip" => CastRule::Fp32,
+        "add" | "sub" | "mul" | "div" | "maximum" | "minimum" | "cat" => CastRule::Promote,
+        _ => CastRule::PassThrough,
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Region {
+    enabled: bool,
+    dtype: DType,
+}
+
+#[derive(Default)]
+struct State {
+    regions: Vec<Region>,
+    cache: HashMap<(TensorId, DType), Tensor>,
+    cache_hits: usize,
+}
+
+thread_local! {
+    static STATE: RefCell<State> = RefCell::new(State::default());
+}
+
+/// The dtype autocast casts lower-precision ops to on this thread, if a region is active.
+pub fn autocast_dtype() -> Option<DType> {
+    STATE.with(|s| {
+        s.borrow()
+            .regions
+            .last()
+            .filter(|r| r.enabled)
+            .map(|r| r.dtype)
+    })
+}
+
+/// Number of weight-cast cache entries on this thread (for tests and diagnostics).
+pub fn cache_len() -> usize {
+    STATE.with(|s| s.borrow().cache.len())
+}
+
+/// Number of times a cached cast was reused since the outermost region began.
+pub fn cache_hits() -> usize {
+    STATE.with(|s| s.borrow().cache_hits)
+}
+
+/// An active autocast region; dropping it ends the region (and, for the outermost one, clears
+/// the weight-cast cache and uninstalls the policy).
+#[derive(Debug)]
+pub struct AutocastGuard {
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+/// Enters an autocast region casting lower-precision ops to `dtype` (F16 or BF16).
+pub fn autocast(dtype: DType) -> Result<AutocastGuard> {
+    autocast_enabled(true, dtype)
+}
+
+/// Enters a region that is enabled or disabled; a disabled region inside an enabled one turns
+/// autocast off until it exits (`torch.autocast(enabled=False)`).
+pub fn autocast_enabled(enabled: bool, dtype: DType) -> Result<AutocastGuard> {
+    if !dtype.is_half() {
+        return Err(Error::DTypeMismatch {
+            op: "autocast",
+            msg: format!("autocast dtype must be float16 or bfloat16, got {dtype}"),
+        });
+    }
+    let outermost = STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.regions.push(Region { enabled, dtype });
+        s.regions.len() == 1
+    });
+    if outermost {
+        cast_policy::install(Some(Rc::new(AutocastPolicy)));
+    }
+    Ok(AutocastGuard {
+        _not_send: std::marker::PhantomData,
+    })
+}
+
+impl Drop for AutocastGuard {
+    fn drop(&mut self) {
+        let outermost_done = STATE.with(|s| {
+            let mut s = s.borrow_mut();
+            s.regions.pop();
+            if s.regions.is_empty() {
+                s.cache.clear();
+                s.cache_hits = 0;
+                true
+            } else {
+                false
+            }
+        });
+        if outermost_done {
+            cast_policy::install(None);
+        }
+    }
+}
+
+/// Whether a cast of `t` to `dtype` may be cached: an F32 leaf requiring grad, with grad
+/// mode on (never under `no_grad`).
+fn cacheable(t: &Tensor, dtype: DType) -> bool {
+    t.dtype() == DType::F32
+        && dtype.is_half()
+        && t.requires_grad()
+        && t.is_leaf()
+        && is_grad_enabled()
+}
+
+fn cast_one(t: &Tensor, dtype: DType) -> Result<Tensor> {
+    if t.dtype() == dtype || !t.dtype().is_float() || t.dtype() == DType::F64 {
+        return Ok(t.clone());
+    }
+    if !cacheable(t, dtype) {
+        return t.to_dtype(dtype);
+    }
+    let key = (t.id(), dtype);
+    let hit = STATE.with(|s| s.borrow().cache.get(&key).cloned());
+    if let Some(c) = hit.filter(|c| !c.graph_freed()) {
+        STATE.with(|s| s.borrow_mut().cache_hits += 1);
+        return Ok(c);
+    }
+    let c = t.to_dtype(dtype)?;
+    STATE.with(|s| s.borrow_mut().cache.insert(key, c.clone()));
+    Ok(c)
+}
+
+struct AutocastPolicy;
+
+impl CastPolicy for AutocastPolicy {
+    fn cast_inputs(&self, op: &'static str, inputs: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
+        let Some(region_dtype) = autocast_dtype() else {
+            return Ok(None);
+        };
+        let target = match rule_for(op) {
+            CastRule::PassThrough => return Ok(None),
+            CastRule::LowerPrecision => region_dtype,
+            CastRule::Fp32 => DType::F32,
+            CastRule::Promote => {
+                let floats = inputs.iter().map(|t| t.dtype()).filter(|d| d.is_float());
+                let widest = floats.reduce(DType::promote);
+                match widest {
+                    Some(w) if inputs.iter().any(|t| t.dtype() != w) => w,
+                    _ => return Ok(None),
+                }
+            }
+        };
+        inputs
+            .iter()
+            .map(|t| cast_one(t, target))
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+}
