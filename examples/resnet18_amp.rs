@@ -1,6 +1,7 @@
 //! The reference program of DESIGN.md §1: ResNet-18 trained with Adam on one random batch,
-//! printing `Epoch {i}: Loss = {loss}` each epoch. fp32 for now; `--amp` arrives with the AMP
-//! issue and `--device cuda` with the CUDA backend.
+//! printing `Epoch {i}: Loss = {loss}` each epoch, under fp16 autocast with a GradScaler by
+//! default (`--amp bf16` uses bfloat16 without a scaler, `--amp off` trains in fp32).
+//! `--device cuda` arrives with the CUDA backend.
 //!
 //! ```text
 //! cargo run --release --example resnet18_amp                       # the seed's settings
@@ -8,6 +9,7 @@
 //! ```
 
 use clap::Parser;
+use hemi::amp::{autocast, GradScaler, GradScalerConfig};
 use hemi::nn::{resnet18, Module};
 use hemi::optim::{Adam, AdamConfig, Optimizer};
 use hemi::{manual_seed, memory_stats, CrossEntropySpec, DType, Device, Error, Result, Tensor};
@@ -40,6 +42,37 @@ struct Args {
     /// `cpu`, or `cuda` / `cuda:N` once the CUDA backend is built.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Mixed precision: `fp16` (autocast + GradScaler, the seed's recipe), `bf16` (autocast,
+    /// no scaler) or `off` (fp32).
+    #[arg(long, default_value = "fp16")]
+    amp: String,
+}
+
+fn parse_amp(s: &str) -> Result<Option<DType>> {
+    match s {
+        "fp16" => Ok(Some(DType::F16)),
+        "bf16" => Ok(Some(DType::BF16)),
+        "off" => Ok(None),
+        other => Err(Error::InvalidArgument {
+            op: "--amp",
+            msg: format!("unknown mode `{other}` (fp16, bf16, off)"),
+        }),
+    }
+}
+
+/// Prints `log` records (the scaler's overflow line) to stderr.
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::Level::Warn
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            eprintln!("{}: {}", r.level(), r.args());
+        }
+    }
+    fn flush(&self) {}
 }
 
 fn parse_device(s: &str) -> Result<Device> {
@@ -60,17 +93,29 @@ fn parse_device(s: &str) -> Result<Device> {
 
 fn run(args: &Args) -> Result<()> {
     let device = parse_device(&args.device)?;
+    let amp = parse_amp(&args.amp)?;
     manual_seed(args.seed);
     let model = resnet18(args.num_classes, device)?;
-    let mut opt = Adam::new(model.parameters(), AdamConfig::adam().lr(args.lr))?;
+    let fused = amp.is_some();
+    let mut opt = Adam::new(
+        model.parameters(),
+        AdamConfig::adam().lr(args.lr).fused(fused),
+    )?;
+    // bf16 has fp32's exponent range: no loss scaling needed, as in PyTorch.
+    let mut scaler = GradScaler::new(GradScalerConfig {
+        enabled: amp == Some(DType::F16),
+        ..Default::default()
+    })?;
+    scaler.set_param_names(model.named_parameters());
     let (b, s) = (args.batch_size, args.image_size);
     let data = Tensor::randn([b, 3, s, s], DType::F32, device)?;
     let target = Tensor::randint(0, args.num_classes as i64, [b], device)?;
     println!(
-        "resnet18: {} parameters, batch {b}x3x{s}x{s}, {} classes, {} epochs on {device}",
+        "resnet18: {} parameters, batch {b}x3x{s}x{s}, {} classes, {} epochs on {device}, amp {}",
         model.num_parameters(),
         args.num_classes,
-        args.epochs
+        args.epochs,
+        amp.map_or("off (fp32)".to_string(), |d| d.to_string())
     );
     let bar = ProgressBar::new(args.epochs as u64);
     bar.set_style(
@@ -81,14 +126,19 @@ fn run(args: &Args) -> Result<()> {
     for epoch in 0..args.epochs {
         let t0 = Instant::now();
         opt.zero_grad();
-        let loss = model
-            .forward(&data)?
-            .cross_entropy(&target, CrossEntropySpec::default())?;
-        loss.backward()?;
-        opt.step()?;
+        let loss = {
+            let _region = amp.map(autocast).transpose()?;
+            model
+                .forward(&data)?
+                .cross_entropy(&target, CrossEntropySpec::default())?
+        };
+        scaler.scale(&loss)?.backward()?;
+        scaler.step(&mut opt)?;
+        scaler.update(None)?;
         let dt = t0.elapsed().as_secs_f64();
         let loss = loss.item()?;
-        bar.suspend(|| println!("Epoch {epoch}: Loss = {loss:.6}"));
+        let scale = scaler.get_scale()?;
+        bar.suspend(|| println!("Epoch {epoch}: Loss = {loss:.6} (scale {scale})"));
         bar.set_message(format!("step {dt:.2}s, {:.1} img/s", b as f64 / dt));
         bar.inc(1);
     }
@@ -96,15 +146,20 @@ fn run(args: &Args) -> Result<()> {
     let total = start.elapsed().as_secs_f64();
     let mem = memory_stats(device);
     println!(
-        "done: {total:.2}s total, {:.1} images/s, peak memory {:.1} MiB on {device}",
+        "done: {total:.2}s total, {:.1} images/s, peak memory {:.1} MiB on {device}, {} skipped steps, final scale {}",
         (b * args.epochs) as f64 / total,
-        mem.peak as f64 / (1 << 20) as f64
+        mem.peak as f64 / (1 << 20) as f64,
+        scaler.skipped_steps()?,
+        scaler.get_scale()?
     );
     Ok(())
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if log::set_logger(&StderrLog).is_ok() {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

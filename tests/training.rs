@@ -1,6 +1,9 @@
 //! End-to-end learning: a small MLP and a small CNN reach > 95% accuracy on synthetic
 //! separable tasks, trained with plain SGD written inline.
 
+mod common;
+
+use common::{accuracy, pattern_images};
 use hemi::{
     BatchNormParams, Conv2dParams, CrossEntropySpec, DType, Device, Generator, MaxPool2dParams,
     Result, Tensor,
@@ -22,23 +25,6 @@ fn sgd(params: &[Tensor], lr: f64) -> Result<()> {
         p.zero_grad();
     }
     Ok(())
-}
-
-fn accuracy(logits: &Tensor, labels: &[i64]) -> f64 {
-    let v = logits.to_vec::<f32>().expect("logits");
-    let c = logits.dims()[1];
-    let hits = labels
-        .iter()
-        .enumerate()
-        .filter(|(i, &l)| {
-            let row = &v[i * c..][..c];
-            let best = (0..c)
-                .max_by(|&a, &b| row[a].total_cmp(&row[b]))
-                .unwrap_or(0);
-            best as i64 == l
-        })
-        .count();
-    hits as f64 / labels.len() as f64
 }
 
 #[test]
@@ -81,28 +67,6 @@ fn mlp_learns_a_linearly_separable_task() -> Result<()> {
     assert!(last < first, "loss went from {first} to {last}");
     assert!(acc > 0.95, "MLP accuracy {acc}");
     Ok(())
-}
-
-/// 8×8 images with a horizontal bar, a vertical bar or a diagonal at a random place, in noise.
-fn pattern_images(g: &mut Generator, n: usize) -> (Vec<f32>, Vec<i64>) {
-    let mut data = vec![0f32; n * 64];
-    let mut labels = vec![0i64; n];
-    for i in 0..n {
-        let class = g.int(0, 3);
-        labels[i] = class;
-        let img = &mut data[i * 64..][..64];
-        img.iter_mut().for_each(|p| *p = 0.3 * g.normal() as f32);
-        let (r, c) = (g.int(1, 5) as usize, g.int(1, 5) as usize);
-        for k in 0..4 {
-            let (y, x) = match class {
-                0 => (r, c + k - 1),
-                1 => (r + k - 1, c),
-                _ => (r + k - 1, c + k - 1),
-            };
-            img[y.min(7) * 8 + x.min(7)] += 1.0;
-        }
-    }
-    (data, labels)
 }
 
 #[test]

@@ -113,3 +113,43 @@ pub fn check_gemm_bound(
     }
     Ok(())
 }
+
+/// Fraction of rows of `logits [n, c]` whose argmax is the label.
+pub fn accuracy(logits: &Tensor, labels: &[i64]) -> f64 {
+    let v = logits.to_vec::<f32>().expect("logits");
+    let c = logits.dims()[1];
+    let hits = labels
+        .iter()
+        .enumerate()
+        .filter(|(i, &l)| {
+            let row = &v[i * c..][..c];
+            let best = (0..c)
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                .unwrap_or(0);
+            best as i64 == l
+        })
+        .count();
+    hits as f64 / labels.len() as f64
+}
+
+/// 8×8 images with a horizontal bar, a vertical bar or a diagonal at a random place, in noise.
+pub fn pattern_images(g: &mut Generator, n: usize) -> (Vec<f32>, Vec<i64>) {
+    let mut data = vec![0f32; n * 64];
+    let mut labels = vec![0i64; n];
+    for i in 0..n {
+        let class = g.int(0, 3);
+        labels[i] = class;
+        let img = &mut data[i * 64..][..64];
+        img.iter_mut().for_each(|p| *p = 0.3 * g.normal() as f32);
+        let (r, c) = (g.int(1, 5) as usize, g.int(1, 5) as usize);
+        for k in 0..4 {
+            let (y, x) = match class {
+                0 => (r, c + k - 1),
+                1 => (r + k - 1, c),
+                _ => (r + k - 1, c + k - 1),
+            };
+            img[y.min(7) * 8 + x.min(7)] += 1.0;
+        }
+    }
+    (data, labels)
+}

@@ -383,7 +383,9 @@ impl GradScaler {
                 )));
             }
             let s = Tensor::full((), v, DType::F32, device)?;
-            self.state.as_mut().map(|st| st.scale = s);
+            if let Some(st) = self.state.as_mut() {
+                st.scale = s;
+            }
             self.per_optimizer.clear();
             return Ok(());
         }

@@ -1,0 +1,217 @@
+//! Autocast: the output dtype of every op in the rule table, the weight-cast cache, nesting
+//! and disabling, and fp32 gradients for fp32 parameters.
+
+use hemi::amp::autocast::{cache_hits, cache_len};
+use hemi::amp::{autocast, autocast_dtype, autocast_enabled};
+use hemi::{
+    no_grad, BatchNormParams, Conv2dParams, CrossEntropySpec, DType, Device, MaxPool2dParams,
+    Reduction, Result, Tensor,
+};
+
+fn t(dims: &[usize], dt: DType) -> Tensor {
+    Tensor::uniform(dims.to_vec(), 0.5, 1.5, dt, Device::Cpu).expect("tensor")
+}
+
+#[test]
+fn every_rule_gives_its_dtype() -> Result<()> {
+    for region in [DType::F16, DType::BF16] {
+        let _ac = autocast(region)?;
+        let (x32, x16) = (t(&[4, 6], DType::F32), t(&[4, 6], region));
+        let w = t(&[6, 3], DType::F32);
+        let img = t(&[2, 3, 6, 6], DType::F32);
+        let k = t(&[4, 3, 3, 3], DType::F32);
+        let targets = Tensor::from_vec(vec![0i64, 1, 2, 0], [4], Device::Cpu)?;
+        let lower = [
+            ("matmul", x32.matmul(&w)?),
+            ("batched matmul", x32.reshape([2, 2, 6])?.matmul(&w)?),
+            ("linear", x32.linear(&w.t()?, Some(&t(&[3], DType::F32)))?),
+            (
+                "conv2d",
+                img.conv2d(&k, Some(&t(&[4], DType::F32)), Conv2dParams::new(1, 1))?,
+            ),
+        ];
+        for (name, y) in lower {
+            assert_eq!(y.dtype(), region, "{name} runs in {region}");
+        }
+        let fp32 = [
+            ("softmax", x16.softmax(1)?),
+            ("log_softmax", x16.log_softmax(-1)?),
+            (
+                "cross_entropy",
+                x16.narrow(1, 0, 3)?
+                    .cross_entropy(&targets, CrossEntropySpec::default())?,
+            ),
+            ("mse_loss", x16.mse_loss(&x16, Reduction::Mean)?),
+            ("sum", x16.sum(0, false)?),
+            ("mean", x16.mean_all()?),
+            ("exp", x16.exp()?),
+            ("log", x16.log()?),
+            ("powf", x16.powf(2.0)?),
+            ("rsqrt", x16.rsqrt()?),
+            ("recip", x16.recip()?),
+        ];
+        for (name, y) in fp32 {
+            assert_eq!(y.dtype(), DType::F32, "{name} runs in float32");
+        }
+        let promote = [
+            ("add mixed", x16.add(&x32)?, DType::F32),
+            ("mul same", x16.mul(&x16)?, region),
+            ("div mixed", x32.div(&x16)?, DType::F32),
+            ("cat mixed", Tensor::cat(&[&x16, &x32], 0)?, DType::F32),
+            ("cat same", Tensor::cat(&[&x16, &x16], 1)?, region),
+        ];
+        for (name, y, want) in promote {
+            assert_eq!(y.dtype(), want, "{name}");
+        }
+        let img16 = img.to_dtype(region)?;
+        let pass = [
+            ("relu f16", x16.relu()?, region),
+            ("relu f32", x32.relu()?, DType::F32),
+            (
+                "max_pool2d",
+                img16.max_pool2d(MaxPool2dParams::new(2, 2, 0))?,
+                region,
+            ),
+            (
+                "adaptive_avg_pool2d",
+                img16.adaptive_avg_pool2d((1, 1))?,
+                region,
+            ),
+            ("reshape", x16.reshape([24])?, region),
+        ];
+        for (name, y, want) in pass {
+            assert_eq!(y.dtype(), want, "{name} passes its dtype through");
+        }
+        let (rm, rv) = (
+            Tensor::zeros([3], DType::F32, Device::Cpu)?,
+            Tensor::ones([3], DType::F32, Device::Cpu)?,
+        );
+        let (bw, bb) = (t(&[3], DType::F32), t(&[3], DType::F32));
+        let y = img16.batch_norm(
+            Some(&rm),
+            Some(&rv),
+            Some(&bw),
+            Some(&bb),
+            BatchNormParams::default(),
+        )?;
+        assert_eq!(y.dtype(), region, "batch_norm runs in its input dtype");
+        assert_eq!(rm.dtype(), DType::F32, "statistics stay fp32");
+        assert!(
+            rm.to_vec::<f32>()?.iter().all(|&m| m > 0.0),
+            "running mean updated"
+        );
+        let f64_in = t(&[2, 3], DType::F64);
+        assert_eq!(
+            f64_in.matmul(&t(&[3, 2], DType::F64))?.dtype(),
+            DType::F64,
+            "float64 is never cast"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn weight_cache_is_reused_within_a_region_and_dropped_after() -> Result<()> {
+    let w = t(&[5, 4], DType::F32).requires_grad_(true)?;
+    let x = t(&[3, 5], DType::F32);
+    {
+        let _ac = autocast(DType::F16)?;
+        let a = x.matmul(&w)?;
+        let b = x.matmul(&w)?;
+        assert_eq!(cache_len(), 1, "one cached cast of w");
+        assert_eq!(cache_hits(), 1, "the second use hit the cache");
+        a.add(&b)?.to_dtype(DType::F32)?.sum_all()?.backward()?;
+        {
+            let _g = no_grad();
+            let w2 = t(&[4, 2], DType::F32).requires_grad_(true)?;
+            x.matmul(&w)?.matmul(&w2)?;
+            assert_eq!(cache_len(), 1, "casts under no_grad are not cached");
+        }
+        let activation = x.mul_scalar(1.0)?; // not a leaf: never cached
+        activation.matmul(&w)?;
+        assert_eq!(cache_len(), 1);
+    }
+    assert_eq!(cache_len(), 0, "the outermost exit clears the cache");
+    let g = w.grad().expect("w has a gradient");
+    assert_eq!(g.dtype(), DType::F32, "fp32 parameters get fp32 gradients");
+    // d/dw sum(2 x·w) = 2 xᵀ·1, computed in f16 from f16-rounded x.
+    let xs = x.to_dtype(DType::F16)?.to_f64_vec()?;
+    let want: Vec<f64> = (0..20)
+        .map(|i| 2.0 * (0..3).map(|r| xs[r * 5 + i / 4]).sum::<f64>())
+        .collect();
+    for (got, want) in g.to_f64_vec()?.iter().zip(&want) {
+        assert!((got - want).abs() <= 1e-2 * want.abs(), "{got} vs {want}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_cached_cast_is_redone_after_backward_freed_its_graph() -> Result<()> {
+    let w = t(&[2, 2], DType::F32).requires_grad_(true)?;
+    let x = t(&[2, 2], DType::F32);
+    let _ac = autocast(DType::F16)?;
+    x.matmul(&w)?.to_dtype(DType::F32)?.sum_all()?.backward()?;
+    x.matmul(&w)?.to_dtype(DType::F32)?.sum_all()?.backward()?;
+    assert_eq!(
+        w.grad().expect("grad").to_f64_vec()?.len(),
+        4,
+        "second backward works"
+    );
+    Ok(())
+}
+
+#[test]
+fn regions_nest_and_disable() -> Result<()> {
+    let (x, w) = (t(&[2, 3], DType::F32), t(&[3, 2], DType::F32));
+    assert_eq!(autocast_dtype(), None);
+    assert_eq!(
+        x.matmul(&w)?.dtype(),
+        DType::F32,
+        "no region: identity policy"
+    );
+    let _outer = autocast(DType::F16)?;
+    assert_eq!(x.matmul(&w)?.dtype(), DType::F16);
+    {
+        let _off = autocast_enabled(false, DType::F16)?;
+        assert_eq!(autocast_dtype(), None);
+        assert_eq!(
+            x.matmul(&w)?.dtype(),
+            DType::F32,
+            "a disabled inner region turns autocast off"
+        );
+        {
+            let _bf = autocast(DType::BF16)?;
+            assert_eq!(
+                x.matmul(&w)?.dtype(),
+                DType::BF16,
+                "re-enabled with another dtype"
+            );
+        }
+        assert_eq!(x.matmul(&w)?.dtype(), DType::F32);
+    }
+    assert_eq!(
+        x.matmul(&w)?.dtype(),
+        DType::F16,
+        "the outer region resumes"
+    );
+    assert!(
+        autocast(DType::F32).is_err(),
+        "only float16 and bfloat16 regions"
+    );
+    Ok(())
+}
+
+#[test]
+fn backward_keeps_forward_dtypes() -> Result<()> {
+    let w = t(&[4, 4], DType::F32).requires_grad_(true)?;
+    let x = t(&[3, 4], DType::F32).requires_grad_(true)?;
+    let loss = {
+        let _ac = autocast(DType::BF16)?;
+        x.matmul(&w)?.relu()?.softmax(1)?.sum_all()?
+    };
+    assert_eq!(loss.dtype(), DType::F32);
+    loss.backward()?;
+    assert_eq!(w.grad().expect("w").dtype(), DType::F32);
+    assert_eq!(x.grad().expect("x").dtype(), DType::F32);
+    Ok(())
+}
