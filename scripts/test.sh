@@ -1,7 +1,17 @@
 #!/usr/bin/env bash
-# The test entry point (README's test command): formatting, lints, then every test.
+# The test entry point (README's test command): formatting, lints, every test without and
+# with the CUDA backend (emulated where there is no GPU), and the kernel tests under ASan.
+# Needs `bash scripts/install-cuda-toolchain.sh` once for the `cuda` parts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
+cargo clippy --workspace --all-targets --features cuda -- -D warnings
+cargo test --workspace --features cuda
+# The emulated kernels once more, with AddressSanitizer catching out-of-bounds accesses.
+HEMI_SIM_ASAN=1 \
+    RUSTFLAGS="-Clink-arg=-fsanitize=address -Clink-arg=-lasan" \
+    CARGO_TARGET_DIR=target/asan \
+    CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/scripts/asan-runner.sh" \
+    cargo test --features cuda --test cuda_sim

@@ -13,3 +13,6 @@
 
 pub use hemi_amp as amp;
 pub use hemi_engine::*;
+
+#[cfg(feature = "cuda")]
+pub mod cuda;

@@ -6,6 +6,12 @@ use crate::backend::{BinaryOp, UnaryOp};
 use crate::{Result, Shape, Tensor};
 
 impl Tensor {
+    /// Applies a [`UnaryOp`] directly (not recorded by autograd); contiguous output of the
+    /// same shape and dtype.
+    pub fn unary_op(&self, op: UnaryOp) -> Result<Tensor> {
+        self.unary_raw(op)
+    }
+
     /// The op without autograd: contiguous output of the same shape and dtype.
     pub(crate) fn unary_raw(&self, op: UnaryOp) -> Result<Tensor> {
         float_only("unary", self)?;

@@ -1,0 +1,282 @@
+// The emulator's scheduler: blocks run one after another on the launching host thread; the
+// threads of a block are ucontext fibers switched at __syncthreads and warp collectives.
+#include "sim.h"
+
+#include <sys/mman.h>
+#include <ucontext.h>
+
+#include <cstdio>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define HEMI_ASAN 1
+#endif
+
+namespace hemi_sim {
+namespace {
+
+enum class State { Runnable, AtBarrier, AtWarp, Done };
+
+constexpr std::size_t kStackBytes = 256 * 1024;
+constexpr unsigned kMaxThreads = 1024;
+constexpr unsigned kMaxSmem = 227 * 1024;
+
+struct Fiber {
+    ThreadCtx ctx{};
+    ucontext_t uc{};
+    State state = State::Runnable;
+    void* stack = nullptr;
+    unsigned warp_mask = 0;
+    uint64_t warp_value = 0;
+    uint64_t warp_result[32] = {};
+};
+
+struct Launch {
+    std::vector<Fiber>* fibers = nullptr;
+    Fiber* running = nullptr;
+    ucontext_t sched{};
+    const void* sched_stack = nullptr;
+    std::size_t sched_stack_size = 0;
+    uint3 bidx{};
+    dim3 bdim{}, gdim{};
+    unsigned char* smem = nullptr;
+    Trampoline kernel = nullptr;
+    void** args = nullptr;
+    std::string error;
+};
+
+thread_local Launch* tl_launch = nullptr;
+thread_local std::vector<Fiber> tl_fibers;
+thread_local std::vector<unsigned char> tl_smem;
+
+std::unordered_map<std::string, Trampoline>& registry() {
+    static std::unordered_map<std::string, Trampoline> r;
+    return r;
+}
+
+void switch_to_scheduler(Fiber* f, bool dying) {
+    Launch* l = tl_launch;
+#ifdef HEMI_ASAN
+    void* fake = nullptr;
+    __sanitizer_start_switch_fiber(dying ? nullptr : &fake, l->sched_stack, l->sched_stack_size);
+#endif
+    swapcontext(&f->uc, &l->sched);
+#ifdef HEMI_ASAN
+    __sanitizer_finish_switch_fiber(fake, &l->sched_stack, &l->sched_stack_size);
+#endif
+    (void)dying;
+}
+
+void fiber_entry() {
+    Launch* l = tl_launch;
+#ifdef HEMI_ASAN
+    __sanitizer_finish_switch_fiber(nullptr, &l->sched_stack, &l->sched_stack_size);
+#endif
+    Fiber* f = l->running;
+    l->kernel(l->args);
+    f->state = State::Done;
+    switch_to_scheduler(f, true);
+}
+
+void run_fiber(Launch* l, Fiber* f) {
+    l->running = f;
+#ifdef HEMI_ASAN
+    void* fake = nullptr;
+    __sanitizer_start_switch_fiber(&fake, f->stack, kStackBytes);
+#endif
+    swapcontext(&l->sched, &f->uc);
+#ifdef HEMI_ASAN
+    __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#endif
+}
+
+/// Completes warp collectives whose lanes have all arrived; returns true if any did.
+bool complete_warps(Launch* l, unsigned nthreads, std::string& err) {
+    auto& fs = *l->fibers;
+    bool progressed = false;
+    for (unsigned w = 0; w * 32 < nthreads; ++w) {
+        unsigned base = w * 32;
+        unsigned lanes = std::min(32u, nthreads - base);
+        int first = -1;
+        for (unsigned i = 0; i < lanes; ++i) {
+            if (fs[base + i].state == State::AtWarp) {
+                first = static_cast<int>(i);
+                break;
+            }
+        }
+        if (first < 0) continue;
+        unsigned mask = fs[base + first].warp_mask;
+        bool ready = true;
+        for (unsigned i = 0; i < 32; ++i) {
+            if (!(mask & (1u << i))) continue;
+            if (i >= lanes) {
+                err = "warp collective mask names lanes beyond the block";
+                return false;
+            }
+            Fiber& f = fs[base + i];
+            if (f.state == State::Done || f.state == State::AtBarrier) {
+                err = "warp collective can never complete: lane " + std::to_string(i) + " of warp " +
+                      std::to_string(w) + (f.state == State::Done ? " has exited" : " waits at __syncthreads");
+                return false;
+            }
+            if (f.state != State::AtWarp) ready = false;
+            else if (f.warp_mask != mask) {
+                err = "warp collective called with different masks in one warp";
+                return false;
+            }
+        }
+        if (!ready) continue;
+        uint64_t vals[32] = {};
+        for (unsigned i = 0; i < 32; ++i)
+            if (mask & (1u << i)) vals[i] = fs[base + i].warp_value;
+        for (unsigned i = 0; i < 32; ++i) {
+            if (!(mask & (1u << i))) continue;
+            std::memcpy(fs[base + i].warp_result, vals, sizeof vals);
+            fs[base + i].state = State::Runnable;
+        }
+        progressed = true;
+    }
+    return progressed;
+}
+
+/// Runs one block to completion; returns false with `l->error` set on failure.
+bool run_block(Launch* l, unsigned nthreads) {
+    auto& fs = *l->fibers;
+    for (unsigned t = 0; t < nthreads; ++t) {
+        Fiber& f = fs[t];
+        f.state = State::Runnable;
+        f.ctx.linear = t;
+        f.ctx.thread_idx = {t % l->bdim.x, (t / l->bdim.x) % l->bdim.y, t / (l->bdim.x * l->bdim.y)};
+        getcontext(&f.uc);
+        f.uc.uc_stack.ss_sp = f.stack;
+        f.uc.uc_stack.ss_size = kStackBytes;
+        f.uc.uc_link = nullptr;
+        makecontext(&f.uc, fiber_entry, 0);
+    }
+    for (;;) {
+        bool ran = false;
+        for (unsigned t = 0; t < nthreads; ++t) {
+            if (fs[t].state != State::Runnable) continue;
+            run_fiber(l, &fs[t]);
+            ran = true;
+            if (!l->error.empty()) return false;
+        }
+        std::string err;
+        bool warps = complete_warps(l, nthreads, err);
+        if (!err.empty()) {
+            l->error = err;
+            return false;
+        }
+        unsigned done = 0, at_barrier = 0;
+        for (unsigned t = 0; t < nthreads; ++t) {
+            done += fs[t].state == State::Done;
+            at_barrier += fs[t].state == State::AtBarrier;
+        }
+        if (done == nthreads) return true;
+        if (at_barrier > 0 && at_barrier + done == nthreads) {
+            if (done > 0) {
+                l->error = "__syncthreads can never complete: " + std::to_string(done) + " of " +
+                           std::to_string(nthreads) + " threads have exited";
+                return false;
+            }
+            for (unsigned t = 0; t < nthreads; ++t) fs[t].state = State::Runnable;
+            continue;
+        }
+        if (!ran && !warps) {
+            l->error = "deadlock: threads wait at a barrier and a warp collective at once";
+            return false;
+        }
+    }
+}
+
+}  // namespace
+
+ThreadCtx* current() { return &tl_launch->running->ctx; }
+const uint3& block_idx() { return tl_launch->bidx; }
+const dim3& block_dim() { return tl_launch->bdim; }
+const dim3& grid_dim() { return tl_launch->gdim; }
+void* dynamic_smem() { return tl_launch->smem; }
+
+void syncthreads() {
+    Fiber* f = tl_launch->running;
+    f->state = State::AtBarrier;
+    switch_to_scheduler(f, false);
+}
+
+const uint64_t* warp_exchange(unsigned mask, uint64_t value) {
+    Fiber* f = tl_launch->running;
+    f->warp_mask = mask;
+    f->warp_value = value;
+    f->state = State::AtWarp;
+    switch_to_scheduler(f, false);
+    return f->warp_result;
+}
+
+[[noreturn]] void trap(const char* why) {
+    Launch* l = tl_launch;
+    Fiber* f = l->running;
+    l->error = std::string("kernel trapped in thread ") + std::to_string(f->ctx.linear) + ": " + why;
+    f->state = State::Done;
+    switch_to_scheduler(f, true);
+    __builtin_unreachable();
+}
+
+Registrar::Registrar(const char* name, Trampoline t) { registry()[name] = t; }
+
+}  // namespace hemi_sim
+
+using namespace hemi_sim;
+
+static int fail(char* err, std::size_t len, const std::string& msg) {
+    if (err && len) std::snprintf(err, len, "%s", msg.c_str());
+    return 1;
+}
+
+extern "C" int hemi_sim_has_kernel(const char* name) { return registry().count(name) ? 1 : 0; }
+
+/// Runs kernel `name` like cuLaunchKernel: grid and block dims, dynamic shared memory bytes,
+/// and one pointer per kernel parameter. Returns 0, or 1 with a message in `err`.
+extern "C" int hemi_sim_launch(const char* name, const unsigned* grid, const unsigned* block, unsigned smem,
+                               void** args, char* err, std::size_t err_len) {
+    auto it = registry().find(name);
+    if (it == registry().end()) return fail(err, err_len, std::string("no kernel named ") + name);
+    dim3 g{grid[0], grid[1], grid[2]}, b{block[0], block[1], block[2]};
+    unsigned long long nthreads = 1ull * b.x * b.y * b.z;
+    if (g.x == 0 || g.y == 0 || g.z == 0 || nthreads == 0)
+        return fail(err, err_len, "launch with an empty grid or block");
+    if (nthreads > kMaxThreads) return fail(err, err_len, "more than 1024 threads per block");
+    if (smem > kMaxSmem) return fail(err, err_len, "more than 227 KiB of dynamic shared memory");
+    if (tl_fibers.size() < nthreads) {
+        std::size_t old = tl_fibers.size();
+        tl_fibers.resize(nthreads);
+        for (std::size_t i = old; i < nthreads; ++i) {
+            void* s = mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+            if (s == MAP_FAILED) return fail(err, err_len, "cannot allocate a fiber stack");
+            tl_fibers[i].stack = s;
+        }
+    }
+    tl_smem.assign(smem + 16, 0);
+    Launch l;
+    l.fibers = &tl_fibers;
+    l.bdim = b;
+    l.gdim = g;
+    l.kernel = it->second;
+    l.args = args;
+    auto addr = reinterpret_cast<std::uintptr_t>(tl_smem.data());
+    l.smem = tl_smem.data() + ((16 - addr % 16) % 16);
+    Launch* prev = tl_launch;
+    tl_launch = &l;
+    bool ok = true;
+    for (unsigned z = 0; ok && z < g.z; ++z)
+        for (unsigned y = 0; ok && y < g.y; ++y)
+            for (unsigned x = 0; ok && x < g.x; ++x) {
+                l.bidx = {x, y, z};
+                ok = run_block(&l, static_cast<unsigned>(nthreads));
+            }
+    tl_launch = prev;
+    if (!ok) return fail(err, err_len, std::string(name) + ": " + l.error);
+    return 0;
+}

@@ -1,0 +1,99 @@
+// Host emulator of the CUDA execution model (DESIGN.md §5). Force-included (-include) when
+// the kernel sources are compiled as C++ for the host: it supplies the CUDA keywords, the
+// built-in index variables and the collectives. Each CUDA thread of a block is a fiber on one
+// host thread; __syncthreads and warp collectives are rendezvous points of the scheduler.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <cfloat>
+#include <utility>
+
+#define HEMI_SIM 1
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __restrict__ __restrict
+// One block runs at a time on each host thread, so static thread-local storage is exactly
+// per-block shared memory.
+#define __shared__ static thread_local
+#define __launch_bounds__(...)
+
+struct dim3 {
+    unsigned x = 1, y = 1, z = 1;
+};
+struct uint3 {
+    unsigned x, y, z;
+};
+
+namespace hemi_sim {
+
+/// Per-fiber state of one emulated CUDA thread.
+struct ThreadCtx {
+    uint3 thread_idx;
+    unsigned linear;  // linear thread index within the block
+};
+
+/// The fiber now running on this host thread.
+ThreadCtx* current();
+/// Launch geometry of the running block.
+const uint3& block_idx();
+const dim3& block_dim();
+const dim3& grid_dim();
+/// Block barrier.
+void syncthreads();
+/// Dynamic shared memory of the running block (the launch's smem bytes, 16-byte aligned).
+void* dynamic_smem();
+/// Reports a kernel-side failure (trap); the launch returns it as an error.
+[[noreturn]] void trap(const char* why);
+
+/// Warp rendezvous: every lane of `mask` deposits `value`; returns all 32 deposits
+/// (lanes not in the mask read 0). All lanes in the mask must call it.
+const uint64_t* warp_exchange(unsigned mask, uint64_t value);
+
+/// Registers a kernel trampoline under a name (used by HEMI_KERNEL).
+using Trampoline = void (*)(void** args);
+struct Registrar {
+    Registrar(const char* name, Trampoline t);
+};
+
+template <typename T>
+T from_bits(uint64_t b) {
+    T v;
+    std::memcpy(&v, &b, sizeof(T));
+    return v;
+}
+template <typename T>
+uint64_t to_bits(T v) {
+    uint64_t b = 0;
+    std::memcpy(&b, &v, sizeof(T));
+    return b;
+}
+
+template <typename... A, std::size_t... I>
+void invoke_impl(void (*f)(A...), void** args, std::index_sequence<I...>) {
+    f(*static_cast<A*>(args[I])...);
+}
+template <typename... A>
+void invoke(void (*f)(A...), void** args) {
+    invoke_impl(f, args, std::index_sequence_for<A...>{});
+}
+
+}  // namespace hemi_sim
+
+#define threadIdx (hemi_sim::current()->thread_idx)
+#define blockIdx (hemi_sim::block_idx())
+#define blockDim (hemi_sim::block_dim())
+#define gridDim (hemi_sim::grid_dim())
+#define warpSize 32
+
+inline void __syncthreads() { hemi_sim::syncthreads(); }
+[[noreturn]] inline void __trap() { hemi_sim::trap("__trap() called"); }
+
+// Registers `name` with the launcher: `HEMI_KERNEL(axpy)` after the kernel's definition.
+#define HEMI_KERNEL(name)                                                                    \
+    static void hemi_trampoline_##name(void** args) { hemi_sim::invoke(&name, args); }     \
+    static hemi_sim::Registrar hemi_registrar_##name(#name, &hemi_trampoline_##name);

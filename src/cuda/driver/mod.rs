@@ -1,0 +1,61 @@
+//! The driver layer: device memory and kernel launches, behind one object-safe trait so the
+//! CUDA backend's code is identical on a GPU ([`cust_driver::CustDriver`]) and on the host
+//! emulator ([`sim::SimDriver`]). Every cust call lives in `cust_driver.rs`.
+
+pub mod cust_driver;
+pub mod sim;
+
+use hemi_engine::{Device, Result};
+use std::ffi::c_void;
+use std::fmt::Debug;
+
+/// A device address (a `CUdeviceptr` on a GPU, a host address on the emulator).
+pub type DevicePtr = u64;
+
+/// Launch geometry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaunchConfig {
+    /// Blocks in x, y, z.
+    pub grid: [u32; 3],
+    /// Threads per block in x, y, z.
+    pub block: [u32; 3],
+    /// Dynamic shared memory bytes.
+    pub smem: u32,
+}
+
+impl LaunchConfig {
+    /// A 1-D launch covering `n` elements with `threads` per block, at most `max_blocks`
+    /// blocks (kernels use grid-stride loops).
+    pub fn linear(n: usize, threads: u32, max_blocks: u32) -> Self {
+        let blocks = n.div_ceil(threads as usize).clamp(1, max_blocks as usize) as u32;
+        LaunchConfig {
+            grid: [blocks, 1, 1],
+            block: [threads, 1, 1],
+            smem: 0,
+        }
+    }
+}
+
+/// Memory and launches of one device. Implementations serialize launches and make copies
+/// synchronous, so a kernel's results are visible to the next call.
+pub trait Driver: Send + Sync + Debug {
+    /// The device this driver runs.
+    fn device(&self) -> Device;
+    /// Allocates `bytes` (> 0) of device memory; `Err(OutOfMemory)` leaves the device usable.
+    fn alloc(&self, bytes: usize) -> Result<DevicePtr>;
+    /// Frees memory from [`Driver::alloc`].
+    fn free(&self, ptr: DevicePtr, bytes: usize);
+    /// Copies host bytes to device memory.
+    fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()>;
+    /// Copies device memory to host bytes.
+    fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()>;
+    /// Launches kernel `name`.
+    ///
+    /// # Safety
+    /// `args` must hold one pointer per kernel parameter, each to a value of exactly that
+    /// parameter's type, and every device pointer among them must address memory large
+    /// enough for what the kernel touches. The typed wrappers in `cuda::kernels` guarantee it.
+    unsafe fn launch(&self, name: &str, cfg: LaunchConfig, args: &mut [*mut c_void]) -> Result<()>;
+    /// Waits for all launched work.
+    fn synchronize(&self) -> Result<()>;
+}

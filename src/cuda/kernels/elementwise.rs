@@ -1,0 +1,169 @@
+//! Wrappers of `kernels-cu/elementwise.cu`: fill, strided copy, casts, unary and binary ops.
+
+use super::{float_suffix, launch, Strided, MAX_BLOCKS, THREADS};
+use crate::cuda::driver::{DevicePtr, Driver, LaunchConfig};
+use crate::kernel_args;
+use hemi_engine::backend::{BinaryOp, UnaryOp};
+use hemi_engine::{DType, Error, Layout, Result};
+
+fn cfg(n: usize) -> LaunchConfig {
+    LaunchConfig::linear(n, THREADS, MAX_BLOCKS)
+}
+
+/// Element size suffix of the byte-moving kernels.
+fn bytes_suffix(dt: DType) -> &'static str {
+    match dt.size_in_bytes() {
+        2 => "b2",
+        4 => "b4",
+        _ => "b8",
+    }
+}
+
+/// `y[0..n] = value` where `value` holds the element's bits.
+pub fn fill(d: &dyn Driver, dt: DType, y: DevicePtr, n: usize, bits: u64) -> Result<()> {
+    let mut y = y;
+    let mut count = n as i64;
+    let name = format!("fill_{}", bytes_suffix(dt));
+    match dt.size_in_bytes() {
+        2 => {
+            let mut v = bits as u16;
+            let mut a = kernel_args![y, v, count];
+            // SAFETY: fill_b2(unsigned short*, unsigned short, long long); `y` holds n elements.
+            unsafe { launch(d, &name, cfg(n), &mut a) }
+        }
+        4 => {
+            let mut v = bits as u32;
+            let mut a = kernel_args![y, v, count];
+            // SAFETY: fill_b4(unsigned*, unsigned, long long); `y` holds n elements.
+            unsafe { launch(d, &name, cfg(n), &mut a) }
+        }
+        _ => {
+            let mut v = bits;
+            let mut a = kernel_args![y, v, count];
+            // SAFETY: fill_b8(unsigned long long*, unsigned long long, long long).
+            unsafe { launch(d, &name, cfg(n), &mut a) }
+        }
+    }
+}
+
+/// Gathers the view `xl` of `x` into contiguous `y` (any dtype).
+pub fn copy_strided(
+    d: &dyn Driver,
+    dt: DType,
+    x: DevicePtr,
+    xl: &Layout,
+    y: DevicePtr,
+) -> Result<()> {
+    let (mut x, mut y) = (x, y);
+    let mut xs = Strided::new("contiguous", xl)?;
+    let n = xl.elem_count();
+    let mut count = n as i64;
+    let mut a = kernel_args![x, xs, y, count];
+    let name = format!("copy_strided_{}", bytes_suffix(dt));
+    // SAFETY: copy_strided_bN(const T*, Strided, T*, long long); the caller bounds-checked `xl`
+    // against `x` and sized `y` for n elements.
+    unsafe { launch(d, &name, cfg(n), &mut a) }
+}
+
+/// Converts the view `xl` of `x` (dtype `from`) to contiguous `y` (dtype `to`).
+pub fn cast(
+    d: &dyn Driver,
+    from: DType,
+    x: DevicePtr,
+    xl: &Layout,
+    to: DType,
+    y: DevicePtr,
+) -> Result<()> {
+    let device = d.device();
+    let name = format!(
+        "cast_{}_{}",
+        float_suffix("to_dtype", device, from)?,
+        float_suffix("to_dtype", device, to)?
+    );
+    let (mut x, mut y) = (x, y);
+    let mut xs = Strided::new("to_dtype", xl)?;
+    let n = xl.elem_count();
+    let mut count = n as i64;
+    let mut a = kernel_args![x, xs, y, count];
+    // SAFETY: cast_A_B(const A*, Strided, B*, long long); bounds checked by the caller.
+    unsafe { launch(d, &name, cfg(n), &mut a) }
+}
+
+/// (op code, scalar a, scalar b) of a unary op, as `elementwise.cu` numbers them.
+fn unary_code(op: UnaryOp) -> (i32, f32, f32) {
+    match op {
+        UnaryOp::Neg => (0, 0.0, 0.0),
+        UnaryOp::Exp => (1, 0.0, 0.0),
+        UnaryOp::Log => (2, 0.0, 0.0),
+        UnaryOp::Sqrt => (3, 0.0, 0.0),
+        UnaryOp::Rsqrt => (4, 0.0, 0.0),
+        UnaryOp::Abs => (5, 0.0, 0.0),
+        UnaryOp::Square => (6, 0.0, 0.0),
+        UnaryOp::Recip => (7, 0.0, 0.0),
+        UnaryOp::Relu => (8, 0.0, 0.0),
+        UnaryOp::Step => (9, 0.0, 0.0),
+        UnaryOp::Sign => (10, 0.0, 0.0),
+        UnaryOp::Affine { mul, add } => (11, mul as f32, add as f32),
+        UnaryOp::Powf(e) => (12, e as f32, 0.0),
+    }
+}
+
+/// `y = op(x)` elementwise over the view `xl`, contiguous output of the same dtype.
+pub fn unary(
+    d: &dyn Driver,
+    op: UnaryOp,
+    dt: DType,
+    x: DevicePtr,
+    xl: &Layout,
+    y: DevicePtr,
+) -> Result<()> {
+    let name = format!("unary_{}", float_suffix("unary", d.device(), dt)?);
+    let (code, sa, sb) = unary_code(op);
+    let (mut code, mut sa, mut sb, mut x, mut y) = (code, sa, sb, x, y);
+    let mut xs = Strided::new("unary", xl)?;
+    let n = xl.elem_count();
+    let mut count = n as i64;
+    let mut a = kernel_args![code, sa, sb, x, xs, y, count];
+    // SAFETY: unary_T(int, float, float, const T*, Strided, T*, long long).
+    unsafe { launch(d, &name, cfg(n), &mut a) }
+}
+
+fn binary_code(op: BinaryOp) -> i32 {
+    match op {
+        BinaryOp::Add => 0,
+        BinaryOp::Sub => 1,
+        BinaryOp::Mul => 2,
+        BinaryOp::Div => 3,
+        BinaryOp::Maximum => 4,
+        BinaryOp::Minimum => 5,
+        BinaryOp::Eq => 6,
+    }
+}
+
+/// `y = op(x, z)` over two views of one shape (broadcast by stride 0), same dtype.
+#[allow(clippy::too_many_arguments)]
+pub fn binary(
+    d: &dyn Driver,
+    op: BinaryOp,
+    dt: DType,
+    x: DevicePtr,
+    xl: &Layout,
+    z: DevicePtr,
+    zl: &Layout,
+    y: DevicePtr,
+) -> Result<()> {
+    if xl.shape() != zl.shape() {
+        return Err(Error::ShapeMismatch {
+            op: "binary",
+            msg: format!("{op:?} of {:?} and {:?}", xl.shape(), zl.shape()),
+        });
+    }
+    let name = format!("binary_{}", float_suffix("binary", d.device(), dt)?);
+    let (mut code, mut x, mut z, mut y) = (binary_code(op), x, z, y);
+    let (mut xs, mut zs) = (Strided::new("binary", xl)?, Strided::new("binary", zl)?);
+    let n = xl.elem_count();
+    let mut count = n as i64;
+    let mut a = kernel_args![code, x, xs, z, zs, y, count];
+    // SAFETY: binary_T(int, const T*, Strided, const T*, Strided, T*, long long).
+    unsafe { launch(d, &name, cfg(n), &mut a) }
+}

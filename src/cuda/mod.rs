@@ -1,0 +1,67 @@
+//! The CUDA backend (feature `cuda`): hemi's own kernels from `kernels-cu/`, run through a
+//! [`driver::Driver`] — cust on a GPU (`Device::Cuda(i)`), or the host emulator
+//! (`Device::CudaSim`) that runs the very same kernel sources on the CPU, so CI exercises all
+//! of the backend's Rust code without a GPU.
+//!
+//! ```
+//! # #[cfg(feature = "cuda")] {
+//! use hemi::{Device, DType, Tensor};
+//! hemi::cuda::init();
+//! let x = Tensor::from_vec(vec![1.0f32, -2.0, 3.0], [3], Device::CudaSim)?;
+//! assert_eq!(x.relu()?.to_vec::<f32>()?, vec![1.0, 0.0, 3.0]);
+//! # }
+//! # Ok::<(), hemi::Error>(())
+//! ```
+
+pub mod alloc;
+pub mod backend;
+pub mod driver;
+pub mod kernels;
+pub mod storage;
+
+use backend::CudaBackend;
+use driver::cust_driver::CustDriver;
+use driver::sim::SimDriver;
+use hemi_engine::backend::register_backend;
+use hemi_engine::Device;
+use std::sync::{Arc, OnceLock};
+
+/// What [`init`] found.
+#[derive(Debug, Clone)]
+pub struct CudaStatus {
+    /// Devices with a registered CUDA backend (always `CudaSim`, plus every GPU).
+    pub devices: Vec<Device>,
+    /// Why there is no GPU device, when there is none (no driver, no device, ...).
+    pub gpu_unavailable: Option<String>,
+}
+
+/// Registers the CUDA backends once: the emulator always, and `Device::Cuda(i)` for every
+/// GPU the driver reports. Later calls return the first result.
+pub fn init() -> &'static CudaStatus {
+    static STATUS: OnceLock<CudaStatus> = OnceLock::new();
+    STATUS.get_or_init(|| {
+        register_backend(Arc::new(CudaBackend::new(Arc::new(SimDriver::new()))));
+        let mut devices = vec![Device::CudaSim];
+        let gpu_unavailable = match CustDriver::device_count() {
+            Ok(0) => Some("the CUDA driver reports no device".to_string()),
+            Ok(n) => {
+                let mut why = None;
+                for i in 0..n {
+                    match CustDriver::new(i) {
+                        Ok(d) => {
+                            register_backend(Arc::new(CudaBackend::new(Arc::new(d))));
+                            devices.push(Device::Cuda(i));
+                        }
+                        Err(e) => why = Some(e.to_string()),
+                    }
+                }
+                why
+            }
+            Err(e) => Some(e.to_string()),
+        };
+        CudaStatus {
+            devices,
+            gpu_unavailable,
+        }
+    })
+}

@@ -1,0 +1,83 @@
+//! Device buffers of the CUDA backend.
+
+use super::alloc::CachingAllocator;
+use super::driver::DevicePtr;
+use hemi_engine::{BackendStorage, DType, Device, Error, Result, StorageRef};
+use std::any::Any;
+use std::sync::Arc;
+
+/// `len` elements of `dtype` in device memory from the caching allocator; returned to it on
+/// drop.
+#[derive(Debug)]
+pub struct CudaBuffer {
+    ptr: DevicePtr,
+    block: usize,
+    len: usize,
+    dtype: DType,
+    alloc: Arc<CachingAllocator>,
+}
+
+impl CudaBuffer {
+    /// A new uninitialized buffer.
+    pub fn new(alloc: &Arc<CachingAllocator>, dtype: DType, len: usize) -> Result<Self> {
+        let bytes = len
+            .checked_mul(dtype.size_in_bytes())
+            .ok_or(Error::OutOfMemory {
+                device: alloc.driver().device(),
+                requested: usize::MAX,
+            })?;
+        let (ptr, block) = alloc.alloc(bytes)?;
+        Ok(CudaBuffer {
+            ptr,
+            block,
+            len,
+            dtype,
+            alloc: alloc.clone(),
+        })
+    }
+    /// Device address of element 0.
+    pub fn ptr(&self) -> DevicePtr {
+        self.ptr
+    }
+    /// Size of the data in bytes.
+    pub fn bytes(&self) -> usize {
+        self.len * self.dtype.size_in_bytes()
+    }
+}
+
+impl Drop for CudaBuffer {
+    fn drop(&mut self) {
+        self.alloc.release(self.ptr, self.block);
+    }
+}
+
+impl BackendStorage for CudaBuffer {
+    fn device(&self) -> Device {
+        self.alloc.driver().device()
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// Downcasts a storage to a CUDA buffer of `device`.
+pub fn cuda_buffer<'a>(
+    op: &'static str,
+    s: &'a StorageRef,
+    device: Device,
+) -> Result<&'a CudaBuffer> {
+    s.as_any()
+        .downcast_ref::<CudaBuffer>()
+        .filter(|b| b.device() == device)
+        .ok_or(Error::DeviceMismatch {
+            op,
+            lhs: device,
+            rhs: s.device(),
+        })
+}

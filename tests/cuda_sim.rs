@@ -1,0 +1,399 @@
+//! The CUDA backend on the host emulator (and on a GPU when one is present): primitive
+//! self-tests, elementwise ops and casts against the CPU backend at odd sizes, transfers,
+//! memory accounting and error reporting.
+#![cfg(feature = "cuda")]
+
+use hemi::backend::{BinaryOp, UnaryOp};
+use hemi::cuda::driver::sim::SimDriver;
+use hemi::cuda::driver::{Driver, LaunchConfig};
+use hemi::{bf16, f16, kernel_args, DType, Device, Error, Generator, Result, Tensor};
+
+/// The CUDA devices to test: the emulator always; GPUs when present (else says why not).
+fn cuda_devices() -> Vec<Device> {
+    let status = hemi::cuda::init();
+    if let Some(why) = &status.gpu_unavailable {
+        eprintln!("cuda tests: running on cuda-sim; skipping cuda (GPU): {why}");
+    }
+    status.devices.clone()
+}
+
+/// A device buffer on the emulator, for the primitive tests.
+struct Buf<'a> {
+    d: &'a SimDriver,
+    ptr: u64,
+    bytes: usize,
+}
+
+impl<'a> Buf<'a> {
+    fn from<T: bytemuck::Pod>(d: &'a SimDriver, v: &[T]) -> Self {
+        let bytes = std::mem::size_of_val(v).max(1);
+        let ptr = d.alloc(bytes).expect("alloc");
+        d.upload(ptr, bytemuck::cast_slice(v)).expect("upload");
+        Buf { d, ptr, bytes }
+    }
+    fn read<T: bytemuck::Pod + Default + Clone>(&self, n: usize) -> Vec<T> {
+        let mut out = vec![T::default(); n];
+        self.d
+            .download(self.ptr, bytemuck::cast_slice_mut(&mut out))
+            .expect("download");
+        out
+    }
+}
+
+impl Drop for Buf<'_> {
+    fn drop(&mut self) {
+        self.d.free(self.ptr, self.bytes);
+    }
+}
+
+fn grid(blocks: u32, threads: u32, smem: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid: [blocks, 1, 1],
+        block: [threads, 1, 1],
+        smem,
+    }
+}
+
+#[test]
+fn primitives_follow_cuda_semantics() {
+    let d = SimDriver::new();
+    let n = 96; // three warps in one block of 96 threads
+    let input: Vec<i32> = (0..n).map(|i| i * 10 + 1).collect();
+    let (x, y) = (
+        Buf::from(&d, &input),
+        Buf::from(&d, &vec![0i32; n as usize]),
+    );
+    let (mut px, mut py) = (x.ptr, y.ptr);
+    // SAFETY: selftest_shfl(const int*, int*) with n ints each.
+    unsafe {
+        d.launch(
+            "selftest_shfl",
+            grid(1, n as u32, 0),
+            &mut kernel_args![px, py],
+        )
+    }
+    .expect("shfl");
+    let got: Vec<i32> = y.read(n as usize);
+    for (t, &v) in got.iter().enumerate() {
+        let src = (t / 32) * 32 + ((t % 32) * 7 + 3) % 32;
+        assert_eq!(v, input[src], "shfl lane {t}");
+    }
+
+    let f: Vec<f32> = (0..64).map(|i| (i as f32 - 20.5) * 0.5).collect();
+    let (x, a, b) = (
+        Buf::from(&d, &f),
+        Buf::from(&d, &[0f32; 64]),
+        Buf::from(&d, &[0f32; 64]),
+    );
+    let (mut px, mut pa, mut pb) = (x.ptr, a.ptr, b.ptr);
+    // SAFETY: selftest_shfl_xor_down(const float*, float*, float*), 64 floats each.
+    unsafe {
+        d.launch(
+            "selftest_shfl_xor_down",
+            grid(2, 32, 0),
+            &mut kernel_args![px, pa, pb],
+        )
+    }
+    .expect("xor");
+    let (gx, gd): (Vec<f32>, Vec<f32>) = (a.read(64), b.read(64));
+    for t in 0..64 {
+        let lane = t % 32;
+        assert_eq!(gx[t], f[(t / 32) * 32 + (lane ^ 5)], "shfl_xor {t}");
+        let down = if lane + 3 < 32 { t + 3 } else { t };
+        assert_eq!(gd[t], f[down], "shfl_down {t}");
+    }
+
+    let ballots = Buf::from(&d, &[0u32; 2]);
+    let (mut px, mut pb) = (x.ptr, ballots.ptr);
+    // SAFETY: selftest_ballot(const float*, unsigned*): 64 inputs, 2 outputs.
+    unsafe { d.launch("selftest_ballot", grid(1, 64, 0), &mut kernel_args![px, pb]) }
+        .expect("ballot");
+    let got: Vec<u32> = ballots.read(2);
+    for w in 0..2 {
+        let want = (0..32)
+            .filter(|&i| f[w * 32 + i] > 0.0)
+            .fold(0u32, |m, i| m | 1 << i);
+        assert_eq!(got[w], want, "ballot warp {w}");
+    }
+
+    let m = 100usize;
+    let v: Vec<f32> = (0..m * 3).map(|i| i as f32).collect();
+    let (x, y) = (Buf::from(&d, &v), Buf::from(&d, &vec![0f32; m * 3]));
+    let (mut px, mut py) = (x.ptr, y.ptr);
+    // SAFETY: selftest_smem_reverse(const float*, float*), 3 blocks of m threads, m floats of smem.
+    unsafe {
+        d.launch(
+            "selftest_smem_reverse",
+            grid(3, m as u32, (m * 4) as u32),
+            &mut kernel_args![px, py],
+        )
+    }
+    .expect("smem");
+    let got: Vec<f32> = y.read(m * 3);
+    for blk in 0..3 {
+        for t in 0..m {
+            assert_eq!(
+                got[blk * m + t],
+                v[blk * m + m - 1 - t],
+                "dynamic smem + barrier"
+            );
+        }
+    }
+
+    let k = 1000usize;
+    let v: Vec<f32> = (0..k).map(|i| ((i * 37) % 101) as f32 * 0.25).collect();
+    let (x, out) = (Buf::from(&d, &v), Buf::from(&d, &[0f32; 2]));
+    let (mut px, mut pn, mut po) = (x.ptr, k as i32, out.ptr);
+    // SAFETY: selftest_reduce(const float*, int, float*).
+    unsafe {
+        d.launch(
+            "selftest_reduce",
+            grid(4, 256, 0),
+            &mut kernel_args![px, pn, po],
+        )
+    }
+    .expect("reduce");
+    let got: Vec<f32> = out.read(2);
+    assert_eq!(
+        got[0],
+        v.iter().sum::<f32>(),
+        "warp sums + static smem + atomics"
+    );
+    assert_eq!(got[1], v.iter().cloned().fold(0.0, f32::max));
+}
+
+#[test]
+fn a_barrier_that_can_never_complete_is_an_error() {
+    let d = SimDriver::new();
+    let out = Buf::from(&d, &[0f32; 64]);
+    let mut po = out.ptr;
+    // SAFETY: selftest_bad_barrier(float*), 64 floats.
+    let r = unsafe {
+        d.launch(
+            "selftest_bad_barrier",
+            grid(1, 64, 0),
+            &mut kernel_args![po],
+        )
+    };
+    let msg = r.expect_err("divergent barrier").to_string();
+    assert!(msg.contains("can never complete"), "{msg}");
+    let bad = LaunchConfig {
+        grid: [1, 1, 1],
+        block: [2048, 1, 1],
+        smem: 0,
+    };
+    // SAFETY: the launch is rejected before any argument is read.
+    assert!(unsafe { d.launch("selftest_bad_barrier", bad, &mut kernel_args![po]) }.is_err());
+    // SAFETY: as above.
+    assert!(unsafe { d.launch("no_such_kernel", grid(1, 1, 0), &mut kernel_args![po]) }.is_err());
+}
+
+fn close(got: &[f64], want: &[f64], dt: DType, what: &str) {
+    let rel = match dt {
+        DType::F16 => 2f64.powi(-10),
+        DType::BF16 => 2f64.powi(-7),
+        _ => 2e-6,
+    };
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let ok = (g.is_nan() && w.is_nan()) || g == w || (g - w).abs() <= rel * w.abs().max(1e-30);
+        assert!(ok, "{what}[{i}]: cuda {g} vs cpu {w}");
+    }
+}
+
+#[test]
+fn elementwise_ops_match_the_cpu_at_odd_sizes() -> Result<()> {
+    for dev in cuda_devices() {
+        let mut g = Generator::new(5);
+        for dt in [DType::F32, DType::F16, DType::BF16] {
+            let x = Tensor::uniform_with(&mut g, [37, 29], 0.1, 3.0, dt, Device::Cpu)?;
+            let xd = x.to_device(dev)?;
+            let unary = [
+                UnaryOp::Neg,
+                UnaryOp::Exp,
+                UnaryOp::Log,
+                UnaryOp::Sqrt,
+                UnaryOp::Rsqrt,
+                UnaryOp::Abs,
+                UnaryOp::Square,
+                UnaryOp::Recip,
+                UnaryOp::Relu,
+                UnaryOp::Step,
+                UnaryOp::Sign,
+                UnaryOp::Affine {
+                    mul: -1.5,
+                    add: 0.25,
+                },
+                UnaryOp::Powf(1.7),
+            ];
+            for op in unary {
+                let (c, s) = (x.t()?.unary_op(op)?, xd.t()?.unary_op(op)?);
+                assert_eq!(s.device(), dev);
+                close(
+                    &s.to_f64_vec()?,
+                    &c.to_f64_vec()?,
+                    dt,
+                    &format!("{op:?} {dt} on {dev}"),
+                );
+            }
+            let row = Tensor::uniform_with(&mut g, [29], -2.0, 2.0, dt, Device::Cpu)?;
+            let col = Tensor::uniform_with(&mut g, [37, 1], 0.5, 2.0, dt, Device::Cpu)?;
+            let (rd, cd) = (row.to_device(dev)?, col.to_device(dev)?);
+            for (name, c, s) in [
+                ("add row", x.add(&row)?, xd.add(&rd)?),
+                ("sub col", x.sub(&col)?, xd.sub(&cd)?),
+                ("mul outer", col.mul(&row)?, cd.mul(&rd)?),
+                ("div", x.div(&col)?, xd.div(&cd)?),
+                ("maximum", x.maximum(&row)?, xd.maximum(&rd)?),
+                ("minimum", x.minimum(&row)?, xd.minimum(&rd)?),
+                ("eq", x.eq_mask(&x)?, xd.eq_mask(&xd)?),
+            ] {
+                close(
+                    &s.to_f64_vec()?,
+                    &c.to_f64_vec()?,
+                    dt,
+                    &format!("{name} {dt} on {dev}"),
+                );
+            }
+            let _ = BinaryOp::Add;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn casts_are_bit_exact_with_the_cpu_over_every_special_value() -> Result<()> {
+    for dev in cuda_devices() {
+        let all: Vec<u16> = (0..=u16::MAX).collect();
+        let halves = Tensor::from_vec(
+            all.iter().map(|&b| f16::from_bits(b)).collect::<Vec<_>>(),
+            [all.len()],
+            Device::Cpu,
+        )?;
+        let bfloats = Tensor::from_vec(
+            all.iter().map(|&b| bf16::from_bits(b)).collect::<Vec<_>>(),
+            [all.len()],
+            Device::Cpu,
+        )?;
+        let mut g = Generator::new(9);
+        let mut bits: Vec<u32> = (0..20_000)
+            .map(|_| g.int(0, u32::MAX as i64 + 1) as u32)
+            .collect();
+        bits.extend([
+            0,
+            0x8000_0000,
+            0x7f80_0000,
+            0xff80_0000,
+            0x7fc0_0000,
+            0x7f80_0001,
+            0xffff_ffff,
+            0x477f_f000,
+            0x477f_efff,
+            0x3380_0000,
+            0x3300_0000,
+            0x3300_0001,
+            1,
+        ]);
+        let floats = Tensor::from_vec(
+            bits.iter().map(|&b| f32::from_bits(b)).collect::<Vec<_>>(),
+            [bits.len()],
+            Device::Cpu,
+        )?;
+        for (src, to) in [
+            (&halves, DType::F32),
+            (&halves, DType::BF16),
+            (&bfloats, DType::F32),
+            (&bfloats, DType::F16),
+            (&floats, DType::F16),
+            (&floats, DType::BF16),
+        ] {
+            let cpu = src.to_dtype(to)?.to_host()?;
+            let cuda = src.to_device(dev)?.to_dtype(to)?.to_host()?;
+            let (a, b): (Vec<u8>, Vec<u8>) = (raw(&cpu), raw(&cuda));
+            let w = to.size_in_bytes();
+            if let Some(i) =
+                (0..a.len() / w).find(|&i| a[i * w..(i + 1) * w] != b[i * w..(i + 1) * w])
+            {
+                let src_bits = raw(&src.to_host()?);
+                let sw = src.dtype().size_in_bytes();
+                panic!(
+                    "{} -> {to} on {dev}: element {i} (source bytes {:02x?}) cpu {:02x?} vs cuda {:02x?}",
+                    src.dtype(),
+                    &src_bits[i * sw..(i + 1) * sw],
+                    &a[i * w..(i + 1) * w],
+                    &b[i * w..(i + 1) * w]
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn raw(s: &hemi::CpuStorage) -> Vec<u8> {
+    match s {
+        hemi::CpuStorage::F16(v) => bytemuck::cast_slice(v).to_vec(),
+        hemi::CpuStorage::BF16(v) => bytemuck::cast_slice(v).to_vec(),
+        hemi::CpuStorage::F32(v) => bytemuck::cast_slice(v).to_vec(),
+        hemi::CpuStorage::F64(v) => bytemuck::cast_slice(v).to_vec(),
+        hemi::CpuStorage::I64(v) => bytemuck::cast_slice(v).to_vec(),
+    }
+}
+
+#[test]
+fn transfers_views_fill_and_memory_stats() -> Result<()> {
+    for dev in cuda_devices() {
+        let ints = Tensor::from_vec((0..1001i64).collect::<Vec<_>>(), [7, 11, 13], Device::Cpu)?;
+        let d = ints.to_device(dev)?;
+        assert_eq!(d.to_vec::<i64>()?, ints.to_vec::<i64>()?, "round trip");
+        let p = d.permute(&[2, 0, 1])?.contiguous()?;
+        assert_eq!(
+            p.to_vec::<i64>()?,
+            ints.permute(&[2, 0, 1])?.contiguous()?.to_vec::<i64>()?,
+            "strided copy"
+        );
+        assert_eq!(
+            Tensor::full([5], 2.5, DType::BF16, dev)?.to_vec::<bf16>()?,
+            vec![bf16::from_f32(2.5); 5]
+        );
+        assert_eq!(
+            Tensor::full([3], -1.0, DType::F64, dev)?.to_vec::<f64>()?,
+            vec![-1.0; 3]
+        );
+        let before = hemi::memory_stats(dev).current;
+        let t = Tensor::zeros([1000], DType::F32, dev)?;
+        assert_eq!(
+            hemi::memory_stats(dev).current - before,
+            4096,
+            "4000 bytes round to a 4 KiB block"
+        );
+        drop(t);
+        assert_eq!(hemi::memory_stats(dev).current, before);
+        // Autograd works through device ops.
+        let w = Tensor::from_vec(vec![1.0f32, -2.0, 3.0], [3], dev)?.requires_grad_(true)?;
+        let y = w.mul(&w)?.relu()?;
+        y.backward_with(&Tensor::ones([3], DType::F32, dev)?, false)?;
+        assert_eq!(
+            w.grad().expect("grad").to_vec::<f32>()?,
+            vec![2.0, -4.0, 6.0]
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn unsupported_ops_and_out_of_memory_are_errors() -> Result<()> {
+    let dev = Device::CudaSim;
+    hemi::cuda::init();
+    let a = Tensor::ones([2, 2], DType::F32, dev)?;
+    match a.matmul(&a) {
+        Err(Error::Unsupported { op, .. }) => assert_eq!(op, "matmul"),
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
+    let huge = Tensor::zeros([1usize << 62], DType::F32, dev);
+    assert!(matches!(huge, Err(Error::OutOfMemory { .. })), "{huge:?}");
+    assert_eq!(
+        Tensor::ones([3], DType::F32, dev)?.to_vec::<f32>()?,
+        vec![1.0; 3],
+        "still usable"
+    );
+    Ok(())
+}
