@@ -64,6 +64,12 @@ HEMI_ELEMENTWISE(bf16, hemi_bf16)
         for (long long i = grid_start(); i < n; i += grid_step()) y[i] = x[strided_index(xs, i)];  \
     }                                                                                              \
     HEMI_KERNEL(copy_strided_b##BYTES)                                                             \
+    extern "C" __global__ void copy_view_b##BYTES(const T* x, Strided xs, T* y, Strided ys,          \
+                                                  long long n) {                                   \
+        for (long long i = grid_start(); i < n; i += grid_step())                                  \
+            y[strided_index(ys, i)] = x[strided_index(xs, i)];                                     \
+    }                                                                                              \
+    HEMI_KERNEL(copy_view_b##BYTES)                                                                \
     extern "C" __global__ void fill_b##BYTES(T* y, T value, long long n) {                         \
         for (long long i = grid_start(); i < n; i += grid_step()) y[i] = value;                    \
     }                                                                                              \

@@ -1,5 +1,5 @@
-//! Memory accounting: per-device current and peak bytes of tensor storage. One test in its
-//! own binary, because the counters are process-wide.
+//! Memory accounting: per-device current and peak bytes of tensor storage. One test per
+//! device in its own binary, because the counters are process-wide.
 
 use hemi::{memory_stats, reset_peak_memory, DType, Device, Tensor};
 
@@ -34,5 +34,23 @@ fn current_and_peak_bytes_follow_allocations() -> hemi::Result<()> {
         hemi::MemoryStats::default(),
         "untouched device reads zero"
     );
+    Ok(())
+}
+
+/// The emulated CUDA device's caching allocator reports rounded blocks.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_sim_counts_rounded_blocks() -> hemi::Result<()> {
+    hemi::cuda::init();
+    let dev = Device::CudaSim;
+    let before = memory_stats(dev).current;
+    let t = Tensor::zeros([1000], DType::F32, dev)?;
+    assert_eq!(
+        memory_stats(dev).current - before,
+        4096,
+        "4000 bytes round to a 4 KiB block"
+    );
+    drop(t);
+    assert_eq!(memory_stats(dev).current, before);
     Ok(())
 }

@@ -301,9 +301,11 @@ impl GradScaler {
             Stage::Ready => {}
         }
         let scale = self.existing_state("unscale_")?.scale.clone();
+        // 1/scale rounded once to f32 (IEEE division is correctly rounded; PyTorch's
+        // double-then-float path can only round twice).
         let inv = {
             let _g = no_grad();
-            scale.to_dtype(DType::F64)?.recip()?.to_dtype(DType::F32)?
+            scale.recip()?
         };
         let found = self.check_grads(opt, &inv, true)?;
         let rec = self.record(opt);

@@ -167,3 +167,23 @@ pub fn binary(
     // SAFETY: binary_T(int, const T*, Strided, const T*, Strided, T*, long long).
     unsafe { launch(d, &name, cfg(n), &mut a) }
 }
+
+/// Copies the view `xl` of `x` onto the view `yl` of `y` (same shape, any dtype).
+pub fn copy_view(
+    d: &dyn Driver,
+    dt: DType,
+    x: DevicePtr,
+    xl: &Layout,
+    y: DevicePtr,
+    yl: &Layout,
+) -> Result<()> {
+    let (mut x, mut y) = (x, y);
+    let (mut xs, mut ys) = (Strided::new("cat", xl)?, Strided::new("cat", yl)?);
+    let n = xl.elem_count();
+    let mut count = n as i64;
+    let mut a = kernel_args![x, xs, y, ys, count];
+    let name = format!("copy_view_{}", bytes_suffix(dt));
+    // SAFETY: copy_view_bN(const T*, Strided, T*, Strided, long long); both views were
+    // bounds-checked by the caller and have n elements.
+    unsafe { launch(d, &name, cfg(n), &mut a) }
+}

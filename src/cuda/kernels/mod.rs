@@ -2,7 +2,10 @@
 //! bounds before it builds the `void**` argument array. `launch!`-style untyped calls exist
 //! nowhere else.
 
+pub mod amp;
 pub mod elementwise;
+pub mod reduce;
+pub mod softmax;
 
 use super::driver::{Driver, LaunchConfig};
 use hemi_engine::{DType, Error, Layout, Result};

@@ -1,0 +1,68 @@
+// AMP kernels: the multi-tensor non-finite check + unscale (one launch for a whole gradient
+// list) and the device-side loss-scale update (PyTorch's rule plus min/max and hysteresis).
+#include "dtype.cuh"
+
+/// One tensor of a multi-tensor launch: input, output, element count, dtype code
+/// (0 = f32, 1 = f16, 2 = bf16).
+struct TensorRef {
+    unsigned long long in;
+    unsigned long long out;
+    long long len;
+    int dtype;
+    int pad;
+};
+
+__device__ __forceinline__ float load_any(unsigned long long p, int dt, long long i) {
+    if (dt == 1) return to_f32(reinterpret_cast<const hemi_f16*>(p)[i]);
+    if (dt == 2) return to_f32(reinterpret_cast<const hemi_bf16*>(p)[i]);
+    return reinterpret_cast<const float*>(p)[i];
+}
+
+__device__ __forceinline__ void store_any(unsigned long long p, int dt, long long i, float v) {
+    if (dt == 1) reinterpret_cast<hemi_f16*>(p)[i] = from_f32<hemi_f16>(v);
+    else if (dt == 2) reinterpret_cast<hemi_bf16*>(p)[i] = from_f32<hemi_bf16>(v);
+    else reinterpret_cast<float*>(p)[i] = v;
+}
+
+/// blockIdx.y selects the tensor; out = in * inv_scale; *found_inf = 1 on any inf/NaN input.
+extern "C" __global__ void non_finite_check_and_unscale(const TensorRef* tensors, float* found_inf,
+                                                        const float* inv_scale) {
+    TensorRef t = tensors[blockIdx.y];
+    float inv = *inv_scale;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < t.len; i += (long long)gridDim.x * blockDim.x) {
+        float v = load_any(t.in, t.dtype, i);
+        if (!(v - v == 0.0f)) *found_inf = 1.0f;  // inf - inf and NaN - NaN are NaN
+        store_any(t.out, t.dtype, i, v * inv);
+    }
+}
+HEMI_KERNEL(non_finite_check_and_unscale)
+
+/// The scale update (one thread): reads old state, writes new state.
+extern "C" __global__ void update_scale(const float* scale, const long long* growth, const long long* hyst,
+                                        const float* found_inf, float* new_scale, long long* new_growth,
+                                        long long* new_hyst, float growth_factor, float backoff_factor,
+                                        long long growth_interval, float min_scale, float max_scale,
+                                        long long hysteresis) {
+    float s = *scale;
+    long long g = *growth, h = *hyst;
+    if (*found_inf != 0.0f) {
+        g = 0;
+        h -= 1;
+        if (h <= 0) {
+            s = s * backoff_factor;
+            s = s > min_scale ? s : min_scale;
+        }
+    } else {
+        g += 1;
+        if (g == growth_interval) {
+            g = 0;
+            h = hysteresis;
+            float grown = s * growth_factor;
+            if (grown - grown == 0.0f) s = grown < max_scale ? grown : max_scale;
+        }
+    }
+    *new_scale = s;
+    *new_growth = g;
+    *new_hyst = h;
+}
+HEMI_KERNEL(update_scale)

@@ -1,0 +1,193 @@
+// Softmax / log-softmax along the middle dim of contiguous [outer, size, inner], forward and
+// backward, and fused cross-entropy with integer targets. One warp per line; f32 math.
+#include "dtype.cuh"
+
+__device__ __forceinline__ long long warp_global() { return ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32; }
+__device__ __forceinline__ long long warp_count() { return (long long)gridDim.x * blockDim.x / 32; }
+
+/// Max and log-sum-exp of one line (all lanes get them).
+template <typename T>
+__device__ void line_stats(const T* x, long long base, long long size, long long inner, float& max, float& lse) {
+    unsigned lane = prim::lane_id();
+    float m = -INFINITY;
+    for (long long j = lane; j < size; j += 32) {
+        float v = to_f32(x[base + j * inner]);
+        m = v > m ? v : m;
+    }
+    m = prim::warp_max(m);
+    if (!(m > -INFINITY && m < INFINITY)) m = 0.0f;
+    float s = 0.0f;
+    for (long long j = lane; j < size; j += 32) s += expf(to_f32(x[base + j * inner]) - m);
+    s = prim::warp_sum(s);
+    max = m;
+    lse = logf(s);
+}
+
+template <typename T>
+__device__ void softmax_impl(const T* x, T* y, long long outer, long long size, long long inner, int log) {
+    unsigned lane = prim::lane_id();
+    for (long long line = warp_global(); line < outer * inner; line += warp_count()) {
+        long long base = (line / inner) * size * inner + line % inner;
+        float m, lse;
+        line_stats(x, base, size, inner, m, lse);
+        for (long long j = lane; j < size; j += 32) {
+            float v = to_f32(x[base + j * inner]) - m;
+            y[base + j * inner] = from_f32<T>(log ? v - lse : expf(v - lse));
+        }
+    }
+}
+
+template <typename T>
+__device__ void softmax_backward_impl(const T* y, const T* dy, T* dx, long long outer, long long size, long long inner, int log) {
+    unsigned lane = prim::lane_id();
+    for (long long line = warp_global(); line < outer * inner; line += warp_count()) {
+        long long base = (line / inner) * size * inner + line % inner;
+        float s = 0.0f;
+        for (long long j = lane; j < size; j += 32) {
+            long long i = base + j * inner;
+            s += log ? to_f32(dy[i]) : to_f32(dy[i]) * to_f32(y[i]);
+        }
+        s = prim::warp_sum(s);
+        for (long long j = lane; j < size; j += 32) {
+            long long i = base + j * inner;
+            float yv = to_f32(y[i]), g = to_f32(dy[i]);
+            dx[i] = from_f32<T>(log ? g - expf(yv) * s : yv * (g - s));
+        }
+    }
+}
+
+/// Per-sample cross-entropy: loss[i] = (1−ε)·(lse − x[t]) + ε·mean_c(lse − x[c]); 0 for ignored.
+template <typename T>
+__device__ void ce_impl(const T* x, const long long* t, float* loss, long long n, long long c, long long ignore, float eps) {
+    unsigned lane = prim::lane_id();
+    for (long long row = warp_global(); row < n; row += warp_count()) {
+        long long tgt = t[row];
+        if (tgt == ignore) {
+            if (lane == 0) loss[row] = 0.0f;
+            continue;
+        }
+        float m, lse;
+        line_stats(x, row * c, c, 1, m, lse);
+        lse += m;
+        float nll = lse - to_f32(x[row * c + tgt]);
+        if (eps != 0.0f) {
+            float s = 0.0f;
+            for (long long j = lane; j < c; j += 32) s += lse - to_f32(x[row * c + j]);
+            s = prim::warp_sum(s);
+            nll = (1.0f - eps) * nll + eps * (s / (float)c);
+        }
+        if (lane == 0) loss[row] = nll;
+    }
+}
+
+/// dlogits = (softmax − ((1−ε)·onehot + ε/C)) · w_i with w_i from the reduction.
+template <typename T>
+__device__ void ce_backward_impl(const T* x, const long long* t, const float* w, T* dx, long long n, long long c,
+                                 long long ignore, float eps) {
+    unsigned lane = prim::lane_id();
+    for (long long row = warp_global(); row < n; row += warp_count()) {
+        long long tgt = t[row];
+        if (tgt == ignore) {
+            for (long long j = lane; j < c; j += 32) dx[row * c + j] = from_f32<T>(0.0f);
+            continue;
+        }
+        float m, lse;
+        line_stats(x, row * c, c, 1, m, lse);
+        float wi = w[row];
+        for (long long j = lane; j < c; j += 32) {
+            float p = expf(to_f32(x[row * c + j]) - m - lse);
+            float target = (j == tgt ? 1.0f - eps : 0.0f) + eps / (float)c;
+            dx[row * c + j] = from_f32<T>((p - target) * wi);
+        }
+    }
+}
+
+#define HEMI_SOFTMAX(SUFFIX, T)                                                                            \
+    extern "C" __global__ void softmax_##SUFFIX(const T* x, T* y, long long outer, long long size,          \
+                                                long long inner, int log) {                                \
+        softmax_impl<T>(x, y, outer, size, inner, log);                                                    \
+    }                                                                                                      \
+    HEMI_KERNEL(softmax_##SUFFIX)                                                                          \
+    extern "C" __global__ void softmax_backward_##SUFFIX(const T* y, const T* dy, T* dx, long long outer,   \
+                                                         long long size, long long inner, int log) {       \
+        softmax_backward_impl<T>(y, dy, dx, outer, size, inner, log);                                      \
+    }                                                                                                      \
+    HEMI_KERNEL(softmax_backward_##SUFFIX)                                                                 \
+    extern "C" __global__ void cross_entropy_##SUFFIX(const T* x, const long long* t, float* loss,         \
+                                                      long long n, long long c, long long ignore,          \
+                                                      float eps) {                                         \
+        ce_impl<T>(x, t, loss, n, c, ignore, eps);                                                         \
+    }                                                                                                      \
+    HEMI_KERNEL(cross_entropy_##SUFFIX)                                                                    \
+    extern "C" __global__ void cross_entropy_backward_##SUFFIX(const T* x, const long long* t,             \
+                                                               const float* w, T* dx, long long n,         \
+                                                               long long c, long long ignore, float eps) { \
+        ce_backward_impl<T>(x, t, w, dx, n, c, ignore, eps);                                               \
+    }                                                                                                      \
+    HEMI_KERNEL(cross_entropy_backward_##SUFFIX)
+
+HEMI_SOFTMAX(f32, float)
+HEMI_SOFTMAX(f16, hemi_f16)
+HEMI_SOFTMAX(bf16, hemi_bf16)
+
+/// Finds the first target outside [0, c) that is not `ignore`: *bad = min such row (or n).
+extern "C" __global__ void validate_targets(const long long* t, long long n, long long c, long long ignore,
+                                            long long* bad) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        long long v = t[i];
+        if (v != ignore && (v < 0 || v >= c)) {
+#ifdef HEMI_SIM
+            if (i < *bad) *bad = i;
+#else
+            atomicMin(reinterpret_cast<unsigned long long*>(bad), (unsigned long long)i);
+#endif
+        }
+    }
+}
+HEMI_KERNEL(validate_targets)
+
+/// Reduces per-sample losses to the output value and per-sample weights for the backward:
+/// reduction 0 = none (out[i] = loss[i]), 1 = mean over non-ignored, 2 = sum. One block.
+extern "C" __global__ void ce_reduce(const float* loss, const long long* t, long long n, long long ignore,
+                                     int reduction, float* out) {
+    __shared__ float sums[32];
+    __shared__ float counts[32];
+    float s = 0.0f, k = 0.0f;
+    for (long long i = threadIdx.x; i < n; i += blockDim.x) {
+        s += loss[i];
+        k += t[i] != ignore ? 1.0f : 0.0f;
+    }
+    s = prim::warp_sum(s);
+    k = prim::warp_sum(k);
+    if (prim::lane_id() == 0) {
+        sums[threadIdx.x / 32] = s;
+        counts[threadIdx.x / 32] = k;
+    }
+    prim::sync_threads();
+    if (threadIdx.x == 0) {
+        float total = 0.0f, valid = 0.0f;
+        for (unsigned w = 0; w < (blockDim.x + 31) / 32; ++w) {
+            total += sums[w];
+            valid += counts[w];
+        }
+        out[0] = reduction == 1 ? total / valid : total;
+    }
+}
+HEMI_KERNEL(ce_reduce)
+
+/// Per-sample backward weights from the loss gradient: none → g[i], sum → g[0],
+/// mean → g[0] / valid (valid counted here).
+extern "C" __global__ void ce_weights(const float* g, const long long* t, long long n, long long ignore,
+                                      int reduction, float* w) {
+    __shared__ float counts[32];
+    float k = 0.0f;
+    for (long long i = threadIdx.x; i < n; i += blockDim.x) k += t[i] != ignore ? 1.0f : 0.0f;
+    k = prim::warp_sum(k);
+    if (prim::lane_id() == 0) counts[threadIdx.x / 32] = k;
+    prim::sync_threads();
+    float valid = 0.0f;
+    for (unsigned i = 0; i < (blockDim.x + 31) / 32; ++i) valid += counts[i];
+    for (long long i = threadIdx.x; i < n; i += blockDim.x)
+        w[i] = reduction == 0 ? g[i] : (reduction == 2 ? g[0] : g[0] / valid);
+}
+HEMI_KERNEL(ce_weights)
