@@ -39,6 +39,43 @@ __device__ __forceinline__ float apply_binary(int op, float x, float y) {
     }
 }
 
+/// 16 bytes of elements, for vectorized loads and stores.
+template <typename T>
+struct __align__(16) Vec16 {
+    T v[16 / sizeof(T)];
+};
+
+/// Contiguous, 16-byte-aligned operands: 16-byte vector accesses, scalar tail.
+template <typename T>
+__device__ void unary_contig(int op, float a, float b, const T* x, T* y, long long n) {
+    constexpr int V = 16 / sizeof(T);
+    long long nv = n / V;
+    const Vec16<T>* xv = reinterpret_cast<const Vec16<T>*>(x);
+    Vec16<T>* yv = reinterpret_cast<Vec16<T>*>(y);
+    for (long long i = grid_start(); i < nv; i += grid_step()) {
+        Vec16<T> in = xv[i], out;
+        for (int j = 0; j < V; ++j) out.v[j] = from_f32<T>(apply_unary(op, to_f32(in.v[j]), a, b));
+        yv[i] = out;
+    }
+    for (long long i = nv * V + grid_start(); i < n; i += grid_step()) y[i] = from_f32<T>(apply_unary(op, to_f32(x[i]), a, b));
+}
+
+template <typename T>
+__device__ void binary_contig(int op, const T* x, const T* z, T* y, long long n) {
+    constexpr int V = 16 / sizeof(T);
+    long long nv = n / V;
+    const Vec16<T>* xv = reinterpret_cast<const Vec16<T>*>(x);
+    const Vec16<T>* zv = reinterpret_cast<const Vec16<T>*>(z);
+    Vec16<T>* yv = reinterpret_cast<Vec16<T>*>(y);
+    for (long long i = grid_start(); i < nv; i += grid_step()) {
+        Vec16<T> p = xv[i], q = zv[i], out;
+        for (int j = 0; j < V; ++j) out.v[j] = from_f32<T>(apply_binary(op, to_f32(p.v[j]), to_f32(q.v[j])));
+        yv[i] = out;
+    }
+    for (long long i = nv * V + grid_start(); i < n; i += grid_step())
+        y[i] = from_f32<T>(apply_binary(op, to_f32(x[i]), to_f32(z[i])));
+}
+
 #define HEMI_ELEMENTWISE(SUFFIX, T)                                                                    \
     extern "C" __global__ void unary_##SUFFIX(int op, float a, float b, const T* x, Strided xs, T* y,   \
                                               long long n) {                                           \
@@ -52,7 +89,15 @@ __device__ __forceinline__ float apply_binary(int op, float x, float y) {
             y[i] = from_f32<T>(apply_binary(op, to_f32(x[strided_index(xs, i)]),                       \
                                             to_f32(z[strided_index(zs, i)])));                          \
     }                                                                                                  \
-    HEMI_KERNEL(binary_##SUFFIX)
+    HEMI_KERNEL(binary_##SUFFIX)                                                                       \
+    extern "C" __global__ void unary_vec_##SUFFIX(int op, float a, float b, const T* x, T* y, long long n) { \
+        unary_contig<T>(op, a, b, x, y, n);                                                            \
+    }                                                                                                  \
+    HEMI_KERNEL(unary_vec_##SUFFIX)                                                                    \
+    extern "C" __global__ void binary_vec_##SUFFIX(int op, const T* x, const T* z, T* y, long long n) {  \
+        binary_contig<T>(op, x, z, y, n);                                                              \
+    }                                                                                                  \
+    HEMI_KERNEL(binary_vec_##SUFFIX)
 
 HEMI_ELEMENTWISE(f32, float)
 HEMI_ELEMENTWISE(f16, hemi_f16)

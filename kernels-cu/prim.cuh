@@ -8,6 +8,13 @@
 #include <stdint.h>
 // Registers nothing on the GPU: the driver finds kernels by name in the module.
 #define HEMI_KERNEL(name)
+#include <mma.h>
+#endif
+
+#include "fp16.cuh"
+
+#ifdef HEMI_SIM
+#include "sim/wmma.h"
 #endif
 
 namespace prim {
@@ -126,6 +133,151 @@ __device__ __forceinline__ T warp_max(T v) {
         v = o > v ? o : v;
     }
     return v;
+}
+
+/// Shared-memory address of a generic pointer, as PTX's `.shared` instructions take it.
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+#ifdef HEMI_SIM
+    return 0;  // unused: the emulator dereferences generic pointers
+#else
+    return static_cast<unsigned>(__cvta_generic_to_shared(p));
+#endif
+}
+
+#ifdef HEMI_SIM
+inline unsigned pack_b16(unsigned short lo, unsigned short hi) { return lo | (static_cast<unsigned>(hi) << 16); }
+
+/// ldmatrix: each of `count` 8x8 b16 matrices takes its row addresses from lanes
+/// 8m .. 8m+7; lane t receives row t/4, columns 2(t%4) and 2(t%4)+1 of each (transposed
+/// with `trans`), following the PTX ISA.
+inline void ldmatrix_sim(unsigned* r, const void* row, unsigned count, bool trans) {
+    const uint64_t* rows = hemi_sim::warp_exchange(0xffffffffu, reinterpret_cast<uint64_t>(row));
+    unsigned lane = lane_id();
+    for (unsigned m = 0; m < count; ++m) {
+        auto at = [&](unsigned rr, unsigned cc) {
+            return reinterpret_cast<const unsigned short*>(rows[m * 8 + rr])[cc];
+        };
+        unsigned a = lane / 4, b = (lane % 4) * 2;
+        r[m] = trans ? pack_b16(at(b, a), at(b + 1, a)) : pack_b16(at(a, b), at(a, b + 1));
+    }
+}
+#endif
+
+/// `ldmatrix.sync.aligned.m8n8.x{1,2,4}[.trans].shared.b16`: this lane's shared-memory row
+/// address in, one register per matrix out.
+template <int COUNT, bool TRANS = false>
+__device__ __forceinline__ void ldmatrix(unsigned (&r)[COUNT], const void* smem_row) {
+    static_assert(COUNT == 1 || COUNT == 2 || COUNT == 4, "ldmatrix loads 1, 2 or 4 matrices");
+#ifdef HEMI_SIM
+    ldmatrix_sim(r, smem_row, COUNT, TRANS);
+#else
+    unsigned a = smem_addr(smem_row);
+    if constexpr (COUNT == 1 && !TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(a));
+    else if constexpr (COUNT == 1)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(a));
+    else if constexpr (COUNT == 2 && !TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+    else if constexpr (COUNT == 2)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+    else if constexpr (!TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+#endif
+}
+
+#ifdef HEMI_SIM
+/// mma.m16n8k16 with the PTX ISA fragment layouts (groupID = lane/4, tig = lane%4):
+/// A (16x16 row): a_i at row groupID (+8 for i%4 >= 2), col 2·tig + i%2 (+8 for i >= 4);
+/// B (16x8 col): b_i at k = 2·tig + i%2 (+8 for i >= 2), n = groupID;
+/// C/D (16x8): c_i at row groupID (+8 for i >= 2), col 2·tig + i%2.
+template <typename CVT>
+inline void mma_m16n8k16_sim(float* d, const unsigned* a, const unsigned* b, const float* c, CVT cvt) {
+    uint64_t mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
+    const uint64_t* all = hemi_sim::warp_exchange_words(0xffffffffu, mine, 6);
+    float A[16][16], B[16][8];
+    for (unsigned l = 0; l < 32; ++l) {
+        unsigned g = l / 4, t = l % 4;
+        for (unsigned i = 0; i < 8; ++i) {
+            unsigned reg = static_cast<unsigned>(all[l * 6 + i / 2]);
+            unsigned short h = static_cast<unsigned short>(i % 2 ? reg >> 16 : reg & 0xffffu);
+            unsigned row = g + ((i % 4) >= 2 ? 8 : 0), col = 2 * t + i % 2 + (i >= 4 ? 8 : 0);
+            A[row][col] = cvt(h);
+        }
+        for (unsigned i = 0; i < 4; ++i) {
+            unsigned reg = static_cast<unsigned>(all[l * 6 + 4 + i / 2]);
+            unsigned short h = static_cast<unsigned short>(i % 2 ? reg >> 16 : reg & 0xffffu);
+            B[2 * t + i % 2 + (i >= 2 ? 8 : 0)][g] = cvt(h);
+        }
+    }
+    unsigned lane = lane_id(), g = lane / 4, t = lane % 4;
+    for (unsigned i = 0; i < 4; ++i) {
+        unsigned row = g + (i >= 2 ? 8 : 0), col = 2 * t + i % 2;
+        float acc = c[i];
+        for (unsigned k = 0; k < 16; ++k) acc += A[row][k] * B[k][col];
+        d[i] = acc;
+    }
+}
+#endif
+
+/// `mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32`: D = A·B + C.
+__device__ __forceinline__ void mma_m16n8k16_f16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2],
+                                                 const float (&c)[4]) {
+#ifdef HEMI_SIM
+    mma_m16n8k16_sim(d, a, b, c, [](unsigned short h) { return f16_to_f32(h); });
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%11,%12,%13};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
+          "f"(c[3]));
+#endif
+}
+
+/// `mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32`: D = A·B + C.
+__device__ __forceinline__ void mma_m16n8k16_bf16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2],
+                                                  const float (&c)[4]) {
+#ifdef HEMI_SIM
+    mma_m16n8k16_sim(d, a, b, c, [](unsigned short h) { return bf16_to_f32(h); });
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%11,%12,%13};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
+          "f"(c[3]));
+#endif
+}
+
+/// `cp.async.cg.shared.global` of 16 bytes; when `valid` is false the 16 bytes are zeroed
+/// (src-size 0). The emulator copies immediately.
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
+#ifdef HEMI_SIM
+    if (valid) std::memcpy(smem, gmem, 16);
+    else std::memset(smem, 0, 16);
+#else
+    unsigned src_size = valid ? 16u : 0u;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem), "r"(src_size));
+#endif
+}
+
+/// `cp.async.commit_group`.
+__device__ __forceinline__ void cp_async_commit() {
+#ifndef HEMI_SIM
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+/// `cp.async.wait_group N`: at most N committed groups still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#ifndef HEMI_SIM
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
 }
 
 }  // namespace prim

@@ -61,3 +61,67 @@ extern "C" __global__ void selftest_bad_barrier(float* out) {
     out[threadIdx.x] = 1.0f;
 }
 HEMI_KERNEL(selftest_bad_barrier)
+
+/// Tensor-core tile D = A·B + C for m16n8k16 with one warp: A (16x16 row-major) and Bᵀ
+/// (8x16 row-major, i.e. B column-major) go through shared memory and ldmatrix, C and D use
+/// the accumulator layout. `bf16` selects the bfloat16 instruction.
+extern "C" __global__ void selftest_mma(const unsigned short* a, const unsigned short* bt, const float* c, float* d,
+                                        int bf16) {
+    __shared__ __align__(16) unsigned short sa[16 * 16];
+    __shared__ __align__(16) unsigned short sb[8 * 16];
+    unsigned lane = prim::lane_id();
+    for (unsigned i = lane; i < 256; i += 32) sa[i] = a[i];
+    for (unsigned i = lane; i < 128; i += 32) sb[i] = bt[i];
+    prim::sync_threads();
+    unsigned ra[4], rb[2];
+    prim::ldmatrix<4>(ra, &sa[(lane % 16) * 16 + (lane / 16) * 8]);
+    prim::ldmatrix<2>(rb, &sb[(lane % 8) * 16 + ((lane / 8) % 2) * 8]);
+    unsigned g = lane / 4, t = lane % 4;
+    float rc[4], rd[4];
+    for (unsigned i = 0; i < 4; ++i) rc[i] = c[(g + (i >= 2 ? 8 : 0)) * 8 + 2 * t + i % 2];
+    if (bf16) prim::mma_m16n8k16_bf16(rd, ra, rb, rc);
+    else prim::mma_m16n8k16_f16(rd, ra, rb, rc);
+    for (unsigned i = 0; i < 4; ++i) d[(g + (i >= 2 ? 8 : 0)) * 8 + 2 * t + i % 2] = rd[i];
+}
+HEMI_KERNEL(selftest_mma)
+
+/// ldmatrix x1 of one 8x8 b16 matrix, plain and transposed: out[lane] and out[32 + lane].
+extern "C" __global__ void selftest_ldmatrix(const unsigned short* m, unsigned* out) {
+    __shared__ __align__(16) unsigned short s[64];
+    unsigned lane = prim::lane_id();
+    s[lane] = m[lane];
+    s[lane + 32] = m[lane + 32];
+    prim::sync_threads();
+    unsigned r[1], rt[1];
+    prim::ldmatrix<1>(r, &s[(lane % 8) * 8]);
+    prim::ldmatrix<1, true>(rt, &s[(lane % 8) * 8]);
+    out[lane] = r[0];
+    out[32 + lane] = rt[0];
+}
+HEMI_KERNEL(selftest_ldmatrix)
+
+/// cp.async of 16-byte chunks into shared memory (odd chunks zero-filled), then copied out.
+extern "C" __global__ void selftest_cp_async(const float* in, float* out) {
+    __shared__ __align__(16) float s[4 * 32];
+    unsigned lane = prim::lane_id();
+    prim::cp_async_16(&s[lane * 4], &in[lane * 4], lane % 2 == 0);
+    prim::cp_async_commit();
+    prim::cp_async_wait<0>();
+    prim::sync_threads();
+    for (unsigned i = 0; i < 4; ++i) out[lane * 4 + i] = s[lane * 4 + i];
+}
+HEMI_KERNEL(selftest_cp_async)
+
+/// nvcuda::wmma 16x16x16: D = A (row-major f16) · B (col-major f16) + 0.5, f32, row-major out.
+extern "C" __global__ void selftest_wmma(const half* a, const half* b, float* d) {
+    using namespace nvcuda;
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, half, wmma::row_major> fa;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, half, wmma::col_major> fb;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+    wmma::fill_fragment(acc, 0.5f);
+    wmma::load_matrix_sync(fa, a, 16);
+    wmma::load_matrix_sync(fb, b, 16);
+    wmma::mma_sync(acc, fa, fb, acc);
+    wmma::store_matrix_sync(d, acc, 16, wmma::mem_row_major);
+}
+HEMI_KERNEL(selftest_wmma)

@@ -551,3 +551,156 @@ fn cat_and_narrow_on_the_device() -> Result<()> {
     }
     Ok(())
 }
+
+fn f16_bits(v: &[f32]) -> Vec<u16> {
+    v.iter().map(|&x| f16::from_f32(x).to_bits()).collect()
+}
+
+#[test]
+fn tensor_core_primitives_follow_the_ptx_layouts() {
+    let d = SimDriver::new();
+    let mut g = Generator::new(13);
+    let mut rnd = |n: usize| -> Vec<f32> { (0..n).map(|_| g.uniform(-2.0, 2.0) as f32).collect() };
+    for bf in [0i32, 1] {
+        let (a, bt, c) = (rnd(256), rnd(128), rnd(128));
+        let to_bits = |v: &[f32]| -> Vec<u16> {
+            if bf == 1 {
+                v.iter().map(|&x| bf16::from_f32(x).to_bits()).collect()
+            } else {
+                f16_bits(v)
+            }
+        };
+        let back = |b: u16| -> f64 {
+            if bf == 1 {
+                bf16::from_bits(b).to_f64()
+            } else {
+                f16::from_bits(b).to_f64()
+            }
+        };
+        let (ab, bb) = (to_bits(&a), to_bits(&bt));
+        let (da, db, dc, dd) = (
+            Buf::from(&d, &ab),
+            Buf::from(&d, &bb),
+            Buf::from(&d, &c),
+            Buf::from(&d, &[0f32; 128]),
+        );
+        let (mut pa, mut pb, mut pc, mut pd, mut flag) = (da.ptr, db.ptr, dc.ptr, dd.ptr, bf);
+        // SAFETY: selftest_mma(const u16*, const u16*, const float*, float*, int) with 256,
+        // 128, 128 and 128 elements; one warp.
+        unsafe {
+            d.launch(
+                "selftest_mma",
+                grid(1, 32, 0),
+                &mut kernel_args![pa, pb, pc, pd, flag],
+            )
+        }
+        .expect("mma");
+        let got: Vec<f32> = dd.read(128);
+        for r in 0..16 {
+            for n in 0..8 {
+                let exact: f64 = c[r * 8 + n] as f64
+                    + (0..16)
+                        .map(|k| back(ab[r * 16 + k]) * back(bb[n * 16 + k]))
+                        .sum::<f64>();
+                let bound: f64 = 16.0
+                    * 2f64.powi(-23)
+                    * (0..16)
+                        .map(|k| (back(ab[r * 16 + k]) * back(bb[n * 16 + k])).abs())
+                        .sum::<f64>()
+                    + 1e-6;
+                let v = got[r * 8 + n] as f64;
+                assert!(
+                    (v - exact).abs() <= bound,
+                    "mma bf16={bf} D[{r}][{n}] = {v}, want {exact}"
+                );
+            }
+        }
+    }
+
+    let m: Vec<u16> = (0..64).map(|i| i as u16 * 3 + 1).collect();
+    let (dm, out) = (Buf::from(&d, &m), Buf::from(&d, &[0u32; 64]));
+    let (mut pm, mut po) = (dm.ptr, out.ptr);
+    // SAFETY: selftest_ldmatrix(const u16*, unsigned*) with 64 and 64 elements; one warp.
+    unsafe {
+        d.launch(
+            "selftest_ldmatrix",
+            grid(1, 32, 0),
+            &mut kernel_args![pm, po],
+        )
+    }
+    .expect("ldmatrix");
+    let got: Vec<u32> = out.read(64);
+    for t in 0..32 {
+        let (row, col) = (t / 4, (t % 4) * 2);
+        assert_eq!(
+            got[t],
+            m[row * 8 + col] as u32 | (m[row * 8 + col + 1] as u32) << 16,
+            "ldmatrix lane {t}"
+        );
+        assert_eq!(
+            got[32 + t],
+            m[col * 8 + row] as u32 | (m[(col + 1) * 8 + row] as u32) << 16,
+            "ldmatrix.trans lane {t}"
+        );
+    }
+
+    let v: Vec<f32> = (0..128).map(|i| i as f32 + 0.5).collect();
+    let (dv, out) = (Buf::from(&d, &v), Buf::from(&d, &[7f32; 128]));
+    let (mut pv, mut po) = (dv.ptr, out.ptr);
+    // SAFETY: selftest_cp_async(const float*, float*) with 128 floats each; one warp.
+    unsafe {
+        d.launch(
+            "selftest_cp_async",
+            grid(1, 32, 0),
+            &mut kernel_args![pv, po],
+        )
+    }
+    .expect("cp.async");
+    let got: Vec<f32> = out.read(128);
+    for i in 0..128 {
+        let want = if (i / 4) % 2 == 0 { v[i] } else { 0.0 };
+        assert_eq!(
+            got[i], want,
+            "cp.async element {i} (odd chunks zero-filled)"
+        );
+    }
+
+    let (a, b) = (rnd(256), rnd(256));
+    let (ab, bb) = (f16_bits(&a), f16_bits(&b));
+    let (da, db, dd) = (
+        Buf::from(&d, &ab),
+        Buf::from(&d, &bb),
+        Buf::from(&d, &[0f32; 256]),
+    );
+    let (mut pa, mut pb, mut pd) = (da.ptr, db.ptr, dd.ptr);
+    // SAFETY: selftest_wmma(const half*, const half*, float*) with 256 elements each.
+    unsafe {
+        d.launch(
+            "selftest_wmma",
+            grid(1, 32, 0),
+            &mut kernel_args![pa, pb, pd],
+        )
+    }
+    .expect("wmma");
+    let got: Vec<f32> = dd.read(256);
+    let h = |x: u16| f16::from_bits(x).to_f64();
+    for r in 0..16 {
+        for n in 0..16 {
+            // B is column-major: B[k][n] at n*16 + k.
+            let exact = 0.5
+                + (0..16)
+                    .map(|k| h(ab[r * 16 + k]) * h(bb[n * 16 + k]))
+                    .sum::<f64>();
+            let bound = 16.0
+                * 2f64.powi(-23)
+                * (0..16)
+                    .map(|k| (h(ab[r * 16 + k]) * h(bb[n * 16 + k])).abs())
+                    .sum::<f64>()
+                + 1e-6;
+            assert!(
+                (got[r * 16 + n] as f64 - exact).abs() <= bound,
+                "wmma D[{r}][{n}]"
+            );
+        }
+    }
+}

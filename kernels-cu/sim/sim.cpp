@@ -30,8 +30,9 @@ struct Fiber {
     State state = State::Runnable;
     void* stack = nullptr;
     unsigned warp_mask = 0;
-    uint64_t warp_value = 0;
-    uint64_t warp_result[32] = {};
+    unsigned warp_count = 0;
+    uint64_t warp_words[kMaxExchangeWords] = {};
+    uint64_t warp_result[32 * kMaxExchangeWords] = {};
 };
 
 struct Launch {
@@ -123,18 +124,19 @@ bool complete_warps(Launch* l, unsigned nthreads, std::string& err) {
                 return false;
             }
             if (f.state != State::AtWarp) ready = false;
-            else if (f.warp_mask != mask) {
-                err = "warp collective called with different masks in one warp";
+            else if (f.warp_mask != mask || f.warp_count != fs[base + first].warp_count) {
+                err = "warp collective called with different masks or sizes in one warp";
                 return false;
             }
         }
         if (!ready) continue;
-        uint64_t vals[32] = {};
+        unsigned count = fs[base + first].warp_count;
+        uint64_t vals[32 * kMaxExchangeWords] = {};
         for (unsigned i = 0; i < 32; ++i)
-            if (mask & (1u << i)) vals[i] = fs[base + i].warp_value;
+            if (mask & (1u << i)) std::memcpy(&vals[i * count], fs[base + i].warp_words, count * sizeof(uint64_t));
         for (unsigned i = 0; i < 32; ++i) {
             if (!(mask & (1u << i))) continue;
-            std::memcpy(fs[base + i].warp_result, vals, sizeof vals);
+            std::memcpy(fs[base + i].warp_result, vals, 32 * count * sizeof(uint64_t));
             fs[base + i].state = State::Runnable;
         }
         progressed = true;
@@ -206,10 +208,12 @@ void syncthreads() {
     switch_to_scheduler(f, false);
 }
 
-const uint64_t* warp_exchange(unsigned mask, uint64_t value) {
+const uint64_t* warp_exchange_words(unsigned mask, const uint64_t* words, unsigned count) {
     Fiber* f = tl_launch->running;
+    if (count == 0 || count > kMaxExchangeWords) trap("warp exchange of an unsupported size");
     f->warp_mask = mask;
-    f->warp_value = value;
+    f->warp_count = count;
+    std::memcpy(f->warp_words, words, count * sizeof(uint64_t));
     f->state = State::AtWarp;
     switch_to_scheduler(f, false);
     return f->warp_result;

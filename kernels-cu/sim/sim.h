@@ -21,6 +21,7 @@
 // per-block shared memory.
 #define __shared__ static thread_local
 #define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
 
 struct dim3 {
     unsigned x = 1, y = 1, z = 1;
@@ -50,9 +51,16 @@ void* dynamic_smem();
 /// Reports a kernel-side failure (trap); the launch returns it as an error.
 [[noreturn]] void trap(const char* why);
 
-/// Warp rendezvous: every lane of `mask` deposits `value`; returns all 32 deposits
-/// (lanes not in the mask read 0). All lanes in the mask must call it.
-const uint64_t* warp_exchange(unsigned mask, uint64_t value);
+/// Most words one lane can deposit in one warp exchange.
+constexpr unsigned kMaxExchangeWords = 16;
+
+/// Warp rendezvous: every lane of `mask` deposits `count` words; returns all lanes' deposits,
+/// lane-major (lane i's words at `[i * count, (i + 1) * count)`; lanes not in the mask read
+/// 0). All lanes in the mask must call it with the same count.
+const uint64_t* warp_exchange_words(unsigned mask, const uint64_t* words, unsigned count);
+
+/// One word per lane: returns the 32 deposits.
+inline const uint64_t* warp_exchange(unsigned mask, uint64_t value) { return warp_exchange_words(mask, &value, 1); }
 
 /// Registers a kernel trampoline under a name (used by HEMI_KERNEL).
 using Trampoline = void (*)(void** args);

@@ -108,7 +108,15 @@ fn unary_code(op: UnaryOp) -> (i32, f32, f32) {
     }
 }
 
-/// `y = op(x)` elementwise over the view `xl`, contiguous output of the same dtype.
+/// The address of a contiguous view's first element when it is 16-byte aligned (the
+/// vectorized kernels' precondition).
+fn aligned_start(dt: DType, x: DevicePtr, l: &Layout) -> Option<DevicePtr> {
+    let start = x + (l.offset() * dt.size_in_bytes()) as u64;
+    (l.is_contiguous() && start % 16 == 0).then_some(start)
+}
+
+/// `y = op(x)` elementwise over the view `xl`, contiguous output of the same dtype. A
+/// contiguous, 16-byte-aligned input takes the vectorized kernel.
 pub fn unary(
     d: &dyn Driver,
     op: UnaryOp,
@@ -117,15 +125,22 @@ pub fn unary(
     xl: &Layout,
     y: DevicePtr,
 ) -> Result<()> {
-    let name = format!("unary_{}", float_suffix("unary", d.device(), dt)?);
+    let suffix = float_suffix("unary", d.device(), dt)?;
     let (code, sa, sb) = unary_code(op);
-    let (mut code, mut sa, mut sb, mut x, mut y) = (code, sa, sb, x, y);
-    let mut xs = Strided::new("unary", xl)?;
     let n = xl.elem_count();
     let mut count = n as i64;
+    if let Some(start) = aligned_start(dt, x, xl) {
+        let (mut code, mut sa, mut sb, mut x, mut y) = (code, sa, sb, start, y);
+        let mut a = kernel_args![code, sa, sb, x, y, count];
+        // SAFETY: unary_vec_T(int, float, float, const T*, T*, long long); `x` is 16-byte
+        // aligned with n contiguous elements, `y` a fresh (256-byte aligned) buffer of n.
+        return unsafe { launch(d, &format!("unary_vec_{suffix}"), cfg(n), &mut a) };
+    }
+    let (mut code, mut sa, mut sb, mut x, mut y) = (code, sa, sb, x, y);
+    let mut xs = Strided::new("unary", xl)?;
     let mut a = kernel_args![code, sa, sb, x, xs, y, count];
     // SAFETY: unary_T(int, float, float, const T*, Strided, T*, long long).
-    unsafe { launch(d, &name, cfg(n), &mut a) }
+    unsafe { launch(d, &format!("unary_{suffix}"), cfg(n), &mut a) }
 }
 
 fn binary_code(op: BinaryOp) -> i32 {
@@ -158,7 +173,16 @@ pub fn binary(
             msg: format!("{op:?} of {:?} and {:?}", xl.shape(), zl.shape()),
         });
     }
-    let name = format!("binary_{}", float_suffix("binary", d.device(), dt)?);
+    let suffix = float_suffix("binary", d.device(), dt)?;
+    if let (Some(xs), Some(zs)) = (aligned_start(dt, x, xl), aligned_start(dt, z, zl)) {
+        let n = xl.elem_count();
+        let (mut code, mut x, mut z, mut y, mut count) = (binary_code(op), xs, zs, y, n as i64);
+        let mut a = kernel_args![code, x, z, y, count];
+        // SAFETY: binary_vec_T(int, const T*, const T*, T*, long long); both inputs are
+        // contiguous (no broadcast), 16-byte aligned, with n elements.
+        return unsafe { launch(d, &format!("binary_vec_{suffix}"), cfg(n), &mut a) };
+    }
+    let name = format!("binary_{suffix}");
     let (mut code, mut x, mut z, mut y) = (binary_code(op), x, z, y);
     let (mut xs, mut zs) = (Strided::new("binary", xl)?, Strided::new("binary", zl)?);
     let n = xl.elem_count();
