@@ -704,3 +704,64 @@ fn tensor_core_primitives_follow_the_ptx_layouts() {
         }
     }
 }
+
+#[test]
+fn fused_adam_with_half_precision_gradients_matches_the_cpu() -> Result<()> {
+    use hemi::backend::{AdamTensors, FusedAdamSpec};
+    for dev in cuda_devices() {
+        let mut g = Generator::new(17);
+        for gdt in [DType::F32, DType::F16, DType::BF16] {
+            let n = 1003;
+            let p = Tensor::uniform_with(&mut g, [n], -1.0, 1.0, DType::F32, Device::Cpu)?;
+            let grad = Tensor::uniform_with(&mut g, [n], -512.0, 512.0, gdt, Device::Cpu)?;
+            let m = Tensor::uniform_with(&mut g, [n], -0.1, 0.1, DType::F32, Device::Cpu)?;
+            let v = Tensor::uniform_with(&mut g, [n], 0.0, 0.1, DType::F32, Device::Cpu)?;
+            let step = Tensor::full([1], 3.0, DType::F32, Device::Cpu)?;
+            let scale = Tensor::full((), 256.0, DType::F32, Device::Cpu)?;
+            let found = Tensor::zeros((), DType::F32, Device::Cpu)?;
+            let spec = FusedAdamSpec {
+                lr: 0.01,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.01,
+                amsgrad: true,
+                decoupled: true,
+            };
+            let run = |d: Device| -> Result<Vec<Vec<f64>>> {
+                let on = |t: &Tensor| t.to_device(d).map(|t| t.storage());
+                let t = AdamTensors {
+                    param: on(&p)?,
+                    grad: on(&grad)?,
+                    exp_avg: on(&m)?,
+                    exp_avg_sq: on(&v)?,
+                    max_exp_avg_sq: Some(on(&v)?),
+                    step: on(&step)?,
+                };
+                let be = hemi::backend::backend_for(d)?;
+                let out = be.fused_adam(&[t], &spec, Some(&on(&scale)?), Some(&on(&found)?))?;
+                let o = &out[0];
+                let read = |s: &hemi::StorageRef, len: usize| {
+                    Tensor::from_storage_ref(s.clone(), [len]).and_then(|t| t.to_f64_vec())
+                };
+                Ok(vec![
+                    read(&o.param, n)?,
+                    read(&o.grad, n)?,
+                    read(&o.exp_avg, n)?,
+                    read(&o.exp_avg_sq, n)?,
+                    read(&o.step, 1)?,
+                ])
+            };
+            let (cpu, cuda) = (run(Device::Cpu)?, run(dev)?);
+            for (k, (a, b)) in cuda.iter().zip(&cpu).enumerate() {
+                for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                    assert!(
+                        (x - y).abs() <= 1e-5 * y.abs().max(1e-2),
+                        "{gdt} grads on {dev}: output {k}[{i}] {x} vs {y}"
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
