@@ -3,7 +3,7 @@
 
 use super::alloc::CachingAllocator;
 use super::driver::Driver;
-use super::kernels::{amp, elementwise, reduce, softmax};
+use super::kernels::{amp, elementwise, gemm, reduce, softmax};
 use super::storage::{cuda_buffer, CudaBuffer};
 use hemi_engine::backend::{
     check_bounds, AdamTensors, Backend, BatchNormBackward, BatchNormForward, BinaryOp, Conv2dSpec,
@@ -307,13 +307,56 @@ impl Backend for CudaBackend {
 
     fn matmul(
         &self,
-        _: &StorageRef,
-        _: &Layout,
-        _: &StorageRef,
-        _: &Layout,
-        _: &MatmulSpec,
+        lhs: &StorageRef,
+        lhs_layout: &Layout,
+        rhs: &StorageRef,
+        rhs_layout: &Layout,
+        spec: &MatmulSpec,
     ) -> Result<StorageRef> {
-        self.unsupported("matmul")
+        check_bounds("matmul", lhs, lhs_layout)?;
+        check_bounds("matmul", rhs, rhs_layout)?;
+        let (a, b) = (self.get("matmul", lhs)?, self.get("matmul", rhs)?);
+        if a.dtype() != b.dtype() {
+            let msg = format!("lhs is {} but rhs is {}", a.dtype(), b.dtype());
+            return Err(Error::DTypeMismatch { op: "matmul", msg });
+        }
+        let kernel = match a.dtype() {
+            DType::F32 => gemm::GemmKernel::SimtF32,
+            DType::F16 | DType::BF16 => gemm::GemmKernel::Wmma,
+            _ => return self.unsupported("matmul"),
+        };
+        let MatmulSpec { batch, m, n, k } = *spec;
+        let out = self.buffer(a.dtype(), batch * m * n)?;
+        if batch * m * n == 0 {
+            return Ok(Arc::new(out));
+        }
+        let operand = |buf: &CudaBuffer, l: &Layout| gemm::Operand {
+            ptr: buf.ptr() + (l.offset() * buf.dtype().size_in_bytes()) as u64,
+            batch_stride: l.strides()[0] as i64,
+            row_stride: l.strides()[1] as i64,
+            col_stride: l.strides()[2] as i64,
+        };
+        let args = gemm::GemmArgs {
+            m: m as i64,
+            n: n as i64,
+            k: k as i64,
+            alpha: 1.0,
+            beta: 0.0,
+            a: operand(a, lhs_layout),
+            b: operand(b, rhs_layout),
+            c_in: gemm::Operand::default(),
+            bias: 0,
+            out: gemm::Operand {
+                ptr: out.ptr(),
+                batch_stride: (m * n) as i64,
+                row_stride: n as i64,
+                col_stride: 1,
+            },
+            out_dtype: gemm::out_code(a.dtype())?,
+            pad: 0,
+        };
+        gemm::gemm(self.driver(), kernel, a.dtype(), batch, args)?;
+        Ok(Arc::new(out))
     }
 
     fn conv2d(&self, _: &StorageRef, _: &StorageRef, _: &Conv2dSpec) -> Result<StorageRef> {

@@ -16,6 +16,7 @@
 pub mod alloc;
 pub mod backend;
 pub mod driver;
+pub mod gemm;
 pub mod kernels;
 pub mod storage;
 

@@ -39,6 +39,10 @@ impl CudaBuffer {
     pub fn ptr(&self) -> DevicePtr {
         self.ptr
     }
+    /// The driver of the buffer's device.
+    pub fn driver(&self) -> &Arc<dyn super::driver::Driver> {
+        self.alloc.driver()
+    }
     /// Size of the data in bytes.
     pub fn bytes(&self) -> usize {
         self.len * self.dtype.size_in_bytes()

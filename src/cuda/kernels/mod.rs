@@ -4,6 +4,7 @@
 
 pub mod amp;
 pub mod elementwise;
+pub mod gemm;
 pub mod reduce;
 pub mod softmax;
 

@@ -1,0 +1,147 @@
+// GEMM kernels: C = alpha · A·B + beta · C_in + bias, batched with strides, any M, N, K.
+//   gemm_simt_f32      (iii) tiled fp32 SIMT baseline
+//   gemm_wmma_{f16,bf16} (i) the nvcuda::wmma Tensor-Core kernel: simple, portable reference
+// Operands are described by element strides (batch, row, col), so NN, NT and TN layouts are
+// the same kernel; edges are predicated (zero-filled tiles), K needs no multiple of the tile.
+// Accumulation is f32; the output is rounded once into its dtype (0 f32, 1 f16, 2 bf16).
+#include "dtype.cuh"
+
+/// A batched matrix operand: address and element strides.
+struct Operand {
+    unsigned long long ptr;
+    long long batch_stride;
+    long long row_stride;
+    long long col_stride;
+};
+
+/// Problem size, scalars and epilogue inputs shared by every GEMM kernel.
+struct GemmArgs {
+    long long m, n, k;
+    float alpha, beta;
+    Operand a, b;
+    Operand c_in;            // read when beta != 0 (dtype of the output)
+    unsigned long long bias;  // f32 [n], or 0
+    Operand out;
+    int out_dtype;
+    int pad;
+};
+
+__device__ __forceinline__ float load_out_dtype(unsigned long long p, int dt, long long i) {
+    if (dt == 1) return to_f32(reinterpret_cast<const hemi_f16*>(p)[i]);
+    if (dt == 2) return to_f32(reinterpret_cast<const hemi_bf16*>(p)[i]);
+    return reinterpret_cast<const float*>(p)[i];
+}
+
+__device__ __forceinline__ void store_out_dtype(unsigned long long p, int dt, long long i, float v) {
+    if (dt == 1) reinterpret_cast<hemi_f16*>(p)[i] = from_f32<hemi_f16>(v);
+    else if (dt == 2) reinterpret_cast<hemi_bf16*>(p)[i] = from_f32<hemi_bf16>(v);
+    else reinterpret_cast<float*>(p)[i] = v;
+}
+
+/// The epilogue of one output element (row, col) of batch `z`.
+__device__ __forceinline__ void epilogue(const GemmArgs& g, long long z, long long row, long long col, float acc) {
+    float v = g.alpha * acc;
+    if (g.beta != 0.0f) {
+        long long ci = z * g.c_in.batch_stride + row * g.c_in.row_stride + col * g.c_in.col_stride;
+        v += g.beta * load_out_dtype(g.c_in.ptr, g.out_dtype, ci);
+    }
+    if (g.bias) v += reinterpret_cast<const float*>(g.bias)[col];
+    long long oi = z * g.out.batch_stride + row * g.out.row_stride + col * g.out.col_stride;
+    store_out_dtype(g.out.ptr, g.out_dtype, oi, v);
+}
+
+template <typename T>
+__device__ __forceinline__ float load_operand(const Operand& o, long long z, long long r, long long c) {
+    return to_f32(reinterpret_cast<const T*>(o.ptr)[z * o.batch_stride + r * o.row_stride + c * o.col_stride]);
+}
+
+// ---- (iii) SIMT fp32: 64x64 block tile, 16x16 threads with 4x4 outputs each, k-tile 16 ----
+
+constexpr int SIMT_TILE = 64;
+constexpr int SIMT_K = 16;
+
+extern "C" __global__ void __launch_bounds__(256) gemm_simt_f32(GemmArgs g) {
+    __shared__ float sa[SIMT_K][SIMT_TILE + 1];
+    __shared__ float sb[SIMT_K][SIMT_TILE + 1];
+    long long z = blockIdx.z;
+    long long row0 = (long long)blockIdx.y * SIMT_TILE, col0 = (long long)blockIdx.x * SIMT_TILE;
+    unsigned tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    float acc[4][4] = {};
+    for (long long k0 = 0; k0 < g.k; k0 += SIMT_K) {
+        for (unsigned i = threadIdx.x; i < SIMT_K * SIMT_TILE; i += 256) {
+            unsigned kk = i / SIMT_TILE, rr = i % SIMT_TILE;
+            long long r = row0 + rr, c = col0 + rr, k = k0 + kk;
+            sa[kk][rr] = (r < g.m && k < g.k) ? load_operand<float>(g.a, z, r, k) : 0.0f;
+            sb[kk][rr] = (c < g.n && k < g.k) ? load_operand<float>(g.b, z, k, c) : 0.0f;
+        }
+        prim::sync_threads();
+        for (int kk = 0; kk < SIMT_K; ++kk) {
+            float av[4], bv[4];
+            for (int i = 0; i < 4; ++i) av[i] = sa[kk][ty * 4 + i];
+            for (int j = 0; j < 4; ++j) bv[j] = sb[kk][tx * 4 + j];
+            for (int i = 0; i < 4; ++i)
+                for (int j = 0; j < 4; ++j) acc[i][j] += av[i] * bv[j];
+        }
+        prim::sync_threads();
+    }
+    for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) {
+            long long r = row0 + ty * 4 + i, c = col0 + tx * 4 + j;
+            if (r < g.m && c < g.n) epilogue(g, z, r, c, acc[i][j]);
+        }
+}
+HEMI_KERNEL(gemm_simt_f32)
+
+// ---- (i) wmma: 64x64 block tile, 4 warps of 32x32 (2x2 fragments of 16x16x16), k-tile 16 ----
+
+constexpr int WMMA_TILE = 64;
+constexpr int WMMA_K = 16;
+
+template <typename T, typename HT>
+__device__ void gemm_wmma_impl(const GemmArgs& g) {
+    using namespace nvcuda;
+    __shared__ __align__(32) HT sa[WMMA_TILE * WMMA_K];  // row-major 64 x 16
+    __shared__ __align__(32) HT sb[WMMA_K * WMMA_TILE];  // row-major 16 x 64
+    __shared__ __align__(32) float sc[4][32 * 32];      // per-warp accumulator staging
+    long long z = blockIdx.z;
+    long long row0 = (long long)blockIdx.y * WMMA_TILE, col0 = (long long)blockIdx.x * WMMA_TILE;
+    unsigned warp = threadIdx.x / 32, wr = warp / 2, wc = warp % 2;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+    for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+    for (long long k0 = 0; k0 < g.k; k0 += WMMA_K) {
+        for (unsigned i = threadIdx.x; i < WMMA_TILE * WMMA_K; i += blockDim.x) {
+            unsigned rr = i / WMMA_K, kk = i % WMMA_K;
+            long long r = row0 + rr, k = k0 + kk;
+            T av = (r < g.m && k < g.k) ? reinterpret_cast<const T*>(g.a.ptr)[z * g.a.batch_stride + r * g.a.row_stride + k * g.a.col_stride] : T{0};
+            sa[i] = *reinterpret_cast<const HT*>(&av);
+            unsigned kb = i / WMMA_TILE, cc = i % WMMA_TILE;
+            long long c = col0 + cc, kbb = k0 + kb;
+            T bv = (c < g.n && kbb < g.k) ? reinterpret_cast<const T*>(g.b.ptr)[z * g.b.batch_stride + kbb * g.b.row_stride + c * g.b.col_stride] : T{0};
+            sb[i] = *reinterpret_cast<const HT*>(&bv);
+        }
+        prim::sync_threads();
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, HT, wmma::row_major> fa[2];
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, HT, wmma::row_major> fb[2];
+        for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], &sa[(wr * 32 + i * 16) * WMMA_K], WMMA_K);
+        for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], &sb[wc * 32 + j * 16], WMMA_TILE);
+        for (int i = 0; i < 2; ++i)
+            for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+        prim::sync_threads();
+    }
+    for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < 2; ++j)
+            wmma::store_matrix_sync(&sc[warp][(i * 16) * 32 + j * 16], acc[i][j], 32, wmma::mem_row_major);
+    prim::sync_threads();
+    for (unsigned e = prim::lane_id(); e < 32 * 32; e += 32) {
+        long long r = row0 + wr * 32 + e / 32, c = col0 + wc * 32 + e % 32;
+        if (r < g.m && c < g.n) epilogue(g, z, r, c, sc[warp][e]);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128) gemm_wmma_f16(GemmArgs g) { gemm_wmma_impl<hemi_f16, half>(g); }
+HEMI_KERNEL(gemm_wmma_f16)
+extern "C" __global__ void __launch_bounds__(128) gemm_wmma_bf16(GemmArgs g) {
+    gemm_wmma_impl<hemi_bf16, __nv_bfloat16>(g);
+}
+HEMI_KERNEL(gemm_wmma_bf16)
