@@ -123,16 +123,32 @@ fn check(
     Ok(())
 }
 
+/// Every kernel with the input dtypes it takes.
+const KERNELS: [(GemmKernel, DType); 5] = [
+    (GemmKernel::SimtF32, DType::F32),
+    (GemmKernel::Wmma, DType::F16),
+    (GemmKernel::Wmma, DType::BF16),
+    (GemmKernel::MmaPipeline, DType::F16),
+    (GemmKernel::MmaPipeline, DType::BF16),
+];
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
     #[test]
     fn every_kernel_is_within_the_gemm_bound(
         m in 1usize..80, n in 1usize..80, k in 1usize..70, batch in 1usize..3,
-        ta in any::<bool>(), tb in any::<bool>(), which in 0usize..3, out_i in 0usize..3,
+        ta in any::<bool>(), tb in any::<bool>(), which in 0usize..5, out_i in 0usize..3,
         alpha_i in 0usize..3, with_c in any::<bool>(), bias in any::<bool>(), seed in any::<u64>(),
     ) {
-        let (kernel, in_dt) = [(GemmKernel::SimtF32, DType::F32), (GemmKernel::Wmma, DType::F16), (GemmKernel::Wmma, DType::BF16)][which];
+        let (kernel, in_dt) = KERNELS[which];
+        // The mma.sync kernel's layout preconditions: A k-contiguous, K (and N when B is
+        // n-contiguous) multiples of 8.
+        let (k, ta, n) = if kernel == GemmKernel::MmaPipeline {
+            (k.next_multiple_of(8), false, if tb { n } else { n.next_multiple_of(8) })
+        } else {
+            (k, ta, n)
+        };
         let out_dt = [DType::F32, DType::F16, DType::BF16][out_i];
         let alpha = [1.0f32, -0.5, 2.0][alpha_i];
         let beta = with_c.then_some(0.75f32);
@@ -173,6 +189,48 @@ fn tile_multiples_and_k_tails() {
             assert!(r.is_ok(), "{}", r.err().unwrap_or_default());
         }
     }
+}
+
+#[test]
+fn mma_pipeline_over_several_tiles_and_its_layout_check() -> Result<()> {
+    for dt in [DType::F16, DType::BF16] {
+        for (shape, tb) in [
+            ((1, 200, 136, 72), false),
+            ((2, 129, 130, 40), true),
+            ((1, 256, 256, 64), false),
+        ] {
+            let r = check(
+                GemmKernel::MmaPipeline,
+                dt,
+                DType::F32,
+                shape,
+                false,
+                tb,
+                1.0,
+                Some(0.5),
+                true,
+                11,
+            );
+            assert!(r.is_ok(), "{}", r.err().unwrap_or_default());
+        }
+    }
+    let d = dev();
+    let a = Tensor::ones([4, 6], DType::F16, d)?; // K = 6: not a multiple of 8
+    let o = GemmOptions {
+        alpha: 1.0,
+        beta: 0.0,
+        c: None,
+        bias: None,
+        out_dtype: DType::F32,
+        kernel: GemmKernel::MmaPipeline,
+    };
+    assert!(
+        gemm(&a, &Tensor::ones([6, 8], DType::F16, d)?, &o).is_err(),
+        "the layout check refuses"
+    );
+    let m = a.matmul(&Tensor::ones([6, 8], DType::F16, d)?)?; // Tensor::matmul falls back to wmma
+    assert_eq!(m.to_vec::<hemi::f16>()?, vec![hemi::f16::from_f32(6.0); 32]);
+    Ok(())
 }
 
 #[test]

@@ -320,9 +320,9 @@ impl Backend for CudaBackend {
             let msg = format!("lhs is {} but rhs is {}", a.dtype(), b.dtype());
             return Err(Error::DTypeMismatch { op: "matmul", msg });
         }
-        let kernel = match a.dtype() {
+        let mut kernel = match a.dtype() {
             DType::F32 => gemm::GemmKernel::SimtF32,
-            DType::F16 | DType::BF16 => gemm::GemmKernel::Wmma,
+            DType::F16 | DType::BF16 => gemm::GemmKernel::MmaPipeline,
             _ => return self.unsupported("matmul"),
         };
         let MatmulSpec { batch, m, n, k } = *spec;
@@ -355,6 +355,9 @@ impl Backend for CudaBackend {
             out_dtype: gemm::out_code(a.dtype())?,
             pad: 0,
         };
+        if kernel == gemm::GemmKernel::MmaPipeline && gemm::mma_layout(&args, 2).is_none() {
+            kernel = gemm::GemmKernel::Wmma;
+        }
         gemm::gemm(self.driver(), kernel, a.dtype(), batch, args)?;
         Ok(Arc::new(out))
     }

@@ -45,6 +45,32 @@ pub enum GemmKernel {
     SimtF32,
     /// (i) `nvcuda::wmma` Tensor-Core kernel (F16 or BF16 inputs).
     Wmma,
+    /// (ii) `mma.sync.m16n8k16` + `ldmatrix` + 3-stage `cp.async` pipeline (F16 or BF16
+    /// inputs; operand layouts per [`mma_layout`]).
+    MmaPipeline,
+}
+
+/// Whether the operands suit kernel (ii): A k-contiguous and B k- or n-contiguous, with
+/// 16-byte aligned rows and bases and K (and N for n-contiguous B) multiples of 8. Returns
+/// the kernel's `b_kcontig` flag.
+pub fn mma_layout(args: &GemmArgs, elem_bytes: u64) -> Option<i32> {
+    let aligned = |o: &Operand| o.ptr % 16 == 0 && o.batch_stride % 8 == 0;
+    let (a, b) = (&args.a, &args.b);
+    if !(a.col_stride == 1
+        && a.row_stride % 8 == 0
+        && aligned(a)
+        && args.k % 8 == 0
+        && elem_bytes == 2)
+    {
+        return None;
+    }
+    if b.row_stride == 1 && b.col_stride % 8 == 0 && aligned(b) {
+        Some(1)
+    } else if b.col_stride == 1 && b.row_stride % 8 == 0 && args.n % 8 == 0 && aligned(b) {
+        Some(0)
+    } else {
+        None
+    }
 }
 
 /// Output dtype code of the GEMM epilogue.
@@ -68,6 +94,9 @@ pub fn gemm(
     batch: usize,
     args: GemmArgs,
 ) -> Result<()> {
+    if kernel == GemmKernel::MmaPipeline {
+        return gemm_mma(d, input, batch, args);
+    }
     let (name, tile, threads) = match (kernel, input) {
         (GemmKernel::SimtF32, DType::F32) => ("gemm_simt_f32", 64, 256),
         (GemmKernel::Wmma, DType::F16) => ("gemm_wmma_f16", 64, 128),
@@ -95,5 +124,49 @@ pub fn gemm(
     let mut a = kernel_args![g];
     // SAFETY: every GEMM kernel takes one `GemmArgs` by value; the caller bounds-checked the
     // operands for m, n, k and batch.
+    unsafe { launch(d, name, cfg, &mut a) }
+}
+
+/// Kernel (ii): grouped 1-D grid over 128x128 tiles, 128 threads, 48 KiB of dynamic smem.
+fn gemm_mma(d: &dyn Driver, input: DType, batch: usize, args: GemmArgs) -> Result<()> {
+    let name = match input {
+        DType::F16 => "gemm_mma_f16",
+        DType::BF16 => "gemm_mma_bf16",
+        other => {
+            return Err(Error::DTypeMismatch {
+                op: "matmul",
+                msg: format!("the mma.sync kernel takes float16 or bfloat16, not {other}"),
+            })
+        }
+    };
+    let Some(b_kcontig) = mma_layout(&args, 2) else {
+        return Err(Error::InvalidArgument {
+            op: "matmul",
+            msg: "operand layout does not suit the mma.sync kernel (A k-contiguous, B k- or n-contiguous, 16-byte aligned, K % 8 == 0)".into(),
+        });
+    };
+    if batch > 65535 {
+        return Err(Error::InvalidArgument {
+            op: "matmul",
+            msg: format!("batch {batch} exceeds one launch's 65535"),
+        });
+    }
+    let tiles = |n: i64| (n as u64).div_ceil(128).max(1);
+    let blocks = tiles(args.m) * tiles(args.n);
+    if blocks > u32::MAX as u64 {
+        return Err(Error::InvalidArgument {
+            op: "matmul",
+            msg: format!("{blocks} tiles exceed one launch"),
+        });
+    }
+    let cfg = LaunchConfig {
+        grid: [blocks as u32, 1, batch.max(1) as u32],
+        block: [128, 1, 1],
+        smem: 3 * 2 * 128 * 32 * 2,
+    };
+    let (mut g, mut flag) = (args, b_kcontig);
+    let mut a = kernel_args![g, flag];
+    // SAFETY: gemm_mma_T(GemmArgs, int); `mma_layout` checked the layout preconditions and
+    // the caller bounds-checked the operands.
     unsafe { launch(d, name, cfg, &mut a) }
 }
