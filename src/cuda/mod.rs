@@ -66,3 +66,8 @@ pub fn init() -> &'static CudaStatus {
         }
     })
 }
+
+/// Path of the fatbin `build.rs` compiled (SASS sm_80 + sm_90, PTX compute_90).
+pub const FATBIN_PATH: &str = env!("HEMI_FATBIN");
+/// Path of ptxas's `-v` resource report for every kernel of the fatbin.
+pub const PTXAS_REPORT_PATH: &str = env!("HEMI_PTXAS_REPORT");
