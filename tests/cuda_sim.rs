@@ -374,9 +374,10 @@ fn transfers_views_fill_and_autograd() -> Result<()> {
 fn unsupported_ops_and_out_of_memory_are_errors() -> Result<()> {
     let dev = Device::CudaSim;
     hemi::cuda::init();
-    let a = Tensor::ones([2, 2], DType::F32, dev)?;
-    match a.matmul(&a) {
-        Err(Error::Unsupported { op, .. }) => assert_eq!(op, "matmul"),
+    let x = Tensor::ones([1, 1, 4, 4], DType::F32, dev)?;
+    let w = Tensor::ones([1, 1, 3, 3], DType::F32, dev)?;
+    match x.conv2d(&w, None, hemi::Conv2dParams::default()) {
+        Err(Error::Unsupported { op, .. }) => assert_eq!(op, "conv2d"),
         other => panic!("expected Unsupported, got {other:?}"),
     }
     let huge = Tensor::zeros([1usize << 62], DType::F32, dev);
