@@ -23,9 +23,43 @@ pub mod storage;
 use backend::CudaBackend;
 use driver::cust_driver::CustDriver;
 use driver::sim::SimDriver;
+use driver::Driver;
 use hemi_engine::backend::register_backend;
 use hemi_engine::Device;
-use std::sync::{Arc, OnceLock};
+use hemi_engine::{Error, Result};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+fn drivers() -> &'static Mutex<HashMap<Device, Arc<dyn Driver>>> {
+    static DRIVERS: OnceLock<Mutex<HashMap<Device, Arc<dyn Driver>>>> = OnceLock::new();
+    DRIVERS.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn register(driver: Arc<dyn Driver>) {
+    drivers()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(driver.device(), driver.clone());
+    register_backend(Arc::new(CudaBackend::new(driver)));
+}
+
+/// Waits until all work launched on `device` has finished (for timing; every read-back
+/// synchronizes anyway).
+pub fn synchronize(device: Device) -> Result<()> {
+    let d = drivers()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&device)
+        .cloned();
+    match d {
+        Some(d) => d.synchronize(),
+        None => Err(Error::Unsupported {
+            op: "synchronize",
+            device,
+            msg: "not a CUDA device registered by hemi::cuda::init()".into(),
+        }),
+    }
+}
 
 /// What [`init`] found.
 #[derive(Debug, Clone)]
@@ -41,7 +75,7 @@ pub struct CudaStatus {
 pub fn init() -> &'static CudaStatus {
     static STATUS: OnceLock<CudaStatus> = OnceLock::new();
     STATUS.get_or_init(|| {
-        register_backend(Arc::new(CudaBackend::new(Arc::new(SimDriver::new()))));
+        register(Arc::new(SimDriver::new()));
         let mut devices = vec![Device::CudaSim];
         let gpu_unavailable = match CustDriver::device_count() {
             Ok(0) => Some("the CUDA driver reports no device".to_string()),
@@ -50,7 +84,7 @@ pub fn init() -> &'static CudaStatus {
                 for i in 0..n {
                     match CustDriver::new(i) {
                         Ok(d) => {
-                            register_backend(Arc::new(CudaBackend::new(Arc::new(d))));
+                            register(Arc::new(d));
                             devices.push(Device::Cuda(i));
                         }
                         Err(e) => why = Some(e.to_string()),

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs on a GPU host (no Rust needed): the CUDA tests, the GEMM bench briefly, the same
+# GEMMs through torch.matmul, then prints the comparison table last.
+set -uo pipefail
+cd "$(dirname "$0")"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "nvidia-smi not found"
+pass=0; fail=0
+for t in tests/*; do
+    echo "== $t"
+    if "./$t" --test-threads=1 2>&1 | tail -n 25; then pass=$((pass + 1)); else fail=$((fail + 1)); fi
+done
+echo "test binaries: $pass passed, $fail failed"
+echo "== gemm bench (brief)"
+./benches/gemm --bench gemm_cuda --warm-up-time 0.5 --measurement-time 1 2>&1 | tee gemm.txt | grep -E "gemm_cuda|thrpt|skipping" || true
+echo "== amp kernels bench (brief)"
+./benches/amp_kernels --bench --warm-up-time 0.5 --measurement-time 1 2>&1 | grep -E "amp_kernels|thrpt" || true
+echo "== torch.matmul"
+python3 torch_gemm.py | tee torch.txt
+python3 table.py gemm.txt torch.txt
