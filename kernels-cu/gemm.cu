@@ -148,9 +148,11 @@ HEMI_KERNEL(gemm_wmma_bf16)
 
 // ---- (ii) the fast path: mma.sync.m16n8k16 + ldmatrix + 3-stage cp.async pipeline ----
 // Block tile 128x128x32, 4 warps (2x2) of 64x64, XOR-swizzled shared memory, grouped block
-// rasterization for L2 reuse. Preconditions (checked by the Rust dispatcher): A has unit
-// column stride; B has unit row stride (k-contiguous, "NT") or unit column stride
-// (n-contiguous, "NN"); K (and N for NN) multiples of 8; 16-byte aligned rows and bases.
+// rasterization for L2 reuse. Preconditions (checked by the Rust dispatcher): A k-contiguous
+// (row-major) or m-contiguous (transposed, "TN": then M % 8 == 0), B k-contiguous ("NT") or
+// n-contiguous ("NN": then N % 8 == 0); K a multiple of 8; 16-byte aligned rows and bases.
+// A k-contiguous tile is [128 rows][32 k]; an m/n-contiguous one is [32 k][128 cols] and is
+// read with ldmatrix.trans.
 
 constexpr int MMA_BM = 128, MMA_BN = 128, MMA_BK = 32, MMA_STAGES = 3;
 constexpr int MMA_TILE_ELEMS = MMA_BM * MMA_BK;  // one operand tile of one stage
@@ -162,14 +164,21 @@ __device__ __forceinline__ int swz128(int r, int c) { return r * 128 + ((c ^ (r 
 
 template <typename T>
 __device__ void mma_load_stage(const GemmArgs& g, long long z, long long row0, long long col0, long long k0,
-                               unsigned short* sa, unsigned short* sb, int b_kcontig) {
+                               unsigned short* sa, unsigned short* sb, int a_kcontig, int b_kcontig) {
     const T* a = reinterpret_cast<const T*>(g.a.ptr) + z * g.a.batch_stride;
     const T* b = reinterpret_cast<const T*>(g.b.ptr) + z * g.b.batch_stride;
     for (int q = threadIdx.x; q < MMA_BM * MMA_BK / 8; q += blockDim.x) {
         int r = q / 4, c = q % 4;
         long long row = row0 + r, k = k0 + c * 8;
-        bool ok = row < g.m && k < g.k;
-        prim::cp_async_16(&sa[swz32(r, c)], ok ? a + row * g.a.row_stride + k : a, ok);
+        if (a_kcontig) {
+            bool ok = row < g.m && k < g.k;
+            prim::cp_async_16(&sa[swz32(r, c)], ok ? a + row * g.a.row_stride + k : a, ok);
+        } else {
+            int kr = q / 16, cm = q % 16;
+            long long kk = k0 + kr, m = row0 + cm * 8;
+            bool ok = kk < g.k && m < g.m;
+            prim::cp_async_16(&sa[swz128(kr, cm)], ok ? a + kk * g.a.col_stride + m : a, ok);
+        }
         if (b_kcontig) {
             long long n = col0 + r;
             bool okb = n < g.n && k < g.k;
@@ -184,7 +193,7 @@ __device__ void mma_load_stage(const GemmArgs& g, long long z, long long row0, l
 }
 
 template <typename T, bool BF16>
-__device__ void gemm_mma_impl(const GemmArgs& g, int b_kcontig) {
+__device__ void gemm_mma_impl(const GemmArgs& g, int a_kcontig, int b_kcontig) {
     unsigned short* smem = prim::dynamic_smem<unsigned short>();
     long long z = blockIdx.z;
     // Grouped rasterization: 8 block-rows share their B tiles in L2.
@@ -206,14 +215,14 @@ __device__ void gemm_mma_impl(const GemmArgs& g, int b_kcontig) {
     auto sb = [&](long long s) { return smem + (s % MMA_STAGES) * 2 * MMA_TILE_ELEMS + MMA_TILE_ELEMS; };
     #pragma unroll
     for (int s = 0; s < MMA_STAGES - 1; ++s) {
-        if (s < ktiles) mma_load_stage<T>(g, z, row0, col0, (long long)s * MMA_BK, sa(s), sb(s), b_kcontig);
+        if (s < ktiles) mma_load_stage<T>(g, z, row0, col0, (long long)s * MMA_BK, sa(s), sb(s), a_kcontig, b_kcontig);
         prim::cp_async_commit();
     }
     for (long long kt = 0; kt < ktiles; ++kt) {
         prim::cp_async_wait<MMA_STAGES - 2>();
         prim::sync_threads();
         long long next = kt + MMA_STAGES - 1;
-        if (next < ktiles) mma_load_stage<T>(g, z, row0, col0, next * MMA_BK, sa(next), sb(next), b_kcontig);
+        if (next < ktiles) mma_load_stage<T>(g, z, row0, col0, next * MMA_BK, sa(next), sb(next), a_kcontig, b_kcontig);
         prim::cp_async_commit();
         const unsigned short* ta = sa(kt);
         const unsigned short* tb = sb(kt);
@@ -222,8 +231,13 @@ __device__ void gemm_mma_impl(const GemmArgs& g, int b_kcontig) {
             unsigned af[4][4], bf[8][2];
             #pragma unroll
             for (int i = 0; i < 4; ++i) {
-                int r = wm * 64 + i * 16 + lane % 16, c = kk * 2 + lane / 16;
-                prim::ldmatrix<4>(af[i], &ta[swz32(r, c)]);
+                if (a_kcontig) {
+                    int r = wm * 64 + i * 16 + lane % 16, c = kk * 2 + lane / 16;
+                    prim::ldmatrix<4>(af[i], &ta[swz32(r, c)]);
+                } else {
+                    int kr = kk * 16 + lane % 8 + (lane / 16) * 8, cm = (wm * 64 + i * 16) / 8 + (lane / 8) % 2;
+                    prim::ldmatrix<4, true>(af[i], &ta[swz128(kr, cm)]);
+                }
             }
             #pragma unroll
             for (int j = 0; j < 8; ++j) {
@@ -258,11 +272,11 @@ __device__ void gemm_mma_impl(const GemmArgs& g, int b_kcontig) {
             }
 }
 
-extern "C" __global__ void __launch_bounds__(128) gemm_mma_f16(GemmArgs g, int b_kcontig) {
-    gemm_mma_impl<hemi_f16, false>(g, b_kcontig);
+extern "C" __global__ void __launch_bounds__(128) gemm_mma_f16(GemmArgs g, int a_kcontig, int b_kcontig) {
+    gemm_mma_impl<hemi_f16, false>(g, a_kcontig, b_kcontig);
 }
 HEMI_KERNEL(gemm_mma_f16)
-extern "C" __global__ void __launch_bounds__(128) gemm_mma_bf16(GemmArgs g, int b_kcontig) {
-    gemm_mma_impl<hemi_bf16, true>(g, b_kcontig);
+extern "C" __global__ void __launch_bounds__(128) gemm_mma_bf16(GemmArgs g, int a_kcontig, int b_kcontig) {
+    gemm_mma_impl<hemi_bf16, true>(g, a_kcontig, b_kcontig);
 }
 HEMI_KERNEL(gemm_mma_bf16)

@@ -142,12 +142,13 @@ proptest! {
         alpha_i in 0usize..3, with_c in any::<bool>(), bias in any::<bool>(), seed in any::<u64>(),
     ) {
         let (kernel, in_dt) = KERNELS[which];
-        // The mma.sync kernel's layout preconditions: A k-contiguous, K (and N when B is
-        // n-contiguous) multiples of 8.
-        let (k, ta, n) = if kernel == GemmKernel::MmaPipeline {
-            (k.next_multiple_of(8), false, if tb { n } else { n.next_multiple_of(8) })
+        // The mma.sync kernel's layout preconditions: K, M when A is transposed and N when B
+        // is n-contiguous are multiples of 8.
+        let (k, m, n) = if kernel == GemmKernel::MmaPipeline {
+            let m = if ta { m.next_multiple_of(8) } else { m };
+            (k.next_multiple_of(8), m, if tb { n } else { n.next_multiple_of(8) })
         } else {
-            (k, ta, n)
+            (k, m, n)
         };
         let out_dt = [DType::F32, DType::F16, DType::BF16][out_i];
         let alpha = [1.0f32, -0.5, 2.0][alpha_i];

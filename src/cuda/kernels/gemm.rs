@@ -50,27 +50,30 @@ pub enum GemmKernel {
     MmaPipeline,
 }
 
-/// Whether the operands suit kernel (ii): A k-contiguous and B k- or n-contiguous, with
-/// 16-byte aligned rows and bases and K (and N for n-contiguous B) multiples of 8. Returns
-/// the kernel's `b_kcontig` flag.
-pub fn mma_layout(args: &GemmArgs, elem_bytes: u64) -> Option<i32> {
+/// Whether the operands suit kernel (ii): A k-contiguous (or m-contiguous with M % 8 == 0),
+/// B k-contiguous (or n-contiguous with N % 8 == 0), 16-byte aligned rows and bases, K a
+/// multiple of 8, 2-byte elements. Returns the kernel's `(a_kcontig, b_kcontig)` flags.
+pub fn mma_layout(args: &GemmArgs, elem_bytes: u64) -> Option<(i32, i32)> {
     let aligned = |o: &Operand| o.ptr % 16 == 0 && o.batch_stride % 8 == 0;
     let (a, b) = (&args.a, &args.b);
-    if !(a.col_stride == 1
-        && a.row_stride % 8 == 0
-        && aligned(a)
-        && args.k % 8 == 0
-        && elem_bytes == 2)
-    {
+    if elem_bytes != 2 || args.k % 8 != 0 || !aligned(a) || !aligned(b) {
         return None;
     }
-    if b.row_stride == 1 && b.col_stride % 8 == 0 && aligned(b) {
-        Some(1)
-    } else if b.col_stride == 1 && b.row_stride % 8 == 0 && args.n % 8 == 0 && aligned(b) {
-        Some(0)
+    let a_flag = if a.col_stride == 1 && a.row_stride % 8 == 0 {
+        1
+    } else if a.row_stride == 1 && a.col_stride % 8 == 0 && args.m % 8 == 0 {
+        0
     } else {
-        None
-    }
+        return None;
+    };
+    let b_flag = if b.row_stride == 1 && b.col_stride % 8 == 0 {
+        1
+    } else if b.col_stride == 1 && b.row_stride % 8 == 0 && args.n % 8 == 0 {
+        0
+    } else {
+        return None;
+    };
+    Some((a_flag, b_flag))
 }
 
 /// Output dtype code of the GEMM epilogue.
@@ -139,10 +142,10 @@ fn gemm_mma(d: &dyn Driver, input: DType, batch: usize, args: GemmArgs) -> Resul
             })
         }
     };
-    let Some(b_kcontig) = mma_layout(&args, 2) else {
+    let Some((a_kcontig, b_kcontig)) = mma_layout(&args, 2) else {
         return Err(Error::InvalidArgument {
             op: "matmul",
-            msg: "operand layout does not suit the mma.sync kernel (A k-contiguous, B k- or n-contiguous, 16-byte aligned, K % 8 == 0)".into(),
+            msg: "operand layout does not suit the mma.sync kernel (A k- or m-contiguous, B k- or n-contiguous, 16-byte aligned, K % 8 == 0)".into(),
         });
     };
     if batch > 65535 {
@@ -164,9 +167,9 @@ fn gemm_mma(d: &dyn Driver, input: DType, batch: usize, args: GemmArgs) -> Resul
         block: [128, 1, 1],
         smem: 3 * 2 * 128 * 32 * 2,
     };
-    let (mut g, mut flag) = (args, b_kcontig);
-    let mut a = kernel_args![g, flag];
-    // SAFETY: gemm_mma_T(GemmArgs, int); `mma_layout` checked the layout preconditions and
+    let (mut g, mut fa, mut fb) = (args, a_kcontig, b_kcontig);
+    let mut a = kernel_args![g, fa, fb];
+    // SAFETY: gemm_mma_T(GemmArgs, int, int); `mma_layout` checked the layout preconditions and
     // the caller bounds-checked the operands.
     unsafe { launch(d, name, cfg, &mut a) }
 }
