@@ -1,7 +1,8 @@
 //! The reference program of DESIGN.md §1: ResNet-18 trained with Adam on one random batch,
 //! printing `Epoch {i}: Loss = {loss}` each epoch, under fp16 autocast with a GradScaler by
 //! default (`--amp bf16` uses bfloat16 without a scaler, `--amp off` trains in fp32).
-//! `--device cuda` arrives with the CUDA backend.
+//! `--device cuda` (or `cuda-sim`, the emulator) needs `--features cuda`; until conv, batch
+//! norm and pooling have CUDA kernels it stops with an `Unsupported` error naming the op.
 //!
 //! ```text
 //! cargo run --release --example resnet18_amp                       # the seed's settings
@@ -92,6 +93,13 @@ fn parse_device(s: &str) -> Result<Device> {
 }
 
 fn run(args: &Args) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if args.device != "cpu" {
+        let status = hemi::cuda::init();
+        if let Some(why) = &status.gpu_unavailable {
+            eprintln!("note: no CUDA GPU: {why}");
+        }
+    }
     let device = parse_device(&args.device)?;
     let amp = parse_amp(&args.amp)?;
     manual_seed(args.seed);
