@@ -12,27 +12,15 @@ struct TensorRef {
     int pad;
 };
 
-__device__ __forceinline__ float load_any(unsigned long long p, int dt, long long i) {
-    if (dt == 1) return to_f32(reinterpret_cast<const hemi_f16*>(p)[i]);
-    if (dt == 2) return to_f32(reinterpret_cast<const hemi_bf16*>(p)[i]);
-    return reinterpret_cast<const float*>(p)[i];
-}
-
-__device__ __forceinline__ void store_any(unsigned long long p, int dt, long long i, float v) {
-    if (dt == 1) reinterpret_cast<hemi_f16*>(p)[i] = from_f32<hemi_f16>(v);
-    else if (dt == 2) reinterpret_cast<hemi_bf16*>(p)[i] = from_f32<hemi_bf16>(v);
-    else reinterpret_cast<float*>(p)[i] = v;
-}
-
 /// blockIdx.y selects the tensor; out = in * inv_scale; *found_inf = 1 on any inf/NaN input.
 extern "C" __global__ void non_finite_check_and_unscale(const TensorRef* tensors, float* found_inf,
                                                         const float* inv_scale) {
     TensorRef t = tensors[blockIdx.y];
     float inv = *inv_scale;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < t.len; i += (long long)gridDim.x * blockDim.x) {
-        float v = load_any(t.in, t.dtype, i);
+        float v = load_coded(t.in, t.dtype, i);
         if (!(v - v == 0.0f)) *found_inf = 1.0f;  // inf - inf and NaN - NaN are NaN
-        store_any(t.out, t.dtype, i, v * inv);
+        store_coded(t.out, t.dtype, i, v * inv);
     }
 }
 HEMI_KERNEL(non_finite_check_and_unscale)

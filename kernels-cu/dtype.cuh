@@ -31,6 +31,21 @@ __device__ __forceinline__ hemi_bf16 from_f32<hemi_bf16>(float v) {
     return hemi_bf16{f32_to_bf16(v)};
 }
 
+/// Dtype codes of kernels that take the dtype at run time (0 = f32, 1 = f16, 2 = bf16),
+/// mirrored by `dtype_code` in `src/cuda/kernels/mod.rs`.
+__device__ __forceinline__ float load_coded(unsigned long long p, int dt, long long i) {
+    if (dt == 1) return to_f32(reinterpret_cast<const hemi_f16*>(p)[i]);
+    if (dt == 2) return to_f32(reinterpret_cast<const hemi_bf16*>(p)[i]);
+    return reinterpret_cast<const float*>(p)[i];
+}
+
+/// Stores `v` rounded once into the dtype of code `dt`.
+__device__ __forceinline__ void store_coded(unsigned long long p, int dt, long long i, float v) {
+    if (dt == 1) reinterpret_cast<hemi_f16*>(p)[i] = from_f32<hemi_f16>(v);
+    else if (dt == 2) reinterpret_cast<hemi_bf16*>(p)[i] = from_f32<hemi_bf16>(v);
+    else reinterpret_cast<float*>(p)[i] = v;
+}
+
 /// A strided view as kernels receive it (by value): element offset, then dims and strides
 /// in elements, outermost first. Ranks above 8 are rejected by the Rust wrappers.
 struct Strided {

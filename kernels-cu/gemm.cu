@@ -26,28 +26,16 @@ struct GemmArgs {
     int pad;
 };
 
-__device__ __forceinline__ float load_out_dtype(unsigned long long p, int dt, long long i) {
-    if (dt == 1) return to_f32(reinterpret_cast<const hemi_f16*>(p)[i]);
-    if (dt == 2) return to_f32(reinterpret_cast<const hemi_bf16*>(p)[i]);
-    return reinterpret_cast<const float*>(p)[i];
-}
-
-__device__ __forceinline__ void store_out_dtype(unsigned long long p, int dt, long long i, float v) {
-    if (dt == 1) reinterpret_cast<hemi_f16*>(p)[i] = from_f32<hemi_f16>(v);
-    else if (dt == 2) reinterpret_cast<hemi_bf16*>(p)[i] = from_f32<hemi_bf16>(v);
-    else reinterpret_cast<float*>(p)[i] = v;
-}
-
 /// The epilogue of one output element (row, col) of batch `z`.
 __device__ __forceinline__ void epilogue(const GemmArgs& g, long long z, long long row, long long col, float acc) {
     float v = g.alpha * acc;
     if (g.beta != 0.0f) {
         long long ci = z * g.c_in.batch_stride + row * g.c_in.row_stride + col * g.c_in.col_stride;
-        v += g.beta * load_out_dtype(g.c_in.ptr, g.out_dtype, ci);
+        v += g.beta * load_coded(g.c_in.ptr, g.out_dtype, ci);
     }
     if (g.bias) v += reinterpret_cast<const float*>(g.bias)[col];
     long long oi = z * g.out.batch_stride + row * g.out.row_stride + col * g.out.col_stride;
-    store_out_dtype(g.out.ptr, g.out_dtype, oi, v);
+    store_coded(g.out.ptr, g.out_dtype, oi, v);
 }
 
 template <typename T>

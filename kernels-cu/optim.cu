@@ -19,18 +19,6 @@ struct AdamHyper {
     int amsgrad, decoupled, has_scale;
 };
 
-__device__ __forceinline__ float load_grad(unsigned long long p, int dt, long long i) {
-    if (dt == 1) return to_f32(reinterpret_cast<const hemi_f16*>(p)[i]);
-    if (dt == 2) return to_f32(reinterpret_cast<const hemi_bf16*>(p)[i]);
-    return reinterpret_cast<const float*>(p)[i];
-}
-
-__device__ __forceinline__ void store_grad(unsigned long long p, int dt, long long i, float v) {
-    if (dt == 1) reinterpret_cast<hemi_f16*>(p)[i] = from_f32<hemi_f16>(v);
-    else if (dt == 2) reinterpret_cast<hemi_bf16*>(p)[i] = from_f32<hemi_bf16>(v);
-    else reinterpret_cast<float*>(p)[i] = v;
-}
-
 extern "C" __global__ void fused_adam(const AdamRef* params, AdamHyper h, const float* grad_scale,
                                       const float* found_inf) {
     AdamRef a = params[blockIdx.y];
@@ -50,17 +38,17 @@ extern "C" __global__ void fused_adam(const AdamRef* params, AdamHyper h, const 
     float bc1 = 1.0f - powf(h.beta1, t), bc2 = 1.0f - powf(h.beta2, t);
     float inv_scale = h.has_scale ? 1.0f / *grad_scale : 1.0f;
     for (long long i = first; i < a.len; i += (long long)gridDim.x * blockDim.x) {
-        float g = load_grad(a.g, a.grad_dtype, i);
+        float g = load_coded(a.g, a.grad_dtype, i);
         if (skip) {
             p_out[i] = p[i];
             m_out[i] = m[i];
             v_out[i] = v[i];
             if (h.amsgrad) vmax_out[i] = vmax[i];
-            store_grad(a.g_out, a.grad_dtype, i, g);
+            store_coded(a.g_out, a.grad_dtype, i, g);
             continue;
         }
         g = h.has_scale ? g * inv_scale : g;
-        store_grad(a.g_out, a.grad_dtype, i, g);
+        store_coded(a.g_out, a.grad_dtype, i, g);
         float pi = p[i], gw = g;
         if (h.weight_decay != 0.0f) {
             if (h.decoupled) pi = pi * (1.0f - h.lr * h.weight_decay);

@@ -3,7 +3,7 @@
 
 use super::alloc::CachingAllocator;
 use super::driver::Driver;
-use super::kernels::{amp, elementwise, gemm, reduce, softmax};
+use super::kernels::{amp, dtype_code, elementwise, gemm, reduce, softmax};
 use super::storage::{cuda_buffer, CudaBuffer};
 use hemi_engine::backend::{
     check_bounds, AdamTensors, Backend, BatchNormBackward, BatchNormForward, BinaryOp, Conv2dSpec,
@@ -110,31 +110,11 @@ impl CudaBackend {
     }
 }
 
-fn host_bytes(s: &CpuStorage) -> &[u8] {
-    match s {
-        CpuStorage::F16(v) => bytemuck::cast_slice(v),
-        CpuStorage::BF16(v) => bytemuck::cast_slice(v),
-        CpuStorage::F32(v) => bytemuck::cast_slice(v),
-        CpuStorage::F64(v) => bytemuck::cast_slice(v),
-        CpuStorage::I64(v) => bytemuck::cast_slice(v),
-    }
-}
-
-fn host_from_bytes(dt: DType, b: &[u8]) -> CpuStorage {
-    match dt {
-        DType::F16 => CpuStorage::F16(bytemuck::pod_collect_to_vec(b)),
-        DType::BF16 => CpuStorage::BF16(bytemuck::pod_collect_to_vec(b)),
-        DType::F32 => CpuStorage::F32(bytemuck::pod_collect_to_vec(b)),
-        DType::F64 => CpuStorage::F64(bytemuck::pod_collect_to_vec(b)),
-        DType::I64 => CpuStorage::I64(bytemuck::pod_collect_to_vec(b)),
-    }
-}
-
 /// The bit pattern of `value` rounded to `dtype` (as the CPU backend rounds it).
 fn value_bits(dtype: DType, value: f64) -> u64 {
     let one = CpuStorage::full(dtype, 1, value);
     let mut bits = [0u8; 8];
-    let b = host_bytes(&one);
+    let b = one.as_bytes();
     bits[..b.len()].copy_from_slice(b);
     u64::from_le_bytes(bits)
 }
@@ -147,7 +127,7 @@ impl Backend for CudaBackend {
     fn upload(&self, data: &CpuStorage) -> Result<StorageRef> {
         let buf = self.buffer(data.dtype(), data.len())?;
         if !data.is_empty() {
-            self.driver().upload(buf.ptr(), host_bytes(data))?;
+            self.driver().upload(buf.ptr(), data.as_bytes())?;
         }
         Ok(Arc::new(buf))
     }
@@ -160,7 +140,7 @@ impl Backend for CudaBackend {
         if !bytes.is_empty() {
             self.driver().download(buf.ptr(), &mut bytes)?;
         }
-        Ok(host_from_bytes(buf.dtype(), &bytes))
+        CpuStorage::from_bytes(buf.dtype(), &bytes)
     }
 
     fn full(&self, dtype: DType, n: usize, value: f64) -> Result<StorageRef> {
@@ -352,7 +332,7 @@ impl Backend for CudaBackend {
                 row_stride: n as i64,
                 col_stride: 1,
             },
-            out_dtype: gemm::out_code(a.dtype())?,
+            out_dtype: dtype_code("matmul", self.device(), a.dtype())?,
             pad: 0,
         };
         if kernel == gemm::GemmKernel::MmaPipeline && gemm::mma_layout(&args, 2).is_none() {
@@ -614,7 +594,7 @@ impl Backend for CudaBackend {
                 input: gb.ptr(),
                 output: out.ptr(),
                 len: gb.len() as i64,
-                dtype: amp::dtype_code(OP, self.device(), gb.dtype())?,
+                dtype: dtype_code(OP, self.device(), gb.dtype())?,
                 pad: 0,
             });
             outs.push(Arc::new(out) as StorageRef);
@@ -727,7 +707,7 @@ impl Backend for CudaBackend {
                 step: self.get(OP, &t.step)?.ptr(),
                 step_out: ptr(&out.step)?,
                 len: n as i64,
-                grad_dtype: amp::dtype_code(OP, self.device(), g.dtype())?,
+                grad_dtype: dtype_code(OP, self.device(), g.dtype())?,
                 pad: 0,
             });
             outs.push(out);

@@ -8,7 +8,8 @@
 
 pub use super::kernels::gemm::GemmKernel;
 
-use super::kernels::gemm::{gemm as launch_gemm, out_code, GemmArgs, Operand};
+use super::kernels::dtype_code;
+use super::kernels::gemm::{gemm as launch_gemm, GemmArgs, Operand};
 use super::storage::cuda_buffer;
 use hemi_engine::{BackendStorage, DType, Error, Layout, Result, Shape, Tensor};
 
@@ -136,7 +137,7 @@ pub fn gemm(a: &Tensor, b: &Tensor, o: &GemmOptions) -> Result<Tensor> {
         c_in,
         bias,
         out: out_op,
-        out_dtype: out_code(o.out_dtype)?,
+        out_dtype: dtype_code("gemm", dev, o.out_dtype)?,
         pad: 0,
     };
     if batch * m * n > 0 {

@@ -65,13 +65,7 @@ struct HostView {
 
 impl HostView {
     fn new(t: &Tensor) -> Result<Self> {
-        let bytes = match t.to_host()? {
-            CpuStorage::F16(v) => bytemuck::cast_slice(&v).to_vec(),
-            CpuStorage::BF16(v) => bytemuck::cast_slice(&v).to_vec(),
-            CpuStorage::F32(v) => bytemuck::cast_slice(&v).to_vec(),
-            CpuStorage::F64(v) => bytemuck::cast_slice(&v).to_vec(),
-            CpuStorage::I64(v) => bytemuck::cast_slice(&v).to_vec(),
-        };
+        let bytes = t.to_host()?.as_bytes().to_vec();
         Ok(HostView {
             dtype: t.dtype(),
             shape: t.dims().to_vec(),
@@ -138,14 +132,8 @@ pub fn load_tensors(path: impl AsRef<Path>, device: Device) -> Result<BTreeMap<S
                 format!("tensor {name}: unsupported dtype {:?}", view.dtype()),
             )
         })?;
-        let data = view.data();
-        let host = match dtype {
-            DType::F16 => CpuStorage::F16(bytemuck::pod_collect_to_vec(data)),
-            DType::BF16 => CpuStorage::BF16(bytemuck::pod_collect_to_vec(data)),
-            DType::F32 => CpuStorage::F32(bytemuck::pod_collect_to_vec(data)),
-            DType::F64 => CpuStorage::F64(bytemuck::pod_collect_to_vec(data)),
-            DType::I64 => CpuStorage::I64(bytemuck::pod_collect_to_vec(data)),
-        };
+        let host = CpuStorage::from_bytes(dtype, view.data())
+            .map_err(|e| io_err(path, format!("tensor {name}: {e}")))?;
         out.insert(
             name,
             Tensor::from_host(host, view.shape().to_vec(), device)?,

@@ -87,6 +87,36 @@ impl CpuStorage {
     pub fn size_in_bytes(&self) -> usize {
         self.len() * self.dtype().size_in_bytes()
     }
+    /// The elements as little-endian bytes (this crate targets little-endian hosts).
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            CpuStorage::F16(v) => bytemuck::cast_slice(v),
+            CpuStorage::BF16(v) => bytemuck::cast_slice(v),
+            CpuStorage::F32(v) => bytemuck::cast_slice(v),
+            CpuStorage::F64(v) => bytemuck::cast_slice(v),
+            CpuStorage::I64(v) => bytemuck::cast_slice(v),
+        }
+    }
+    /// Elements of `dtype` from little-endian bytes (any alignment; a trailing partial
+    /// element is an error).
+    pub fn from_bytes(dtype: DType, b: &[u8]) -> Result<CpuStorage> {
+        if b.len() % dtype.size_in_bytes() != 0 {
+            return Err(Error::InvalidArgument {
+                op: "from_bytes",
+                msg: format!(
+                    "{} bytes are not a whole number of {dtype} elements",
+                    b.len()
+                ),
+            });
+        }
+        Ok(match dtype {
+            DType::F16 => CpuStorage::F16(bytemuck::pod_collect_to_vec(b)),
+            DType::BF16 => CpuStorage::BF16(bytemuck::pod_collect_to_vec(b)),
+            DType::F32 => CpuStorage::F32(bytemuck::pod_collect_to_vec(b)),
+            DType::F64 => CpuStorage::F64(bytemuck::pod_collect_to_vec(b)),
+            DType::I64 => CpuStorage::I64(bytemuck::pod_collect_to_vec(b)),
+        })
+    }
 }
 
 /// Conversion between typed vectors and [`CpuStorage`]; implemented for every [`Element`].

@@ -4,21 +4,7 @@
 use super::{launch, THREADS};
 use crate::cuda::driver::{DevicePtr, Driver, LaunchConfig};
 use crate::kernel_args;
-use hemi_engine::{DType, Error, Result};
-
-/// Dtype code of the multi-tensor kernels (0 = f32, 1 = f16, 2 = bf16).
-pub fn dtype_code(op: &'static str, device: hemi_engine::Device, dt: DType) -> Result<i32> {
-    match dt {
-        DType::F32 => Ok(0),
-        DType::F16 => Ok(1),
-        DType::BF16 => Ok(2),
-        other => Err(Error::Unsupported {
-            op,
-            device,
-            msg: format!("{other} tensors run on the CPU backend only"),
-        }),
-    }
-}
+use hemi_engine::{Error, Result};
 
 /// `struct TensorRef` of amp.cu.
 #[repr(C)]
@@ -30,7 +16,7 @@ pub struct TensorRef {
     pub output: u64,
     /// Elements.
     pub len: i64,
-    /// [`dtype_code`].
+    /// [`super::dtype_code`].
     pub dtype: i32,
     /// Padding.
     pub pad: i32,

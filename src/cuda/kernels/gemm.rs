@@ -76,19 +76,6 @@ pub fn mma_layout(args: &GemmArgs, elem_bytes: u64) -> Option<(i32, i32)> {
     Some((a_flag, b_flag))
 }
 
-/// Output dtype code of the GEMM epilogue.
-pub fn out_code(dt: DType) -> Result<i32> {
-    match dt {
-        DType::F32 => Ok(0),
-        DType::F16 => Ok(1),
-        DType::BF16 => Ok(2),
-        other => Err(Error::DTypeMismatch {
-            op: "matmul",
-            msg: format!("GEMM output must be float32, float16 or bfloat16, got {other}"),
-        }),
-    }
-}
-
 /// Launches `kernel` over `batch` products with input dtype `input`.
 pub fn gemm(
     d: &dyn Driver,

@@ -75,6 +75,16 @@ pub fn float_suffix(
     }
 }
 
+/// Code of a float dtype for kernels that take the dtype at run time (`load_coded` /
+/// `store_coded` in `kernels-cu/dtype.cuh`): 0 = f32, 1 = f16, 2 = bf16.
+pub fn dtype_code(op: &'static str, device: hemi_engine::Device, dt: DType) -> Result<i32> {
+    Ok(match float_suffix(op, device, dt)? {
+        "f16" => 1,
+        "bf16" => 2,
+        _ => 0,
+    })
+}
+
 /// Launches `name` with pointers to the given argument values.
 ///
 /// # Safety

@@ -68,8 +68,3 @@ pub(crate) fn expect_rank(op: &'static str, what: &str, t: &Tensor, rank: usize)
 pub(crate) fn pair(v: usize) -> (usize, usize) {
     (v, v)
 }
-
-/// Device check for two tensors (for callers outside this module).
-pub(crate) fn same_device_pub(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
-    same_device(op, &[a, b])
-}

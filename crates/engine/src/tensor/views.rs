@@ -253,7 +253,7 @@ impl Tensor {
         let d = first.shape().dim_index("cat", dim)?;
         let mut total = 0;
         for t in &ins {
-            crate::ops::same_device_pub("cat", first, t)?;
+            crate::ops::same_device("cat", &[first, t])?;
             let same = t.rank() == first.rank()
                 && t.dims()
                     .iter()
