@@ -25,11 +25,14 @@ extern "C" __global__ void non_finite_check_and_unscale(const TensorRef* tensors
 }
 HEMI_KERNEL(non_finite_check_and_unscale)
 
-/// The scale update (one thread): reads old state, writes new state.
+/// The scale update (one thread): reads old state, writes new state. As PyTorch's
+/// `_amp_update_scale_`, the float scale times a (double) factor is computed in double and
+/// rounded to float once, after the min/max clamp; growth happens only when that float is
+/// finite.
 extern "C" __global__ void update_scale(const float* scale, const long long* growth, const long long* hyst,
                                         const float* found_inf, float* new_scale, long long* new_growth,
-                                        long long* new_hyst, float growth_factor, float backoff_factor,
-                                        long long growth_interval, float min_scale, float max_scale,
+                                        long long* new_hyst, double growth_factor, double backoff_factor,
+                                        long long growth_interval, double min_scale, double max_scale,
                                         long long hysteresis) {
     float s = *scale;
     long long g = *growth, h = *hyst;
@@ -37,16 +40,17 @@ extern "C" __global__ void update_scale(const float* scale, const long long* gro
         g = 0;
         h -= 1;
         if (h <= 0) {
-            s = s * backoff_factor;
-            s = s > min_scale ? s : min_scale;
+            double backed = (double)s * backoff_factor;
+            s = (float)(backed > min_scale ? backed : min_scale);
         }
     } else {
         g += 1;
         if (g == growth_interval) {
             g = 0;
             h = hysteresis;
-            float grown = s * growth_factor;
-            if (grown - grown == 0.0f) s = grown < max_scale ? grown : max_scale;
+            double grown = (double)s * growth_factor;
+            float rounded = (float)grown;
+            if (rounded - rounded == 0.0f) s = (float)(grown < max_scale ? grown : max_scale);
         }
     }
     *new_scale = s;

@@ -1,11 +1,15 @@
 // Softmax / log-softmax along the middle dim of contiguous [outer, size, inner], forward and
 // backward, and fused cross-entropy with integer targets. One warp per line; f32 math.
+// Every sum is compensated per lane and combined in a tree (sum.cuh), and every line is
+// shifted by its max: the loss of a row is log Σ exp(x − m) − (x_t − m), never
+// (m + log Σ …) − x_t, which cancels when the logits are large and the loss is small.
 #include "dtype.cuh"
+#include "sum.cuh"
 
 __device__ __forceinline__ long long warp_global() { return ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32; }
 __device__ __forceinline__ long long warp_count() { return (long long)gridDim.x * blockDim.x / 32; }
 
-/// Max and log-sum-exp of one line (all lanes get them).
+/// Max `m` and `lse = log Σ exp(x − m)` (relative to the max) of one line; all lanes get them.
 template <typename T>
 __device__ void line_stats(const T* x, long long base, long long size, long long inner, float& max, float& lse) {
     unsigned lane = prim::lane_id();
@@ -16,11 +20,10 @@ __device__ void line_stats(const T* x, long long base, long long size, long long
     }
     m = prim::warp_max(m);
     if (!(m > -INFINITY && m < INFINITY)) m = 0.0f;
-    float s = 0.0f;
-    for (long long j = lane; j < size; j += 32) s += expf(to_f32(x[base + j * inner]) - m);
-    s = prim::warp_sum(s);
+    CompensatedSum s;
+    for (long long j = lane; j < size; j += 32) s.add(expf(to_f32(x[base + j * inner]) - m));
     max = m;
-    lse = logf(s);
+    lse = logf(prim::warp_sum(s.sum));
 }
 
 template <typename T>
@@ -42,12 +45,12 @@ __device__ void softmax_backward_impl(const T* y, const T* dy, T* dx, long long 
     unsigned lane = prim::lane_id();
     for (long long line = warp_global(); line < outer * inner; line += warp_count()) {
         long long base = (line / inner) * size * inner + line % inner;
-        float s = 0.0f;
+        CompensatedSum part;
         for (long long j = lane; j < size; j += 32) {
             long long i = base + j * inner;
-            s += log ? to_f32(dy[i]) : to_f32(dy[i]) * to_f32(y[i]);
+            part.add(log ? to_f32(dy[i]) : to_f32(dy[i]) * to_f32(y[i]));
         }
-        s = prim::warp_sum(s);
+        float s = prim::warp_sum(part.sum);
         for (long long j = lane; j < size; j += 32) {
             long long i = base + j * inner;
             float yv = to_f32(y[i]), g = to_f32(dy[i]);
@@ -56,7 +59,8 @@ __device__ void softmax_backward_impl(const T* y, const T* dy, T* dx, long long 
     }
 }
 
-/// Per-sample cross-entropy: loss[i] = (1−ε)·(lse − x[t]) + ε·mean_c(lse − x[c]); 0 for ignored.
+/// Per-sample cross-entropy: loss[i] = (1−ε)·(lse − (x[t] − m)) + ε·(lse − mean_c(x[c] − m)),
+/// with lse relative to the row max m; 0 for ignored samples.
 template <typename T>
 __device__ void ce_impl(const T* x, const long long* t, float* loss, long long n, long long c, long long ignore, float eps) {
     unsigned lane = prim::lane_id();
@@ -68,13 +72,12 @@ __device__ void ce_impl(const T* x, const long long* t, float* loss, long long n
         }
         float m, lse;
         line_stats(x, row * c, c, 1, m, lse);
-        lse += m;
-        float nll = lse - to_f32(x[row * c + tgt]);
+        float nll = lse - (to_f32(x[row * c + tgt]) - m);
         if (eps != 0.0f) {
-            float s = 0.0f;
-            for (long long j = lane; j < c; j += 32) s += lse - to_f32(x[row * c + j]);
-            s = prim::warp_sum(s);
-            nll = (1.0f - eps) * nll + eps * (s / (float)c);
+            CompensatedSum shifted;
+            for (long long j = lane; j < c; j += 32) shifted.add(to_f32(x[row * c + j]) - m);
+            float mean_nll = lse - prim::warp_sum(shifted.sum) / (float)c;
+            nll = (1.0f - eps) * nll + eps * mean_nll;
         }
         if (lane == 0) loss[row] = nll;
     }
@@ -146,47 +149,32 @@ extern "C" __global__ void validate_targets(const long long* t, long long n, lon
 }
 HEMI_KERNEL(validate_targets)
 
-/// Reduces per-sample losses to the output value and per-sample weights for the backward:
-/// reduction 0 = none (out[i] = loss[i]), 1 = mean over non-ignored, 2 = sum. One block.
+/// Reduces per-sample losses to the output value: reduction 1 = mean over non-ignored,
+/// otherwise the sum. One block of a multiple of 32 threads; compensated per thread, then a
+/// block tree (sum.cuh); sample counts are exact below 2^24.
 extern "C" __global__ void ce_reduce(const float* loss, const long long* t, long long n, long long ignore,
                                      int reduction, float* out) {
-    __shared__ float sums[32];
-    __shared__ float counts[32];
-    float s = 0.0f, k = 0.0f;
+    __shared__ float scratch[32];
+    CompensatedSum s;
+    float k = 0.0f;
     for (long long i = threadIdx.x; i < n; i += blockDim.x) {
-        s += loss[i];
+        s.add(loss[i]);
         k += t[i] != ignore ? 1.0f : 0.0f;
     }
-    s = prim::warp_sum(s);
-    k = prim::warp_sum(k);
-    if (prim::lane_id() == 0) {
-        sums[threadIdx.x / 32] = s;
-        counts[threadIdx.x / 32] = k;
-    }
-    prim::sync_threads();
-    if (threadIdx.x == 0) {
-        float total = 0.0f, valid = 0.0f;
-        for (unsigned w = 0; w < (blockDim.x + 31) / 32; ++w) {
-            total += sums[w];
-            valid += counts[w];
-        }
-        out[0] = reduction == 1 ? total / valid : total;
-    }
+    float total = block_sum(s.sum, scratch);
+    float valid = block_sum(k, scratch);
+    if (threadIdx.x == 0) out[0] = reduction == 1 ? total / valid : total;
 }
 HEMI_KERNEL(ce_reduce)
 
 /// Per-sample backward weights from the loss gradient: none → g[i], sum → g[0],
-/// mean → g[0] / valid (valid counted here).
+/// mean → g[0] / valid (valid counted here). One block of a multiple of 32 threads.
 extern "C" __global__ void ce_weights(const float* g, const long long* t, long long n, long long ignore,
                                       int reduction, float* w) {
-    __shared__ float counts[32];
+    __shared__ float scratch[32];
     float k = 0.0f;
     for (long long i = threadIdx.x; i < n; i += blockDim.x) k += t[i] != ignore ? 1.0f : 0.0f;
-    k = prim::warp_sum(k);
-    if (prim::lane_id() == 0) counts[threadIdx.x / 32] = k;
-    prim::sync_threads();
-    float valid = 0.0f;
-    for (unsigned i = 0; i < (blockDim.x + 31) / 32; ++i) valid += counts[i];
+    float valid = block_sum(k, scratch);
     for (long long i = threadIdx.x; i < n; i += blockDim.x)
         w[i] = reduction == 0 ? g[i] : (reduction == 2 ? g[0] : g[0] / valid);
 }

@@ -2,7 +2,7 @@
 //! and disabling, and fp32 gradients for fp32 parameters.
 
 use hemi::amp::autocast::{cache_hits, cache_len};
-use hemi::amp::{autocast, autocast_dtype, autocast_enabled};
+use hemi::amp::{autocast, autocast_dtype, autocast_enabled, rule_for, AutocastOp, CastRule};
 use hemi::{
     no_grad, BatchNormParams, Conv2dParams, CrossEntropySpec, DType, Device, MaxPool2dParams,
     Reduction, Result, Tensor,
@@ -10,6 +10,35 @@ use hemi::{
 
 fn t(dims: &[usize], dt: DType) -> Tensor {
     Tensor::uniform(dims.to_vec(), 0.5, 1.5, dt, Device::Cpu).expect("tensor")
+}
+
+/// PyTorch's CUDA autocast lists (autocast_mode.h), written out independently of the table.
+#[test]
+fn the_rule_table_is_pytorchs_cuda_lists() {
+    let lower = ["conv2d", "linear", "matmul"];
+    let fp32 = [
+        "softmax",
+        "log_softmax",
+        "cross_entropy",
+        "mse_loss",
+        "sum",
+        "exp",
+        "log",
+        "pow",
+        "rsqrt",
+        "reciprocal",
+    ];
+    for op in AutocastOp::ALL {
+        let name = op.pytorch_name();
+        let want = if lower.contains(&name) {
+            CastRule::LowerPrecision
+        } else {
+            assert!(fp32.contains(&name), "{name} is on no PyTorch list");
+            CastRule::Fp32
+        };
+        assert_eq!(rule_for(op), want, "{name}");
+    }
+    assert_eq!(AutocastOp::ALL.len(), lower.len() + fp32.len());
 }
 
 #[test]
@@ -43,7 +72,6 @@ fn every_rule_gives_its_dtype() -> Result<()> {
             ),
             ("mse_loss", x16.mse_loss(&x16, Reduction::Mean)?),
             ("sum", x16.sum(0, false)?),
-            ("mean", x16.mean_all()?),
             ("exp", x16.exp()?),
             ("log", x16.log()?),
             ("powf", x16.powf(2.0)?),
@@ -53,6 +81,7 @@ fn every_rule_gives_its_dtype() -> Result<()> {
         for (name, y) in fp32 {
             assert_eq!(y.dtype(), DType::F32, "{name} runs in float32");
         }
+        // Not on PyTorch's promote list: ordinary type promotion, under autocast or not.
         let promote = [
             ("add mixed", x16.add(&x32)?, DType::F32),
             ("mul same", x16.mul(&x16)?, region),
@@ -78,6 +107,8 @@ fn every_rule_gives_its_dtype() -> Result<()> {
                 region,
             ),
             ("reshape", x16.reshape([24])?, region),
+            ("mean (on no PyTorch list)", x16.mean_all()?, region),
+            ("mean f32", x32.mean(0, false)?, DType::F32),
         ];
         for (name, y, want) in pass {
             assert_eq!(y.dtype(), want, "{name} passes its dtype through");

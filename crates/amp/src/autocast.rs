@@ -1,13 +1,18 @@
 //! Autocast: a thread-local region in which ops choose their compute dtype by one rule table
 //! (PyTorch's CUDA autocast lists), with a cache of weight casts.
 //!
-//! | rule | ops | inputs become |
+//! | rule | ops ([`AutocastOp`]) | inputs become |
 //! |---|---|---|
 //! | lower precision | `conv2d`, `linear`, `matmul` (2-D and batched) | the region's dtype (F16 or BF16) |
-//! | fp32 | `softmax`, `log_softmax`, `cross_entropy`, `mse_loss`, `sum`, `mean`, `exp`, `log`, `powf`, `rsqrt`, `recip` | F32 |
-//! | promote | `add`, `sub`, `mul`, `div`, `maximum`, `minimum`, `cat` | the widest input dtype |
-//! | pass-through | everything else: `relu`, pooling, reshape and other views, ... | unchanged |
+//! | fp32 | `softmax`, `log_softmax`, `cross_entropy`, `mse_loss`, `sum`, `exp`, `log`, `pow` (`powf`), `rsqrt`, `reciprocal` (`recip`) | F32 |
+//! | on no list | `mean`, `relu`, pooling, reshape and other views, `add`/`sub`/`mul`/`div`/`maximum`/`minimum`, `cat`, ... | unchanged; binary ops and `cat` promote mixed inputs to the widest dtype by themselves, as in PyTorch |
 //! | batch norm | `batch_norm` | runs in its input's dtype with fp32 weight, bias and statistics |
+//!
+//! These are PyTorch's **CUDA** lists, used on every device. PyTorch's own CPU autocast uses
+//! different lists (there `softmax`, `log_softmax`, `sum` and `exp` stay in lower precision);
+//! hemi deliberately applies the CUDA lists on the CPU as well, so a model computes the same
+//! dtypes wherever it runs. [`rule_for`] is an exhaustive match over [`AutocastOp`], the only
+//! names under which ops consult autocast.
 //!
 //! Only F32 (and lower-precision) floating inputs are cast; F64 and integer tensors never are,
 //! as in PyTorch. Gradients flow back through each cast, so fp32 parameters get fp32 gradients.
@@ -30,6 +35,7 @@
 //! # Ok::<(), hemi_engine::Error>(())
 //! ```
 
+pub use hemi_engine::cast_policy::AutocastOp;
 use hemi_engine::cast_policy::{self, CastPolicy};
 use hemi_engine::{is_grad_enabled, DType, Error, Result, Tensor, TensorId};
 use std::cell::RefCell;
@@ -39,24 +45,27 @@ use std::rc::Rc;
 /// How an op's inputs are cast inside an autocast region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CastRule {
-    /// To the region's F16/BF16.
+    /// To the region's F16/BF16 (PyTorch's `lower_precision_fp` list).
     LowerPrecision,
-    /// To F32.
+    /// To F32 (PyTorch's `fp32` and `fp32_set_opt_dtype` lists).
     Fp32,
-    /// To the widest input dtype.
-    Promote,
-    /// Unchanged.
-    PassThrough,
 }
 
-/// The rule table: the rule autocast applies to the op named `op`.
-pub fn rule_for(op: &str) -> CastRule {
+/// The rule table: the rule autocast applies to `op` (PyTorch's CUDA lists; ops that are on
+/// no list never ask).
+pub fn rule_for(op: AutocastOp) -> CastRule {
     match op {
-        "conv2d" | "linear" | "matmul" => CastRule::LowerPrecision,
-        "softmax" | "log_softmax" | "cross_entropy" | "mse_loss" | "sum" | "mean" | "exp"
-        | "log" | "powf" | "rsqrt" | "recip" => CastRule::Fp32,
-        "add" | "sub" | "mul" | "div" | "maximum" | "minimum" | "cat" => CastRule::Promote,
-        _ => CastRule::PassThrough,
+        AutocastOp::Conv2d | AutocastOp::Linear | AutocastOp::Matmul => CastRule::LowerPrecision,
+        AutocastOp::Softmax
+        | AutocastOp::LogSoftmax
+        | AutocastOp::CrossEntropy
+        | AutocastOp::MseLoss
+        | AutocastOp::Sum
+        | AutocastOp::Exp
+        | AutocastOp::Log
+        | AutocastOp::Pow
+        | AutocastOp::Rsqrt
+        | AutocastOp::Reciprocal => CastRule::Fp32,
     }
 }
 
@@ -182,22 +191,13 @@ fn cast_one(t: &Tensor, dtype: DType) -> Result<Tensor> {
 struct AutocastPolicy;
 
 impl CastPolicy for AutocastPolicy {
-    fn cast_inputs(&self, op: &'static str, inputs: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
+    fn cast_inputs(&self, op: AutocastOp, inputs: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
         let Some(region_dtype) = autocast_dtype() else {
             return Ok(None);
         };
         let target = match rule_for(op) {
-            CastRule::PassThrough => return Ok(None),
             CastRule::LowerPrecision => region_dtype,
             CastRule::Fp32 => DType::F32,
-            CastRule::Promote => {
-                let floats = inputs.iter().map(|t| t.dtype()).filter(|d| d.is_float());
-                let widest = floats.reduce(DType::promote);
-                match widest {
-                    Some(w) if inputs.iter().any(|t| t.dtype() != w) => w,
-                    _ => return Ok(None),
-                }
-            }
         };
         inputs
             .iter()

@@ -33,6 +33,8 @@ pub mod autocast;
 mod report;
 mod scaler;
 
-pub use autocast::{autocast, autocast_dtype, autocast_enabled, rule_for, AutocastGuard, CastRule};
+pub use autocast::{
+    autocast, autocast_dtype, autocast_enabled, rule_for, AutocastGuard, AutocastOp, CastRule,
+};
 pub use report::{GradReport, ParamReport};
 pub use scaler::{GradScaler, GradScalerConfig, OverflowEvent, ScalerStateDict};

@@ -1,8 +1,9 @@
 //! The thread-local cast-policy hook that autocast plugs into (DESIGN.md §3 step 2).
 //!
-//! Every op that autocast has a rule for first passes its tensor inputs to [`cast_inputs`]
-//! under its name (`"matmul"`, `"conv2d"`, `"softmax"`, ...). With no policy installed (the
-//! default) the inputs come back unchanged. `hemi-amp` installs its rule table while an
+//! Every op on one of PyTorch's CUDA autocast lists first passes its tensor inputs to
+//! [`cast_inputs`] as an [`AutocastOp`]. Ops on no list (`mean`, `relu`, pooling, views, the
+//! binary arithmetic ops and `cat`, which promote to their widest input by themselves) never
+//! consult the policy. With no policy installed (the default) the inputs come back unchanged. `hemi-amp` installs its rule table while an
 //! autocast region is active. Backward passes run with the policy suspended, so gradients keep
 //! the dtypes of the forward pass.
 
@@ -10,10 +11,81 @@ use crate::{Result, Tensor};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+/// The ops of hemi that appear on PyTorch's CUDA autocast lists: the one vocabulary shared by
+/// the ops (which announce themselves) and `hemi-amp`'s rule table (an exhaustive match, so an
+/// op cannot silently fall through to "unchanged").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AutocastOp {
+    /// `Tensor::conv2d` (PyTorch `conv2d`).
+    Conv2d,
+    /// `Tensor::linear` (`linear`).
+    Linear,
+    /// `Tensor::matmul`, 2-D and batched (`matmul`, `mm`, `bmm`).
+    Matmul,
+    /// `Tensor::softmax` (`softmax`).
+    Softmax,
+    /// `Tensor::log_softmax` (`log_softmax`).
+    LogSoftmax,
+    /// `Tensor::cross_entropy` (`cross_entropy` = `log_softmax` + `nll_loss`).
+    CrossEntropy,
+    /// `Tensor::mse_loss` (`mse_loss`).
+    MseLoss,
+    /// `Tensor::sum*` (`sum`).
+    Sum,
+    /// `Tensor::exp` (`exp`).
+    Exp,
+    /// `Tensor::log` (`log`).
+    Log,
+    /// `Tensor::powf` (`pow`).
+    Pow,
+    /// `Tensor::rsqrt` (`rsqrt`).
+    Rsqrt,
+    /// `Tensor::recip` (`reciprocal`).
+    Reciprocal,
+}
+
+impl AutocastOp {
+    /// Every variant, in declaration order.
+    pub const ALL: [AutocastOp; 13] = [
+        AutocastOp::Conv2d,
+        AutocastOp::Linear,
+        AutocastOp::Matmul,
+        AutocastOp::Softmax,
+        AutocastOp::LogSoftmax,
+        AutocastOp::CrossEntropy,
+        AutocastOp::MseLoss,
+        AutocastOp::Sum,
+        AutocastOp::Exp,
+        AutocastOp::Log,
+        AutocastOp::Pow,
+        AutocastOp::Rsqrt,
+        AutocastOp::Reciprocal,
+    ];
+
+    /// The op's name in PyTorch's autocast lists.
+    pub fn pytorch_name(self) -> &'static str {
+        match self {
+            AutocastOp::Conv2d => "conv2d",
+            AutocastOp::Linear => "linear",
+            AutocastOp::Matmul => "matmul",
+            AutocastOp::Softmax => "softmax",
+            AutocastOp::LogSoftmax => "log_softmax",
+            AutocastOp::CrossEntropy => "cross_entropy",
+            AutocastOp::MseLoss => "mse_loss",
+            AutocastOp::Sum => "sum",
+            AutocastOp::Exp => "exp",
+            AutocastOp::Log => "log",
+            AutocastOp::Pow => "pow",
+            AutocastOp::Rsqrt => "rsqrt",
+            AutocastOp::Reciprocal => "reciprocal",
+        }
+    }
+}
+
 /// Decides the dtypes of an op's inputs.
 pub trait CastPolicy {
     /// Returns replacement inputs for `op` (same count and order), or `None` to keep them.
-    fn cast_inputs(&self, op: &'static str, inputs: &[&Tensor]) -> Result<Option<Vec<Tensor>>>;
+    fn cast_inputs(&self, op: AutocastOp, inputs: &[&Tensor]) -> Result<Option<Vec<Tensor>>>;
 }
 
 thread_local! {
@@ -27,7 +99,7 @@ pub fn install(policy: Option<Rc<dyn CastPolicy>>) -> Option<Rc<dyn CastPolicy>>
 }
 
 /// The inputs of `op` after the thread's policy has cast them.
-pub fn cast_inputs(op: &'static str, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
+pub fn cast_inputs(op: AutocastOp, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
     let policy = if SUSPENDED.with(Cell::get) > 0 {
         None
     } else {

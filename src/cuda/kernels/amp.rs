@@ -83,11 +83,12 @@ pub fn update_scale(
 ) -> Result<()> {
     let (mut s, mut g, mut h, mut f) = (old.scale, old.growth, old.hyst, found_inf);
     let (mut ns, mut ng, mut nh) = (new.scale, new.growth, new.hyst);
-    let (mut gf, mut bf) = (spec.growth_factor as f32, spec.backoff_factor as f32);
+    // Factors and bounds stay f64: the kernel multiplies in double and rounds once (PyTorch).
+    let (mut gf, mut bf) = (spec.growth_factor, spec.backoff_factor);
     let (mut gi, mut lo, mut hi, mut hy) = (
         spec.growth_interval,
-        spec.min_scale as f32,
-        spec.max_scale as f32,
+        spec.min_scale,
+        spec.max_scale,
         spec.hysteresis,
     );
     let mut a = kernel_args![s, g, h, f, ns, ng, nh, gf, bf, gi, lo, hi, hy];
@@ -97,7 +98,7 @@ pub fn update_scale(
         smem: 0,
     };
     // SAFETY: update_scale(const float*, const long long*, const long long*, const float*,
-    // float*, long long*, long long*, float, float, long long, float, float, long long).
+    // float*, long long*, long long*, double, double, long long, double, double, long long).
     unsafe { launch(d, "update_scale", cfg, &mut a) }
 }
 

@@ -14,7 +14,9 @@ pub struct ScaleState {
 }
 
 /// Parameters of the scale update. With `hysteresis = 1`, `min_scale = 0` and
-/// `max_scale = ∞` this is exactly PyTorch's `_amp_update_scale_`:
+/// `max_scale = ∞` this is exactly PyTorch's `_amp_update_scale_`. Arithmetic: the F32 scale
+/// times a factor is computed in f64 and rounded to f32 once (after the clamp), as PyTorch
+/// multiplies its float scale by a double factor; the finiteness test is on that f32 value.
 ///
 /// ```text
 /// if found_inf:
@@ -26,7 +28,7 @@ pub struct ScaleState {
 ///     if growth_tracker == growth_interval:
 ///         growth_tracker = 0
 ///         hysteresis_tracker = hysteresis
-///         if isfinite(scale · growth_factor): scale = min(scale · growth_factor, max_scale)
+///         if isfinite(f32(scale · growth_factor)): scale = min(scale · growth_factor, max_scale)
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ScaleUpdateSpec {

@@ -51,6 +51,9 @@ pub(crate) fn non_finite_check_and_unscale(
 }
 
 /// See [`crate::Backend::update_scale`] and [`ScaleUpdateSpec`]; the scale is kept in f32.
+/// As PyTorch's `_amp_update_scale_`, the f32 scale is multiplied by the (f64) factor in
+/// double precision and rounded to f32 once; the min/max clamp happens in f64 before that
+/// rounding.
 pub(crate) fn update_scale(
     state: &ScaleState,
     found_inf: &StorageRef,
@@ -64,16 +67,16 @@ pub(crate) fn update_scale(
         growth = 0;
         hyst -= 1;
         if hyst <= 0 {
-            scale = (scale * spec.backoff_factor as f32).max(spec.min_scale as f32);
+            scale = (f64::from(scale) * spec.backoff_factor).max(spec.min_scale) as f32;
         }
     } else {
         growth += 1;
         if growth == spec.growth_interval {
             growth = 0;
             hyst = spec.hysteresis;
-            let grown = scale * spec.growth_factor as f32;
-            if grown.is_finite() {
-                scale = grown.min(spec.max_scale as f32);
+            let grown = f64::from(scale) * spec.growth_factor;
+            if (grown as f32).is_finite() {
+                scale = grown.min(spec.max_scale) as f32;
             }
         }
     }

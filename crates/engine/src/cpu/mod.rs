@@ -12,6 +12,7 @@ mod norm;
 mod optim;
 mod pool;
 mod reduce;
+mod sum;
 
 use crate::backend::{
     check_bounds, AdamTensors, Backend, BatchNormBackward, BatchNormForward, BinaryOp, Conv2dSpec,

@@ -1,8 +1,9 @@
 //! CPU batch normalization over `[N, C, S]` (S = product of spatial dims), training mode.
-//! Statistics are accumulated in f64 and stored in the weight's dtype; the output is computed
+//! Statistics are accumulated in f64, pairwise, and stored in the weight's dtype; the output is computed
 //! in f32 (f64 when any operand is F64) and rounded once into the input's dtype.
 
 use super::compute::{host, to_f64_vec};
+use super::sum::pairwise_sum_by;
 use crate::backend::{BatchNormBackward, BatchNormForward};
 use crate::{DType, Error, Layout, Result, StorageRef};
 use rayon::prelude::*;
@@ -31,12 +32,16 @@ fn store(v: Vec<f64>, compute_f64: bool, dtype: DType) -> StorageRef {
     super::wrap(super::compute::from_f64(v, dtype))
 }
 
-/// Flat indices of channel `ch` in a contiguous `[N, C, S]` tensor.
-fn channel_values((n, c, s): (usize, usize, usize), ch: usize) -> impl Iterator<Item = usize> {
-    (0..n).flat_map(move |i| {
-        let base = (i * c + ch) * s;
-        base..base + s
-    })
+/// Pairwise sum (f64) of `term(flat index)` over the `N·S` values of channel `ch` in a
+/// contiguous `[N, C, S]` tensor: `⌈log2(N·S)⌉·2^-53·Σ|term|` at most.
+fn channel_sum(
+    (_, c, s): (usize, usize, usize),
+    ch: usize,
+    m: usize,
+    term: impl Fn(usize) -> f64 + Sync,
+) -> f64 {
+    let s = s.max(1);
+    pairwise_sum_by(m, |k| term(((k / s) * c + ch) * s + k % s))
 }
 
 /// Training-mode forward: batch mean, biased variance, invstd and the normalized output.
@@ -63,11 +68,8 @@ pub(crate) fn batch_norm_train(
     let stats: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ch| {
-            let mean = channel_values(dims, ch).map(|i| xv[i]).sum::<f64>() / m;
-            let var = channel_values(dims, ch)
-                .map(|i| (xv[i] - mean).powi(2))
-                .sum::<f64>()
-                / m;
+            let mean = channel_sum(dims, ch, n * s, |i| xv[i]) / m;
+            let var = channel_sum(dims, ch, n * s, |i| (xv[i] - mean).powi(2)) / m;
             (mean, var)
         })
         .collect();
@@ -113,10 +115,9 @@ pub(crate) fn batch_norm_backward(
     let sums: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ch| {
-            channel_values(dims, ch).fold((0.0, 0.0), |(sd, sdx), i| {
-                let xhat = (xv[i] - mv[ch]) * iv[ch];
-                (sd + dyv[i], sdx + dyv[i] * xhat)
-            })
+            let sd = channel_sum(dims, ch, n * s, |i| dyv[i]);
+            let sdx = channel_sum(dims, ch, n * s, |i| dyv[i] * (xv[i] - mv[ch]) * iv[ch]);
+            (sd, sdx)
         })
         .collect();
     let mut dx = vec![0.0; xv.len()];

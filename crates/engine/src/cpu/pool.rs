@@ -2,6 +2,7 @@
 //! forward and backward, parallel over the `n * c` planes.
 
 use super::compute::{all_to_compute, check_len, count, host, map_compute};
+use super::sum::pairwise_sum_by;
 use crate::backend::Pool2dSpec;
 use crate::{CpuStorage, Error, Result, StorageRef};
 use num_traits::{Float, Zero};
@@ -21,6 +22,24 @@ fn taps(
         (o * stride + t * dil)
             .checked_sub(pad)
             .filter(|&i| i < size)
+    })
+}
+
+/// The input rows (or cols) an undilated window at output `o` covers, clipped to the input.
+fn window(o: usize, k: usize, stride: usize, pad: usize, size: usize) -> Range<usize> {
+    let start = (o * stride).saturating_sub(pad).min(size);
+    let end = (o * stride + k).saturating_sub(pad).min(size);
+    start..end.max(start)
+}
+
+/// Pairwise sum of `x[y * w + xx]` over a window (error ⌈log2 len⌉·u·Σ|x|, see `super::sum`).
+fn window_sum<T: Float + Send + Sync>(x: &[T], w: usize, ys: Range<usize>, xs: Range<usize>) -> T {
+    let cols = xs.len();
+    if cols == 0 {
+        return T::zero();
+    }
+    pairwise_sum_by(ys.len() * cols, |k| {
+        x[(ys.start + k / cols) * w + xs.start + k % cols]
     })
 }
 
@@ -152,12 +171,9 @@ pub(crate) fn avg_pool2d(x: &StorageRef, s: &Pool2dSpec) -> Result<CpuStorage> {
                 let x = &v[p * plane_in..][..plane_in];
                 for oy in 0..oh {
                     for ox in 0..ow {
-                        let mut acc = T::zero();
-                        for y in taps(oy, s.kernel.0, s.stride.0, s.padding.0, 1, s.h) {
-                            for xx in taps(ox, s.kernel.1, s.stride.1, s.padding.1, 1, s.w) {
-                                acc += x[y * s.w + xx];
-                            }
-                        }
+                        let ys = window(oy, s.kernel.0, s.stride.0, s.padding.0, s.h);
+                        let xs = window(ox, s.kernel.1, s.stride.1, s.padding.1, s.w);
+                        let acc = window_sum(x, s.w, ys, xs);
                         let d = count::<T>(avg_divisor(s, oy, ox));
                         o[oy * ow + ox] = acc / d;
                     }
@@ -236,12 +252,7 @@ pub(crate) fn adaptive_avg_pool2d(
                 for ox in 0..out.1 {
                     let xs = adaptive_window(ox, w, out.1);
                     let cnt = count::<T>(ys.len() * xs.len());
-                    let mut acc = T::zero();
-                    for y in ys.clone() {
-                        for xx in xs.clone() {
-                            acc += x[y * w + xx];
-                        }
-                    }
+                    let acc = window_sum(x, w, ys.clone(), xs.clone());
                     op[oy * out.1 + ox] = acc / cnt;
                 }
             }

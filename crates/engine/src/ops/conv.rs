@@ -3,6 +3,7 @@
 use super::{expect_rank, float_only, pair, promote_pair};
 use crate::autograd::track;
 use crate::backend::Conv2dSpec;
+use crate::cast_policy::AutocastOp;
 use crate::{Error, Result, Tensor};
 
 /// Hyper-parameters of [`Tensor::conv2d`], as in `torch.nn.functional.conv2d`.
@@ -52,8 +53,8 @@ impl Tensor {
     ) -> Result<Tensor> {
         const OP: &str = "conv2d";
         let ins = match bias {
-            Some(b) => crate::cast_policy::cast_inputs(OP, &[self, weight, b])?,
-            None => crate::cast_policy::cast_inputs(OP, &[self, weight])?,
+            Some(b) => crate::cast_policy::cast_inputs(AutocastOp::Conv2d, &[self, weight, b])?,
+            None => crate::cast_policy::cast_inputs(AutocastOp::Conv2d, &[self, weight])?,
         };
         let bias = ins.get(2);
         let (x, w) = promote_pair(OP, &ins[0], &ins[1])?;

@@ -3,6 +3,7 @@
 use super::{float_only, promote_pair};
 use crate::autograd::track;
 use crate::backend::{BinaryOp, UnaryOp};
+use crate::cast_policy::AutocastOp;
 use crate::{Result, Shape, Tensor};
 
 impl Tensor {
@@ -32,11 +33,21 @@ impl Tensor {
         Ok(Tensor::contiguous_from(s, shape))
     }
 
-    fn unary_tracked<F>(&self, name: &'static str, op: UnaryOp, grad: F) -> Result<Tensor>
+    /// A recorded unary op; `autocast` names it when it is on an autocast list.
+    fn unary_tracked<F>(
+        &self,
+        name: &'static str,
+        autocast: Option<AutocastOp>,
+        op: UnaryOp,
+        grad: F,
+    ) -> Result<Tensor>
     where
         F: Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor> + Send + Sync + 'static,
     {
-        let input = &crate::cast_policy::cast_inputs(name, &[self])?[0];
+        let input = &match autocast {
+            Some(ac) => crate::cast_policy::cast_inputs(ac, &[self])?.swap_remove(0),
+            None => self.clone(),
+        };
         let out = input.unary_raw(op)?;
         let (x, y) = (input.detach(), out.detach());
         Ok(track(out, name, &[input], move |g| {
@@ -46,61 +57,79 @@ impl Tensor {
 
     /// `-x`
     pub fn neg(&self) -> Result<Tensor> {
-        self.unary_tracked("neg", UnaryOp::Neg, |g, _, _| g.neg())
+        self.unary_tracked("neg", None, UnaryOp::Neg, |g, _, _| g.neg())
     }
     /// `e^x`
     pub fn exp(&self) -> Result<Tensor> {
-        self.unary_tracked("exp", UnaryOp::Exp, |g, _, y| g.mul(y))
+        self.unary_tracked("exp", Some(AutocastOp::Exp), UnaryOp::Exp, |g, _, y| {
+            g.mul(y)
+        })
     }
     /// Natural logarithm.
     pub fn log(&self) -> Result<Tensor> {
-        self.unary_tracked("log", UnaryOp::Log, |g, x, _| g.div(x))
+        self.unary_tracked("log", Some(AutocastOp::Log), UnaryOp::Log, |g, x, _| {
+            g.div(x)
+        })
     }
     /// Square root.
     pub fn sqrt(&self) -> Result<Tensor> {
-        self.unary_tracked("sqrt", UnaryOp::Sqrt, |g, _, y| g.div(&y.mul_scalar(2.0)?))
+        self.unary_tracked("sqrt", None, UnaryOp::Sqrt, |g, _, y| {
+            g.div(&y.mul_scalar(2.0)?)
+        })
     }
     /// `1 / sqrt(x)`
     pub fn rsqrt(&self) -> Result<Tensor> {
-        self.unary_tracked("rsqrt", UnaryOp::Rsqrt, |g, _, y| {
-            g.mul(&y.unary_raw(UnaryOp::Powf(3.0))?)?.mul_scalar(-0.5)
-        })
+        self.unary_tracked(
+            "rsqrt",
+            Some(AutocastOp::Rsqrt),
+            UnaryOp::Rsqrt,
+            |g, _, y| g.mul(&y.unary_raw(UnaryOp::Powf(3.0))?)?.mul_scalar(-0.5),
+        )
     }
     /// `|x|` (gradient `sign(x)`, 0 at 0).
     pub fn abs(&self) -> Result<Tensor> {
-        self.unary_tracked("abs", UnaryOp::Abs, |g, x, _| {
+        self.unary_tracked("abs", None, UnaryOp::Abs, |g, x, _| {
             g.mul(&x.unary_raw(UnaryOp::Sign)?)
         })
     }
     /// `x²`
     pub fn square(&self) -> Result<Tensor> {
-        self.unary_tracked("square", UnaryOp::Square, |g, x, _| {
+        self.unary_tracked("square", None, UnaryOp::Square, |g, x, _| {
             g.mul(x)?.mul_scalar(2.0)
         })
     }
     /// `1 / x`
     pub fn recip(&self) -> Result<Tensor> {
-        self.unary_tracked("recip", UnaryOp::Recip, |g, _, y| {
-            g.mul(&y.unary_raw(UnaryOp::Square)?)?.neg()
-        })
+        self.unary_tracked(
+            "recip",
+            Some(AutocastOp::Reciprocal),
+            UnaryOp::Recip,
+            |g, _, y| g.mul(&y.unary_raw(UnaryOp::Square)?)?.neg(),
+        )
     }
     /// `max(x, 0)`; gradient 1 where `x > 0`, else 0 (PyTorch's convention at 0).
     pub fn relu(&self) -> Result<Tensor> {
-        self.unary_tracked("relu", UnaryOp::Relu, |g, x, _| {
+        self.unary_tracked("relu", None, UnaryOp::Relu, |g, x, _| {
             g.mul(&x.unary_raw(UnaryOp::Step)?)
         })
     }
     /// `x ^ e` for a scalar exponent.
     pub fn powf(&self, e: f64) -> Result<Tensor> {
-        self.unary_tracked("powf", UnaryOp::Powf(e), move |g, x, _| {
-            g.mul(&x.unary_raw(UnaryOp::Powf(e - 1.0))?)?.mul_scalar(e)
-        })
+        self.unary_tracked(
+            "powf",
+            Some(AutocastOp::Pow),
+            UnaryOp::Powf(e),
+            move |g, x, _| g.mul(&x.unary_raw(UnaryOp::Powf(e - 1.0))?)?.mul_scalar(e),
+        )
     }
     /// `x * mul + add` in one pass.
     pub fn affine(&self, mul: f64, add: f64) -> Result<Tensor> {
-        self.unary_tracked("affine", UnaryOp::Affine { mul, add }, move |g, _, _| {
-            g.mul_scalar(mul)
-        })
+        self.unary_tracked(
+            "affine",
+            None,
+            UnaryOp::Affine { mul, add },
+            move |g, _, _| g.mul_scalar(mul),
+        )
     }
     /// `x + s`
     pub fn add_scalar(&self, s: f64) -> Result<Tensor> {
@@ -132,8 +161,7 @@ impl Tensor {
             + Sync
             + 'static,
     {
-        let ins = crate::cast_policy::cast_inputs(name, &[self, rhs])?;
-        let (a, b) = promote_pair(name, &ins[0], &ins[1])?;
+        let (a, b) = promote_pair(name, self, rhs)?;
         float_only(name, &a)?;
         let out = a.binary_raw(op, &b)?;
         let (sa, sb, so) = (a.shape().clone(), b.shape().clone(), out.detach());

@@ -3,13 +3,19 @@
 use super::{expect_rank, float_only, same_device};
 use crate::autograd::track;
 use crate::backend::{CrossEntropySpec, Reduction};
+use crate::cast_policy::AutocastOp;
 use crate::{DType, Error, Result, Tensor};
 
 impl Tensor {
     fn softmax_impl(&self, op: &'static str, dim: isize, log: bool) -> Result<Tensor> {
         float_only(op, self)?;
         let d = self.shape().dim_index(op, dim)?;
-        let x = crate::cast_policy::cast_inputs(op, &[self])?[0].contiguous()?;
+        let ac = if log {
+            AutocastOp::LogSoftmax
+        } else {
+            AutocastOp::Softmax
+        };
+        let x = crate::cast_policy::cast_inputs(ac, &[self])?[0].contiguous()?;
         let dims = x.dims();
         let three = if dims.is_empty() {
             (1, 1, 1)
@@ -72,7 +78,8 @@ impl Tensor {
                 ),
             ));
         }
-        let x = crate::cast_policy::cast_inputs(OP, &[self])?[0].contiguous()?;
+        let x =
+            crate::cast_policy::cast_inputs(AutocastOp::CrossEntropy, &[self])?[0].contiguous()?;
         let t = targets.contiguous()?;
         let s = x
             .backend()?
@@ -105,7 +112,7 @@ impl Tensor {
                 format!("input {:?} and target {:?}", self.shape(), target.shape()),
             ));
         }
-        let ins = crate::cast_policy::cast_inputs("mse_loss", &[self, target])?;
+        let ins = crate::cast_policy::cast_inputs(AutocastOp::MseLoss, &[self, target])?;
         let sq = ins[0].sub(&ins[1])?.square()?;
         match reduction {
             Reduction::None => Ok(sq),

@@ -4,6 +4,7 @@
 use super::{float_only, promote_pair};
 use crate::autograd::track;
 use crate::backend::MatmulSpec;
+use crate::cast_policy::AutocastOp;
 use crate::{Error, Layout, Result, Shape, Tensor};
 
 /// Views a rank-2 or rank-3 layout as `[batch, rows, cols]`, broadcasting a missing batch.
@@ -33,7 +34,7 @@ impl Tensor {
     /// F16/BF16 accumulate in f32 and round once.
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
         const OP: &str = "matmul";
-        let ins = crate::cast_policy::cast_inputs(OP, &[self, rhs])?;
+        let ins = crate::cast_policy::cast_inputs(AutocastOp::Matmul, &[self, rhs])?;
         let (a, b) = promote_pair(OP, &ins[0], &ins[1])?;
         float_only(OP, &a)?;
         if a.rank() < 2 || b.rank() < 2 {
@@ -117,8 +118,8 @@ impl Tensor {
             ));
         }
         let ins = match bias {
-            Some(b) => crate::cast_policy::cast_inputs("linear", &[self, weight, b])?,
-            None => crate::cast_policy::cast_inputs("linear", &[self, weight])?,
+            Some(b) => crate::cast_policy::cast_inputs(AutocastOp::Linear, &[self, weight, b])?,
+            None => crate::cast_policy::cast_inputs(AutocastOp::Linear, &[self, weight])?,
         };
         let y = ins[0].matmul(&ins[1].t()?)?;
         match ins.get(2) {

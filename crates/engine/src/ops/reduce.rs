@@ -3,6 +3,7 @@
 use super::float_only;
 use crate::autograd::track;
 use crate::backend::{BinaryOp, ReduceOp};
+use crate::cast_policy::AutocastOp;
 use crate::{Error, Result, Shape, Tensor};
 
 impl Tensor {
@@ -83,13 +84,13 @@ impl Tensor {
 
     /// Sum over `dims` (accumulated in f32; f64 for F64).
     pub fn sum_dims(&self, dims: &[usize], keepdim: bool) -> Result<Tensor> {
-        let x = &crate::cast_policy::cast_inputs("sum", &[self])?[0];
+        let x = &crate::cast_policy::cast_inputs(AutocastOp::Sum, &[self])?[0];
         x.reduce_tracked("sum", ReduceOp::Sum, dims, keepdim)
     }
-    /// Mean over `dims`.
+    /// Mean over `dims`, in the input's dtype (accumulated in f32; f64 for F64). On no
+    /// autocast list, as in PyTorch: an F16 input gives an F16 mean under autocast too.
     pub fn mean_dims(&self, dims: &[usize], keepdim: bool) -> Result<Tensor> {
-        let x = &crate::cast_policy::cast_inputs("mean", &[self])?[0];
-        x.reduce_tracked("mean", ReduceOp::Mean, dims, keepdim)
+        self.reduce_tracked("mean", ReduceOp::Mean, dims, keepdim)
     }
     /// Maximum over `dims` (gradient split evenly among ties).
     pub fn max_dims(&self, dims: &[usize], keepdim: bool) -> Result<Tensor> {

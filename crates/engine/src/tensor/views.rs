@@ -237,16 +237,16 @@ impl Tensor {
         }))
     }
 
-    /// Concatenation along `dim` (autocast: promoted to the widest input dtype).
+    /// Concatenation along `dim`; mixed dtypes promote to the widest (under autocast too:
+    /// `cat` is on no autocast list).
     pub fn cat(tensors: &[&Tensor], dim: isize) -> Result<Tensor> {
         let Some(first) = tensors.first() else {
             return Err(Error::invalid("cat", "needs at least one tensor"));
         };
-        let ins = crate::cast_policy::cast_inputs("cat", tensors)?;
-        let dtype = ins
+        let dtype = tensors
             .iter()
-            .fold(ins[0].dtype(), |a, t| crate::DType::promote(a, t.dtype()));
-        let ins = ins
+            .fold(first.dtype(), |a, t| crate::DType::promote(a, t.dtype()));
+        let ins = tensors
             .iter()
             .map(|t| t.to_dtype(dtype))
             .collect::<Result<Vec<_>>>()?;
