@@ -365,6 +365,27 @@ proptest! {
 }
 
 #[test]
+fn mse_loss_means_are_long_sums() -> Result<()> {
+    let mut gen = Generator::new(0x5eed_0015);
+    let n = (1 << 20) + 11;
+    let d: Vec<f32> = adversarial(&mut gen, n).iter().map(|v| v.sqrt()).collect();
+    let (a, av) = rounded(d, &[n], DType::F32)?;
+    let b = Tensor::zeros([n], DType::F32, Device::Cpu)?;
+    let m64 = sum64(av.iter().map(|v| v * v)) / n as f64;
+    for dev in devices() {
+        let (a, b) = (a.to_device(dev)?, b.to_device(dev)?);
+        let got = a.mse_loss(&b, Reduction::Mean)?.to_f64_vec()?[0];
+        // Squares round once each (u), the mean as in README's reduction bound.
+        let bound = (2.0 * clog2(n) + 2.0) * U * m64;
+        assert!(
+            (got - m64).abs() <= bound,
+            "mse_loss on {dev}: {got} vs {m64}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
 fn average_pooling_sums_large_windows_pairwise() -> Result<()> {
     // No CUDA pooling kernels yet: the CPU backend only (the CUDA issue adds them).
     let mut gen = Generator::new(0x5eed_0013);
