@@ -1,39 +1,38 @@
 // AMP kernels: the multi-tensor non-finite check + unscale (one launch for a whole gradient
 // list) and the device-side loss-scale update (PyTorch's rule plus min/max and hysteresis).
 #include "dtype.cuh"
+#include <cstddef>
 
-/// One tensor of a multi-tensor launch: input, output, element count, dtype code
-/// (0 = f32, 1 = f16, 2 = bf16).
+/// One tensor of a multi-tensor launch: address, element count, dtype code
+/// (0 = f32, 1 = f16, 2 = bf16). Mirrored by `TensorRef` in `src/cuda/amp.rs`.
 struct TensorRef {
-    unsigned long long in;
-    unsigned long long out;
+    unsigned long long ptr;
     long long len;
     int dtype;
     int pad;
 };
+static_assert(sizeof(TensorRef) == 24, "TensorRef layout is shared with Rust");
+static_assert(offsetof(TensorRef, len) == 8 && offsetof(TensorRef, dtype) == 16, "TensorRef layout");
 
-/// blockIdx.y selects the tensor; out = in * inv_scale; *found_inf = 1 on any inf/NaN input.
+/// blockIdx.y selects the tensor; x *= inv_scale in place; *found_inf = 1 on any inf/NaN.
 extern "C" __global__ void non_finite_check_and_unscale(const TensorRef* tensors, float* found_inf,
                                                         const float* inv_scale) {
     TensorRef t = tensors[blockIdx.y];
     float inv = *inv_scale;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < t.len; i += (long long)gridDim.x * blockDim.x) {
-        float v = load_coded(t.in, t.dtype, i);
+        float v = load_coded(t.ptr, t.dtype, i);
         if (!(v - v == 0.0f)) *found_inf = 1.0f;  // inf - inf and NaN - NaN are NaN
-        store_coded(t.out, t.dtype, i, v * inv);
+        store_coded(t.ptr, t.dtype, i, v * inv);
     }
 }
 HEMI_KERNEL(non_finite_check_and_unscale)
 
-/// The scale update (one thread): reads old state, writes new state. As PyTorch's
-/// `_amp_update_scale_`, the float scale times a (double) factor is computed in double and
-/// rounded to float once, after the min/max clamp; growth happens only when that float is
-/// finite.
-extern "C" __global__ void update_scale(const float* scale, const long long* growth, const long long* hyst,
-                                        const float* found_inf, float* new_scale, long long* new_growth,
-                                        long long* new_hyst, double growth_factor, double backoff_factor,
-                                        long long growth_interval, double min_scale, double max_scale,
-                                        long long hysteresis) {
+/// The scale update (one thread), in place. As PyTorch's `_amp_update_scale_`, the float
+/// scale times a (double) factor is computed in double and rounded to float once, after the
+/// min/max clamp; growth happens only when that float is finite.
+extern "C" __global__ void update_scale(float* scale, long long* growth, long long* hyst, const float* found_inf,
+                                        double growth_factor, double backoff_factor, long long growth_interval,
+                                        double min_scale, double max_scale, long long hysteresis) {
     float s = *scale;
     long long g = *growth, h = *hyst;
     if (*found_inf != 0.0f) {
@@ -53,8 +52,8 @@ extern "C" __global__ void update_scale(const float* scale, const long long* gro
             if (rounded - rounded == 0.0f) s = (float)(grown < max_scale ? grown : max_scale);
         }
     }
-    *new_scale = s;
-    *new_growth = g;
-    *new_hyst = h;
+    *scale = s;
+    *growth = g;
+    *hyst = h;
 }
 HEMI_KERNEL(update_scale)

@@ -1,14 +1,14 @@
-// Fused Adam/AdamW over many parameters in one launch (blockIdx.y = parameter). Each thread
-// reads found_inf and the grad scale on the device: on overflow it copies the old state to
-// the outputs (nothing changes, the step count included); otherwise it unscales the gradient
-// and updates, in the order of operations of the CPU implementation.
+// Fused optimizer steps over many parameters in one launch (blockIdx.y = parameter), in place.
+// Each thread reads found_inf (and the grad scale) on the device: on overflow nothing is
+// written. Adam's step counts are incremented by a second, one-thread-per-parameter launch
+// after the update, so no block of the update reads a count another block already advanced.
 #include "dtype.cuh"
+#include <cstddef>
 
-/// One parameter's buffers (f32 master weights and moments; grad dtype code 0/1/2).
+/// One parameter's buffers for Adam (f32 master weights and moments; grad dtype code 0/1/2),
+/// all updated in place. `vmax` is 0 without AMSGrad; `step` is f32 [1].
 struct AdamRef {
-    unsigned long long p, g, m, v, vmax;           // inputs (vmax 0 without AMSGrad)
-    unsigned long long p_out, g_out, m_out, v_out, vmax_out;
-    unsigned long long step, step_out;             // f32 [1]
+    unsigned long long p, g, m, v, vmax, step;
     long long len;
     int grad_dtype;
     int pad;
@@ -18,37 +18,32 @@ struct AdamHyper {
     float lr, beta1, beta2, eps, weight_decay;
     int amsgrad, decoupled, has_scale;
 };
+// Layouts shared with `src/cuda/optim.rs` (asserted there too).
+static_assert(sizeof(AdamRef) == 64 && offsetof(AdamRef, step) == 40, "AdamRef layout");
+static_assert(offsetof(AdamRef, len) == 48 && offsetof(AdamRef, grad_dtype) == 56, "AdamRef layout");
+static_assert(sizeof(AdamHyper) == 32 && offsetof(AdamHyper, amsgrad) == 20, "AdamHyper layout");
 
+__device__ __forceinline__ bool overflowed(const float* found_inf) { return found_inf != nullptr && *found_inf != 0.0f; }
+
+/// The update, in the order of operations of the CPU implementation; the unscaled gradient
+/// is written back when a scale is given.
 extern "C" __global__ void fused_adam(const AdamRef* params, AdamHyper h, const float* grad_scale,
                                       const float* found_inf) {
+    if (overflowed(found_inf)) return;
     AdamRef a = params[blockIdx.y];
-    const float* p = reinterpret_cast<const float*>(a.p);
-    const float* m = reinterpret_cast<const float*>(a.m);
-    const float* v = reinterpret_cast<const float*>(a.v);
-    const float* vmax = reinterpret_cast<const float*>(a.vmax);
-    float* p_out = reinterpret_cast<float*>(a.p_out);
-    float* m_out = reinterpret_cast<float*>(a.m_out);
-    float* v_out = reinterpret_cast<float*>(a.v_out);
-    float* vmax_out = reinterpret_cast<float*>(a.vmax_out);
-    bool skip = found_inf != nullptr && *found_inf != 0.0f;
-    float old_step = *reinterpret_cast<const float*>(a.step);
-    float t = skip ? old_step : old_step + 1.0f;
-    long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (first == 0) *reinterpret_cast<float*>(a.step_out) = t;
+    float* p = reinterpret_cast<float*>(a.p);
+    float* m = reinterpret_cast<float*>(a.m);
+    float* v = reinterpret_cast<float*>(a.v);
+    float* vmax = reinterpret_cast<float*>(a.vmax);
+    float t = *reinterpret_cast<const float*>(a.step) + 1.0f;
     float bc1 = 1.0f - powf(h.beta1, t), bc2 = 1.0f - powf(h.beta2, t);
     float inv_scale = h.has_scale ? 1.0f / *grad_scale : 1.0f;
-    for (long long i = first; i < a.len; i += (long long)gridDim.x * blockDim.x) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < a.len; i += (long long)gridDim.x * blockDim.x) {
         float g = load_coded(a.g, a.grad_dtype, i);
-        if (skip) {
-            p_out[i] = p[i];
-            m_out[i] = m[i];
-            v_out[i] = v[i];
-            if (h.amsgrad) vmax_out[i] = vmax[i];
-            store_coded(a.g_out, a.grad_dtype, i, g);
-            continue;
+        if (h.has_scale) {
+            g = g * inv_scale;
+            store_coded(a.g, a.grad_dtype, i, g);
         }
-        g = h.has_scale ? g * inv_scale : g;
-        store_coded(a.g_out, a.grad_dtype, i, g);
         float pi = p[i], gw = g;
         if (h.weight_decay != 0.0f) {
             if (h.decoupled) pi = pi * (1.0f - h.lr * h.weight_decay);
@@ -59,12 +54,58 @@ extern "C" __global__ void fused_adam(const AdamRef* params, AdamHyper h, const 
         float vhat = vi;
         if (h.amsgrad) {
             vhat = vmax[i] > vi ? vmax[i] : vi;
-            vmax_out[i] = vhat;
+            vmax[i] = vhat;
         }
         float denom = sqrtf(vhat) * (1.0f / sqrtf(bc2)) + h.eps;
-        p_out[i] = pi - mi / denom * (h.lr / bc1);
-        m_out[i] = mi;
-        v_out[i] = vi;
+        p[i] = pi - mi / denom * (h.lr / bc1);
+        m[i] = mi;
+        v[i] = vi;
     }
 }
 HEMI_KERNEL(fused_adam)
+
+/// Adds one to each parameter's step count (thread i = parameter i) unless overflowed.
+extern "C" __global__ void adam_step_counts(const AdamRef* params, long long count, const float* found_inf) {
+    if (overflowed(found_inf)) return;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (long long)gridDim.x * blockDim.x) {
+        float* step = reinterpret_cast<float*>(params[i].step);
+        *step = *step + 1.0f;
+    }
+}
+HEMI_KERNEL(adam_step_counts)
+
+/// One parameter's buffers for SGD (f32 weights; grad dtype code 0/1/2; `buf` 0 without
+/// momentum), updated in place.
+struct SgdRef {
+    unsigned long long p, g, buf;
+    long long len;
+    int grad_dtype;
+    int pad;
+};
+
+struct SgdHyper {
+    float lr, momentum, one_minus_dampening, weight_decay;
+    int nesterov, first_step, has_buf, pad;
+};
+static_assert(sizeof(SgdRef) == 40 && offsetof(SgdRef, len) == 24 && offsetof(SgdRef, grad_dtype) == 32, "SgdRef layout");
+static_assert(sizeof(SgdHyper) == 32 && offsetof(SgdHyper, nesterov) == 16, "SgdHyper layout");
+
+/// g += wd·p; buf = first ? g : momentum·buf + (1 − dampening)·g; g = nesterov ? g +
+/// momentum·buf : buf; p −= lr·g — the CPU implementation's order of operations.
+extern "C" __global__ void fused_sgd(const SgdRef* params, SgdHyper h, const float* found_inf) {
+    if (overflowed(found_inf)) return;
+    SgdRef a = params[blockIdx.y];
+    float* p = reinterpret_cast<float*>(a.p);
+    float* b = reinterpret_cast<float*>(a.buf);
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < a.len; i += (long long)gridDim.x * blockDim.x) {
+        float d = load_coded(a.g, a.grad_dtype, i);
+        if (h.weight_decay != 0.0f) d = d + p[i] * h.weight_decay;
+        if (h.has_buf) {
+            float bi = h.first_step ? d : b[i] * h.momentum + d * h.one_minus_dampening;
+            b[i] = bi;
+            d = h.nesterov ? d + bi * h.momentum : bi;
+        }
+        p[i] = p[i] - d * h.lr;
+    }
+}
+HEMI_KERNEL(fused_sgd)

@@ -724,27 +724,31 @@ fn fused_adam_with_half_precision_gradients_matches_the_cpu() -> Result<()> {
                 decoupled: true,
             };
             let run = |d: Device| -> Result<Vec<Vec<f64>>> {
-                let on = |t: &Tensor| t.to_device(d).map(|t| t.storage());
+                // Fresh copies on `d`: the step writes into them.
+                let on = |t: &Tensor| t.to_device(d).and_then(|t| t.deep_copy());
+                let (tp, tg, tm, tv, tvmax, ts) =
+                    (on(&p)?, on(&grad)?, on(&m)?, on(&v)?, on(&v)?, on(&step)?);
                 let t = AdamTensors {
-                    param: on(&p)?,
-                    grad: on(&grad)?,
-                    exp_avg: on(&m)?,
-                    exp_avg_sq: on(&v)?,
-                    max_exp_avg_sq: Some(on(&v)?),
-                    step: on(&step)?,
+                    param: tp.storage(),
+                    grad: tg.storage(),
+                    exp_avg: tm.storage(),
+                    exp_avg_sq: tv.storage(),
+                    max_exp_avg_sq: Some(tvmax.storage()),
+                    step: ts.storage(),
                 };
-                let be = hemi::backend::backend_for(d)?;
-                let out = be.fused_adam(&[t], &spec, Some(&on(&scale)?), Some(&on(&found)?))?;
-                let o = &out[0];
-                let read = |s: &hemi::StorageRef, len: usize| {
-                    Tensor::from_storage_ref(s.clone(), [len]).and_then(|t| t.to_f64_vec())
-                };
+                let be = hemi::backend_for(d)?;
+                be.adam_step(
+                    &[t],
+                    &spec,
+                    Some(&on(&scale)?.storage()),
+                    Some(&on(&found)?.storage()),
+                )?;
                 Ok(vec![
-                    read(&o.param, n)?,
-                    read(&o.grad, n)?,
-                    read(&o.exp_avg, n)?,
-                    read(&o.exp_avg_sq, n)?,
-                    read(&o.step, 1)?,
+                    tp.to_f64_vec()?,
+                    tg.to_f64_vec()?,
+                    tm.to_f64_vec()?,
+                    tv.to_f64_vec()?,
+                    ts.to_f64_vec()?,
                 ])
             };
             let (cpu, cuda) = (run(Device::Cpu)?, run(dev)?);

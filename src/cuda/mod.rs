@@ -14,17 +14,24 @@
 //! ```
 
 pub mod alloc;
+mod amp;
 pub mod backend;
 pub mod driver;
+mod elementwise;
 pub mod gemm;
 pub mod kernels;
+mod loss;
+mod matmul;
+mod memory;
+mod optim;
+mod reduce;
 pub mod storage;
 
 use backend::CudaBackend;
 use driver::cust_driver::CustDriver;
 use driver::sim::SimDriver;
 use driver::Driver;
-use hemi_engine::backend::register_backend;
+use hemi_engine::register_backend;
 use hemi_engine::Device;
 use hemi_engine::{Error, Result};
 use std::collections::HashMap;

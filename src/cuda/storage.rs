@@ -2,7 +2,7 @@
 
 use super::alloc::CachingAllocator;
 use super::driver::DevicePtr;
-use hemi_engine::{BackendStorage, DType, Device, Error, Result, StorageRef};
+use hemi_engine::{BackendStorage, DType, Device, Error, Result, StorageRef, VersionCounter};
 use std::any::Any;
 use std::sync::Arc;
 
@@ -15,6 +15,7 @@ pub struct CudaBuffer {
     len: usize,
     dtype: DType,
     alloc: Arc<CachingAllocator>,
+    version: VersionCounter,
 }
 
 impl CudaBuffer {
@@ -33,6 +34,7 @@ impl CudaBuffer {
             len,
             dtype,
             alloc: alloc.clone(),
+            version: VersionCounter::default(),
         })
     }
     /// Device address of element 0.
@@ -67,6 +69,9 @@ impl BackendStorage for CudaBuffer {
     }
     fn as_any(&self) -> &dyn Any {
         self
+    }
+    fn version(&self) -> &VersionCounter {
+        &self.version
     }
 }
 

@@ -111,6 +111,9 @@ struct DeviceState {
     growth_tracker: Tensor,
     hysteresis_tracker: Tensor,
     skipped: Tensor,
+    /// F32 `[]` constants, kept so that a step allocates nothing.
+    zero: Tensor,
+    one: Tensor,
 }
 
 /// The dynamic loss scaler (see the module docs).
@@ -210,6 +213,8 @@ impl GradScaler {
                     device,
                 )?,
                 skipped: Tensor::zeros((), DType::F32, device)?,
+                zero: Tensor::zeros((), DType::F32, device)?,
+                one: Tensor::ones((), DType::F32, device)?,
             });
         }
         self.state
@@ -242,16 +247,18 @@ impl GradScaler {
         })
     }
 
-    /// Runs the multi-tensor check (and unscale by `inv_scale`) over the optimizer's
-    /// gradients; returns `found_inf`, or `None` when no parameter has a gradient.
+    /// Runs the multi-tensor check (and, with `write_back`, the in-place unscale by
+    /// `inv_scale`) over the optimizer's gradients; returns the optimizer's `found_inf` flag
+    /// (one persistent buffer per optimizer, reset here), or `None` when no parameter has a
+    /// gradient.
     fn check_grads(
-        &self,
+        &mut self,
         opt: &dyn Optimizer,
         inv_scale: &Tensor,
         write_back: bool,
     ) -> Result<Option<Tensor>> {
         let params: Vec<&Tensor> = opt.params().iter().filter(|p| p.grad().is_some()).collect();
-        let grads: Vec<Tensor> = params.iter().filter_map(|p| p.grad()).collect();
+        let mut grads: Vec<Tensor> = params.iter().filter_map(|p| p.grad()).collect();
         let Some(first) = grads.first() else {
             return Ok(None);
         };
@@ -266,22 +273,38 @@ impl GradScaler {
                 rhs: g.device(),
             });
         }
-        let storages = grads
-            .iter()
-            .map(|g| g.contiguous().map(|c| c.storage()))
-            .collect::<Result<Vec<_>>>()?;
-        let found = Tensor::zeros((), DType::F32, device)?;
-        let (out, found) = first.backend()?.non_finite_check_and_unscale(
-            &storages,
-            &found.storage(),
-            &inv_scale.storage(),
-        )?;
+        let backend = first.backend()?;
         if write_back {
-            for ((p, g), s) in params.iter().zip(&grads).zip(out) {
-                p.set_grad(Some(Tensor::from_storage_ref(s, g.shape().clone())?))?;
+            // The unscale writes in place: gradients that are views get their own buffer.
+            for (p, g) in params.iter().zip(grads.iter_mut()) {
+                if !g.owns_whole_buffer() {
+                    *g = g.deep_copy()?;
+                    p.set_grad(Some(g.clone()))?;
+                }
             }
         }
-        Ok(Some(Tensor::from_storage_ref(found, ())?))
+        let storages = grads
+            .iter()
+            .map(|g| {
+                if write_back || g.owns_whole_buffer() {
+                    Ok(g.storage())
+                } else {
+                    g.deep_copy().map(|c| c.storage())
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let zero = self.existing_state("unscale_")?.zero.clone();
+        let found = match self.record(opt).found_inf.clone() {
+            Some(f) if f.device() == device => f,
+            _ => Tensor::zeros((), DType::F32, device)?,
+        };
+        found.assign(&zero)?;
+        backend.non_finite_check_and_unscale(&storages, &found.storage(), &inv_scale.storage())?;
+        found.mark_modified();
+        if write_back {
+            grads.iter().for_each(Tensor::mark_modified);
+        }
+        Ok(Some(found))
     }
 
     /// Divides the optimizer's gradients by the scale in place (one backend call) and records
@@ -330,7 +353,7 @@ impl GradScaler {
         if opt.supports_amp_scaling() {
             let found = match stage {
                 Stage::Ready => {
-                    let one = Tensor::ones((), DType::F32, scale.device())?;
+                    let one = self.existing_state("step")?.one.clone();
                     self.check_grads(opt, &one, false)?
                 }
                 _ => self.record(opt).found_inf.clone(),
@@ -384,10 +407,7 @@ impl GradScaler {
                     "new_scale must be finite and positive, got {v}"
                 )));
             }
-            let s = Tensor::full((), v, DType::F32, device)?;
-            if let Some(st) = self.state.as_mut() {
-                st.scale = s;
-            }
+            st.scale.assign(&Tensor::full((), v, DType::F32, device)?)?;
             self.per_optimizer.clear();
             return Ok(());
         }
@@ -400,36 +420,41 @@ impl GradScaler {
             return Err(invalid("No inf checks were recorded prior to update."));
         };
         let _g = no_grad();
-        let total = founds[1..]
-            .iter()
-            .try_fold(first.clone(), |a, f| a.add(f))?;
-        let old = ScaleState {
+        // One optimizer (the usual case): its flag is the total, and the skip counter grows
+        // in place, so an update allocates nothing.
+        let total = match founds.len() {
+            1 => first.clone(),
+            _ => founds[1..]
+                .iter()
+                .try_fold(first.clone(), |a, f| a.add(f))?
+                .minimum(&st.one)?,
+        };
+        let old_scale = match self.names.is_empty() {
+            true => None,
+            false => Some(st.scale.item()?),
+        };
+        let state = ScaleState {
             scale: st.scale.storage(),
             growth_tracker: st.growth_tracker.storage(),
             hysteresis_tracker: st.hysteresis_tracker.storage(),
         };
-        let new = st
-            .scale
+        st.scale
             .backend()?
-            .update_scale(&old, &total.storage(), &self.spec())?;
-        let skipped = st
-            .skipped
-            .add(&total.minimum(&Tensor::ones((), DType::F32, device)?)?)?;
-        let old_scale = st.scale.clone();
-        self.state = Some(DeviceState {
-            scale: Tensor::from_storage_ref(new.scale, ())?,
-            growth_tracker: Tensor::from_storage_ref(new.growth_tracker, ())?,
-            hysteresis_tracker: Tensor::from_storage_ref(new.hysteresis_tracker, ())?,
-            skipped,
-        });
+            .update_scale(&state, &total.storage(), &self.spec())?;
+        for t in [&st.scale, &st.growth_tracker, &st.hysteresis_tracker] {
+            t.mark_modified();
+        }
+        st.skipped.add_(&total)?;
         self.per_optimizer.clear();
-        if !self.names.is_empty() && total.item()? != 0.0 {
-            self.log_overflow(&old_scale)?;
+        if let Some(old) = old_scale {
+            if total.item()? != 0.0 {
+                self.log_overflow(old)?;
+            }
         }
         Ok(())
     }
 
-    fn log_overflow(&mut self, old_scale: &Tensor) -> Result<()> {
+    fn log_overflow(&mut self, old_scale: f64) -> Result<()> {
         let param = self
             .names
             .iter()
@@ -441,7 +466,7 @@ impl GradScaler {
             .map_or_else(|| "<unnamed>".to_string(), |(n, _)| n.clone());
         let event = OverflowEvent {
             param,
-            old_scale: old_scale.item()?,
+            old_scale,
             new_scale: self.get_scale()?,
         };
         log::warn!(target: "hemi_amp", "{event}");

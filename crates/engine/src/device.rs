@@ -3,7 +3,7 @@
 use std::fmt;
 
 /// A compute device. The engine itself implements [`Device::Cpu`]; the root crate `hemi`
-/// registers backends for the CUDA devices (see [`crate::backend::register_backend`]).
+/// registers backends for the CUDA devices (see [`crate::register_backend`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Device {
     /// The host, through the CPU backend.

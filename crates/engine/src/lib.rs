@@ -25,6 +25,7 @@ pub mod memory;
 pub mod nn;
 mod ops;
 pub mod optim;
+mod registry;
 mod shape;
 mod storage;
 mod tensor;
@@ -37,8 +38,9 @@ pub use error::{Error, Result};
 pub use memory::{memory_stats, reset_peak_memory, MemoryStats};
 pub use ops::{AvgPool2dParams, BatchNormParams, Conv2dParams, MaxPool2dParams};
 pub use optim::{Adam, AdamConfig, AdamW, Optimizer, OptimizerState, ParamState, Sgd, SgdConfig};
+pub use registry::{backend_for, register_backend};
 pub use shape::{Layout, Shape, StridedOffsets};
-pub use storage::{BackendStorage, CpuStorage, StorageElement, StorageRef};
+pub use storage::{BackendStorage, CpuStorage, StorageElement, StorageRef, VersionCounter};
 pub use tensor::{manual_seed, Generator, Tensor, TensorId};
 
 pub use half::{bf16, f16};

@@ -5,7 +5,25 @@ use crate::{DType, Device, Element, Error, Result};
 use half::{bf16, f16};
 use std::any::Any;
 use std::fmt::Debug;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+/// Counts the in-place writes to one storage (PyTorch's version counter). Every view and
+/// detached handle of the storage sees the same count; autograd compares it with the count
+/// a saved tensor had when it was saved.
+#[derive(Debug, Default)]
+pub struct VersionCounter(AtomicU64);
+
+impl VersionCounter {
+    /// The current version (0 for a fresh storage).
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+    /// Records one in-place write.
+    pub fn bump(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+}
 
 /// A device buffer of one dtype. Backends downcast it to their concrete type with `as_any`.
 pub trait BackendStorage: Any + Send + Sync + Debug {
@@ -21,6 +39,8 @@ pub trait BackendStorage: Any + Send + Sync + Debug {
     }
     /// For downcasting to the backend's concrete buffer type.
     fn as_any(&self) -> &dyn Any;
+    /// The storage's in-place write counter.
+    fn version(&self) -> &VersionCounter;
 }
 
 /// Shared handle to a device buffer.

@@ -2,7 +2,6 @@
 //! bounds before it builds the `void**` argument array. `launch!`-style untyped calls exist
 //! nowhere else.
 
-pub mod amp;
 pub mod elementwise;
 pub mod gemm;
 pub mod reduce;

@@ -71,6 +71,42 @@ pub fn no_grad() -> GradModeGuard {
     set_grad_enabled(false)
 }
 
+/// A tensor saved for a backward pass, with the version its storage had when it was saved.
+/// [`Saved::get`] fails (as PyTorch does) when an in-place write changed the storage since:
+/// the gradient would otherwise be computed from the wrong values.
+pub(crate) struct Saved {
+    op: &'static str,
+    tensor: Tensor,
+    version: u64,
+}
+
+impl Saved {
+    /// Saves `t` (detached) for the backward of `op`.
+    pub(crate) fn new(op: &'static str, t: &Tensor) -> Saved {
+        Saved {
+            op,
+            tensor: t.detach(),
+            version: t.version(),
+        }
+    }
+    /// The saved tensor, or an error when it was modified in place after it was saved.
+    pub(crate) fn get(&self) -> Result<Tensor> {
+        let now = self.tensor.version();
+        if now != self.version {
+            return Err(Error::Autograd(format!(
+                "one of the tensors needed for the gradient of `{}` has been modified by an \
+                 in-place operation: a {:?} {} tensor is at version {now}; expected version {} \
+                 instead (it was saved for backward before the in-place write)",
+                self.op,
+                self.tensor.dims(),
+                self.tensor.dtype(),
+                self.version
+            )));
+        }
+        Ok(self.tensor.clone())
+    }
+}
+
 /// Records `backward` on `out` when grad mode is on and any input requires grad.
 pub(crate) fn track<F>(out: Tensor, name: &'static str, inputs: &[&Tensor], backward: F) -> Tensor
 where
@@ -136,6 +172,19 @@ fn accumulate(map: &mut HashMap<TensorId, Tensor>, t: &Tensor, g: Tensor) -> Res
     Ok(())
 }
 
+/// Adds `g` to a leaf's `.grad` as PyTorch's `AccumulateGrad` does: in place into an existing
+/// gradient of the same dtype that owns its whole contiguous buffer; the first gradient is
+/// stored as is unless its buffer is shared with other tensors (then it is copied, so a later
+/// in-place accumulation cannot write into them).
+fn accumulate_into_leaf(t: &Tensor, g: Tensor) -> Result<()> {
+    match t.grad() {
+        Some(prev) if prev.dtype() == g.dtype() && prev.owns_whole_buffer() => prev.add_(&g),
+        Some(prev) => t.set_grad(Some(prev.add(&g)?)),
+        None if g.owns_whole_buffer() && !g.storage_is_shared() => t.set_grad(Some(g)),
+        None => t.set_grad(Some(g.deep_copy()?)),
+    }
+}
+
 /// Runs the backward pass from `root` with upstream gradient `seed`.
 pub(crate) fn run_backward(root: &Tensor, seed: Tensor, retain_graph: bool) -> Result<()> {
     let _guard = no_grad();
@@ -150,11 +199,7 @@ pub(crate) fn run_backward(root: &Tensor, seed: Tensor, retain_graph: bool) -> R
         match node_of(t)? {
             None => {
                 if t.requires_grad() {
-                    let total = match t.grad() {
-                        Some(prev) => prev.add(&g)?,
-                        None => g,
-                    };
-                    t.set_grad(Some(total))?;
+                    accumulate_into_leaf(t, g)?;
                 }
             }
             Some(node) => {

@@ -1,6 +1,8 @@
-//! Descriptions of the AMP backend ops: loss-scale state, its update rule and fused Adam.
+//! The AMP family: the multi-tensor non-finite check + unscale and the loss-scale update,
+//! both in place on device-resident state (no host sync).
 
-use crate::StorageRef;
+use super::BackendDevice;
+use crate::{Result, StorageRef};
 
 /// The device-resident state of a dynamic loss scaler.
 #[derive(Debug, Clone)]
@@ -46,33 +48,22 @@ pub struct ScaleUpdateSpec {
     pub hysteresis: i64,
 }
 
-/// One parameter's tensors for [`crate::Backend::fused_adam`]; all contiguous, on one device.
-#[derive(Debug, Clone)]
-pub struct AdamTensors {
-    /// The parameter (F32 or F64 master weights).
-    pub param: StorageRef,
-    /// Its gradient (F16, BF16, F32 or F64), possibly still multiplied by the loss scale.
-    pub grad: StorageRef,
-    /// First moment, the parameter's dtype.
-    pub exp_avg: StorageRef,
-    /// Second moment, the parameter's dtype.
-    pub exp_avg_sq: StorageRef,
-    /// AMSGrad's running maximum of the second moment, when enabled.
-    pub max_exp_avg_sq: Option<StorageRef>,
-    /// The step count as F32 `[1]` (PyTorch keeps it as a float tensor too).
-    pub step: StorageRef,
-}
-
-/// Hyper-parameters of a fused Adam/AdamW step.
-#[derive(Debug, Clone, Copy, PartialEq)]
-#[allow(missing_docs)]
-pub struct FusedAdamSpec {
-    pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
-    pub amsgrad: bool,
-    /// AdamW's decoupled weight decay.
-    pub decoupled: bool,
+/// Loss-scaling kernels.
+pub trait AmpOps: BackendDevice {
+    /// In place: multiplies every gradient (F16/BF16/F32, whole buffers) by `inv_scale` (F32
+    /// `[1]`) and sets `found_inf` (F32 `[1]`) to 1 when any gradient value is inf or NaN
+    /// (else leaves it) — one call for the whole list, reading the scale on the device.
+    fn non_finite_check_and_unscale(
+        &self,
+        grads: &[StorageRef],
+        found_inf: &StorageRef,
+        inv_scale: &StorageRef,
+    ) -> Result<()>;
+    /// In place: the dynamic loss-scale update of [`ScaleUpdateSpec`], on the device.
+    fn update_scale(
+        &self,
+        state: &ScaleState,
+        found_inf: &StorageRef,
+        spec: &ScaleUpdateSpec,
+    ) -> Result<()>;
 }

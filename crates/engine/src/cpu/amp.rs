@@ -1,9 +1,13 @@
-//! CPU AMP ops: the multi-tensor non-finite check + unscale, and the loss-scale update.
+//! CPU AMP family: the multi-tensor non-finite check + unscale and the loss-scale update,
+//! both writing into the buffers they are given.
 
-use super::compute::{all_to_compute, host, map_compute, scalar, to_f64_vec};
-use super::wrap;
-use crate::backend::{ScaleState, ScaleUpdateSpec};
-use crate::{CpuStorage, Error, Layout, Result, StorageRef};
+use super::compute::{buffer, host, to_f64_vec, PAR_THRESHOLD};
+use super::CpuBackend;
+use crate::backend::{AmpOps, ScaleState, ScaleUpdateSpec};
+use crate::{CpuStorage, DType, Error, Layout, Result, StorageRef};
+use half::{bf16, f16};
+use rayon::prelude::*;
+use std::sync::Arc;
 
 /// The single value of a one-element storage, as f64.
 pub(crate) fn read_scalar(op: &'static str, s: &StorageRef) -> Result<f64> {
@@ -14,75 +18,130 @@ pub(crate) fn read_scalar(op: &'static str, s: &StorageRef) -> Result<f64> {
             format!("expected one element, got {}", h.len()),
         ));
     }
-    Ok(to_f64_vec(h, &Layout::contiguous([1]))[0])
+    Ok(to_f64_vec(&h, &Layout::contiguous([1]))[0])
 }
 
-fn unscale_one(op: &'static str, g: &StorageRef, inv: f64) -> Result<(StorageRef, bool)> {
-    let h = host(op, g)?;
-    let non_finite: bool;
-    let out = map_compute!(all_to_compute(op, h)?, |v: T| {
-        let inv = scalar::<T>(inv);
-        non_finite = v.iter().any(|x| !x.is_finite());
-        v.into_iter().map(|x| x * inv).collect()
-    });
-    Ok((wrap(out.into_storage(h.dtype())), non_finite))
-}
-
-/// See [`crate::Backend::non_finite_check_and_unscale`]. The scale is read in f32, as the
-/// CUDA kernel reads it.
-pub(crate) fn non_finite_check_and_unscale(
-    grads: &[StorageRef],
-    found_inf: &StorageRef,
-    inv_scale: &StorageRef,
-) -> Result<(Vec<StorageRef>, StorageRef)> {
-    const OP: &str = "non_finite_check_and_unscale";
-    let inv = read_scalar(OP, inv_scale)? as f32 as f64;
-    let mut found = read_scalar(OP, found_inf)? != 0.0;
-    let mut out = Vec::with_capacity(grads.len());
-    for g in grads {
-        let (u, bad) = unscale_one(OP, g, inv)?;
-        found |= bad;
-        out.push(u);
+/// Overwrites a one-element storage with `v` (rounded to its dtype).
+pub(crate) fn write_scalar(op: &'static str, s: &StorageRef, v: f64) -> Result<()> {
+    let b = buffer(op, s)?;
+    let mut h = b.write();
+    if h.len() != 1 {
+        return Err(Error::shape(
+            op,
+            format!("expected one element, got {}", h.len()),
+        ));
     }
-    Ok((
-        out,
-        wrap(CpuStorage::F32(vec![if found { 1.0 } else { 0.0 }])),
-    ))
+    *h = CpuStorage::full(h.dtype(), 1, v);
+    Ok(())
 }
 
-/// See [`crate::Backend::update_scale`] and [`ScaleUpdateSpec`]; the scale is kept in f32.
-/// As PyTorch's `_amp_update_scale_`, the f32 scale is multiplied by the (f64) factor in
-/// double precision and rounded to f32 once; the min/max clamp happens in f64 before that
-/// rounding.
-pub(crate) fn update_scale(
-    state: &ScaleState,
-    found_inf: &StorageRef,
-    spec: &ScaleUpdateSpec,
-) -> Result<ScaleState> {
-    const OP: &str = "update_scale";
-    let mut scale = read_scalar(OP, &state.scale)? as f32;
-    let mut growth = read_scalar(OP, &state.growth_tracker)? as i64;
-    let mut hyst = read_scalar(OP, &state.hysteresis_tracker)? as i64;
-    if read_scalar(OP, found_inf)? != 0.0 {
-        growth = 0;
-        hyst -= 1;
-        if hyst <= 0 {
-            scale = (f64::from(scale) * spec.backoff_factor).max(spec.min_scale) as f32;
+/// `x *= inv` over a slice in parallel, through f32; whether any input was inf or NaN.
+fn unscale_slice<T: Copy + Send + Sync>(
+    v: &mut [T],
+    inv: f32,
+    to: impl Fn(T) -> f32 + Sync,
+    from: impl Fn(f32) -> T + Sync,
+) -> bool {
+    v.par_chunks_mut(PAR_THRESHOLD)
+        .map(|c| {
+            let mut bad = false;
+            for x in c.iter_mut() {
+                let f = to(*x);
+                bad |= !f.is_finite();
+                *x = from(f * inv);
+            }
+            bad
+        })
+        .reduce(|| false, |a, b| a || b)
+}
+
+fn unscale_one(op: &'static str, g: &StorageRef, inv: f32) -> Result<bool> {
+    let b = buffer(op, g)?;
+    let mut h = b.write();
+    Ok(match &mut *h {
+        CpuStorage::F32(v) => unscale_slice(v, inv, |x| x, |x| x),
+        CpuStorage::F16(v) => unscale_slice(v, inv, f16::to_f32, f16::from_f32),
+        CpuStorage::BF16(v) => unscale_slice(v, inv, bf16::to_f32, bf16::from_f32),
+        CpuStorage::F64(v) => {
+            let inv = f64::from(inv);
+            let bad = v.iter().any(|x| !x.is_finite());
+            v.par_iter_mut().for_each(|x| *x *= inv);
+            bad
         }
-    } else {
-        growth += 1;
-        if growth == spec.growth_interval {
-            growth = 0;
-            hyst = spec.hysteresis;
-            let grown = f64::from(scale) * spec.growth_factor;
-            if (grown as f32).is_finite() {
-                scale = grown.min(spec.max_scale) as f32;
+        CpuStorage::I64(_) => return Err(Error::dtype(op, "gradients must be float tensors")),
+    })
+}
+
+impl AmpOps for CpuBackend {
+    /// The scale is read in f32, as the CUDA kernel reads it.
+    fn non_finite_check_and_unscale(
+        &self,
+        grads: &[StorageRef],
+        found_inf: &StorageRef,
+        inv_scale: &StorageRef,
+    ) -> Result<()> {
+        const OP: &str = "non_finite_check_and_unscale";
+        for (s, what) in [(found_inf, "found_inf"), (inv_scale, "inv_scale")] {
+            if s.dtype() != DType::F32 || s.len() != 1 {
+                let msg = format!("{what} must be one float32, got {} x{}", s.dtype(), s.len());
+                return Err(Error::DTypeMismatch { op: OP, msg });
             }
         }
+        if let Some(g) = grads
+            .iter()
+            .find(|g| Arc::ptr_eq(g, found_inf) || Arc::ptr_eq(g, inv_scale))
+        {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "a {}-element gradient aliases found_inf or inv_scale",
+                    g.len()
+                ),
+            ));
+        }
+        let inv = read_scalar(OP, inv_scale)? as f32;
+        let mut found = false;
+        for g in grads {
+            found |= unscale_one(OP, g, inv)?;
+        }
+        if found {
+            write_scalar(OP, found_inf, 1.0)?;
+        }
+        Ok(())
     }
-    Ok(ScaleState {
-        scale: wrap(CpuStorage::F32(vec![scale])),
-        growth_tracker: wrap(CpuStorage::I64(vec![growth])),
-        hysteresis_tracker: wrap(CpuStorage::I64(vec![hyst])),
-    })
+
+    /// See [`ScaleUpdateSpec`]; the scale is kept in f32. As PyTorch's `_amp_update_scale_`,
+    /// the f32 scale is multiplied by the (f64) factor in double precision and rounded to f32
+    /// once; the min/max clamp happens in f64 before that rounding.
+    fn update_scale(
+        &self,
+        state: &ScaleState,
+        found_inf: &StorageRef,
+        spec: &ScaleUpdateSpec,
+    ) -> Result<()> {
+        const OP: &str = "update_scale";
+        let mut scale = read_scalar(OP, &state.scale)? as f32;
+        let mut growth = read_scalar(OP, &state.growth_tracker)? as i64;
+        let mut hyst = read_scalar(OP, &state.hysteresis_tracker)? as i64;
+        if read_scalar(OP, found_inf)? != 0.0 {
+            growth = 0;
+            hyst -= 1;
+            if hyst <= 0 {
+                scale = (f64::from(scale) * spec.backoff_factor).max(spec.min_scale) as f32;
+            }
+        } else {
+            growth += 1;
+            if growth == spec.growth_interval {
+                growth = 0;
+                hyst = spec.hysteresis;
+                let grown = f64::from(scale) * spec.growth_factor;
+                if (grown as f32).is_finite() {
+                    scale = grown.min(spec.max_scale) as f32;
+                }
+            }
+        }
+        write_scalar(OP, &state.scale, f64::from(scale))?;
+        write_scalar(OP, &state.growth_tracker, growth as f64)?;
+        write_scalar(OP, &state.hysteresis_tracker, hyst as f64)
+    }
 }

@@ -1,29 +1,46 @@
 //! The CPU backend's storage type: host memory that reports itself to [`crate::memory`].
+//!
+//! The elements sit behind a read-write lock so that training updates can write into an
+//! existing buffer (every view of it sees the write) while other handles only read.
 
-use crate::{memory, BackendStorage, CpuStorage, DType, Device};
+use crate::{memory, BackendStorage, CpuStorage, DType, Device, VersionCounter};
 use std::any::Any;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Host memory owned by one tensor storage; counted in the CPU memory stats while alive.
 #[derive(Debug)]
 pub struct CpuBuffer {
-    data: CpuStorage,
+    data: RwLock<CpuStorage>,
+    dtype: DType,
+    len: usize,
+    version: VersionCounter,
 }
 
 impl CpuBuffer {
     /// Takes ownership of `data` and records its size.
     pub fn new(data: CpuStorage) -> Self {
         memory::record_alloc(Device::Cpu, data.size_in_bytes());
-        CpuBuffer { data }
+        CpuBuffer {
+            dtype: data.dtype(),
+            len: data.len(),
+            data: RwLock::new(data),
+            version: VersionCounter::default(),
+        }
     }
-    /// The elements.
-    pub fn data(&self) -> &CpuStorage {
-        &self.data
+    /// Shared access to the elements.
+    pub fn read(&self) -> RwLockReadGuard<'_, CpuStorage> {
+        self.data.read().unwrap_or_else(|e| e.into_inner())
+    }
+    /// Exclusive access to the elements, for in-place training updates (the length and dtype
+    /// must not change).
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, CpuStorage> {
+        self.data.write().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 impl Drop for CpuBuffer {
     fn drop(&mut self) {
-        memory::record_free(Device::Cpu, self.data.size_in_bytes());
+        memory::record_free(Device::Cpu, self.len * self.dtype.size_in_bytes());
     }
 }
 
@@ -32,12 +49,15 @@ impl BackendStorage for CpuBuffer {
         Device::Cpu
     }
     fn dtype(&self) -> DType {
-        self.data.dtype()
+        self.dtype
     }
     fn len(&self) -> usize {
-        self.data.len()
+        self.len
     }
     fn as_any(&self) -> &dyn Any {
         self
+    }
+    fn version(&self) -> &VersionCounter {
+        &self.version
     }
 }

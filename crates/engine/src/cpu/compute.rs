@@ -7,6 +7,7 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use num_traits::Float;
 use rayon::prelude::*;
+use std::sync::RwLockReadGuard;
 
 /// Element count above which CPU loops go parallel.
 pub(crate) const PAR_THRESHOLD: usize = 1 << 15;
@@ -19,15 +20,22 @@ pub(crate) enum Compute {
 }
 
 /// Downcasts a storage to host memory.
-pub(crate) fn host<'a>(op: &'static str, s: &'a StorageRef) -> Result<&'a CpuStorage> {
+pub(crate) fn buffer<'a>(op: &'static str, s: &'a StorageRef) -> Result<&'a super::CpuBuffer> {
     s.as_any()
         .downcast_ref::<super::CpuBuffer>()
-        .map(super::CpuBuffer::data)
         .ok_or(Error::DeviceMismatch {
             op,
             lhs: Device::Cpu,
             rhs: s.device(),
         })
+}
+
+/// Read access to a storage's host memory.
+pub(crate) fn host<'a>(
+    op: &'static str,
+    s: &'a StorageRef,
+) -> Result<RwLockReadGuard<'a, CpuStorage>> {
+    Ok(buffer(op, s)?.read())
 }
 
 fn gather<T: Copy + Send + Sync, U: Send>(

@@ -3,6 +3,7 @@
 
 use super::compute::{all_to_compute, host, Compute};
 use super::matmul::gemm_strided;
+use super::wrap;
 use crate::backend::Conv2dSpec;
 use crate::{CpuStorage, Error, Result, StorageRef};
 use num_traits::Float;
@@ -230,7 +231,11 @@ fn pair(
             format!("{} and {}", ha.dtype(), hb.dtype()),
         ));
     }
-    Ok((all_to_compute(op, ha)?, all_to_compute(op, hb)?, ha.dtype()))
+    Ok((
+        all_to_compute(op, &ha)?,
+        all_to_compute(op, &hb)?,
+        ha.dtype(),
+    ))
 }
 
 macro_rules! dispatch {
@@ -294,4 +299,28 @@ pub(crate) fn conv2d_backward_weight(
     check_len(OP, "grad_output", dy.len(), spec.n * spec.c_out * g.p, spec)?;
     let (a, b, dtype) = pair(OP, x, dy)?;
     Ok(dispatch!(OP, a, b, backward_weight, &g).into_storage(dtype))
+}
+
+impl crate::backend::ConvOps for super::CpuBackend {
+    fn conv2d(&self, x: &StorageRef, w: &StorageRef, spec: &Conv2dSpec) -> Result<StorageRef> {
+        Ok(wrap(conv2d(x, w, spec)?))
+    }
+
+    fn conv2d_backward_input(
+        &self,
+        dy: &StorageRef,
+        w: &StorageRef,
+        spec: &Conv2dSpec,
+    ) -> Result<StorageRef> {
+        Ok(wrap(conv2d_backward_input(dy, w, spec)?))
+    }
+
+    fn conv2d_backward_weight(
+        &self,
+        x: &StorageRef,
+        dy: &StorageRef,
+        spec: &Conv2dSpec,
+    ) -> Result<StorageRef> {
+        Ok(wrap(conv2d_backward_weight(x, dy, spec)?))
+    }
 }

@@ -1,11 +1,15 @@
 //! CPU elementwise ops: unary, binary (broadcast by strides) and casts.
 
-use super::compute::{map_compute, scalar, to_compute, Compute, PAR_THRESHOLD};
+use super::compute::{self, host, map_compute, scalar, to_compute, Compute, PAR_THRESHOLD};
+use super::wrap;
+use crate::backend::check_bounds;
 use crate::backend::{BinaryOp, UnaryOp};
+use crate::StorageRef;
 use crate::{CpuStorage, DType, Error, Layout, Result};
 use half::{bf16, f16};
 use num_traits::Float;
 use rayon::prelude::*;
+use std::sync::Arc;
 
 fn map_par<T: Float + Send + Sync>(v: Vec<T>, f: impl Fn(T) -> T + Sync + Send) -> Vec<T> {
     if v.len() >= PAR_THRESHOLD {
@@ -203,4 +207,95 @@ pub(crate) fn cat(parts: &[(CpuStorage, Vec<usize>)], dim: usize) -> Result<CpuS
         CpuStorage::F64(_) => join!(F64),
         CpuStorage::I64(_) => join!(I64),
     })
+}
+
+impl crate::backend::ElementwiseOps for super::CpuBackend {
+    fn cat(&self, inputs: &[(StorageRef, Layout)], dim: usize) -> Result<StorageRef> {
+        let parts = inputs
+            .iter()
+            .map(|(s, l)| {
+                check_bounds("cat", s, l)?;
+                Ok((
+                    compute::gather_same(&*host("cat", s)?, l),
+                    l.dims().to_vec(),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(wrap(cat(&parts, dim)?))
+    }
+
+    fn unary(&self, op: UnaryOp, s: &StorageRef, layout: &Layout) -> Result<StorageRef> {
+        check_bounds("unary", s, layout)?;
+        Ok(wrap(unary(op, &*host("unary", s)?, layout)?))
+    }
+
+    fn binary(
+        &self,
+        op: BinaryOp,
+        lhs: &StorageRef,
+        lhs_layout: &Layout,
+        rhs: &StorageRef,
+        rhs_layout: &Layout,
+    ) -> Result<StorageRef> {
+        check_bounds("binary", lhs, lhs_layout)?;
+        check_bounds("binary", rhs, rhs_layout)?;
+        let (a, b) = (host("binary", lhs)?, host("binary", rhs)?);
+        Ok(wrap(binary(op, &a, lhs_layout, &b, rhs_layout)?))
+    }
+
+    fn accumulate(&self, dst: &StorageRef, src: &StorageRef) -> Result<()> {
+        const OP: &str = "accumulate";
+        if dst.len() != src.len() {
+            return Err(Error::shape(
+                OP,
+                format!("{} elements into {}", src.len(), dst.len()),
+            ));
+        }
+        // `src` rounded into dst's dtype first (a copy only when the dtypes differ or the
+        // buffers alias), then added in place through the compute type.
+        let owned = if src.dtype() != dst.dtype() || Arc::ptr_eq(dst, src) {
+            let l = Layout::contiguous([src.len()]);
+            Some(cast(&*host(OP, src)?, &l, dst.dtype()))
+        } else {
+            None
+        };
+        let guard;
+        let s: &CpuStorage = match &owned {
+            Some(o) => o,
+            None => {
+                guard = host(OP, src)?;
+                &guard
+            }
+        };
+        let buf = super::compute::buffer(OP, dst)?;
+        let mut d = buf.write();
+        match (&mut *d, s) {
+            (CpuStorage::F32(d), CpuStorage::F32(s)) => add_in_place(d, s, |x| x, |x| x),
+            (CpuStorage::F64(d), CpuStorage::F64(s)) => add_in_place(d, s, |x| x, |x| x),
+            (CpuStorage::F16(d), CpuStorage::F16(s)) => {
+                add_in_place(d, s, f16::to_f32, f16::from_f32)
+            }
+            (CpuStorage::BF16(d), CpuStorage::BF16(s)) => {
+                add_in_place(d, s, bf16::to_f32, bf16::from_f32)
+            }
+            _ => return Err(Error::dtype(OP, format!("{} buffers", dst.dtype()))),
+        }
+        Ok(())
+    }
+}
+
+/// `d[i] += s[i]` through the compute type `C`, in parallel chunks.
+fn add_in_place<T: Copy + Send + Sync, C: Float>(
+    d: &mut [T],
+    s: &[T],
+    to: impl Fn(T) -> C + Sync,
+    from: impl Fn(C) -> T + Sync,
+) {
+    d.par_chunks_mut(PAR_THRESHOLD)
+        .zip(s.par_chunks(PAR_THRESHOLD))
+        .for_each(|(d, s)| {
+            for (d, &s) in d.iter_mut().zip(s) {
+                *d = from(to(*d) + to(s));
+            }
+        });
 }

@@ -11,6 +11,7 @@
 
 use super::compute::{all_to_compute, check_len, count, host, map_compute, scalar, Compute};
 use super::sum::{pairwise_sum, pairwise_sum_by};
+use super::wrap;
 use crate::backend::{CrossEntropySpec, Reduction};
 use crate::{CpuStorage, Error, Result, StorageRef};
 use num_traits::{Float, One, Zero};
@@ -46,7 +47,7 @@ pub(crate) fn softmax(
     const OP: &str = "softmax";
     let xh = host(OP, x)?;
     check_len(OP, "input", xh.len(), outer * size * inner)?;
-    let c = all_to_compute(OP, xh)?;
+    let c = all_to_compute(OP, &xh)?;
     let block = (size * inner).max(1);
     let out = map_compute!(c, |v: T| {
         let mut v = v;
@@ -72,7 +73,7 @@ pub(crate) fn softmax_backward(
     check_len(OP, "output", yh.len(), outer * size * inner)?;
     check_len(OP, "grad_output", gh.len(), outer * size * inner)?;
     let block = (size * inner).max(1);
-    let out = match (all_to_compute(OP, yh)?, all_to_compute(OP, gh)?) {
+    let out = match (all_to_compute(OP, &yh)?, all_to_compute(OP, &gh)?) {
         (Compute::F32(y), Compute::F32(g)) => {
             Compute::F32(softmax_grad(&y, &g, block, size, inner, log))
         }
@@ -205,7 +206,7 @@ pub(crate) fn cross_entropy(
     check_len(OP, "logits", lh.len(), n * c)?;
     let tg = targets(OP, t, n, c, spec)?;
     let valid = tg.iter().filter(|t| t.is_some()).count();
-    let out = map_compute!(all_to_compute(OP, lh)?, |x: T| {
+    let out = map_compute!(all_to_compute(OP, &lh)?, |x: T| {
         let l = per_sample(&x, &tg, c, spec.label_smoothing);
         match spec.reduction {
             Reduction::None => l,
@@ -237,13 +238,13 @@ pub(crate) fn cross_entropy_backward(
         1
     };
     check_len(OP, "grad_output", gh.len(), want)?;
-    let g = super::compute::to_f64_vec(gh, &crate::Layout::contiguous([want]));
+    let g = super::compute::to_f64_vec(&gh, &crate::Layout::contiguous([want]));
     let weight = |i: usize| match spec.reduction {
         Reduction::None => g[i],
         Reduction::Sum => g[0],
         Reduction::Mean => g[0] / valid as f64,
     };
-    let out = map_compute!(all_to_compute(OP, lh)?, |x: T| {
+    let out = map_compute!(all_to_compute(OP, &lh)?, |x: T| {
         let mut dx = vec![T::zero(); x.len()];
         let (eps, cf) = (scalar::<T>(spec.label_smoothing), count::<T>(c));
         dx.par_chunks_mut(c.max(1)).enumerate().for_each(|(i, d)| {
@@ -261,4 +262,48 @@ pub(crate) fn cross_entropy_backward(
         dx
     });
     Ok(out.into_storage(lh.dtype()))
+}
+
+impl crate::backend::LossOps for super::CpuBackend {
+    fn softmax(
+        &self,
+        x: &StorageRef,
+        dims: (usize, usize, usize),
+        log: bool,
+    ) -> Result<StorageRef> {
+        Ok(wrap(softmax(x, dims, log)?))
+    }
+
+    fn softmax_backward(
+        &self,
+        y: &StorageRef,
+        dy: &StorageRef,
+        dims: (usize, usize, usize),
+        log: bool,
+    ) -> Result<StorageRef> {
+        Ok(wrap(softmax_backward(y, dy, dims, log)?))
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: &StorageRef,
+        targets: &StorageRef,
+        n_c: (usize, usize),
+        spec: &CrossEntropySpec,
+    ) -> Result<StorageRef> {
+        Ok(wrap(cross_entropy(logits, targets, n_c, spec)?))
+    }
+
+    fn cross_entropy_backward(
+        &self,
+        logits: &StorageRef,
+        targets: &StorageRef,
+        dloss: &StorageRef,
+        n_c: (usize, usize),
+        spec: &CrossEntropySpec,
+    ) -> Result<StorageRef> {
+        Ok(wrap(cross_entropy_backward(
+            logits, targets, dloss, n_c, spec,
+        )?))
+    }
 }

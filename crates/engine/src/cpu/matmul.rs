@@ -3,7 +3,8 @@
 //! the result obeys DESIGN.md's GEMM bound with `u_out` of the output dtype.
 
 use super::compute::{host, Compute};
-use crate::backend::MatmulSpec;
+use super::wrap;
+use crate::backend::{check_bounds, MatmulSpec};
 use crate::{CpuStorage, Error, Layout, Result, StorageRef};
 use gemm::Parallelism;
 
@@ -112,13 +113,13 @@ pub(crate) fn matmul(
             format!("lhs is {} but rhs is {}", a.dtype(), b.dtype()),
         ));
     }
-    Ok(match (a, b) {
+    Ok(match (&*a, &*b) {
         (CpuStorage::F32(x), CpuStorage::F32(y)) => CpuStorage::F32(batched(x, ll, y, rl, spec)),
         (CpuStorage::F64(x), CpuStorage::F64(y)) => CpuStorage::F64(batched(x, ll, y, rl, spec)),
         (CpuStorage::I64(_), _) => return Err(Error::dtype("matmul", "int64 operands")),
         _ => {
-            let wide_a = super::compute::to_compute("matmul", a, ll)?;
-            let wide_b = super::compute::to_compute("matmul", b, rl)?;
+            let wide_a = super::compute::to_compute("matmul", &a, ll)?;
+            let wide_b = super::compute::to_compute("matmul", &b, rl)?;
             let (Compute::F32(x), Compute::F32(y)) = (wide_a, wide_b) else {
                 return Err(Error::dtype("matmul", "unexpected compute type"));
             };
@@ -130,4 +131,19 @@ pub(crate) fn matmul(
             Compute::F32(batched(&x, &la, &y, &lb, spec)).into_storage(a.dtype())
         }
     })
+}
+
+impl crate::backend::MatmulOps for super::CpuBackend {
+    fn matmul(
+        &self,
+        lhs: &StorageRef,
+        lhs_layout: &Layout,
+        rhs: &StorageRef,
+        rhs_layout: &Layout,
+        spec: &MatmulSpec,
+    ) -> Result<StorageRef> {
+        check_bounds("matmul", lhs, lhs_layout)?;
+        check_bounds("matmul", rhs, rhs_layout)?;
+        Ok(wrap(matmul(lhs, lhs_layout, rhs, rhs_layout, spec)?))
+    }
 }

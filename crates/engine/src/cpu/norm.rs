@@ -19,7 +19,7 @@ fn wide(op: &'static str, s: &StorageRef, want: usize, what: &str) -> Result<(Ve
             format!("{what} has {} elements, expected {want}", h.len()),
         ));
     }
-    Ok((to_f64_vec(h, &Layout::contiguous([h.len()])), h.dtype()))
+    Ok((to_f64_vec(&h, &Layout::contiguous([h.len()])), h.dtype()))
 }
 
 /// Rounds like the compute type would (f32 unless F64 is involved), then into `dtype`.
@@ -138,4 +138,29 @@ pub(crate) fn batch_norm_backward(
         dweight: store(sums.iter().map(|s| s.1).collect(), f64c, wdt),
         dbias: store(sums.iter().map(|s| s.0).collect(), f64c, wdt),
     })
+}
+
+impl crate::backend::NormOps for super::CpuBackend {
+    fn batch_norm_train(
+        &self,
+        x: &StorageRef,
+        weight: &StorageRef,
+        bias: &StorageRef,
+        dims: (usize, usize, usize),
+        eps: f64,
+    ) -> Result<BatchNormForward> {
+        batch_norm_train(x, weight, bias, dims, eps)
+    }
+
+    fn batch_norm_backward(
+        &self,
+        dy: &StorageRef,
+        x: &StorageRef,
+        weight: &StorageRef,
+        mean: &StorageRef,
+        invstd: &StorageRef,
+        dims: (usize, usize, usize),
+    ) -> Result<BatchNormBackward> {
+        batch_norm_backward(dy, x, weight, mean, invstd, dims)
+    }
 }

@@ -1,145 +1,375 @@
-//! CPU fused Adam/AdamW: one pass per parameter reading the loss scale and the overflow flag
-//! from their storages (on a GPU these stay on the device; see `Backend::fused_adam`).
+//! CPU optimizer family: fused multi-tensor Adam/AdamW and SGD, in place and multi-threaded
+//! (one pass over each parameter's buffers, split in chunks across threads). The loss scale
+//! and the overflow flag are read from their storages, as a GPU kernel reads them.
 
-use super::amp::read_scalar;
-use super::compute::{all_to_compute, host, scalar, Compute};
-use super::wrap;
-use crate::backend::{AdamTensors, FusedAdamSpec};
+use super::amp::{read_scalar, write_scalar};
+use super::compute::{buffer, PAR_THRESHOLD};
+use super::CpuBackend;
+use crate::backend::{AdamTensors, FusedAdamSpec, OptimOps, SgdSpec, SgdTensors};
 use crate::{CpuStorage, Error, Result, StorageRef};
+use half::{bf16, f16};
 use num_traits::Float;
+use rayon::prelude::*;
+use std::sync::{Arc, RwLockWriteGuard};
 
-fn wide(op: &'static str, s: &StorageRef) -> Result<Compute> {
-    all_to_compute(op, host(op, s)?)
+/// Elements per parallel chunk: large enough to stream, small enough to spread.
+const CHUNK: usize = PAR_THRESHOLD;
+
+/// The scalars of one Adam step, in the compute type `T`.
+#[derive(Clone, Copy)]
+struct AdamConsts<T> {
+    inv_scale: Option<T>,
+    decay: T,
+    l2: T,
+    b1: T,
+    one_minus_b1: T,
+    b2: T,
+    one_minus_b2: T,
+    inv_sqrt_bc2: T,
+    eps: T,
+    step_size: T,
 }
 
-struct Moments<T> {
-    p: Vec<T>,
-    m: Vec<T>,
-    v: Vec<T>,
-    vmax: Option<Vec<T>>,
-}
-
-/// The Adam update in the compute type `T`, in the same order of operations as the unfused
-/// optimizer.
-fn adam_update<T: Float>(
-    mut s: Moments<T>,
-    g: &[T],
-    spec: &FusedAdamSpec,
-    t: f64,
-    grad_scale: Option<f64>,
-) -> (Moments<T>, Vec<T>) {
-    let c = |x: f64| scalar::<T>(x);
-    let (b1, b2) = (spec.beta1, spec.beta2);
-    let bc1 = 1.0 - b1.powf(t);
-    let bc2 = 1.0 - b2.powf(t);
-    let inv_scale = grad_scale.map(|gs| c(1.0) / c(gs));
-    let mut unscaled = Vec::with_capacity(g.len());
-    for i in 0..g.len() {
-        let gi = inv_scale.map_or(g[i], |k| g[i] * k);
-        unscaled.push(gi);
-        let mut p = s.p[i];
-        let mut gw = gi;
-        if spec.weight_decay != 0.0 {
-            if spec.decoupled {
-                p = p * c(1.0 - spec.lr * spec.weight_decay);
+impl<T: Float> AdamConsts<T> {
+    fn new(spec: &FusedAdamSpec, t: f64, grad_scale: Option<f64>) -> Self {
+        let c = |x: f64| T::from(x).unwrap_or_else(T::nan);
+        let (b1, b2) = (spec.beta1, spec.beta2);
+        let (bc1, bc2) = (1.0 - b1.powf(t), 1.0 - b2.powf(t));
+        let decoupled = spec.decoupled && spec.weight_decay != 0.0;
+        AdamConsts {
+            inv_scale: grad_scale.map(|gs| c(1.0) / c(gs)),
+            decay: c(if decoupled {
+                1.0 - spec.lr * spec.weight_decay
             } else {
-                gw = gw + s.p[i] * c(spec.weight_decay);
+                1.0
+            }),
+            l2: c(if spec.decoupled {
+                0.0
+            } else {
+                spec.weight_decay
+            }),
+            b1: c(b1),
+            one_minus_b1: c(1.0 - b1),
+            b2: c(b2),
+            one_minus_b2: c(1.0 - b2),
+            inv_sqrt_bc2: c(1.0 / bc2.sqrt()),
+            eps: c(spec.eps),
+            step_size: c(spec.lr / bc1),
+        }
+    }
+}
+
+/// The Adam update of one element, in the same order of operations as the unfused optimizer
+/// (`p`, `m`, `v`, `vmax` updated; returns the unscaled gradient).
+#[inline(always)]
+fn adam_element<T: Float>(
+    k: &AdamConsts<T>,
+    p: &mut T,
+    g: T,
+    m: &mut T,
+    v: &mut T,
+    vmax: Option<&mut T>,
+) -> T {
+    let g = k.inv_scale.map_or(g, |s| g * s);
+    let gw = if k.l2 == T::zero() { g } else { g + *p * k.l2 };
+    let p0 = if k.decay == T::one() {
+        *p
+    } else {
+        *p * k.decay
+    };
+    *m = *m * k.b1 + gw * k.one_minus_b1;
+    *v = *v * k.b2 + gw * gw * k.one_minus_b2;
+    let vhat = match vmax {
+        Some(x) => {
+            *x = x.max(*v);
+            *x
+        }
+        None => *v,
+    };
+    let denom = vhat.sqrt() * k.inv_sqrt_bc2 + k.eps;
+    *p = p0 - *m / denom * k.step_size;
+    g
+}
+
+/// Conversions between a gradient element type and the compute type `T`.
+trait GradElem<T>: Copy + Send + Sync {
+    fn get(self) -> T;
+    fn put(v: T) -> Self;
+}
+
+macro_rules! grad_elem {
+    ($g:ty, $t:ty, $get:expr, $put:expr) => {
+        impl GradElem<$t> for $g {
+            #[inline(always)]
+            fn get(self) -> $t {
+                $get(self)
+            }
+            #[inline(always)]
+            fn put(v: $t) -> Self {
+                $put(v)
             }
         }
-        let m = s.m[i] * c(b1) + gw * c(1.0 - b1);
-        let v = s.v[i] * c(b2) + gw * gw * c(1.0 - b2);
-        let vhat = match s.vmax.as_mut() {
-            Some(vm) => {
-                vm[i] = vm[i].max(v);
-                vm[i]
+    };
+}
+grad_elem!(f32, f32, |x| x, |x| x);
+grad_elem!(f16, f32, f16::to_f32, f16::from_f32);
+grad_elem!(bf16, f32, bf16::to_f32, bf16::from_f32);
+grad_elem!(f32, f64, f64::from, |x: f64| x as f32);
+grad_elem!(f64, f64, |x| x, |x| x);
+grad_elem!(f16, f64, f16::to_f64, f16::from_f64);
+grad_elem!(bf16, f64, bf16::to_f64, bf16::from_f64);
+
+/// Matching chunks of a parameter, its gradient and its two moments.
+type AdamChunk<'a, T, G> = (((&'a mut [T], &'a mut [G]), &'a mut [T]), &'a mut [T]);
+
+/// One parameter's Adam step over its slices, chunked across threads.
+fn adam_slices<T: Float + Send + Sync, G: GradElem<T>>(
+    k: AdamConsts<T>,
+    p: &mut [T],
+    g: &mut [G],
+    m: &mut [T],
+    v: &mut [T],
+    vmax: Option<&mut [T]>,
+) {
+    let write_grad = k.inv_scale.is_some();
+    let chunks = p
+        .par_chunks_mut(CHUNK)
+        .zip(g.par_chunks_mut(CHUNK))
+        .zip(m.par_chunks_mut(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK));
+    let run = |(((p, g), m), v): AdamChunk<'_, T, G>, mut vmax: Option<&mut [T]>| {
+        for i in 0..p.len() {
+            let vm = vmax.as_deref_mut().map(|x| &mut x[i]);
+            let u = adam_element(&k, &mut p[i], g[i].get(), &mut m[i], &mut v[i], vm);
+            if write_grad {
+                g[i] = G::put(u);
             }
-            None => v,
-        };
-        let denom = vhat.sqrt() * c(1.0 / bc2.sqrt()) + c(spec.eps);
-        s.p[i] = p - m / denom * c(spec.lr / bc1);
-        s.m[i] = m;
-        s.v[i] = v;
+        }
+    };
+    match vmax {
+        Some(vm) => chunks
+            .zip(vm.par_chunks_mut(CHUNK))
+            .for_each(|(c, vm)| run(c, Some(vm))),
+        None => chunks.for_each(|c| run(c, None)),
     }
-    (s, unscaled)
 }
 
-fn vec_of<T>(
-    c: Compute,
-    f: impl Fn(Compute) -> Option<Vec<T>>,
+/// Write access to `s`, which must have `n` elements.
+fn locked<'a>(
     op: &'static str,
-) -> Result<Vec<T>> {
-    f(c).ok_or_else(|| Error::dtype(op, "parameter and state dtypes differ"))
+    what: &str,
+    s: &'a StorageRef,
+    n: usize,
+) -> Result<RwLockWriteGuard<'a, CpuStorage>> {
+    if s.len() != n {
+        return Err(Error::shape(
+            op,
+            format!("{what} has {} elements, the parameter {n}", s.len()),
+        ));
+    }
+    Ok(buffer(op, s)?.write())
 }
 
-fn step_one(t: &AdamTensors, spec: &FusedAdamSpec, grad_scale: Option<f64>) -> Result<AdamTensors> {
-    const OP: &str = "fused_adam";
-    let pdt = t.param.dtype();
-    let n = t.param.len();
-    for (what, s) in [
-        ("grad", &t.grad),
-        ("exp_avg", &t.exp_avg),
-        ("exp_avg_sq", &t.exp_avg_sq),
-    ] {
-        if s.len() != n {
-            return Err(Error::shape(
-                OP,
-                format!("{what} has {} elements, the parameter {n}", s.len()),
+/// Errors unless the storages are pairwise distinct (each is locked for writing once).
+fn distinct(op: &'static str, storages: &[&StorageRef]) -> Result<()> {
+    for (i, a) in storages.iter().enumerate() {
+        if storages[i + 1..].iter().any(|b| Arc::ptr_eq(a, b)) {
+            return Err(Error::invalid(
+                op,
+                "parameter, gradient and optimizer state must be distinct buffers",
             ));
         }
     }
+    Ok(())
+}
+
+fn mismatch(op: &'static str) -> Error {
+    Error::dtype(
+        op,
+        "parameters and optimizer state must be float32 or float64 of one dtype, gradients float",
+    )
+}
+
+fn adam_one(t: &AdamTensors, spec: &FusedAdamSpec, grad_scale: Option<f64>) -> Result<()> {
+    const OP: &str = "adam_step";
+    let n = t.param.len();
+    let mut all = vec![&t.param, &t.grad, &t.exp_avg, &t.exp_avg_sq, &t.step];
+    all.extend(t.max_exp_avg_sq.as_ref());
+    distinct(OP, &all)?;
     let step = read_scalar(OP, &t.step)? + 1.0;
-    let gdt = t.grad.dtype();
+    let mut p = locked(OP, "param", &t.param, n)?;
+    let mut g = locked(OP, "grad", &t.grad, n)?;
+    let mut m = locked(OP, "exp_avg", &t.exp_avg, n)?;
+    let mut v = locked(OP, "exp_avg_sq", &t.exp_avg_sq, n)?;
+    let mut vmax = match &t.max_exp_avg_sq {
+        Some(s) => Some(locked(OP, "max_exp_avg_sq", s, n)?),
+        None => None,
+    };
+    match (&mut *p, &mut *m, &mut *v) {
+        (CpuStorage::F32(p), CpuStorage::F32(m), CpuStorage::F32(v)) => {
+            let k = AdamConsts::<f32>::new(spec, step, grad_scale);
+            let vm = match vmax.as_deref_mut() {
+                Some(CpuStorage::F32(x)) => Some(x.as_mut_slice()),
+                Some(_) => return Err(mismatch(OP)),
+                None => None,
+            };
+            match &mut *g {
+                CpuStorage::F32(g) => adam_slices(k, p, g, m, v, vm),
+                CpuStorage::F16(g) => adam_slices(k, p, g, m, v, vm),
+                CpuStorage::BF16(g) => adam_slices(k, p, g, m, v, vm),
+                _ => return Err(mismatch(OP)),
+            }
+        }
+        (CpuStorage::F64(p), CpuStorage::F64(m), CpuStorage::F64(v)) => {
+            let k = AdamConsts::<f64>::new(spec, step, grad_scale);
+            let vm = match vmax.as_deref_mut() {
+                Some(CpuStorage::F64(x)) => Some(x.as_mut_slice()),
+                Some(_) => return Err(mismatch(OP)),
+                None => None,
+            };
+            match &mut *g {
+                CpuStorage::F64(g) => adam_slices(k, p, g, m, v, vm),
+                CpuStorage::F32(g) => adam_slices(k, p, g, m, v, vm),
+                CpuStorage::F16(g) => adam_slices(k, p, g, m, v, vm),
+                CpuStorage::BF16(g) => adam_slices(k, p, g, m, v, vm),
+                CpuStorage::I64(_) => return Err(mismatch(OP)),
+            }
+        }
+        _ => return Err(mismatch(OP)),
+    }
+    drop((p, g, m, v, vmax));
+    write_scalar(OP, &t.step, step)
+}
+
+/// One parameter's SGD step through the compute type `T`.
+fn sgd_slices<T: Float + Send + Sync, G: GradElem<T>>(
+    spec: &SgdSpec,
+    p: &mut [T],
+    g: &[G],
+    buf: Option<&mut [T]>,
+) {
+    let c = |x: f64| T::from(x).unwrap_or_else(T::nan);
+    let (lr, wd, mom, damp) = (
+        c(spec.lr),
+        c(spec.weight_decay),
+        c(spec.momentum),
+        c(1.0 - spec.dampening),
+    );
+    let (first, nesterov) = (spec.first_step, spec.nesterov);
+    let decayed = move |p: T, g: G| {
+        let g = g.get();
+        if wd == T::zero() {
+            g
+        } else {
+            g + p * wd
+        }
+    };
+    match buf {
+        None => p
+            .par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .for_each(|(p, g)| {
+                for (p, &g) in p.iter_mut().zip(g) {
+                    *p = *p - decayed(*p, g) * lr;
+                }
+            }),
+        Some(b) => p
+            .par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(b.par_chunks_mut(CHUNK))
+            .for_each(|((p, g), b)| {
+                for ((p, &g), b) in p.iter_mut().zip(g).zip(b.iter_mut()) {
+                    let d = decayed(*p, g);
+                    *b = if first { d } else { *b * mom + d * damp };
+                    let step = if nesterov { d + *b * mom } else { *b };
+                    *p = *p - step * lr;
+                }
+            }),
+    }
+}
+
+fn sgd_one(t: &SgdTensors, spec: &SgdSpec) -> Result<()> {
+    const OP: &str = "sgd_step";
+    let n = t.param.len();
+    let mut all = vec![&t.param, &t.grad];
+    all.extend(t.momentum_buffer.as_ref());
+    distinct(OP, &all)?;
+    let mut p = locked(OP, "param", &t.param, n)?;
+    let g = locked(OP, "grad", &t.grad, n)?;
+    let mut b = match &t.momentum_buffer {
+        Some(s) => Some(locked(OP, "momentum_buffer", s, n)?),
+        None => None,
+    };
     macro_rules! run {
-        ($variant:ident) => {{
-            let get = |c: Compute| match c {
-                Compute::$variant(v) => Some(v),
-                _ => None,
+        ($pv:ident, $T:ty, $p:expr) => {{
+            let b = match b.as_deref_mut() {
+                Some(CpuStorage::$pv(x)) => Some(x.as_mut_slice()),
+                Some(_) => return Err(mismatch(OP)),
+                None => None,
             };
-            let g = match wide(OP, &t.grad)? {
-                Compute::F32(v) => v.into_iter().map(|x| x as _).collect(),
-                Compute::F64(v) => v.into_iter().map(|x| x as _).collect(),
-            };
-            let s = Moments {
-                p: vec_of(wide(OP, &t.param)?, get, OP)?,
-                m: vec_of(wide(OP, &t.exp_avg)?, get, OP)?,
-                v: vec_of(wide(OP, &t.exp_avg_sq)?, get, OP)?,
-                vmax: match &t.max_exp_avg_sq {
-                    Some(x) => Some(vec_of(wide(OP, x)?, get, OP)?),
-                    None => None,
-                },
-            };
-            let g: Vec<_> = g;
-            let (s, unscaled) = adam_update(s, &g, spec, step, grad_scale);
-            AdamTensors {
-                param: wrap(Compute::$variant(s.p).into_storage(pdt)),
-                grad: wrap(Compute::$variant(unscaled).into_storage(gdt)),
-                exp_avg: wrap(Compute::$variant(s.m).into_storage(pdt)),
-                exp_avg_sq: wrap(Compute::$variant(s.v).into_storage(pdt)),
-                max_exp_avg_sq: s.vmax.map(|v| wrap(Compute::$variant(v).into_storage(pdt))),
-                step: wrap(CpuStorage::F32(vec![step as f32])),
+            match &*g {
+                CpuStorage::F32(g) => sgd_slices::<$T, f32>(spec, $p, g, b),
+                CpuStorage::F16(g) => sgd_slices::<$T, f16>(spec, $p, g, b),
+                CpuStorage::BF16(g) => sgd_slices::<$T, bf16>(spec, $p, g, b),
+                _ => return Err(mismatch(OP)),
             }
         }};
     }
-    Ok(match wide(OP, &t.param)? {
-        Compute::F32(_) => run!(F32),
-        Compute::F64(_) => run!(F64),
+    match &mut *p {
+        CpuStorage::F32(p) => run!(F32, f32, p),
+        CpuStorage::F64(p) => {
+            let b = match b.as_deref_mut() {
+                Some(CpuStorage::F64(x)) => Some(x.as_mut_slice()),
+                Some(_) => return Err(mismatch(OP)),
+                None => None,
+            };
+            match &*g {
+                CpuStorage::F64(g) => sgd_slices::<f64, f64>(spec, p, g, b),
+                CpuStorage::F32(g) => sgd_slices::<f64, f32>(spec, p, g, b),
+                CpuStorage::F16(g) => sgd_slices::<f64, f16>(spec, p, g, b),
+                CpuStorage::BF16(g) => sgd_slices::<f64, bf16>(spec, p, g, b),
+                CpuStorage::I64(_) => return Err(mismatch(OP)),
+            }
+        }
+        _ => return Err(mismatch(OP)),
+    }
+    Ok(())
+}
+
+/// Whether an optional `found_inf` flag is set.
+fn overflowed(op: &'static str, found_inf: Option<&StorageRef>) -> Result<bool> {
+    Ok(match found_inf {
+        Some(f) => read_scalar(op, f)? != 0.0,
+        None => false,
     })
 }
 
-/// See [`crate::Backend::fused_adam`].
-pub(crate) fn fused_adam(
-    tensors: &[AdamTensors],
-    spec: &FusedAdamSpec,
-    grad_scale: Option<&StorageRef>,
-    found_inf: Option<&StorageRef>,
-) -> Result<Vec<AdamTensors>> {
-    if let Some(f) = found_inf {
-        if read_scalar("fused_adam", f)? != 0.0 {
-            return Ok(tensors.to_vec());
+impl OptimOps for CpuBackend {
+    fn adam_step(
+        &self,
+        tensors: &[AdamTensors],
+        spec: &FusedAdamSpec,
+        grad_scale: Option<&StorageRef>,
+        found_inf: Option<&StorageRef>,
+    ) -> Result<()> {
+        if overflowed("adam_step", found_inf)? {
+            return Ok(());
         }
+        let gs = grad_scale
+            .map(|s| read_scalar("adam_step", s))
+            .transpose()?;
+        tensors.iter().try_for_each(|t| adam_one(t, spec, gs))
     }
-    let gs = grad_scale
-        .map(|s| read_scalar("fused_adam", s))
-        .transpose()?;
-    tensors.iter().map(|t| step_one(t, spec, gs)).collect()
+
+    fn sgd_step(
+        &self,
+        tensors: &[SgdTensors],
+        spec: &SgdSpec,
+        found_inf: Option<&StorageRef>,
+    ) -> Result<()> {
+        if overflowed("sgd_step", found_inf)? {
+            return Ok(());
+        }
+        tensors.iter().try_for_each(|t| sgd_one(t, spec))
+    }
 }

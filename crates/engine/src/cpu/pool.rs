@@ -3,6 +3,7 @@
 
 use super::compute::{all_to_compute, check_len, count, host, map_compute};
 use super::sum::pairwise_sum_by;
+use super::wrap;
 use crate::backend::Pool2dSpec;
 use crate::{CpuStorage, Error, Result, StorageRef};
 use num_traits::{Float, Zero};
@@ -78,7 +79,7 @@ pub(crate) fn max_pool2d(x: &StorageRef, s: &Pool2dSpec) -> Result<(CpuStorage, 
     check_len(OP, "input", xh.len(), s.n * s.c * s.h * s.w)?;
     let (plane_in, plane_out) = (s.h * s.w, s.out_h() * s.out_w());
     let mut idx = vec![0i64; s.n * s.c * plane_out];
-    let c = all_to_compute(OP, xh)?;
+    let c = all_to_compute(OP, &xh)?;
     let out = map_compute!(c, |v: T| {
         let mut out = vec![T::zero(); s.n * s.c * plane_out];
         out.par_chunks_mut(plane_out.max(1))
@@ -110,7 +111,7 @@ pub(crate) fn max_pool2d_backward(
             format!("index {bad} outside a {}x{} plane", s.h, s.w),
         ));
     }
-    let c = all_to_compute(OP, dyh)?;
+    let c = all_to_compute(OP, &dyh)?;
     let out = map_compute!(c, |g: T| {
         let mut dx = vec![T::zero(); s.n * s.c * plane_in];
         dx.par_chunks_mut(plane_in.max(1))
@@ -162,7 +163,7 @@ pub(crate) fn avg_pool2d(x: &StorageRef, s: &Pool2dSpec) -> Result<CpuStorage> {
     check_len(OP, "input", xh.len(), s.n * s.c * s.h * s.w)?;
     let (oh, ow) = (s.out_h(), s.out_w());
     let (plane_in, plane_out) = (s.h * s.w, oh * ow);
-    let c = all_to_compute(OP, xh)?;
+    let c = all_to_compute(OP, &xh)?;
     let out = map_compute!(c, |v: T| {
         let mut out = vec![T::zero(); s.n * s.c * plane_out];
         out.par_chunks_mut(plane_out.max(1))
@@ -192,7 +193,7 @@ pub(crate) fn avg_pool2d_backward(dy: &StorageRef, s: &Pool2dSpec) -> Result<Cpu
     let (oh, ow) = (s.out_h(), s.out_w());
     let (plane_in, plane_out) = (s.h * s.w, oh * ow);
     check_len(OP, "grad_output", dyh.len(), s.n * s.c * plane_out)?;
-    let c = all_to_compute(OP, dyh)?;
+    let c = all_to_compute(OP, &dyh)?;
     let out = map_compute!(c, |g: T| {
         let mut dx = vec![T::zero(); s.n * s.c * plane_in];
         dx.par_chunks_mut(plane_in.max(1))
@@ -242,7 +243,7 @@ pub(crate) fn adaptive_avg_pool2d(
     let xh = host(OP, x)?;
     check_len(OP, "input", xh.len(), n * c * h * w)?;
     let (plane_in, plane_out) = (h * w, out.0 * out.1);
-    let comp = all_to_compute(OP, xh)?;
+    let comp = all_to_compute(OP, &xh)?;
     let res = map_compute!(comp, |v: T| {
         let mut o = vec![T::zero(); n * c * plane_out];
         o.par_chunks_mut(plane_out).enumerate().for_each(|(p, op)| {
@@ -274,7 +275,7 @@ pub(crate) fn adaptive_avg_pool2d_backward(
     let dyh = host(OP, dy)?;
     let (plane_in, plane_out) = (h * w, out.0 * out.1);
     check_len(OP, "grad_output", dyh.len(), n * c * plane_out)?;
-    let comp = all_to_compute(OP, dyh)?;
+    let comp = all_to_compute(OP, &dyh)?;
     let res = map_compute!(comp, |g: T| {
         let mut dx = vec![T::zero(); n * c * plane_in];
         dx.par_chunks_mut(plane_in).enumerate().for_each(|(p, d)| {
@@ -295,4 +296,46 @@ pub(crate) fn adaptive_avg_pool2d_backward(
         dx
     });
     Ok(res.into_storage(dyh.dtype()))
+}
+
+impl crate::backend::PoolOps for super::CpuBackend {
+    fn max_pool2d(&self, x: &StorageRef, spec: &Pool2dSpec) -> Result<(StorageRef, StorageRef)> {
+        let (y, i) = max_pool2d(x, spec)?;
+        Ok((wrap(y), wrap(i)))
+    }
+
+    fn max_pool2d_backward(
+        &self,
+        dy: &StorageRef,
+        indices: &StorageRef,
+        spec: &Pool2dSpec,
+    ) -> Result<StorageRef> {
+        Ok(wrap(max_pool2d_backward(dy, indices, spec)?))
+    }
+
+    fn avg_pool2d(&self, x: &StorageRef, spec: &Pool2dSpec) -> Result<StorageRef> {
+        Ok(wrap(avg_pool2d(x, spec)?))
+    }
+
+    fn avg_pool2d_backward(&self, dy: &StorageRef, spec: &Pool2dSpec) -> Result<StorageRef> {
+        Ok(wrap(avg_pool2d_backward(dy, spec)?))
+    }
+
+    fn adaptive_avg_pool2d(
+        &self,
+        x: &StorageRef,
+        dims: [usize; 4],
+        out: (usize, usize),
+    ) -> Result<StorageRef> {
+        Ok(wrap(adaptive_avg_pool2d(x, dims, out)?))
+    }
+
+    fn adaptive_avg_pool2d_backward(
+        &self,
+        dy: &StorageRef,
+        dims: [usize; 4],
+        out: (usize, usize),
+    ) -> Result<StorageRef> {
+        Ok(wrap(adaptive_avg_pool2d_backward(dy, dims, out)?))
+    }
 }

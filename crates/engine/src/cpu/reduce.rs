@@ -5,7 +5,10 @@
 
 use super::compute::{count, map_compute, to_compute, PAR_THRESHOLD};
 use super::sum::pairwise_sum;
+use super::{compute::host, wrap};
+use crate::backend::check_bounds;
 use crate::backend::ReduceOp;
+use crate::StorageRef;
 use crate::{CpuStorage, Layout, Result};
 use num_traits::Float;
 use rayon::prelude::*;
@@ -56,4 +59,17 @@ pub(crate) fn reduce(
         }
     });
     Ok(out.into_storage(s.dtype()))
+}
+
+impl crate::backend::ReduceOps for super::CpuBackend {
+    fn reduce(
+        &self,
+        op: ReduceOp,
+        s: &StorageRef,
+        layout: &Layout,
+        dims: &[usize],
+    ) -> Result<StorageRef> {
+        check_bounds("reduce", s, layout)?;
+        Ok(wrap(reduce(op, &*host("reduce", s)?, layout, dims)?))
+    }
 }

@@ -1,7 +1,7 @@
 //! 2-D convolution (NCHW input, OIHW weight, optional bias) with input and weight gradients.
 
 use super::{expect_rank, float_only, pair, promote_pair};
-use crate::autograd::track;
+use crate::autograd::{track, Saved};
 use crate::backend::Conv2dSpec;
 use crate::cast_policy::AutocastOp;
 use crate::{Error, Result, Tensor};
@@ -92,8 +92,9 @@ impl Tensor {
         let (xc, wc) = (x.contiguous()?, w.contiguous()?);
         let s = x.backend()?.conv2d(&xc.storage(), &wc.storage(), &spec)?;
         let out = Tensor::contiguous_from(s, [spec.n, spec.c_out, spec.out_h(), spec.out_w()]);
-        let (sx, sw) = (xc.detach(), wc.detach());
+        let (sx, sw) = (Saved::new(OP, &xc), Saved::new(OP, &wc));
         let y = track(out, OP, &[&x, &w], move |g| {
+            let (sx, sw) = (sx.get()?, sw.get()?);
             let g = g.contiguous()?;
             let be = g.backend()?;
             let dx = be.conv2d_backward_input(&g.storage(), &sw.storage(), &spec)?;

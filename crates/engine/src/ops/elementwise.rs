@@ -1,7 +1,7 @@
 //! Elementwise unary, scalar and broadcasting binary ops with their gradients.
 
 use super::{float_only, promote_pair};
-use crate::autograd::track;
+use crate::autograd::{track, Saved};
 use crate::backend::{BinaryOp, UnaryOp};
 use crate::cast_policy::AutocastOp;
 use crate::{Result, Shape, Tensor};
@@ -49,9 +49,9 @@ impl Tensor {
             None => self.clone(),
         };
         let out = input.unary_raw(op)?;
-        let (x, y) = (input.detach(), out.detach());
+        let (x, y) = (Saved::new(name, input), Saved::new(name, &out));
         Ok(track(out, name, &[input], move |g| {
-            Ok(vec![Some(grad(g, &x, &y)?)])
+            Ok(vec![Some(grad(g, &x.get()?, &y.get()?)?)])
         }))
     }
 
@@ -164,10 +164,10 @@ impl Tensor {
         let (a, b) = promote_pair(name, self, rhs)?;
         float_only(name, &a)?;
         let out = a.binary_raw(op, &b)?;
-        let (sa, sb, so) = (a.shape().clone(), b.shape().clone(), out.detach());
-        let (da, db) = (a.detach(), b.detach());
+        let (sa, sb, so) = (a.shape().clone(), b.shape().clone(), Saved::new(name, &out));
+        let (da, db) = (Saved::new(name, &a), Saved::new(name, &b));
         Ok(track(out, name, &[&a, &b], move |g| {
-            let (ga, gb) = grad(g, &da, &db, &so)?;
+            let (ga, gb) = grad(g, &da.get()?, &db.get()?, &so.get()?)?;
             Ok(vec![
                 Some(ga.sum_to_shape(&sa)?),
                 Some(gb.sum_to_shape(&sb)?),

@@ -1,7 +1,7 @@
 //! Softmax, log-softmax, cross-entropy (integer targets) and mean-squared error.
 
 use super::{expect_rank, float_only, same_device};
-use crate::autograd::track;
+use crate::autograd::{track, Saved};
 use crate::backend::{CrossEntropySpec, Reduction};
 use crate::cast_policy::AutocastOp;
 use crate::{DType, Error, Result, Tensor};
@@ -28,8 +28,9 @@ impl Tensor {
         };
         let s = x.backend()?.softmax(&x.storage(), three, log)?;
         let out = Tensor::contiguous_from(s, x.shape().clone());
-        let y = out.detach();
+        let y = Saved::new(op, &out);
         Ok(track(out, op, &[&x], move |g| {
+            let y = y.get()?;
             let g = g.contiguous()?;
             let dx = g
                 .backend()?
@@ -90,8 +91,9 @@ impl Tensor {
             vec![]
         };
         let out = Tensor::contiguous_from(s, out_shape);
-        let (sx, st) = (x.detach(), t.detach());
+        let (sx, st) = (Saved::new(OP, &x), Saved::new(OP, &t));
         Ok(track(out, OP, &[&x], move |g| {
+            let (sx, st) = (sx.get()?, st.get()?);
             let g = g.contiguous()?;
             let dx = g.backend()?.cross_entropy_backward(
                 &sx.storage(),

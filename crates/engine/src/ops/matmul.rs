@@ -2,7 +2,7 @@
 //! batch), transposed operands as strided views, and `linear`.
 
 use super::{float_only, promote_pair};
-use crate::autograd::track;
+use crate::autograd::{track, Saved};
 use crate::backend::MatmulSpec;
 use crate::cast_policy::AutocastOp;
 use crate::{Error, Layout, Result, Shape, Tensor};
@@ -77,8 +77,9 @@ impl Tensor {
             vec![m, n]
         };
         let out = Tensor::contiguous_from(s, out_shape);
-        let (da, db) = (a.detach(), b.detach());
+        let (da, db) = (Saved::new(OP, &a), Saved::new(OP, &b));
         Ok(track(out, OP, &[&a, &b], move |g| {
+            let (da, db) = (da.get()?, db.get()?);
             // dA = g · Bᵀ, dB = Aᵀ · g; a broadcast operand sums over the batch.
             let ga = g.matmul(&db.transpose(-2, -1)?)?;
             let gb = da.transpose(-2, -1)?.matmul(g)?;

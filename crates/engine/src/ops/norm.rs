@@ -2,7 +2,7 @@
 //! statistics; evaluation with the running statistics).
 
 use super::{float_only, same_device};
-use crate::autograd::{no_grad, track};
+use crate::autograd::{no_grad, track, Saved};
 use crate::{DType, Error, Result, Tensor};
 
 /// Options of [`Tensor::batch_norm`], as in `torch.nn.functional.batch_norm`.
@@ -124,8 +124,9 @@ impl Tensor {
             }
         }
         let out = Tensor::contiguous_from(fwd.y, self.shape().clone());
-        let (sx, sw) = (x.detach(), w.detach());
+        let (sx, sw) = (Saved::new(OP, &x), Saved::new(OP, &w));
         Ok(track(out, OP, &[&x, &w, &b], move |g| {
+            let (sx, sw) = (sx.get()?, sw.get()?);
             let g = g.contiguous()?;
             let r = g.backend()?.batch_norm_backward(
                 &g.storage(),

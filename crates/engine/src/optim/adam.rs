@@ -27,9 +27,10 @@ pub struct AdamConfig {
     pub weight_decay: f64,
     /// Use the maximum of past second moments (AMSGrad; default false).
     pub amsgrad: bool,
-    /// Run each step as one backend call over all parameters (`Backend::fused_adam`), with
-    /// the step counts on the device; enables the sync-free [`Optimizer::step_amp`] that a
-    /// `GradScaler` uses (default false). Not part of the state dict.
+    /// Run each step as one in-place, multi-threaded backend call over all parameters
+    /// (`OptimOps::adam_step`), with the step counts on the device; enables the sync-free
+    /// [`Optimizer::step_amp`] that a `GradScaler` uses. Default **true**; `false` selects the
+    /// unfused reference implementation (tensor ops, allocating). Not part of the state dict.
     pub fused: bool,
 }
 
@@ -48,7 +49,7 @@ impl AdamConfig {
             eps: 1e-8,
             weight_decay: 0.0,
             amsgrad: false,
-            fused: false,
+            fused: true,
         }
     }
     /// `torch.optim.AdamW`'s defaults: those of Adam with weight decay 1e-2.
@@ -80,7 +81,7 @@ impl AdamConfig {
         self.amsgrad = amsgrad;
         self
     }
-    /// Turns the fused implementation on or off.
+    /// Turns the fused implementation on (the default) or off (the reference path).
     pub fn fused(mut self, fused: bool) -> Self {
         self.fused = fused;
         self
@@ -210,35 +211,71 @@ impl AdamCore {
         Ok(())
     }
 
-    /// One backend call over every parameter with a gradient (see `Backend::fused_adam`).
+    /// A state buffer of parameter `i` that the fused step may write in place: created as
+    /// zeros on the first step, copied once if it does not own its whole buffer.
+    fn inplace_buffer(&mut self, i: usize, name: &str) -> Result<Tensor> {
+        let b = match self.state[i].buffers.get(name) {
+            Some(b) if b.owns_whole_buffer() && b.dtype() == self.params[i].dtype() => {
+                return Ok(b.clone())
+            }
+            Some(b) => b.to_dtype(self.params[i].dtype())?.deep_copy()?,
+            None => self.params[i].zeros_like()?,
+        };
+        self.state[i].buffers.insert(name.to_string(), b.clone());
+        Ok(b)
+    }
+
+    /// One backend call over every parameter with a gradient, writing parameters, moments,
+    /// step counts (and, with `grad_scale`, the unscaled gradients) in place (see
+    /// `OptimOps::adam_step`). After the first step it allocates nothing.
     fn fused_step(
         &mut self,
         grad_scale: Option<&Tensor>,
         found_inf: Option<&Tensor>,
     ) -> Result<()> {
         let _guard = no_grad();
-        let mut idx = Vec::new();
+        let mut written = Vec::new();
         let mut tensors = Vec::new();
-        for (i, p) in self.params.iter().enumerate() {
-            let Some(g) = p.grad() else { continue };
+        for i in 0..self.params.len() {
+            let p = self.params[i].clone();
+            let Some(mut g) = p.grad() else { continue };
+            if g.dtype() == DType::F64 && p.dtype() != DType::F64 {
+                g = g.to_dtype(p.dtype())?;
+                p.set_grad(Some(g.clone()))?;
+            }
+            if !g.owns_whole_buffer() {
+                g = g.deep_copy()?;
+                p.set_grad(Some(g.clone()))?;
+            }
+            let m = self.inplace_buffer(i, EXP_AVG)?;
+            let v = self.inplace_buffer(i, EXP_AVG_SQ)?;
+            let vmax = match self.config.amsgrad {
+                true => Some(self.inplace_buffer(i, MAX_EXP_AVG_SQ)?),
+                false => None,
+            };
             let step = match &self.device_steps[i] {
                 Some(s) => s.clone(),
-                None => Tensor::full([1], self.state[i].step as f64, DType::F32, p.device())?,
+                None => {
+                    let s = Tensor::full([1], self.state[i].step as f64, DType::F32, p.device())?;
+                    self.device_steps[i] = Some(s.clone());
+                    s
+                }
             };
             tensors.push(AdamTensors {
                 param: p.storage(),
-                grad: g.contiguous()?.storage(),
-                exp_avg: self.buffer(i, EXP_AVG)?.contiguous()?.storage(),
-                exp_avg_sq: self.buffer(i, EXP_AVG_SQ)?.contiguous()?.storage(),
-                max_exp_avg_sq: match self.config.amsgrad {
-                    true => Some(self.buffer(i, MAX_EXP_AVG_SQ)?.contiguous()?.storage()),
-                    false => None,
-                },
+                grad: g.storage(),
+                exp_avg: m.storage(),
+                exp_avg_sq: v.storage(),
+                max_exp_avg_sq: vmax.as_ref().map(Tensor::storage),
                 step: step.storage(),
             });
-            idx.push(i);
+            written.extend([p, m, v, step]);
+            written.extend(vmax);
+            if grad_scale.is_some() {
+                written.push(g);
+            }
         }
-        let Some(&first) = idx.first() else {
+        let Some(first) = written.first() else {
             return Ok(());
         };
         let c = self.config;
@@ -251,29 +288,13 @@ impl AdamCore {
             amsgrad: c.amsgrad,
             decoupled: self.decoupled,
         };
-        let backend = self.params[first].backend()?;
-        let out = backend.fused_adam(
+        first.backend()?.adam_step(
             &tensors,
             &spec,
             grad_scale.map(Tensor::storage).as_ref(),
             found_inf.map(Tensor::storage).as_ref(),
         )?;
-        for (i, t) in idx.into_iter().zip(out) {
-            let p = &self.params[i];
-            let like = |s| Tensor::contiguous_from(s, p.shape().clone());
-            p.assign(&like(t.param))?;
-            if grad_scale.is_some() {
-                p.set_grad(Some(like(t.grad)))?;
-            }
-            let st = &mut self.state[i];
-            st.buffers.insert(EXP_AVG.to_string(), like(t.exp_avg));
-            st.buffers
-                .insert(EXP_AVG_SQ.to_string(), like(t.exp_avg_sq));
-            if let Some(v) = t.max_exp_avg_sq {
-                st.buffers.insert(MAX_EXP_AVG_SQ.to_string(), like(v));
-            }
-            self.device_steps[i] = Some(Tensor::contiguous_from(t.step, [1]));
-        }
+        written.iter().for_each(Tensor::mark_modified);
         Ok(())
     }
 
@@ -303,7 +324,10 @@ impl AdamCore {
                         .as_ref()
                         .and_then(|t| t.item().ok())
                         .map_or(st.step, |s| s as u64);
-                    ParamState { step, ..st.clone() }
+                    ParamState {
+                        step,
+                        ..st.snapshot()
+                    }
                 })
                 .collect(),
         }

@@ -76,7 +76,9 @@ pub trait Optimizer {
 }
 
 /// An optimizer's state dict: what `torch.optim.Optimizer.state_dict()` holds for one
-/// parameter group. Like the tensors themselves, a clone shares the buffers' data.
+/// parameter group. `Optimizer::state_dict` returns a snapshot (the buffers are copied, since
+/// the optimizer updates its live buffers in place); a clone of an `OptimizerState` shares
+/// the snapshot's data.
 #[derive(Debug, Clone, Default)]
 pub struct OptimizerState {
     /// The optimizer kind, PyTorch's class name: `"SGD"`, `"Adam"` or `"AdamW"`.
@@ -96,6 +98,21 @@ pub struct ParamState {
     /// Named buffers with PyTorch's names: `momentum_buffer` (SGD); `exp_avg`, `exp_avg_sq`
     /// and, with AMSGrad, `max_exp_avg_sq` (Adam, AdamW). Absent until first needed.
     pub buffers: BTreeMap<String, Tensor>,
+}
+
+impl ParamState {
+    /// A copy whose buffers own their data (the live buffers are updated in place by later
+    /// steps). A buffer that cannot be copied (out of device memory) is shared instead.
+    pub(crate) fn snapshot(&self) -> ParamState {
+        ParamState {
+            step: self.step,
+            buffers: self
+                .buffers
+                .iter()
+                .map(|(k, t)| (k.clone(), t.deep_copy().unwrap_or_else(|_| t.clone())))
+                .collect(),
+        }
+    }
 }
 
 /// Checks the parameter list like PyTorch: not empty, leaf float tensors, no duplicates;
@@ -137,12 +154,6 @@ fn ensure(op: &'static str, ok: bool, msg: impl FnOnce() -> String) -> Result<()
 /// The gradient of `p` in `p`'s dtype, or `None` when it has none.
 fn grad_of(p: &Tensor) -> Result<Option<Tensor>> {
     p.grad().map(|g| g.to_dtype(p.dtype())).transpose()
-}
-
-/// A new tensor with its own copy of `t`'s data, on the same device.
-fn deep_copy(t: &Tensor) -> Result<Tensor> {
-    let s = t.backend()?.copy_strided(&t.storage(), t.layout())?;
-    Ok(Tensor::contiguous_from(s, t.shape().clone()))
 }
 
 /// A hyper-parameter of a loaded state; an error names the missing key.
@@ -223,7 +234,7 @@ fn load_param_states(
                     ),
                 ));
             }
-            let b = deep_copy(&b.to_dtype(p.dtype())?.to_device(p.device())?)?;
+            let b = b.to_dtype(p.dtype())?.to_device(p.device())?.deep_copy()?;
             buffers.insert(name.clone(), b);
         }
         out.push(ParamState {

@@ -1,7 +1,8 @@
 //! Stochastic gradient descent with momentum, dampening, Nesterov and weight decay.
 
-use super::{check_kind, check_params, deep_copy, ensure, flag, grad_of, hyper, load_param_states};
+use super::{check_kind, check_params, ensure, flag, grad_of, hyper, load_param_states};
 use super::{Optimizer, OptimizerState, ParamState};
+use crate::backend::{SgdSpec, SgdTensors};
 use crate::{no_grad, Result, Tensor};
 
 const KIND: &str = "SGD";
@@ -22,6 +23,10 @@ pub struct SgdConfig {
     pub weight_decay: f64,
     /// Nesterov momentum; needs `momentum > 0` and `dampening == 0` (default false).
     pub nesterov: bool,
+    /// Run each step as one in-place, multi-threaded backend call over all parameters
+    /// (`OptimOps::sgd_step`); `false` selects the unfused reference implementation (tensor
+    /// ops, allocating). Default true. Not part of the state dict.
+    pub fused: bool,
 }
 
 impl SgdConfig {
@@ -33,7 +38,13 @@ impl SgdConfig {
             dampening: 0.0,
             weight_decay: 0.0,
             nesterov: false,
+            fused: true,
         }
+    }
+    /// Turns the fused in-place implementation on (the default) or off (the reference path).
+    pub fn fused(mut self, fused: bool) -> Self {
+        self.fused = fused;
+        self
     }
     /// Sets the momentum factor.
     pub fn momentum(mut self, momentum: f64) -> Self {
@@ -126,7 +137,7 @@ impl Sgd {
         let mut buf = None;
         if c.momentum != 0.0 {
             let b = match self.state[i].buffers.get(MOMENTUM_BUFFER) {
-                None => deep_copy(&g)?,
+                None => g.deep_copy()?,
                 Some(b) => b
                     .mul_scalar(c.momentum)?
                     .add(&g.mul_scalar(1.0 - c.dampening)?)?,
@@ -148,8 +159,78 @@ impl Sgd {
     }
 }
 
+impl Sgd {
+    /// One in-place backend call per group of parameters (those starting their momentum
+    /// buffer, then the others); allocates only the momentum buffers of the first step.
+    fn fused_step(&mut self) -> Result<()> {
+        let _guard = no_grad();
+        let c = self.config;
+        let mut groups: [Vec<SgdTensors>; 2] = [Vec::new(), Vec::new()];
+        let mut written = Vec::new();
+        let mut stepped = Vec::new();
+        for i in 0..self.params.len() {
+            let p = self.params[i].clone();
+            let Some(mut g) = p.grad() else { continue };
+            if g.dtype() == crate::DType::F64 && p.dtype() != crate::DType::F64 {
+                g = g.to_dtype(p.dtype())?;
+            }
+            if !g.owns_whole_buffer() {
+                g = g.deep_copy()?;
+            }
+            let (buf, first) = if c.momentum == 0.0 {
+                (None, false)
+            } else {
+                match self.state[i].buffers.get(MOMENTUM_BUFFER) {
+                    Some(b) if b.owns_whole_buffer() && b.dtype() == p.dtype() => {
+                        (Some(b.clone()), false)
+                    }
+                    Some(b) => (Some(b.to_dtype(p.dtype())?.deep_copy()?), false),
+                    None => (Some(p.zeros_like()?), true),
+                }
+            };
+            groups[usize::from(first)].push(SgdTensors {
+                param: p.storage(),
+                grad: g.storage(),
+                momentum_buffer: buf.as_ref().map(Tensor::storage),
+            });
+            if let Some(b) = &buf {
+                self.state[i]
+                    .buffers
+                    .insert(MOMENTUM_BUFFER.to_string(), b.clone());
+            }
+            written.push(p);
+            written.extend(buf);
+            stepped.push(i);
+        }
+        let Some(first) = written.first() else {
+            return Ok(());
+        };
+        let backend = first.backend()?;
+        for (first_step, group) in [false, true].into_iter().zip(&groups) {
+            if group.is_empty() {
+                continue;
+            }
+            let spec = SgdSpec {
+                lr: c.lr,
+                momentum: c.momentum,
+                dampening: c.dampening,
+                weight_decay: c.weight_decay,
+                nesterov: c.nesterov,
+                first_step,
+            };
+            backend.sgd_step(group, &spec, None)?;
+        }
+        written.iter().for_each(Tensor::mark_modified);
+        stepped.into_iter().for_each(|i| self.state[i].step += 1);
+        Ok(())
+    }
+}
+
 impl Optimizer for Sgd {
     fn step(&mut self) -> Result<()> {
+        if self.config.fused {
+            return self.fused_step();
+        }
         let _guard = no_grad();
         for i in 0..self.params.len() {
             if let Some(grad) = grad_of(&self.params[i])? {
@@ -190,7 +271,7 @@ impl Optimizer for Sgd {
                 .iter()
                 .map(|(k, v)| (k.to_string(), *v))
                 .collect(),
-            params: self.state.clone(),
+            params: self.state.iter().map(ParamState::snapshot).collect(),
         }
     }
 
@@ -203,6 +284,7 @@ impl Optimizer for Sgd {
             dampening: hyper(state, "dampening")?,
             weight_decay: hyper(state, "weight_decay")?,
             nesterov: flag(state, "nesterov")?,
+            fused: self.config.fused,
         };
         config.validate()?;
         self.config = config;

@@ -1,7 +1,7 @@
 //! Constructors: filled tensors and tensors from host data.
 
 use super::Tensor;
-use crate::backend::backend_for;
+use crate::backend_for;
 use crate::{CpuStorage, DType, Device, Element, Error, Result, Shape};
 
 impl Tensor {

@@ -2,13 +2,15 @@
 
 mod construct;
 mod display;
+mod inplace;
 mod random;
 mod views;
 
 pub use random::{manual_seed, Generator};
 
 use crate::autograd::NodeState;
-use crate::backend::{backend_for, Backend};
+use crate::backend::Backend;
+use crate::backend_for;
 use crate::{CpuStorage, DType, Device, Element, Error, Layout, Result, Shape, StorageRef};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -191,26 +193,6 @@ impl Tensor {
     /// A new leaf sharing this tensor's data, outside any graph.
     pub fn detach(&self) -> Tensor {
         Tensor::from_storage(self.storage(), self.layout().clone())
-    }
-
-    /// Overwrites this tensor's data with `src` (same shape; cast to this dtype). The tensor
-    /// must be contiguous. Not recorded by autograd: use it for parameter and buffer updates.
-    pub fn assign(&self, src: &Tensor) -> Result<()> {
-        if src.shape() != self.shape() {
-            return Err(Error::shape(
-                "assign",
-                format!("source {:?} into {:?}", src.shape(), self.shape()),
-            ));
-        }
-        if !self.layout().is_contiguous() || self.layout().offset() != 0 {
-            return Err(Error::invalid("assign", "destination must be contiguous"));
-        }
-        let src = src
-            .to_device(self.device())?
-            .to_dtype(self.dtype())?
-            .contiguous()?;
-        *self.0.storage.write().unwrap_or_else(|e| e.into_inner()) = src.storage();
-        Ok(())
     }
 
     /// Copies the data to the host in logical order.

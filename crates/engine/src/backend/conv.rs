@@ -1,0 +1,110 @@
+//! The convolution family (a device may lack it: the default bodies say `Unsupported`).
+
+use super::{unsupported, BackendDevice};
+use crate::{Error, Result, StorageRef};
+
+/// Geometry of a 2-D convolution over NCHW input `[n, c_in, h, w]` with OIHW weight
+/// `[c_out, c_in / groups, kh, kw]`; output `[n, c_out, out_h, out_w]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct Conv2dSpec {
+    pub n: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+    pub dilation: (usize, usize),
+    pub groups: usize,
+}
+
+impl Conv2dSpec {
+    /// Checks the geometry: positive sizes, channels divisible by groups, non-empty output.
+    pub fn validate(&self, op: &'static str) -> Result<()> {
+        let Conv2dSpec {
+            stride,
+            dilation,
+            groups,
+            ..
+        } = *self;
+        if stride.0 == 0 || stride.1 == 0 {
+            return Err(Error::invalid(
+                op,
+                format!("stride {stride:?} must be positive"),
+            ));
+        }
+        if dilation.0 == 0 || dilation.1 == 0 {
+            return Err(Error::invalid(
+                op,
+                format!("dilation {dilation:?} must be positive"),
+            ));
+        }
+        if groups == 0 || self.c_in % groups != 0 || self.c_out % groups != 0 {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "groups {groups} must divide in_channels {} and out_channels {}",
+                    self.c_in, self.c_out
+                ),
+            ));
+        }
+        if self.kh == 0 || self.kw == 0 || self.c_out == 0 || self.c_in == 0 {
+            return Err(Error::invalid(
+                op,
+                "kernel and channel sizes must be positive",
+            ));
+        }
+        let eff_h = dilation.0 * (self.kh - 1) + 1;
+        let eff_w = dilation.1 * (self.kw - 1) + 1;
+        if self.h + 2 * self.padding.0 < eff_h || self.w + 2 * self.padding.1 < eff_w {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "input {}x{} with padding {:?} is smaller than the dilated kernel {eff_h}x{eff_w}",
+                    self.h, self.w, self.padding
+                ),
+            ));
+        }
+        Ok(())
+    }
+    /// Output height.
+    pub fn out_h(&self) -> usize {
+        (self.h + 2 * self.padding.0 - self.dilation.0 * (self.kh - 1) - 1) / self.stride.0 + 1
+    }
+    /// Output width.
+    pub fn out_w(&self) -> usize {
+        (self.w + 2 * self.padding.1 - self.dilation.1 * (self.kw - 1) - 1) / self.stride.1 + 1
+    }
+}
+
+/// 2-D convolution forward and backward.
+pub trait ConvOps: BackendDevice {
+    /// Convolution forward; contiguous `x` and `w` of one dtype.
+    fn conv2d(&self, x: &StorageRef, w: &StorageRef, spec: &Conv2dSpec) -> Result<StorageRef> {
+        let _ = (x, w, spec);
+        Err(unsupported(self.device(), "conv2d"))
+    }
+    /// Gradient of the convolution's input from the output gradient `dy` (contiguous).
+    fn conv2d_backward_input(
+        &self,
+        dy: &StorageRef,
+        w: &StorageRef,
+        spec: &Conv2dSpec,
+    ) -> Result<StorageRef> {
+        let _ = (dy, w, spec);
+        Err(unsupported(self.device(), "conv2d_backward_input"))
+    }
+    /// Gradient of the convolution's weight from the output gradient `dy` (contiguous).
+    fn conv2d_backward_weight(
+        &self,
+        x: &StorageRef,
+        dy: &StorageRef,
+        spec: &Conv2dSpec,
+    ) -> Result<StorageRef> {
+        let _ = (x, dy, spec);
+        Err(unsupported(self.device(), "conv2d_backward_weight"))
+    }
+}

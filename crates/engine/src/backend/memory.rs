@@ -1,0 +1,29 @@
+//! The memory family: moving data between the host and a device, filling, copying, casting,
+//! and the in-place copy behind `Tensor::assign`.
+
+use super::BackendDevice;
+use crate::{CpuStorage, DType, Layout, Result, StorageRef};
+
+/// Transfers, fills, strided copies and casts.
+pub trait MemoryOps: BackendDevice {
+    /// Copies host data to a new device buffer.
+    fn upload(&self, data: &CpuStorage) -> Result<StorageRef>;
+    /// Copies the elements of `layout` (in logical order) back to the host.
+    fn to_host(&self, s: &StorageRef, layout: &Layout) -> Result<CpuStorage>;
+    /// A buffer of `n` elements, all `value` rounded to `dtype`.
+    fn full(&self, dtype: DType, n: usize, value: f64) -> Result<StorageRef>;
+    /// Materializes a strided view as a contiguous buffer of the same dtype.
+    fn copy_strided(&self, s: &StorageRef, layout: &Layout) -> Result<StorageRef>;
+    /// Converts a strided view to `dtype` (round to nearest even; contiguous output).
+    fn cast(&self, s: &StorageRef, layout: &Layout, dtype: DType) -> Result<StorageRef>;
+    /// In place: writes the elements of the view `src` (any float dtype, rounded to `dst`'s
+    /// dtype) into the contiguous range of `dst` that starts at element `dst_offset` (as many
+    /// elements as `src_layout` has). `src` may be `dst` itself.
+    fn copy_into(
+        &self,
+        dst: &StorageRef,
+        dst_offset: usize,
+        src: &StorageRef,
+        src_layout: &Layout,
+    ) -> Result<()>;
+}

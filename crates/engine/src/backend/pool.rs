@@ -1,0 +1,112 @@
+//! The pooling family (a device may lack it: the default bodies say `Unsupported`).
+
+use super::{unsupported, BackendDevice};
+use crate::{Error, Result, StorageRef};
+
+/// Geometry of a 2-D max or average pooling over NCHW `[n, c, h, w]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct Pool2dSpec {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+    /// Max pooling only; average pooling requires `(1, 1)`.
+    pub dilation: (usize, usize),
+    /// Average pooling: count padded positions in the divisor (PyTorch's default `true`).
+    pub count_include_pad: bool,
+}
+
+impl Pool2dSpec {
+    /// Checks the geometry with PyTorch's rules (padding at most half the kernel).
+    pub fn validate(&self, op: &'static str) -> Result<()> {
+        let (k, s, p, d) = (self.kernel, self.stride, self.padding, self.dilation);
+        if k.0 == 0 || k.1 == 0 || s.0 == 0 || s.1 == 0 || d.0 == 0 || d.1 == 0 {
+            return Err(Error::invalid(
+                op,
+                format!("kernel {k:?}, stride {s:?} and dilation {d:?} must be positive"),
+            ));
+        }
+        if 2 * p.0 > k.0 || 2 * p.1 > k.1 {
+            return Err(Error::invalid(
+                op,
+                format!("padding {p:?} must be at most half the kernel {k:?}"),
+            ));
+        }
+        let eff = (d.0 * (k.0 - 1) + 1, d.1 * (k.1 - 1) + 1);
+        if self.h + 2 * p.0 < eff.0 || self.w + 2 * p.1 < eff.1 {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "input {}x{} with padding {p:?} is smaller than the kernel {k:?}",
+                    self.h, self.w
+                ),
+            ));
+        }
+        Ok(())
+    }
+    /// Output height (floor mode).
+    pub fn out_h(&self) -> usize {
+        (self.h + 2 * self.padding.0 - self.dilation.0 * (self.kernel.0 - 1) - 1) / self.stride.0
+            + 1
+    }
+    /// Output width (floor mode).
+    pub fn out_w(&self) -> usize {
+        (self.w + 2 * self.padding.1 - self.dilation.1 * (self.kernel.1 - 1) - 1) / self.stride.1
+            + 1
+    }
+}
+
+/// Max, average and adaptive average pooling.
+pub trait PoolOps: BackendDevice {
+    /// Max pooling of contiguous `x`; returns the output and the I64 argmax of each output
+    /// (flat index `h * W + w` within its plane).
+    fn max_pool2d(&self, x: &StorageRef, spec: &Pool2dSpec) -> Result<(StorageRef, StorageRef)> {
+        let _ = (x, spec);
+        Err(unsupported(self.device(), "max_pool2d"))
+    }
+    /// Scatters `dy` to the argmax positions (accumulating), giving `dx` of `x`'s shape.
+    fn max_pool2d_backward(
+        &self,
+        dy: &StorageRef,
+        indices: &StorageRef,
+        spec: &Pool2dSpec,
+    ) -> Result<StorageRef> {
+        let _ = (dy, indices, spec);
+        Err(unsupported(self.device(), "max_pool2d_backward"))
+    }
+    /// Average pooling of contiguous `x`.
+    fn avg_pool2d(&self, x: &StorageRef, spec: &Pool2dSpec) -> Result<StorageRef> {
+        let _ = (x, spec);
+        Err(unsupported(self.device(), "avg_pool2d"))
+    }
+    /// Gradient of [`PoolOps::avg_pool2d`].
+    fn avg_pool2d_backward(&self, dy: &StorageRef, spec: &Pool2dSpec) -> Result<StorageRef> {
+        let _ = (dy, spec);
+        Err(unsupported(self.device(), "avg_pool2d_backward"))
+    }
+    /// Adaptive average pooling of contiguous `[n, c, h, w]` to `[n, c, oh, ow]` (PyTorch's
+    /// windows: `floor(i*H/oh) .. ceil((i+1)*H/oh)`).
+    fn adaptive_avg_pool2d(
+        &self,
+        x: &StorageRef,
+        dims: [usize; 4],
+        out: (usize, usize),
+    ) -> Result<StorageRef> {
+        let _ = (x, dims, out);
+        Err(unsupported(self.device(), "adaptive_avg_pool2d"))
+    }
+    /// Gradient of [`PoolOps::adaptive_avg_pool2d`].
+    fn adaptive_avg_pool2d_backward(
+        &self,
+        dy: &StorageRef,
+        dims: [usize; 4],
+        out: (usize, usize),
+    ) -> Result<StorageRef> {
+        let _ = (dy, dims, out);
+        Err(unsupported(self.device(), "adaptive_avg_pool2d_backward"))
+    }
+}

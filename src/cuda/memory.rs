@@ -1,0 +1,106 @@
+//! The CUDA memory family: `MemoryOps` for [`CudaBackend`].
+
+use super::backend::{value_bits, CudaBackend};
+use super::kernels::elementwise;
+use hemi_engine::backend::*;
+use hemi_engine::{BackendStorage, CpuStorage, DType, Error, Layout, Result, StorageRef};
+use std::sync::Arc;
+
+impl MemoryOps for CudaBackend {
+    fn upload(&self, data: &CpuStorage) -> Result<StorageRef> {
+        let buf = self.buffer(data.dtype(), data.len())?;
+        if !data.is_empty() {
+            self.driver().upload(buf.ptr(), data.as_bytes())?;
+        }
+        Ok(Arc::new(buf))
+    }
+
+    fn to_host(&self, s: &StorageRef, layout: &Layout) -> Result<CpuStorage> {
+        check_bounds("to_host", s, layout)?;
+        let contiguous = self.copy_strided(s, layout)?;
+        let buf = self.get("to_host", &contiguous)?;
+        let mut bytes = vec![0u8; buf.bytes()];
+        if !bytes.is_empty() {
+            self.driver().download(buf.ptr(), &mut bytes)?;
+        }
+        CpuStorage::from_bytes(buf.dtype(), &bytes)
+    }
+
+    fn full(&self, dtype: DType, n: usize, value: f64) -> Result<StorageRef> {
+        let buf = self.buffer(dtype, n)?;
+        if n > 0 {
+            elementwise::fill(self.driver(), dtype, buf.ptr(), n, value_bits(dtype, value))?;
+        }
+        Ok(Arc::new(buf))
+    }
+
+    fn copy_strided(&self, s: &StorageRef, layout: &Layout) -> Result<StorageRef> {
+        check_bounds("contiguous", s, layout)?;
+        let src = self.get("contiguous", s)?;
+        let buf = self.buffer(src.dtype(), layout.elem_count())?;
+        if layout.elem_count() > 0 {
+            elementwise::copy_strided(self.driver(), src.dtype(), src.ptr(), layout, buf.ptr())?;
+        }
+        Ok(Arc::new(buf))
+    }
+
+    fn cast(&self, s: &StorageRef, layout: &Layout, dtype: DType) -> Result<StorageRef> {
+        check_bounds("to_dtype", s, layout)?;
+        let src = self.get("to_dtype", s)?;
+        if src.dtype() == dtype {
+            return self.copy_strided(s, layout);
+        }
+        let buf = self.buffer(dtype, layout.elem_count())?;
+        if layout.elem_count() > 0 {
+            elementwise::cast(
+                self.driver(),
+                src.dtype(),
+                src.ptr(),
+                layout,
+                dtype,
+                buf.ptr(),
+            )?;
+        }
+        Ok(Arc::new(buf))
+    }
+
+    fn copy_into(
+        &self,
+        dst: &StorageRef,
+        dst_offset: usize,
+        src: &StorageRef,
+        src_layout: &Layout,
+    ) -> Result<()> {
+        const OP: &str = "copy_into";
+        check_bounds(OP, src, src_layout)?;
+        let d = self.get(OP, dst)?;
+        let n = src_layout.elem_count();
+        if dst_offset.checked_add(n).map_or(true, |end| end > d.len()) {
+            let msg = format!(
+                "{n} elements at offset {dst_offset} of a {}-element buffer",
+                d.len()
+            );
+            return Err(Error::ShapeMismatch { op: OP, msg });
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let y = d.ptr() + (dst_offset * d.dtype().size_in_bytes()) as u64;
+        // A source in the destination's own buffer may overlap it: copy through a temporary.
+        let staged;
+        let (s, l) = if Arc::ptr_eq(dst, src) {
+            staged = self.copy_strided(src, src_layout)?;
+            (
+                self.get(OP, &staged)?,
+                Layout::contiguous(src_layout.shape().clone()),
+            )
+        } else {
+            (self.get(OP, src)?, src_layout.clone())
+        };
+        if s.dtype() == d.dtype() {
+            elementwise::copy_strided(self.driver(), d.dtype(), s.ptr(), &l, y)
+        } else {
+            elementwise::cast(self.driver(), s.dtype(), s.ptr(), &l, d.dtype(), y)
+        }
+    }
+}

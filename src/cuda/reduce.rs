@@ -1,0 +1,39 @@
+//! The CUDA reduce family: `ReduceOps` for [`CudaBackend`].
+
+use super::backend::CudaBackend;
+use super::kernels::reduce;
+use hemi_engine::backend::*;
+use hemi_engine::{BackendStorage, Layout, Result, StorageRef};
+use std::sync::Arc;
+
+impl ReduceOps for CudaBackend {
+    fn reduce(
+        &self,
+        op: ReduceOp,
+        s: &StorageRef,
+        layout: &Layout,
+        dims: &[usize],
+    ) -> Result<StorageRef> {
+        check_bounds("reduce", s, layout)?;
+        let src = self.get("reduce", s)?;
+        let rank = layout.dims().len();
+        let kept: Vec<usize> = (0..rank).filter(|d| !dims.contains(d)).collect();
+        let perm: Vec<usize> = kept.iter().chain(dims.iter()).copied().collect();
+        let chunk: usize = dims.iter().map(|&d| layout.dims()[d]).product();
+        let outer: usize = kept.iter().map(|&d| layout.dims()[d]).product();
+        let buf = self.buffer(src.dtype(), outer)?;
+        if outer > 0 {
+            let view = layout.permute(&perm);
+            reduce::reduce(
+                self.driver(),
+                op,
+                src.dtype(),
+                src.ptr(),
+                &view,
+                buf.ptr(),
+                (outer, chunk),
+            )?;
+        }
+        Ok(Arc::new(buf))
+    }
+}
