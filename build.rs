@@ -144,7 +144,11 @@ fn compile_emulator(kernels: &Path, all_cu: &Path) {
         .flag("-include")
         .flag(sim.join("sim.h").to_string_lossy().as_ref())
         .file(sim.join("sim.cpp"));
+    println!("cargo:rustc-check-cfg=cfg(hemi_sim_asan)");
     if env::var_os("HEMI_SIM_ASAN").is_some_and(|v| v == "1") {
+        // The emulator's allocations become exact-size, so AddressSanitizer's redzones sit
+        // right after each buffer (see `cuda::alloc`).
+        println!("cargo:rustc-cfg=hemi_sim_asan");
         b.flag("-fsanitize=address").flag("-fno-omit-frame-pointer");
     }
     // The kernel sources are CUDA files compiled as C++ with the emulator header.

@@ -28,21 +28,30 @@ impl<'a> Buf<'a> {
     fn from<T: bytemuck::Pod>(d: &'a SimDriver, v: &[T]) -> Self {
         let bytes = std::mem::size_of_val(v).max(1);
         let ptr = d.alloc(bytes).expect("alloc");
-        d.upload(ptr, bytemuck::cast_slice(v)).expect("upload");
+        // SAFETY: `ptr` is a fresh allocation of exactly these bytes.
+        unsafe { d.upload(ptr, bytemuck::cast_slice(v)) }.expect("upload");
         Buf { d, ptr, bytes }
     }
     fn read<T: bytemuck::Pod + Default + Clone>(&self, n: usize) -> Vec<T> {
         let mut out = vec![T::default(); n];
-        self.d
-            .download(self.ptr, bytemuck::cast_slice_mut(&mut out))
-            .expect("download");
+        assert!(
+            n * std::mem::size_of::<T>() <= self.bytes,
+            "read past the buffer"
+        );
+        // SAFETY: within this buffer's allocation (checked above).
+        unsafe {
+            self.d
+                .download(self.ptr, bytemuck::cast_slice_mut(&mut out))
+        }
+        .expect("download");
         out
     }
 }
 
 impl Drop for Buf<'_> {
     fn drop(&mut self) {
-        self.d.free(self.ptr, self.bytes);
+        // SAFETY: allocated in `from` with these bytes; freed once, here.
+        unsafe { self.d.free(self.ptr, self.bytes) };
     }
 }
 
@@ -763,4 +772,143 @@ fn fused_adam_with_half_precision_gradients_matches_the_cpu() -> Result<()> {
         }
     }
     Ok(())
+}
+
+mod bad_inputs {
+    //! The public API driven with random bad inputs on the emulator (CI runs this file under
+    //! AddressSanitizer): every call returns `Ok` or `Err`, none reads or writes outside a
+    //! buffer, none panics.
+    use hemi::backend::{BinaryOp, ReduceOp, UnaryOp};
+    use hemi::{backend_for, CrossEntropySpec, DType, Device, Layout, Shape, Tensor};
+    use proptest::prelude::*;
+
+    fn tensor(len: usize, dt: DType) -> Tensor {
+        hemi::cuda::init();
+        Tensor::uniform([len], -2.0, 2.0, dt, Device::CudaSim).expect("tensor")
+    }
+
+    fn layout() -> impl Strategy<Value = Layout> {
+        (
+            prop::collection::vec(0usize..9, 0..4),
+            prop::collection::vec(0usize..12, 0..4),
+            0usize..40,
+        )
+            .prop_map(|(dims, strides, offset)| Layout::new(Shape::new(dims), strides, offset))
+    }
+
+    fn dtype() -> impl Strategy<Value = DType> {
+        prop::sample::select(vec![
+            DType::F32,
+            DType::F16,
+            DType::BF16,
+            DType::I64,
+            DType::F64,
+        ])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+        /// Backend calls with layouts that may address past the buffer, odd dtypes and
+        /// lengths: errors, never out-of-bounds accesses.
+        #[test]
+        fn backend_calls_with_bad_layouts(
+            len in 0usize..30,
+            dt in dtype(),
+            la in layout(),
+            lb in layout(),
+            dims in prop::collection::vec(0usize..5, 0..3),
+            offset in 0usize..40,
+        ) {
+            hemi::cuda::init();
+            let be = backend_for(Device::CudaSim).expect("cuda-sim");
+            let (a, b) = (tensor(len, DType::F32), tensor(len / 2 + 1, DType::F32));
+            let (sa, sb) = (a.storage(), b.storage());
+            let _ = be.to_host(&sa, &la);
+            let _ = be.copy_strided(&sa, &la);
+            let _ = be.cast(&sa, &la, dt);
+            let _ = be.unary(UnaryOp::Exp, &sa, &la);
+            let _ = be.binary(BinaryOp::Add, &sa, &la, &sb, &lb);
+            let _ = be.reduce(ReduceOp::Sum, &sa, &la, &dims);
+            let _ = be.cat(&[(sa.clone(), la.clone()), (sb.clone(), lb.clone())], 0);
+            let _ = be.copy_into(&sb, offset, &sa, &la);
+            let _ = be.accumulate(&sa, &sb);
+            let _ = be.softmax(&sa, (len, 2, 3), false);
+            let _ = be.full(dt, len, 1.5);
+            let _ = be.non_finite_check_and_unscale(std::slice::from_ref(&sa), &sb, &sb);
+            // The buffers are unchanged in size and still readable.
+            prop_assert_eq!(a.to_vec::<f32>().expect("a").len(), len);
+        }
+
+        /// Geometry arguments that disagree with the buffers they describe.
+        #[test]
+        fn backend_calls_with_bad_geometry(
+            len in 0usize..40,
+            (batch, m, n, k) in (0usize..4, 0usize..6, 0usize..6, 0usize..6),
+            la in layout(),
+            lb in layout(),
+            (o, sz, inner) in (0usize..7, 0usize..7, 0usize..4),
+            (rows, classes) in (0usize..6, 0usize..9),
+            tlen in 0usize..8,
+        ) {
+            use hemi::backend::{AdamTensors, FusedAdamSpec, MatmulSpec, ScaleState, ScaleUpdateSpec, SgdSpec, SgdTensors};
+            hemi::cuda::init();
+            let be = backend_for(Device::CudaSim).expect("cuda-sim");
+            let (a, b) = (tensor(len, DType::F16), tensor(len / 3 + 1, DType::F16));
+            let (sa, sb) = (a.storage(), b.storage());
+            let _ = be.matmul(&sa, &la, &sb, &lb, &MatmulSpec { batch, m, n, k });
+            let _ = be.softmax(&sa, (o, sz, inner), true);
+            let _ = be.softmax_backward(&sa, &sb, (o, sz, inner), false);
+            let t = Tensor::full([tlen], 1.0, DType::I64, Device::CudaSim).expect("t").storage();
+            let _ = be.cross_entropy(&sa, &t, (rows, classes), &CrossEntropySpec::default());
+            let _ = be.cross_entropy_backward(&sa, &t, &sb, (rows, classes), &CrossEntropySpec::default());
+            let f32s = |n: usize| tensor(n, DType::F32).storage();
+            let adam = AdamTensors {
+                param: f32s(len),
+                grad: sa.clone(),
+                exp_avg: f32s(len / 2),
+                exp_avg_sq: f32s(len),
+                max_exp_avg_sq: Some(f32s(tlen)),
+                step: f32s(tlen),
+            };
+            let spec = FusedAdamSpec { lr: 0.1, beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.0, amsgrad: true, decoupled: false };
+            let _ = be.adam_step(&[adam], &spec, Some(&sb), Some(&t));
+            let sgd = SgdTensors { param: f32s(len), grad: sb.clone(), momentum_buffer: Some(f32s(tlen)) };
+            let sspec = SgdSpec { lr: 0.1, momentum: 0.9, dampening: 0.0, weight_decay: 0.0, nesterov: false, first_step: true };
+            let _ = be.sgd_step(&[sgd], &sspec, None);
+            let state = ScaleState { scale: sa.clone(), growth_tracker: t.clone(), hysteresis_tracker: f32s(1) };
+            let uspec = ScaleUpdateSpec { growth_factor: 2.0, backoff_factor: 0.5, growth_interval: 3, min_scale: 0.0, max_scale: f64::INFINITY, hysteresis: 1 };
+            let _ = be.update_scale(&state, &sb, &uspec);
+            prop_assert_eq!(a.to_vec::<half::f16>().expect("a").len(), len);
+        }
+
+        /// Tensor-level ops with mismatched shapes, dims and targets.
+        #[test]
+        fn tensor_ops_with_bad_arguments(
+            m in 0usize..6, k in 0usize..6, n in 0usize..6, k2 in 0usize..6,
+            dim in -4isize..4,
+            start in 0usize..8, width in 0usize..8,
+            target in -3i64..9,
+            dt in prop::sample::select(vec![DType::F32, DType::F16, DType::BF16]),
+        ) {
+            let a = tensor(m * k, dt).reshape([m, k]).expect("reshape");
+            let b = tensor(k2 * n, dt).reshape([k2, n]).expect("reshape");
+            let _ = a.matmul(&b);
+            let _ = a.linear(&b, None);
+            let _ = a.softmax(dim);
+            let _ = a.log_softmax(dim);
+            let _ = a.narrow(dim, start, width).and_then(|v| v.contiguous());
+            let _ = a.sum(dim, true);
+            let _ = a.max(dim, false);
+            let _ = Tensor::cat(&[&a, &b], dim);
+            let _ = a.transpose(dim, 1).and_then(|t| t.contiguous());
+            let _ = a.assign(&b);
+            let _ = a.add_(&b);
+            let t = Tensor::full([m], target as f64, DType::I64, Device::CudaSim).expect("targets");
+            let _ = a.cross_entropy(&t, CrossEntropySpec::default());
+            let _ = a.cross_entropy(&t, CrossEntropySpec { label_smoothing: 1.5, ..Default::default() });
+            let _ = Tensor::from_storage_ref(a.storage(), [m + 1, k]);
+            prop_assert_eq!(a.dims(), &[m, k]);
+        }
+    }
 }

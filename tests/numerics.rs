@@ -303,7 +303,12 @@ fn check_cross_entropy(
         for j in 0..c {
             let target = if j == t { 1.0 - eps } else { 0.0 } + eps / c as f64;
             let g64 = (p[j] - target) * w;
-            let bound = (k + U * spread_m) * (p[j] + target) * w + u_out(dt) * g64.abs() + tiny(dt);
+            // f32 exp underflows below 2^-126 (subnormal) and to 0 below 2^-149.
+            let underflow = 2f64.powi(-126) * w;
+            let bound = (k + U * spread_m) * (p[j] + target) * w
+                + u_out(dt) * g64.abs()
+                + tiny(dt)
+                + underflow;
             assert!(
                 (grad[i * c + j] - g64).abs() <= bound,
                 "{case}: dlogits[{i},{j}] {} vs {g64} (bound {bound:e})",

@@ -54,7 +54,7 @@ impl CudaBackend {
         let bytes: &[u8] = bytemuck::cast_slice(records);
         let buf = self.buffer(DType::F32, bytes.len().div_ceil(4).max(1))?;
         if !bytes.is_empty() {
-            self.driver().upload(buf.ptr(), bytes)?;
+            buf.write_bytes(0, bytes)?;
         }
         Ok(buf)
     }
@@ -81,13 +81,13 @@ impl CudaBackend {
             return Err(Error::DTypeMismatch { op, msg });
         }
         let bad = self.buffer(DType::I64, 1)?;
-        self.driver().upload(bad.ptr(), &(n as i64).to_le_bytes())?;
+        bad.write_bytes(0, &(n as i64).to_le_bytes())?;
         softmax::validate_targets(self.driver(), t.ptr(), n, c, spec.ignore_index, bad.ptr())?;
         let mut b = [0u8; 8];
-        self.driver().download(bad.ptr(), &mut b)?;
+        bad.read_bytes(0, &mut b)?;
         let row = i64::from_le_bytes(b) as usize;
         if row < n {
-            self.driver().download(t.ptr() + 8 * row as u64, &mut b)?;
+            t.read_bytes(8 * row, &mut b)?;
             return Err(Error::TargetOutOfRange {
                 op,
                 target: i64::from_le_bytes(b),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 impl ElementwiseOps for CudaBackend {
     fn cat(&self, inputs: &[(StorageRef, Layout)], dim: usize) -> Result<StorageRef> {
+        check_cat(inputs, dim)?;
         let Some((first, fl)) = inputs.first() else {
             return Err(Error::InvalidArgument {
                 op: "cat",

@@ -16,8 +16,7 @@ impl MatmulOps for CudaBackend {
         rhs_layout: &Layout,
         spec: &MatmulSpec,
     ) -> Result<StorageRef> {
-        check_bounds("matmul", lhs, lhs_layout)?;
-        check_bounds("matmul", rhs, rhs_layout)?;
+        check_matmul(lhs, lhs_layout, rhs, rhs_layout, spec)?;
         let (a, b) = (self.get("matmul", lhs)?, self.get("matmul", rhs)?);
         if a.dtype() != b.dtype() {
             let msg = format!("lhs is {} but rhs is {}", a.dtype(), b.dtype());

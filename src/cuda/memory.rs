@@ -10,7 +10,7 @@ impl MemoryOps for CudaBackend {
     fn upload(&self, data: &CpuStorage) -> Result<StorageRef> {
         let buf = self.buffer(data.dtype(), data.len())?;
         if !data.is_empty() {
-            self.driver().upload(buf.ptr(), data.as_bytes())?;
+            buf.write_bytes(0, data.as_bytes())?;
         }
         Ok(Arc::new(buf))
     }
@@ -21,7 +21,7 @@ impl MemoryOps for CudaBackend {
         let buf = self.get("to_host", &contiguous)?;
         let mut bytes = vec![0u8; buf.bytes()];
         if !bytes.is_empty() {
-            self.driver().download(buf.ptr(), &mut bytes)?;
+            buf.read_bytes(0, &mut bytes)?;
         }
         CpuStorage::from_bytes(buf.dtype(), &bytes)
     }

@@ -14,7 +14,7 @@ impl ReduceOps for CudaBackend {
         layout: &Layout,
         dims: &[usize],
     ) -> Result<StorageRef> {
-        check_bounds("reduce", s, layout)?;
+        check_reduce(s, layout, dims)?;
         let src = self.get("reduce", s)?;
         let rank = layout.dims().len();
         let kept: Vec<usize> = (0..rank).filter(|d| !dims.contains(d)).collect();

@@ -49,6 +49,37 @@ impl CudaBuffer {
     pub fn bytes(&self) -> usize {
         self.len * self.dtype.size_in_bytes()
     }
+    /// Errors unless `offset .. offset + len` bytes lie inside the buffer.
+    fn check_range(&self, op: &'static str, offset: usize, len: usize) -> Result<()> {
+        if offset
+            .checked_add(len)
+            .map_or(true, |end| end > self.bytes())
+        {
+            return Err(Error::ShapeMismatch {
+                op,
+                msg: format!("bytes {offset}..+{len} of a {}-byte buffer", self.bytes()),
+            });
+        }
+        Ok(())
+    }
+    /// Copies host bytes into the buffer at byte `offset` (bounds-checked).
+    pub fn write_bytes(&self, offset: usize, src: &[u8]) -> Result<()> {
+        self.check_range("upload", offset, src.len())?;
+        if src.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: the range was checked to lie inside this live allocation of the driver.
+        unsafe { self.driver().upload(self.ptr + offset as u64, src) }
+    }
+    /// Copies bytes from the buffer at byte `offset` to the host (bounds-checked).
+    pub fn read_bytes(&self, offset: usize, dst: &mut [u8]) -> Result<()> {
+        self.check_range("download", offset, dst.len())?;
+        if dst.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: as in `write_bytes`.
+        unsafe { self.driver().download(self.ptr + offset as u64, dst) }
+    }
 }
 
 impl Drop for CudaBuffer {

@@ -411,9 +411,12 @@ impl GradScaler {
             self.per_optimizer.clear();
             return Ok(());
         }
+        // Records stay (their found_inf buffers are reused); only those checked in this
+        // iteration count.
         let founds: Vec<Tensor> = self
             .per_optimizer
             .values()
+            .filter(|r| r.stage != Stage::Ready)
             .filter_map(|r| r.found_inf.clone())
             .collect();
         let Some(first) = founds.first() else {
@@ -445,7 +448,9 @@ impl GradScaler {
             t.mark_modified();
         }
         st.skipped.add_(&total)?;
-        self.per_optimizer.clear();
+        self.per_optimizer
+            .values_mut()
+            .for_each(|r| r.stage = Stage::Ready);
         if let Some(old) = old_scale {
             if total.item()? != 0.0 {
                 self.log_overflow(old)?;

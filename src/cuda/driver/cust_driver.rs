@@ -104,7 +104,7 @@ impl Driver for CustDriver {
         })
     }
 
-    fn free(&self, ptr: DevicePtr, _bytes: usize) {
+    unsafe fn free(&self, ptr: DevicePtr, _bytes: usize) {
         let _ = self.with(|_| {
             // SAFETY: `ptr` came from `alloc` on this context and is freed once.
             unsafe { sys::cuMemFree_v2(ptr) };
@@ -112,7 +112,7 @@ impl Driver for CustDriver {
         });
     }
 
-    fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
+    unsafe fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
         self.with(|inner| {
             inner
                 .stream
@@ -124,7 +124,7 @@ impl Driver for CustDriver {
         })
     }
 
-    fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
+    unsafe fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
         self.with(|inner| {
             inner
                 .stream

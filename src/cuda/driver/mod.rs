@@ -37,18 +37,30 @@ impl LaunchConfig {
 }
 
 /// Memory and launches of one device. Implementations serialize launches and make copies
-/// synchronous, so a kernel's results are visible to the next call.
+/// synchronous, so a kernel's results are visible to the next call. Every call that takes a
+/// raw device address is `unsafe`: only the typed buffers of `cuda::storage` (which own
+/// their allocation and know its size) call them, inside bounds they check.
 pub trait Driver: Send + Sync + Debug {
     /// The device this driver runs.
     fn device(&self) -> Device;
     /// Allocates `bytes` (> 0) of device memory; `Err(OutOfMemory)` leaves the device usable.
     fn alloc(&self, bytes: usize) -> Result<DevicePtr>;
     /// Frees memory from [`Driver::alloc`].
-    fn free(&self, ptr: DevicePtr, bytes: usize);
+    ///
+    /// # Safety
+    /// `ptr` must come from this driver's `alloc` with the same `bytes`, be freed once, and
+    /// not be used afterwards.
+    unsafe fn free(&self, ptr: DevicePtr, bytes: usize);
     /// Copies host bytes to device memory.
-    fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()>;
+    ///
+    /// # Safety
+    /// `dst .. dst + src.len()` must lie inside one live allocation of this driver.
+    unsafe fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()>;
     /// Copies device memory to host bytes.
-    fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()>;
+    ///
+    /// # Safety
+    /// `src .. src + dst.len()` must lie inside one live allocation of this driver.
+    unsafe fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()>;
     /// Launches kernel `name`.
     ///
     /// # Safety

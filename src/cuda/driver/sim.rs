@@ -75,21 +75,21 @@ impl Driver for SimDriver {
         Ok(p as DevicePtr)
     }
 
-    fn free(&self, ptr: DevicePtr, bytes: usize) {
+    unsafe fn free(&self, ptr: DevicePtr, bytes: usize) {
         if let Ok(l) = layout(bytes) {
             // SAFETY: `ptr` came from `alloc` with the same size and alignment.
             unsafe { dealloc(ptr as *mut u8, l) }
         }
     }
 
-    fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
-        // SAFETY: `dst` addresses an allocation of at least `src.len()` bytes (callers copy
-        // into buffers of the source's size) that does not overlap `src`.
+    unsafe fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
+        // SAFETY: the caller guarantees `dst .. dst + src.len()` lies in one live allocation,
+        // which cannot overlap the host slice `src`.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
         Ok(())
     }
 
-    fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
+    unsafe fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
         // SAFETY: as in `upload`, with the roles swapped.
         unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) };
         Ok(())

@@ -107,6 +107,19 @@ impl Saved {
     }
 }
 
+/// Saves `t` for `op` when the gradient needs it (`keep`), else nothing.
+pub(crate) fn save_if(op: &'static str, t: &Tensor, keep: bool) -> Option<Saved> {
+    keep.then(|| Saved::new(op, t))
+}
+
+/// The saved tensor (version-checked), or `fallback` when nothing was saved because the
+/// gradient does not read it.
+pub(crate) fn get_or(saved: &Option<Saved>, fallback: &Tensor) -> Result<Tensor> {
+    saved
+        .as_ref()
+        .map_or_else(|| Ok(fallback.clone()), Saved::get)
+}
+
 /// Records `backward` on `out` when grad mode is on and any input requires grad.
 pub(crate) fn track<F>(out: Tensor, name: &'static str, inputs: &[&Tensor], backward: F) -> Tensor
 where

@@ -1,8 +1,48 @@
 //! The elementwise family: unary and broadcasting binary ops, concatenation, and the
 //! in-place accumulation that gradient accumulation uses.
 
-use super::BackendDevice;
-use crate::{Layout, Result, StorageRef};
+use super::{check_bounds, BackendDevice};
+use crate::{Error, Layout, Result, StorageRef};
+
+/// Checks the inputs of [`ElementwiseOps::cat`]: at least one, one dtype, one rank with
+/// `dim` inside it, equal dims outside `dim`, every layout inside its buffer.
+pub fn check_cat(inputs: &[(StorageRef, Layout)], dim: usize) -> Result<()> {
+    let Some((first, fl)) = inputs.first() else {
+        return Err(Error::invalid("cat", "needs at least one tensor"));
+    };
+    if dim >= fl.dims().len() {
+        return Err(Error::invalid(
+            "cat",
+            format!("dim {dim} out of range for rank {}", fl.dims().len()),
+        ));
+    }
+    for (s, l) in inputs {
+        check_bounds("cat", s, l)?;
+        if s.dtype() != first.dtype() {
+            return Err(Error::dtype(
+                "cat",
+                format!("{} and {}", first.dtype(), s.dtype()),
+            ));
+        }
+        let same = l.dims().len() == fl.dims().len()
+            && l.dims()
+                .iter()
+                .zip(fl.dims())
+                .enumerate()
+                .all(|(i, (a, b))| i == dim || a == b);
+        if !same {
+            return Err(Error::shape(
+                "cat",
+                format!(
+                    "{:?} and {:?} differ outside dim {dim}",
+                    fl.dims(),
+                    l.dims()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// Elementwise ops of one input. Computed in f32 for F16/BF16/F32 (f64 for F64), rounded once.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -85,19 +85,36 @@ pub(crate) fn unsupported(device: Device, op: &'static str) -> Error {
     }
 }
 
-/// Checks that `s` holds at least the elements `layout` addresses.
+/// Checks that `layout` is well formed (one stride per dim, no arithmetic overflow) and that
+/// `s` holds every element it addresses. Every backend method that takes a layout calls it
+/// first, so no layout a caller builds can make a kernel read or write outside its buffer.
 pub fn check_bounds(op: &'static str, s: &StorageRef, layout: &Layout) -> Result<()> {
-    let n = layout.elem_count();
+    let (dims, strides) = (layout.dims(), layout.strides());
+    if strides.len() != dims.len() {
+        return Err(Error::shape(
+            op,
+            format!(
+                "layout has {} strides for {} dims",
+                strides.len(),
+                dims.len()
+            ),
+        ));
+    }
+    let overflow = || Error::shape(op, format!("layout {dims:?} overflows the address space"));
+    let n = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(overflow)?;
     if n == 0 {
         return Ok(());
     }
-    let last = layout.offset()
-        + layout
-            .dims()
-            .iter()
-            .zip(layout.strides())
-            .map(|(d, s)| (d - 1) * s)
-            .sum::<usize>();
+    let last = dims
+        .iter()
+        .zip(strides)
+        .try_fold(layout.offset(), |a, (&d, &st)| {
+            (d - 1).checked_mul(st).and_then(|x| a.checked_add(x))
+        })
+        .ok_or_else(overflow)?;
     if last >= s.len() {
         return Err(Error::shape(
             op,

@@ -1,7 +1,21 @@
 //! The reduction family.
 
-use super::BackendDevice;
-use crate::{Layout, Result, StorageRef};
+use super::{check_bounds, BackendDevice};
+use crate::{Error, Layout, Result, StorageRef};
+
+/// Checks the arguments of [`ReduceOps::reduce`]: `dims` sorted, unique and inside the
+/// layout's rank; the layout inside its buffer.
+pub fn check_reduce(s: &StorageRef, layout: &Layout, dims: &[usize]) -> Result<()> {
+    check_bounds("reduce", s, layout)?;
+    let rank = layout.dims().len();
+    if dims.windows(2).any(|w| w[0] >= w[1]) || dims.last().is_some_and(|&d| d >= rank) {
+        return Err(Error::invalid(
+            "reduce",
+            format!("dims {dims:?} must be sorted, unique and below rank {rank}"),
+        ));
+    }
+    Ok(())
+}
 
 /// Reductions over a set of dims.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -211,6 +211,7 @@ pub(crate) fn cat(parts: &[(CpuStorage, Vec<usize>)], dim: usize) -> Result<CpuS
 
 impl crate::backend::ElementwiseOps for super::CpuBackend {
     fn cat(&self, inputs: &[(StorageRef, Layout)], dim: usize) -> Result<StorageRef> {
+        crate::backend::check_cat(inputs, dim)?;
         let parts = inputs
             .iter()
             .map(|(s, l)| {

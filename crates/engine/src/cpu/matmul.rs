@@ -4,7 +4,7 @@
 
 use super::compute::{host, Compute};
 use super::wrap;
-use crate::backend::{check_bounds, MatmulSpec};
+use crate::backend::{check_matmul, MatmulSpec};
 use crate::{CpuStorage, Error, Layout, Result, StorageRef};
 use gemm::Parallelism;
 
@@ -142,8 +142,7 @@ impl crate::backend::MatmulOps for super::CpuBackend {
         rhs_layout: &Layout,
         spec: &MatmulSpec,
     ) -> Result<StorageRef> {
-        check_bounds("matmul", lhs, lhs_layout)?;
-        check_bounds("matmul", rhs, rhs_layout)?;
+        check_matmul(lhs, lhs_layout, rhs, rhs_layout, spec)?;
         Ok(wrap(matmul(lhs, lhs_layout, rhs, rhs_layout, spec)?))
     }
 }

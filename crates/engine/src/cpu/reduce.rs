@@ -6,7 +6,6 @@
 use super::compute::{count, map_compute, to_compute, PAR_THRESHOLD};
 use super::sum::pairwise_sum;
 use super::{compute::host, wrap};
-use crate::backend::check_bounds;
 use crate::backend::ReduceOp;
 use crate::StorageRef;
 use crate::{CpuStorage, Layout, Result};
@@ -69,7 +68,7 @@ impl crate::backend::ReduceOps for super::CpuBackend {
         layout: &Layout,
         dims: &[usize],
     ) -> Result<StorageRef> {
-        check_bounds("reduce", s, layout)?;
+        crate::backend::check_reduce(s, layout, dims)?;
         Ok(wrap(reduce(op, &*host("reduce", s)?, layout, dims)?))
     }
 }

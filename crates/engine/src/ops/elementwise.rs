@@ -1,7 +1,7 @@
 //! Elementwise unary, scalar and broadcasting binary ops with their gradients.
 
 use super::{float_only, promote_pair};
-use crate::autograd::{track, Saved};
+use crate::autograd::{get_or, save_if, track};
 use crate::backend::{BinaryOp, UnaryOp};
 use crate::cast_policy::AutocastOp;
 use crate::{Result, Shape, Tensor};
@@ -33,12 +33,15 @@ impl Tensor {
         Ok(Tensor::contiguous_from(s, shape))
     }
 
-    /// A recorded unary op; `autocast` names it when it is on an autocast list.
+    /// A recorded unary op; `autocast` names it when it is on an autocast list. `keep` says
+    /// which of (input, output) the gradient reads: only those are saved (and version-checked),
+    /// as in PyTorch; the gradient closure gets the output gradient in place of the others.
     fn unary_tracked<F>(
         &self,
         name: &'static str,
         autocast: Option<AutocastOp>,
         op: UnaryOp,
+        keep: (bool, bool),
         grad: F,
     ) -> Result<Tensor>
     where
@@ -49,31 +52,39 @@ impl Tensor {
             None => self.clone(),
         };
         let out = input.unary_raw(op)?;
-        let (x, y) = (Saved::new(name, input), Saved::new(name, &out));
+        let (x, y) = (save_if(name, input, keep.0), save_if(name, &out, keep.1));
         Ok(track(out, name, &[input], move |g| {
-            Ok(vec![Some(grad(g, &x.get()?, &y.get()?)?)])
+            Ok(vec![Some(grad(g, &get_or(&x, g)?, &get_or(&y, g)?)?)])
         }))
     }
 
     /// `-x`
     pub fn neg(&self) -> Result<Tensor> {
-        self.unary_tracked("neg", None, UnaryOp::Neg, |g, _, _| g.neg())
+        self.unary_tracked("neg", None, UnaryOp::Neg, (false, false), |g, _, _| g.neg())
     }
     /// `e^x`
     pub fn exp(&self) -> Result<Tensor> {
-        self.unary_tracked("exp", Some(AutocastOp::Exp), UnaryOp::Exp, |g, _, y| {
-            g.mul(y)
-        })
+        self.unary_tracked(
+            "exp",
+            Some(AutocastOp::Exp),
+            UnaryOp::Exp,
+            (false, true),
+            |g, _, y| g.mul(y),
+        )
     }
     /// Natural logarithm.
     pub fn log(&self) -> Result<Tensor> {
-        self.unary_tracked("log", Some(AutocastOp::Log), UnaryOp::Log, |g, x, _| {
-            g.div(x)
-        })
+        self.unary_tracked(
+            "log",
+            Some(AutocastOp::Log),
+            UnaryOp::Log,
+            (true, false),
+            |g, x, _| g.div(x),
+        )
     }
     /// Square root.
     pub fn sqrt(&self) -> Result<Tensor> {
-        self.unary_tracked("sqrt", None, UnaryOp::Sqrt, |g, _, y| {
+        self.unary_tracked("sqrt", None, UnaryOp::Sqrt, (false, true), |g, _, y| {
             g.div(&y.mul_scalar(2.0)?)
         })
     }
@@ -83,18 +94,19 @@ impl Tensor {
             "rsqrt",
             Some(AutocastOp::Rsqrt),
             UnaryOp::Rsqrt,
+            (false, true),
             |g, _, y| g.mul(&y.unary_raw(UnaryOp::Powf(3.0))?)?.mul_scalar(-0.5),
         )
     }
     /// `|x|` (gradient `sign(x)`, 0 at 0).
     pub fn abs(&self) -> Result<Tensor> {
-        self.unary_tracked("abs", None, UnaryOp::Abs, |g, x, _| {
+        self.unary_tracked("abs", None, UnaryOp::Abs, (true, false), |g, x, _| {
             g.mul(&x.unary_raw(UnaryOp::Sign)?)
         })
     }
     /// `x²`
     pub fn square(&self) -> Result<Tensor> {
-        self.unary_tracked("square", None, UnaryOp::Square, |g, x, _| {
+        self.unary_tracked("square", None, UnaryOp::Square, (true, false), |g, x, _| {
             g.mul(x)?.mul_scalar(2.0)
         })
     }
@@ -104,12 +116,13 @@ impl Tensor {
             "recip",
             Some(AutocastOp::Reciprocal),
             UnaryOp::Recip,
+            (false, true),
             |g, _, y| g.mul(&y.unary_raw(UnaryOp::Square)?)?.neg(),
         )
     }
     /// `max(x, 0)`; gradient 1 where `x > 0`, else 0 (PyTorch's convention at 0).
     pub fn relu(&self) -> Result<Tensor> {
-        self.unary_tracked("relu", None, UnaryOp::Relu, |g, x, _| {
+        self.unary_tracked("relu", None, UnaryOp::Relu, (true, false), |g, x, _| {
             g.mul(&x.unary_raw(UnaryOp::Step)?)
         })
     }
@@ -119,6 +132,7 @@ impl Tensor {
             "powf",
             Some(AutocastOp::Pow),
             UnaryOp::Powf(e),
+            (true, false),
             move |g, x, _| g.mul(&x.unary_raw(UnaryOp::Powf(e - 1.0))?)?.mul_scalar(e),
         )
     }
@@ -128,6 +142,7 @@ impl Tensor {
             "affine",
             None,
             UnaryOp::Affine { mul, add },
+            (false, false),
             move |g, _, _| g.mul_scalar(mul),
         )
     }
@@ -153,6 +168,7 @@ impl Tensor {
         name: &'static str,
         op: BinaryOp,
         rhs: &Tensor,
+        keep: (bool, bool, bool),
         grad: F,
     ) -> Result<Tensor>
     where
@@ -164,10 +180,11 @@ impl Tensor {
         let (a, b) = promote_pair(name, self, rhs)?;
         float_only(name, &a)?;
         let out = a.binary_raw(op, &b)?;
-        let (sa, sb, so) = (a.shape().clone(), b.shape().clone(), Saved::new(name, &out));
-        let (da, db) = (Saved::new(name, &a), Saved::new(name, &b));
+        let (sa, sb) = (a.shape().clone(), b.shape().clone());
+        let so = save_if(name, &out, keep.2);
+        let (da, db) = (save_if(name, &a, keep.0), save_if(name, &b, keep.1));
         Ok(track(out, name, &[&a, &b], move |g| {
-            let (ga, gb) = grad(g, &da.get()?, &db.get()?, &so.get()?)?;
+            let (ga, gb) = grad(g, &get_or(&da, g)?, &get_or(&db, g)?, &get_or(&so, g)?)?;
             Ok(vec![
                 Some(ga.sum_to_shape(&sa)?),
                 Some(gb.sum_to_shape(&sb)?),
@@ -177,41 +194,69 @@ impl Tensor {
 
     /// `a + b` with broadcasting and type promotion.
     pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.binary_tracked("add", BinaryOp::Add, rhs, |g, _, _, _| {
-            Ok((g.clone(), g.clone()))
-        })
+        self.binary_tracked(
+            "add",
+            BinaryOp::Add,
+            rhs,
+            (false, false, false),
+            |g, _, _, _| Ok((g.clone(), g.clone())),
+        )
     }
     /// `a - b` with broadcasting and type promotion.
     pub fn sub(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.binary_tracked("sub", BinaryOp::Sub, rhs, |g, _, _, _| {
-            Ok((g.clone(), g.neg()?))
-        })
+        self.binary_tracked(
+            "sub",
+            BinaryOp::Sub,
+            rhs,
+            (false, false, false),
+            |g, _, _, _| Ok((g.clone(), g.neg()?)),
+        )
     }
     /// `a * b` with broadcasting and type promotion.
     pub fn mul(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.binary_tracked("mul", BinaryOp::Mul, rhs, |g, a, b, _| {
-            Ok((g.mul(b)?, g.mul(a)?))
-        })
+        self.binary_tracked(
+            "mul",
+            BinaryOp::Mul,
+            rhs,
+            (true, true, false),
+            |g, a, b, _| Ok((g.mul(b)?, g.mul(a)?)),
+        )
     }
     /// `a / b` with broadcasting and type promotion.
     pub fn div(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.binary_tracked("div", BinaryOp::Div, rhs, |g, _, b, y| {
-            Ok((g.div(b)?, g.mul(y)?.div(b)?.neg()?))
-        })
+        self.binary_tracked(
+            "div",
+            BinaryOp::Div,
+            rhs,
+            (false, true, true),
+            |g, _, b, y| Ok((g.div(b)?, g.mul(y)?.div(b)?.neg()?)),
+        )
     }
     /// Elementwise maximum; on ties the gradient goes to `a`.
     pub fn maximum(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.binary_tracked("maximum", BinaryOp::Maximum, rhs, |g, a, _, y| {
-            let mask = y.binary_raw(BinaryOp::Eq, a)?;
-            Ok((g.mul(&mask)?, g.mul(&mask.affine(-1.0, 1.0)?)?))
-        })
+        self.binary_tracked(
+            "maximum",
+            BinaryOp::Maximum,
+            rhs,
+            (true, false, true),
+            |g, a, _, y| {
+                let mask = y.binary_raw(BinaryOp::Eq, a)?;
+                Ok((g.mul(&mask)?, g.mul(&mask.affine(-1.0, 1.0)?)?))
+            },
+        )
     }
     /// Elementwise minimum; on ties the gradient goes to `a`.
     pub fn minimum(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.binary_tracked("minimum", BinaryOp::Minimum, rhs, |g, a, _, y| {
-            let mask = y.binary_raw(BinaryOp::Eq, a)?;
-            Ok((g.mul(&mask)?, g.mul(&mask.affine(-1.0, 1.0)?)?))
-        })
+        self.binary_tracked(
+            "minimum",
+            BinaryOp::Minimum,
+            rhs,
+            (true, false, true),
+            |g, a, _, y| {
+                let mask = y.binary_raw(BinaryOp::Eq, a)?;
+                Ok((g.mul(&mask)?, g.mul(&mask.affine(-1.0, 1.0)?)?))
+            },
+        )
     }
     /// `1.0` where `a == b`, else `0.0` (broadcasting; not differentiable).
     pub fn eq_mask(&self, rhs: &Tensor) -> Result<Tensor> {

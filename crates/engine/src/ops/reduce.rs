@@ -1,7 +1,7 @@
 //! Reductions over dims (sum, mean, max) with their gradients.
 
 use super::float_only;
-use crate::autograd::{track, Saved};
+use crate::autograd::{get_or, save_if, track};
 use crate::backend::{BinaryOp, ReduceOp};
 use crate::cast_policy::AutocastOp;
 use crate::{Error, Result, Shape, Tensor};
@@ -59,10 +59,12 @@ impl Tensor {
         let in_shape = self.shape().clone();
         let keep_shape = out.shape().clone();
         let count: usize = dims.iter().map(|&d| self.dims()[d]).product();
-        let (x, y) = (Saved::new(name, self), Saved::new(name, &out));
+        // Only max/min read the input and output back (sum and mean save nothing).
+        let keep = matches!(op, ReduceOp::Max | ReduceOp::Min);
+        let (x, y) = (save_if(name, self, keep), save_if(name, &out, keep));
         let rdims = dims.clone();
         let out = track(out, name, &[self], move |g| {
-            let (x, y) = (x.get()?, y.get()?);
+            let (x, y) = (get_or(&x, g)?, get_or(&y, g)?);
             let g = g.reshape(keep_shape.clone())?;
             let gx = match op {
                 ReduceOp::Sum => g.broadcast_as(in_shape.clone())?.contiguous()?,

@@ -38,10 +38,11 @@ impl Tensor {
             && self.elem_count() == self.storage().len()
     }
 
-    /// Whether other tensor handles (views, detached copies) share this tensor's storage.
+    /// Whether anything else holds this tensor's handle or storage (clones, views, detached
+    /// copies): an in-place write into it would be seen there.
     pub(crate) fn storage_is_shared(&self) -> bool {
-        // One reference is this tensor's, one the temporary from `storage()`.
-        Arc::strong_count(&self.storage()) > 2
+        // The storage: one reference is this tensor's, one the temporary from `storage()`.
+        Arc::strong_count(&self.0) > 1 || Arc::strong_count(&self.storage()) > 2
     }
 
     /// A new tensor with its own contiguous copy of the data, on the same device, outside any
