@@ -205,7 +205,11 @@ pub(crate) fn run_backward(root: &Tensor, seed: Tensor, retain_graph: bool) -> R
     let order = reverse_topo(root)?;
     let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
     grads.insert(root.id(), seed);
-    for t in &order {
+    // Consumed in order: once a tensor's node has run (and, without retain_graph, been
+    // freed with its saved tensors), this loop holds it no longer, so activations are
+    // released during the backward pass rather than after it.
+    for t in order {
+        let t = &t;
         let Some(g) = grads.remove(&t.id()) else {
             continue;
         };

@@ -59,38 +59,6 @@ impl<T: Float> AdamConsts<T> {
     }
 }
 
-/// The Adam update of one element, in the same order of operations as the unfused optimizer
-/// (`p`, `m`, `v`, `vmax` updated; returns the unscaled gradient).
-#[inline(always)]
-fn adam_element<T: Float>(
-    k: &AdamConsts<T>,
-    p: &mut T,
-    g: T,
-    m: &mut T,
-    v: &mut T,
-    vmax: Option<&mut T>,
-) -> T {
-    let g = k.inv_scale.map_or(g, |s| g * s);
-    let gw = if k.l2 == T::zero() { g } else { g + *p * k.l2 };
-    let p0 = if k.decay == T::one() {
-        *p
-    } else {
-        *p * k.decay
-    };
-    *m = *m * k.b1 + gw * k.one_minus_b1;
-    *v = *v * k.b2 + gw * gw * k.one_minus_b2;
-    let vhat = match vmax {
-        Some(x) => {
-            *x = x.max(*v);
-            *x
-        }
-        None => *v,
-    };
-    let denom = vhat.sqrt() * k.inv_sqrt_bc2 + k.eps;
-    *p = p0 - *m / denom * k.step_size;
-    g
-}
-
 /// Conversions between a gradient element type and the compute type `T`.
 trait GradElem<T>: Copy + Send + Sync {
     fn get(self) -> T;
@@ -119,8 +87,77 @@ grad_elem!(f64, f64, |x| x, |x| x);
 grad_elem!(f16, f64, f16::to_f64, f16::from_f64);
 grad_elem!(bf16, f64, bf16::to_f64, bf16::from_f64);
 
-/// Matching chunks of a parameter, its gradient and its two moments.
-type AdamChunk<'a, T, G> = (((&'a mut [T], &'a mut [G]), &'a mut [T]), &'a mut [T]);
+/// The Adam update of one chunk, in the same order of operations as the unfused optimizer.
+/// The const flags (unscale and write back the gradient, L2 decay, decoupled decay, AMSGrad)
+/// are loop-invariant, so each combination compiles to its own branch-free loop that the
+/// compiler vectorizes (sqrt and division included).
+#[allow(clippy::too_many_arguments)]
+fn adam_chunk<
+    T: Float,
+    G: GradElem<T>,
+    const SCALE: bool,
+    const L2: bool,
+    const DECAY: bool,
+    const AMS: bool,
+>(
+    k: &AdamConsts<T>,
+    p: &mut [T],
+    g: &mut [G],
+    m: &mut [T],
+    v: &mut [T],
+    vmax: &mut [T],
+) {
+    let n = p.len();
+    let (g, m, v) = (&mut g[..n], &mut m[..n], &mut v[..n]);
+    let vmax = if AMS { &mut vmax[..n] } else { vmax };
+    let inv = k.inv_scale.unwrap_or_else(T::one);
+    for i in 0..n {
+        let gi = if SCALE { g[i].get() * inv } else { g[i].get() };
+        if SCALE {
+            g[i] = G::put(gi);
+        }
+        let gw = if L2 { gi + p[i] * k.l2 } else { gi };
+        let p0 = if DECAY { p[i] * k.decay } else { p[i] };
+        let mi = m[i] * k.b1 + gw * k.one_minus_b1;
+        let vi = v[i] * k.b2 + gw * gw * k.one_minus_b2;
+        let vhat = if AMS {
+            let x = vmax[i].max(vi);
+            vmax[i] = x;
+            x
+        } else {
+            vi
+        };
+        let denom = vhat.sqrt() * k.inv_sqrt_bc2 + k.eps;
+        p[i] = p0 - mi / denom * k.step_size;
+        m[i] = mi;
+        v[i] = vi;
+    }
+}
+
+/// The instantiation of [`adam_chunk`] for the flags of `k`.
+type AdamChunkFn<T, G> = fn(&AdamConsts<T>, &mut [T], &mut [G], &mut [T], &mut [T], &mut [T]);
+
+fn adam_chunk_fn<T: Float, G: GradElem<T>>(k: &AdamConsts<T>, ams: bool) -> AdamChunkFn<T, G> {
+    let flags = (
+        k.inv_scale.is_some(),
+        k.l2 != T::zero(),
+        k.decay != T::one(),
+        ams,
+    );
+    macro_rules! pick {
+        ($($s:literal $l:literal $d:literal $a:literal),*) => {
+            match flags {
+                $(($s, $l, $d, $a) => adam_chunk::<T, G, $s, $l, $d, $a>,)*
+            }
+        };
+    }
+    pick!(
+        false false false false, false false false true, false false true false, false false true true,
+        false true false false, false true false true, false true true false, false true true true,
+        true false false false, true false false true, true false true false, true false true true,
+        true true false false, true true false true, true true true false, true true true true
+    )
+}
 
 /// One parameter's Adam step over its slices, chunked across threads.
 fn adam_slices<T: Float + Send + Sync, G: GradElem<T>>(
@@ -131,26 +168,17 @@ fn adam_slices<T: Float + Send + Sync, G: GradElem<T>>(
     v: &mut [T],
     vmax: Option<&mut [T]>,
 ) {
-    let write_grad = k.inv_scale.is_some();
+    let f = adam_chunk_fn::<T, G>(&k, vmax.is_some());
     let chunks = p
         .par_chunks_mut(CHUNK)
         .zip(g.par_chunks_mut(CHUNK))
         .zip(m.par_chunks_mut(CHUNK))
         .zip(v.par_chunks_mut(CHUNK));
-    let run = |(((p, g), m), v): AdamChunk<'_, T, G>, mut vmax: Option<&mut [T]>| {
-        for i in 0..p.len() {
-            let vm = vmax.as_deref_mut().map(|x| &mut x[i]);
-            let u = adam_element(&k, &mut p[i], g[i].get(), &mut m[i], &mut v[i], vm);
-            if write_grad {
-                g[i] = G::put(u);
-            }
-        }
-    };
     match vmax {
         Some(vm) => chunks
             .zip(vm.par_chunks_mut(CHUNK))
-            .for_each(|(c, vm)| run(c, Some(vm))),
-        None => chunks.for_each(|c| run(c, None)),
+            .for_each(|((((p, g), m), v), vm)| f(&k, p, g, m, v, vm)),
+        None => chunks.for_each(|(((p, g), m), v)| f(&k, p, g, m, v, &mut [])),
     }
 }
 
