@@ -25,6 +25,7 @@ fn main() {
         PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let kernels = root.join("kernels-cu");
     let all_cu = write_unity_source(&kernels, &out);
+    write_op_tables(&kernels, &out);
     let nvcc = find_nvcc(&root).unwrap_or_else(|| {
         panic!(
             "feature `cuda` needs nvcc: run `bash scripts/install-cuda-toolchain.sh` (pinned CUDA 13.0 \
@@ -33,6 +34,29 @@ fn main() {
     });
     compile_fatbin(&nvcc, &kernels, &all_cu, &out);
     compile_emulator(&kernels, &all_cu);
+}
+
+/// `$OUT_DIR/elementwise_ops.rs`: the unary and binary op names of `kernels-cu/ops.def` in
+/// code order (a code is the index), for `src/cuda/elementwise.rs`.
+fn write_op_tables(kernels: &Path, out: &Path) {
+    let def = std::fs::read_to_string(kernels.join("ops.def")).expect("kernels-cu/ops.def");
+    let names = |kind: &str| -> Vec<String> {
+        def.lines()
+            .filter_map(|l| l.trim().strip_prefix(kind))
+            .filter_map(|l| l.strip_prefix('(')?.strip_suffix(')'))
+            .map(|n| format!("{n:?}"))
+            .collect()
+    };
+    let (unary, binary) = (names("HEMI_UNARY"), names("HEMI_BINARY"));
+    let body = format!(
+        "/// Unary op names of `kernels-cu/ops.def`; an op's code is its index.\n\
+         pub(crate) const UNARY_OPS: &[&str] = &[{}];\n\
+         /// Binary op names of `kernels-cu/ops.def`; an op's code is its index.\n\
+         pub(crate) const BINARY_OPS: &[&str] = &[{}];\n",
+        unary.join(", "),
+        binary.join(", ")
+    );
+    std::fs::write(out.join("elementwise_ops.rs"), body).expect("write op tables");
 }
 
 /// One translation unit including every kernel file, so there is one module / one fatbin.

@@ -4,6 +4,11 @@
 // top bits) on the GPU and in the emulator alike.
 #pragma once
 #include "prim.cuh"
+#include <cstddef>
+
+/// First element and stride of a 1-D grid-stride loop.
+__device__ __forceinline__ long long grid_start() { return (long long)blockIdx.x * blockDim.x + threadIdx.x; }
+__device__ __forceinline__ long long grid_step() { return (long long)gridDim.x * blockDim.x; }
 
 struct hemi_f16 {
     unsigned short bits;
@@ -55,6 +60,9 @@ struct Strided {
     long long dims[8];
     long long strides[8];
 };
+// Shared with `Strided` in src/cuda/launch.rs (asserted there too).
+static_assert(sizeof(Strided) == 144 && offsetof(Strided, rank) == 8, "Strided layout");
+static_assert(offsetof(Strided, dims) == 16 && offsetof(Strided, strides) == 80, "Strided layout");
 
 /// Storage index of logical (row-major) element `i` of `s`.
 __device__ __forceinline__ long long strided_index(const Strided& s, long long i) {

@@ -1,41 +1,52 @@
-// Elementwise kernels: fill, strided copy, casts, unary and broadcasting binary ops. One
-// thread per output element in a grid-stride loop; compute in f32, one rounding at the store.
+// The elementwise family: unary and broadcasting binary ops. One thread per output element in
+// a grid-stride loop; compute in f32, one rounding at the store.
 #include "dtype.cuh"
 
-// Unary op codes (mirrored by src/cuda/kernels/elementwise.rs).
-enum UnaryCode { U_NEG, U_EXP, U_LOG, U_SQRT, U_RSQRT, U_ABS, U_SQUARE, U_RECIP, U_RELU, U_STEP, U_SIGN, U_AFFINE, U_POWF };
-enum BinaryCode { B_ADD, B_SUB, B_MUL, B_DIV, B_MAX, B_MIN, B_EQ };
-
-__device__ __forceinline__ long long grid_start() { return (long long)blockIdx.x * blockDim.x + threadIdx.x; }
-__device__ __forceinline__ long long grid_step() { return (long long)gridDim.x * blockDim.x; }
+// Op codes from the one table in ops.def (build.rs generates the Rust side from it).
+#define HEMI_UNARY(name) U_##name,
+#define HEMI_BINARY(name)
+enum UnaryCode {
+#include "ops.def"
+};
+#undef HEMI_UNARY
+#undef HEMI_BINARY
+#define HEMI_UNARY(name)
+#define HEMI_BINARY(name) B_##name,
+enum BinaryCode {
+#include "ops.def"
+};
+#undef HEMI_UNARY
+#undef HEMI_BINARY
 
 __device__ __forceinline__ float apply_unary(int op, float x, float a, float b) {
     switch (op) {
-        case U_NEG: return -x;
-        case U_EXP: return expf(x);
-        case U_LOG: return logf(x);
-        case U_SQRT: return sqrtf(x);
-        case U_RSQRT: return 1.0f / sqrtf(x);
-        case U_ABS: return fabsf(x);
-        case U_SQUARE: return x * x;
-        case U_RECIP: return 1.0f / x;
-        case U_RELU: return (x != x || x > 0.0f) ? x : 0.0f;
-        case U_STEP: return x > 0.0f ? 1.0f : 0.0f;
-        case U_SIGN: return x != x ? x : (x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f));
-        case U_AFFINE: return x * a + b;
-        default: return powf(x, a);
+        case U_neg: return -x;
+        case U_exp: return expf(x);
+        case U_log: return logf(x);
+        case U_sqrt: return sqrtf(x);
+        case U_rsqrt: return 1.0f / sqrtf(x);
+        case U_abs: return fabsf(x);
+        case U_square: return x * x;
+        case U_recip: return 1.0f / x;
+        case U_relu: return (x != x || x > 0.0f) ? x : 0.0f;
+        case U_step: return x > 0.0f ? 1.0f : 0.0f;
+        case U_sign: return x != x ? x : (x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f));
+        case U_affine: return x * a + b;
+        case U_powf: return powf(x, a);
+        default: return NAN;  // no such op: ops.def and the Rust table are generated together
     }
 }
 
 __device__ __forceinline__ float apply_binary(int op, float x, float y) {
     switch (op) {
-        case B_ADD: return x + y;
-        case B_SUB: return x - y;
-        case B_MUL: return x * y;
-        case B_DIV: return x / y;
-        case B_MAX: return (x != x || y != y) ? (x + y) : (x > y ? x : y);
-        case B_MIN: return (x != x || y != y) ? (x + y) : (x < y ? x : y);
-        default: return x == y ? 1.0f : 0.0f;
+        case B_add: return x + y;
+        case B_sub: return x - y;
+        case B_mul: return x * y;
+        case B_div: return x / y;
+        case B_maximum: return (x != x || y != y) ? (x + y) : (x > y ? x : y);
+        case B_minimum: return (x != x || y != y) ? (x + y) : (x < y ? x : y);
+        case B_eq: return x == y ? 1.0f : 0.0f;
+        default: return NAN;
     }
 }
 
@@ -102,39 +113,3 @@ __device__ void binary_contig(int op, const T* x, const T* z, T* y, long long n)
 HEMI_ELEMENTWISE(f32, float)
 HEMI_ELEMENTWISE(f16, hemi_f16)
 HEMI_ELEMENTWISE(bf16, hemi_bf16)
-
-/// Strided gather of elements of `bytes` bytes each (2, 4 or 8): any dtype.
-#define HEMI_COPY(BYTES, T)                                                                         \
-    extern "C" __global__ void copy_strided_b##BYTES(const T* x, Strided xs, T* y, long long n) {  \
-        for (long long i = grid_start(); i < n; i += grid_step()) y[i] = x[strided_index(xs, i)];  \
-    }                                                                                              \
-    HEMI_KERNEL(copy_strided_b##BYTES)                                                             \
-    extern "C" __global__ void copy_view_b##BYTES(const T* x, Strided xs, T* y, Strided ys,          \
-                                                  long long n) {                                   \
-        for (long long i = grid_start(); i < n; i += grid_step())                                  \
-            y[strided_index(ys, i)] = x[strided_index(xs, i)];                                     \
-    }                                                                                              \
-    HEMI_KERNEL(copy_view_b##BYTES)                                                                \
-    extern "C" __global__ void fill_b##BYTES(T* y, T value, long long n) {                         \
-        for (long long i = grid_start(); i < n; i += grid_step()) y[i] = value;                    \
-    }                                                                                              \
-    HEMI_KERNEL(fill_b##BYTES)
-
-HEMI_COPY(2, unsigned short)
-HEMI_COPY(4, unsigned int)
-HEMI_COPY(8, unsigned long long)
-
-/// Casts between F32, F16 and BF16 (through f32, which holds both 16-bit types exactly).
-#define HEMI_CAST(FROM, TF, TO, TT)                                                                  \
-    extern "C" __global__ void cast_##FROM##_##TO(const TF* x, Strided xs, TT* y, long long n) {    \
-        for (long long i = grid_start(); i < n; i += grid_step())                                   \
-            y[i] = from_f32<TT>(to_f32(x[strided_index(xs, i)]));                                   \
-    }                                                                                               \
-    HEMI_KERNEL(cast_##FROM##_##TO)
-
-HEMI_CAST(f32, float, f16, hemi_f16)
-HEMI_CAST(f32, float, bf16, hemi_bf16)
-HEMI_CAST(f16, hemi_f16, f32, float)
-HEMI_CAST(bf16, hemi_bf16, f32, float)
-HEMI_CAST(f16, hemi_f16, bf16, hemi_bf16)
-HEMI_CAST(bf16, hemi_bf16, f16, hemi_f16)

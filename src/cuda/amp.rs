@@ -3,7 +3,7 @@
 
 use super::backend::CudaBackend;
 use super::driver::LaunchConfig;
-use super::kernels::{dtype_code, launch, THREADS};
+use super::launch::{dtype_code, launch, THREADS};
 use crate::kernel_args;
 use hemi_engine::backend::{AmpOps, BackendDevice, ScaleState, ScaleUpdateSpec};
 use hemi_engine::{BackendStorage, DType, Error, Result, StorageRef};

@@ -4,7 +4,7 @@
 
 use super::alloc::CachingAllocator;
 use super::driver::Driver;
-use super::kernels::softmax;
+use super::loss::launch as softmax;
 use super::storage::{cuda_buffer, CudaBuffer};
 use hemi_engine::backend::{BackendDevice, ConvOps, CrossEntropySpec, NormOps, PoolOps};
 use hemi_engine::{BackendStorage, CpuStorage, DType, Device, Error, Result, StorageRef};

@@ -4,7 +4,7 @@
 
 use super::amp::multi_tensor;
 use super::backend::CudaBackend;
-use super::kernels::{dtype_code, launch, THREADS};
+use super::launch::{dtype_code, launch, THREADS};
 use super::storage::CudaBuffer;
 use crate::kernel_args;
 use hemi_engine::backend::{

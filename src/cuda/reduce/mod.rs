@@ -1,9 +1,11 @@
 //! The CUDA reduce family: `ReduceOps` for [`CudaBackend`].
 
+mod launch;
+
 use super::backend::CudaBackend;
-use super::kernels::reduce;
 use hemi_engine::backend::*;
 use hemi_engine::{BackendStorage, Layout, Result, StorageRef};
+use launch as reduce;
 use std::sync::Arc;
 
 impl ReduceOps for CudaBackend {

@@ -1,4 +1,4 @@
-// GEMM kernels: C = alpha · A·B + beta · C_in + bias, batched with strides, any M, N, K.
+// The matmul family (GEMM kernels): C = alpha · A·B + beta · C_in + bias, batched with strides, any M, N, K.
 //   gemm_simt_f32      (iii) tiled fp32 SIMT baseline
 //   gemm_wmma_{f16,bf16} (i) the nvcuda::wmma Tensor-Core kernel: simple, portable reference
 // Operands are described by element strides (batch, row, col), so NN, NT and TN layouts are
@@ -25,6 +25,11 @@ struct GemmArgs {
     int out_dtype;
     int pad;
 };
+// Shared with `Operand` / `GemmArgs` in src/cuda/matmul/launch.rs (asserted there too).
+static_assert(sizeof(Operand) == 32 && offsetof(Operand, col_stride) == 24, "Operand layout");
+static_assert(sizeof(GemmArgs) == 176 && offsetof(GemmArgs, alpha) == 24, "GemmArgs layout");
+static_assert(offsetof(GemmArgs, a) == 32 && offsetof(GemmArgs, bias) == 128, "GemmArgs layout");
+static_assert(offsetof(GemmArgs, out) == 136 && offsetof(GemmArgs, out_dtype) == 168, "GemmArgs layout");
 
 /// The epilogue of one output element (row, col) of batch `z`.
 __device__ __forceinline__ void epilogue(const GemmArgs& g, long long z, long long row, long long col, float acc) {

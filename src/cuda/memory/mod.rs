@@ -1,7 +1,8 @@
 //! The CUDA memory family: `MemoryOps` for [`CudaBackend`].
 
+pub(crate) mod launch;
+
 use super::backend::{value_bits, CudaBackend};
-use super::kernels::elementwise;
 use hemi_engine::backend::*;
 use hemi_engine::{BackendStorage, CpuStorage, DType, Error, Layout, Result, StorageRef};
 use std::sync::Arc;
@@ -29,7 +30,7 @@ impl MemoryOps for CudaBackend {
     fn full(&self, dtype: DType, n: usize, value: f64) -> Result<StorageRef> {
         let buf = self.buffer(dtype, n)?;
         if n > 0 {
-            elementwise::fill(self.driver(), dtype, buf.ptr(), n, value_bits(dtype, value))?;
+            launch::fill(self.driver(), dtype, buf.ptr(), n, value_bits(dtype, value))?;
         }
         Ok(Arc::new(buf))
     }
@@ -39,7 +40,7 @@ impl MemoryOps for CudaBackend {
         let src = self.get("contiguous", s)?;
         let buf = self.buffer(src.dtype(), layout.elem_count())?;
         if layout.elem_count() > 0 {
-            elementwise::copy_strided(self.driver(), src.dtype(), src.ptr(), layout, buf.ptr())?;
+            launch::copy_strided(self.driver(), src.dtype(), src.ptr(), layout, buf.ptr())?;
         }
         Ok(Arc::new(buf))
     }
@@ -52,7 +53,7 @@ impl MemoryOps for CudaBackend {
         }
         let buf = self.buffer(dtype, layout.elem_count())?;
         if layout.elem_count() > 0 {
-            elementwise::cast(
+            launch::cast(
                 self.driver(),
                 src.dtype(),
                 src.ptr(),
@@ -98,9 +99,9 @@ impl MemoryOps for CudaBackend {
             (self.get(OP, src)?, src_layout.clone())
         };
         if s.dtype() == d.dtype() {
-            elementwise::copy_strided(self.driver(), d.dtype(), s.ptr(), &l, y)
+            launch::copy_strided(self.driver(), d.dtype(), s.ptr(), &l, y)
         } else {
-            elementwise::cast(self.driver(), s.dtype(), s.ptr(), &l, d.dtype(), y)
+            launch::cast(self.driver(), s.dtype(), s.ptr(), &l, d.dtype(), y)
         }
     }
 }

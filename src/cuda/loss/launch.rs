@@ -1,7 +1,7 @@
-//! Wrappers of `kernels-cu/softmax.cu`: softmax / log-softmax and cross-entropy.
+//! Typed launches of `kernels-cu/loss.cu`: softmax / log-softmax and cross-entropy.
 
-use super::{float_suffix, launch, MAX_BLOCKS, THREADS};
 use crate::cuda::driver::{DevicePtr, Driver, LaunchConfig};
+use crate::cuda::launch::{float_suffix, launch, MAX_BLOCKS, THREADS};
 use crate::kernel_args;
 use hemi_engine::{DType, Result};
 

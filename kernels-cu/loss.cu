@@ -1,4 +1,4 @@
-// Softmax / log-softmax along the middle dim of contiguous [outer, size, inner], forward and
+// The loss family: softmax / log-softmax along the middle dim of contiguous [outer, size, inner], forward and
 // backward, and fused cross-entropy with integer targets. One warp per line; f32 math.
 // Every sum is compensated per lane and combined in a tree (sum.cuh), and every line is
 // shifted by its max: the loss of a row is log Σ exp(x − m) − (x_t − m), never

@@ -1,7 +1,7 @@
-//! Wrappers of `kernels-cu/gemm.cu`: one `GemmArgs` by value per launch.
+//! Typed launches of `kernels-cu/matmul.cu`: one `GemmArgs` by value per launch.
 
-use super::launch;
 use crate::cuda::driver::{DevicePtr, Driver, LaunchConfig};
+use crate::cuda::launch::launch;
 use crate::kernel_args;
 use hemi_engine::{DType, Error, Result};
 
@@ -19,7 +19,7 @@ pub struct Operand {
     pub col_stride: i64,
 }
 
-/// `struct GemmArgs` of gemm.cu.
+/// `struct GemmArgs` of matmul.cu.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 #[allow(missing_docs)]
@@ -37,6 +37,14 @@ pub struct GemmArgs {
     pub out_dtype: i32,
     pub pad: i32,
 }
+
+const _: () = {
+    use std::mem::{offset_of, size_of};
+    assert!(size_of::<Operand>() == 32 && offset_of!(Operand, col_stride) == 24);
+    assert!(size_of::<GemmArgs>() == 176 && offset_of!(GemmArgs, alpha) == 24);
+    assert!(offset_of!(GemmArgs, a) == 32 && offset_of!(GemmArgs, bias) == 128);
+    assert!(offset_of!(GemmArgs, out) == 136 && offset_of!(GemmArgs, out_dtype) == 168);
+};
 
 /// Which GEMM kernel runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

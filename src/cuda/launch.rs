@@ -1,11 +1,7 @@
-//! Typed launch wrappers: one Rust function per kernel family, checking dtypes, sizes and
-//! bounds before it builds the `void**` argument array. `launch!`-style untyped calls exist
-//! nowhere else.
-
-pub mod elementwise;
-pub mod gemm;
-pub mod reduce;
-pub mod softmax;
+//! What every family's typed launches share: launch geometry defaults, the `Strided` view
+//! record, dtype suffixes and codes, and the one `unsafe` entry to `Driver::launch`. Each
+//! family's launches live next to its trait impl (`src/cuda/<family>/launch.rs`, or in
+//! `<family>.rs`); `launch!`-style untyped calls exist nowhere else.
 
 use super::driver::{Driver, LaunchConfig};
 use hemi_engine::{DType, Error, Layout, Result};
@@ -55,6 +51,12 @@ impl Strided {
         Ok(s)
     }
 }
+
+const _: () = {
+    use std::mem::{offset_of, size_of};
+    assert!(size_of::<Strided>() == 144 && offset_of!(Strided, rank) == 8);
+    assert!(offset_of!(Strided, dims) == 16 && offset_of!(Strided, strides) == 80);
+};
 
 /// Kernel-name suffix of a float dtype the elementwise kernels support.
 pub fn float_suffix(

@@ -1,7 +1,7 @@
-//! Wrapper of `kernels-cu/reduce.cu`.
+//! Typed launch of `kernels-cu/reduce.cu`.
 
-use super::{float_suffix, launch, Strided, MAX_BLOCKS, THREADS};
 use crate::cuda::driver::{DevicePtr, Driver, LaunchConfig};
+use crate::cuda::launch::{float_suffix, launch, Strided, MAX_BLOCKS, THREADS};
 use crate::kernel_args;
 use hemi_engine::backend::ReduceOp;
 use hemi_engine::{DType, Layout, Result};

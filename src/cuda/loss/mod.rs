@@ -1,9 +1,11 @@
 //! The CUDA loss family: `LossOps` for [`CudaBackend`].
 
+pub(crate) mod launch;
+
 use super::backend::CudaBackend;
-use super::kernels::softmax;
 use hemi_engine::backend::*;
 use hemi_engine::{BackendStorage, DType, Layout, Result, StorageRef};
+use launch as softmax;
 use std::sync::Arc;
 
 impl LossOps for CudaBackend {

@@ -6,11 +6,11 @@
 //! same rounded inputs: `|C − C64| ≤ K·2⁻²³·(|A||B|) + u_out·|C64|` (plus the epilogue's
 //! f32 rounding of `alpha`, `beta·C` and `bias`).
 
-pub use super::kernels::gemm::GemmKernel;
+pub use super::launch::GemmKernel;
 
-use super::kernels::dtype_code;
-use super::kernels::gemm::{gemm as launch_gemm, GemmArgs, Operand};
-use super::storage::cuda_buffer;
+use super::launch::{gemm as launch_gemm, GemmArgs, Operand};
+use crate::cuda::launch::dtype_code;
+use crate::cuda::storage::cuda_buffer;
 use hemi_engine::{BackendStorage, DType, Error, Layout, Result, Shape, Tensor};
 
 /// Options of [`gemm`].

@@ -1,7 +1,10 @@
 //! The CUDA matmul family: `MatmulOps` for [`CudaBackend`].
 
+pub mod gemm;
+mod launch;
+
 use super::backend::CudaBackend;
-use super::kernels::{dtype_code, gemm};
+use super::launch::dtype_code;
 use super::storage::CudaBuffer;
 use hemi_engine::backend::*;
 use hemi_engine::{BackendStorage, DType, Error, Layout, Result, StorageRef};
@@ -23,8 +26,8 @@ impl MatmulOps for CudaBackend {
             return Err(Error::DTypeMismatch { op: "matmul", msg });
         }
         let mut kernel = match a.dtype() {
-            DType::F32 => gemm::GemmKernel::SimtF32,
-            DType::F16 | DType::BF16 => gemm::GemmKernel::MmaPipeline,
+            DType::F32 => launch::GemmKernel::SimtF32,
+            DType::F16 | DType::BF16 => launch::GemmKernel::MmaPipeline,
             other => {
                 return Err(Error::Unsupported {
                     op: "matmul",
@@ -38,13 +41,13 @@ impl MatmulOps for CudaBackend {
         if batch * m * n == 0 {
             return Ok(Arc::new(out));
         }
-        let operand = |buf: &CudaBuffer, l: &Layout| gemm::Operand {
+        let operand = |buf: &CudaBuffer, l: &Layout| launch::Operand {
             ptr: buf.ptr() + (l.offset() * buf.dtype().size_in_bytes()) as u64,
             batch_stride: l.strides()[0] as i64,
             row_stride: l.strides()[1] as i64,
             col_stride: l.strides()[2] as i64,
         };
-        let args = gemm::GemmArgs {
+        let args = launch::GemmArgs {
             m: m as i64,
             n: n as i64,
             k: k as i64,
@@ -52,9 +55,9 @@ impl MatmulOps for CudaBackend {
             beta: 0.0,
             a: operand(a, lhs_layout),
             b: operand(b, rhs_layout),
-            c_in: gemm::Operand::default(),
+            c_in: launch::Operand::default(),
             bias: 0,
-            out: gemm::Operand {
+            out: launch::Operand {
                 ptr: out.ptr(),
                 batch_stride: (m * n) as i64,
                 row_stride: n as i64,
@@ -63,10 +66,10 @@ impl MatmulOps for CudaBackend {
             out_dtype: dtype_code("matmul", self.device(), a.dtype())?,
             pad: 0,
         };
-        if kernel == gemm::GemmKernel::MmaPipeline && gemm::mma_layout(&args, 2).is_none() {
-            kernel = gemm::GemmKernel::Wmma;
+        if kernel == launch::GemmKernel::MmaPipeline && launch::mma_layout(&args, 2).is_none() {
+            kernel = launch::GemmKernel::Wmma;
         }
-        gemm::gemm(self.driver(), kernel, a.dtype(), batch, args)?;
+        launch::gemm(self.driver(), kernel, a.dtype(), batch, args)?;
         Ok(Arc::new(out))
     }
 }

@@ -1,7 +1,9 @@
 //! The CUDA elementwise family: `ElementwiseOps` for [`CudaBackend`].
 
+mod launch;
+
 use super::backend::CudaBackend;
-use super::kernels::elementwise;
+use super::memory::launch::copy_view;
 use hemi_engine::backend::*;
 use hemi_engine::{BackendStorage, Error, Layout, Result, StorageRef};
 use std::sync::Arc;
@@ -31,7 +33,7 @@ impl ElementwiseOps for CudaBackend {
                 start * stride,
             );
             if l.elem_count() > 0 {
-                elementwise::copy_view(self.driver(), dtype, src.ptr(), l, buf.ptr(), &slice)?;
+                copy_view(self.driver(), dtype, src.ptr(), l, buf.ptr(), &slice)?;
             }
             start += l.dims()[dim];
         }
@@ -43,7 +45,7 @@ impl ElementwiseOps for CudaBackend {
         let src = self.get("unary", s)?;
         let buf = self.buffer(src.dtype(), layout.elem_count())?;
         if layout.elem_count() > 0 {
-            elementwise::unary(self.driver(), op, src.dtype(), src.ptr(), layout, buf.ptr())?;
+            launch::unary(self.driver(), op, src.dtype(), src.ptr(), layout, buf.ptr())?;
         }
         Ok(Arc::new(buf))
     }
@@ -68,7 +70,7 @@ impl ElementwiseOps for CudaBackend {
         let buf = self.buffer(a.dtype(), lhs_layout.elem_count())?;
         if lhs_layout.elem_count() > 0 {
             let d = self.driver();
-            elementwise::binary(
+            launch::binary(
                 d,
                 op,
                 a.dtype(),
@@ -103,7 +105,7 @@ impl ElementwiseOps for CudaBackend {
         }
         // The binary kernel reads element i of both inputs before writing element i, so the
         // output may be the first input.
-        elementwise::binary(
+        launch::binary(
             self.driver(),
             BinaryOp::Add,
             d.dtype(),
