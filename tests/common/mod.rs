@@ -24,17 +24,6 @@ pub fn devices() -> Vec<Device> {
     }
 }
 
-/// Whether `dev` has kernels for op family `family`; prints the skip (by test and reason)
-/// when it does not, so no test passes silently.
-pub fn supports(dev: Device, family: &str, test: &str) -> bool {
-    let cuda_missing = ["batch_norm", "pooling", "conv2d"];
-    if dev != Device::Cpu && cuda_missing.contains(&family) {
-        eprintln!("SKIPPED {test} on {dev}: no CUDA kernel for {family} yet (conv/norm/pool come after the GEMM issue)");
-        return false;
-    }
-    true
-}
-
 /// A random float tensor of `dims` in `dtype` with values in `[-1, 1)` rounded to dtype.
 pub fn rand_t(gen: &mut Generator, dims: &[usize], dtype: DType) -> Result<Tensor> {
     Tensor::uniform_with(gen, dims.to_vec(), -1.0, 1.0, dtype, Device::Cpu)

@@ -23,7 +23,7 @@
 //! a growth re-arms the tolerance to H. `H = 1` (the default) is PyTorch's behaviour. The
 //! update rule is spelled out in `hemi_engine::backend::ScaleUpdateSpec`.
 
-use hemi_engine::backend::{ScaleState, ScaleUpdateSpec};
+use hemi_engine::backend::ScaleUpdateSpec;
 use hemi_engine::optim::Optimizer;
 use hemi_engine::{no_grad, DType, Device, Error, Result, Tensor};
 use std::collections::{BTreeMap, HashMap};
@@ -259,9 +259,9 @@ impl GradScaler {
     ) -> Result<Option<Tensor>> {
         let params: Vec<&Tensor> = opt.params().iter().filter(|p| p.grad().is_some()).collect();
         let mut grads: Vec<Tensor> = params.iter().filter_map(|p| p.grad()).collect();
-        let Some(first) = grads.first() else {
+        if grads.is_empty() {
             return Ok(None);
-        };
+        }
         if write_back && grads.iter().any(|g| g.dtype() == DType::F16) {
             return Err(invalid("Attempting to unscale FP16 gradients."));
         }
@@ -273,7 +273,6 @@ impl GradScaler {
                 rhs: g.device(),
             });
         }
-        let backend = first.backend()?;
         if write_back {
             // The unscale writes in place: gradients that are views get their own buffer.
             for (p, g) in params.iter().zip(grads.iter_mut()) {
@@ -283,14 +282,12 @@ impl GradScaler {
                 }
             }
         }
-        let storages = grads
+        // Only checking (the fused optimizer unscales itself): views are checked on copies.
+        let checked = grads
             .iter()
-            .map(|g| {
-                if write_back || g.owns_whole_buffer() {
-                    Ok(g.storage())
-                } else {
-                    g.deep_copy().map(|c| c.storage())
-                }
+            .map(|g| match g.owns_whole_buffer() {
+                true => Ok(g.clone()),
+                false => g.deep_copy(),
             })
             .collect::<Result<Vec<_>>>()?;
         let zero = self.existing_state("unscale_")?.zero.clone();
@@ -299,11 +296,7 @@ impl GradScaler {
             _ => Tensor::zeros((), DType::F32, device)?,
         };
         found.assign(&zero)?;
-        backend.non_finite_check_and_unscale(&storages, &found.storage(), &inv_scale.storage())?;
-        found.mark_modified();
-        if write_back {
-            grads.iter().for_each(Tensor::mark_modified);
-        }
+        Tensor::non_finite_check_and_unscale_(&checked, &found, inv_scale)?;
         Ok(Some(found))
     }
 
@@ -436,17 +429,13 @@ impl GradScaler {
             true => None,
             false => Some(st.scale.item()?),
         };
-        let state = ScaleState {
-            scale: st.scale.storage(),
-            growth_tracker: st.growth_tracker.storage(),
-            hysteresis_tracker: st.hysteresis_tracker.storage(),
-        };
-        st.scale
-            .backend()?
-            .update_scale(&state, &total.storage(), &self.spec())?;
-        for t in [&st.scale, &st.growth_tracker, &st.hysteresis_tracker] {
-            t.mark_modified();
-        }
+        Tensor::update_scale_(
+            &st.scale,
+            &st.growth_tracker,
+            &st.hysteresis_tracker,
+            &total,
+            &self.spec(),
+        )?;
         st.skipped.add_(&total)?;
         self.per_optimizer
             .values_mut()

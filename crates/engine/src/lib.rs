@@ -36,7 +36,9 @@ pub use device::Device;
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use memory::{memory_stats, reset_peak_memory, MemoryStats};
-pub use ops::{AvgPool2dParams, BatchNormParams, Conv2dParams, MaxPool2dParams};
+pub use ops::{
+    AdamParam, AvgPool2dParams, BatchNormParams, Conv2dParams, MaxPool2dParams, SgdParam,
+};
 pub use optim::{Adam, AdamConfig, AdamW, Optimizer, OptimizerState, ParamState, Sgd, SgdConfig};
 pub use registry::{backend_for, register_backend};
 pub use shape::{Layout, Shape, StridedOffsets};

@@ -1,17 +1,20 @@
 //! Tensor-level ops: argument checks, dtype promotion, backend dispatch and the autograd
 //! record of each op family. One file per family, mirroring `cpu/`.
 
+mod amp;
 mod cast;
 mod conv;
 mod elementwise;
 mod loss;
 mod matmul;
 mod norm;
+mod optim;
 mod pool;
 mod reduce;
 
 pub use conv::Conv2dParams;
 pub use norm::BatchNormParams;
+pub use optim::{AdamParam, SgdParam};
 pub use pool::{AvgPool2dParams, MaxPool2dParams};
 
 use crate::{DType, Error, Result, Tensor};

@@ -2,7 +2,8 @@
 
 use super::{check_kind, check_params, ensure, flag, grad_of, hyper, load_param_states};
 use super::{Optimizer, OptimizerState, ParamState};
-use crate::backend::{AdamTensors, FusedAdamSpec};
+use crate::backend::FusedAdamSpec;
+use crate::AdamParam;
 use crate::{no_grad, DType, Result, Tensor};
 
 const EXP_AVG: &str = "exp_avg";
@@ -234,8 +235,15 @@ impl AdamCore {
         found_inf: Option<&Tensor>,
     ) -> Result<()> {
         let _guard = no_grad();
-        let mut written = Vec::new();
-        let mut tensors = Vec::new();
+        struct Entry {
+            p: Tensor,
+            g: Tensor,
+            m: Tensor,
+            v: Tensor,
+            vmax: Option<Tensor>,
+            step: Tensor,
+        }
+        let mut entries = Vec::new();
         for i in 0..self.params.len() {
             let p = self.params[i].clone();
             let Some(mut g) = p.grad() else { continue };
@@ -261,23 +269,15 @@ impl AdamCore {
                     s
                 }
             };
-            tensors.push(AdamTensors {
-                param: p.storage(),
-                grad: g.storage(),
-                exp_avg: m.storage(),
-                exp_avg_sq: v.storage(),
-                max_exp_avg_sq: vmax.as_ref().map(Tensor::storage),
-                step: step.storage(),
+            entries.push(Entry {
+                p,
+                g,
+                m,
+                v,
+                vmax,
+                step,
             });
-            written.extend([p, m, v, step]);
-            written.extend(vmax);
-            if grad_scale.is_some() {
-                written.push(g);
-            }
         }
-        let Some(first) = written.first() else {
-            return Ok(());
-        };
         let c = self.config;
         let spec = FusedAdamSpec {
             lr: c.lr,
@@ -288,14 +288,18 @@ impl AdamCore {
             amsgrad: c.amsgrad,
             decoupled: self.decoupled,
         };
-        first.backend()?.adam_step(
-            &tensors,
-            &spec,
-            grad_scale.map(Tensor::storage).as_ref(),
-            found_inf.map(Tensor::storage).as_ref(),
-        )?;
-        written.iter().for_each(Tensor::mark_modified);
-        Ok(())
+        let params: Vec<AdamParam<'_>> = entries
+            .iter()
+            .map(|e| AdamParam {
+                param: &e.p,
+                grad: &e.g,
+                exp_avg: &e.m,
+                exp_avg_sq: &e.v,
+                max_exp_avg_sq: e.vmax.as_ref(),
+                step: &e.step,
+            })
+            .collect();
+        Tensor::adam_step_(&params, &spec, grad_scale, found_inf)
     }
 
     fn state_dict(&self) -> OptimizerState {

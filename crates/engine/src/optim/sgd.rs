@@ -2,7 +2,8 @@
 
 use super::{check_kind, check_params, ensure, flag, grad_of, hyper, load_param_states};
 use super::{Optimizer, OptimizerState, ParamState};
-use crate::backend::{SgdSpec, SgdTensors};
+use crate::backend::SgdSpec;
+use crate::SgdParam;
 use crate::{no_grad, Result, Tensor};
 
 const KIND: &str = "SGD";
@@ -165,9 +166,8 @@ impl Sgd {
     fn fused_step(&mut self) -> Result<()> {
         let _guard = no_grad();
         let c = self.config;
-        let mut groups: [Vec<SgdTensors>; 2] = [Vec::new(), Vec::new()];
-        let mut written = Vec::new();
-        let mut stepped = Vec::new();
+        // (param, grad, momentum buffer, buffer starts now) of every parameter with a gradient.
+        let mut entries = Vec::new();
         for i in 0..self.params.len() {
             let p = self.params[i].clone();
             let Some(mut g) = p.grad() else { continue };
@@ -188,28 +188,23 @@ impl Sgd {
                     None => (Some(p.zeros_like()?), true),
                 }
             };
-            groups[usize::from(first)].push(SgdTensors {
-                param: p.storage(),
-                grad: g.storage(),
-                momentum_buffer: buf.as_ref().map(Tensor::storage),
-            });
             if let Some(b) = &buf {
                 self.state[i]
                     .buffers
                     .insert(MOMENTUM_BUFFER.to_string(), b.clone());
             }
-            written.push(p);
-            written.extend(buf);
-            stepped.push(i);
+            entries.push((i, p, g, buf, first));
         }
-        let Some(first) = written.first() else {
-            return Ok(());
-        };
-        let backend = first.backend()?;
-        for (first_step, group) in [false, true].into_iter().zip(&groups) {
-            if group.is_empty() {
-                continue;
-            }
+        for first_step in [false, true] {
+            let group: Vec<SgdParam<'_>> = entries
+                .iter()
+                .filter(|e| e.4 == first_step)
+                .map(|(_, p, g, b, _)| SgdParam {
+                    param: p,
+                    grad: g,
+                    momentum_buffer: b.as_ref(),
+                })
+                .collect();
             let spec = SgdSpec {
                 lr: c.lr,
                 momentum: c.momentum,
@@ -218,10 +213,9 @@ impl Sgd {
                 nesterov: c.nesterov,
                 first_step,
             };
-            backend.sgd_step(group, &spec, None)?;
+            Tensor::sgd_step_(&group, &spec, None)?;
         }
-        written.iter().for_each(Tensor::mark_modified);
-        stepped.into_iter().for_each(|i| self.state[i].step += 1);
+        entries.iter().for_each(|(i, ..)| self.state[*i].step += 1);
         Ok(())
     }
 }

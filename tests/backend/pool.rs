@@ -1,0 +1,82 @@
+//! Max, average and adaptive average pooling against window loops in f64.
+
+use super::support::*;
+use hemi::*;
+
+backend_test!(pooling_matches_window_loops, |dev| {
+    let mut g = Generator::new(14);
+    let (n, c, h, w) = (2, 3, 7, 6);
+    let (x, xv) = rand(&mut g, &[n, c, h, w], dev)?;
+    // max pool k3 s2 p1 (ResNet stem)
+    let y = x.max_pool2d(MaxPool2dParams::new(3, 2, 1))?;
+    let (oh, ow) = ((h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1);
+    assert_eq!(y.dims(), &[n, c, oh, ow]);
+    let window = |p: usize, oy: usize, ox: usize, k: usize, s: usize, pad: usize| {
+        let mut v = vec![];
+        for i in 0..k {
+            for j in 0..k {
+                let (iy, ix) = (
+                    (oy * s + i) as isize - pad as isize,
+                    (ox * s + j) as isize - pad as isize,
+                );
+                if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                    v.push(xv[p * h * w + iy as usize * w + ix as usize]);
+                }
+            }
+        }
+        v
+    };
+    let want: Vec<f64> = (0..n * c * oh * ow)
+        .map(|i| {
+            window(i / (oh * ow), (i / ow) % oh, i % ow, 3, 2, 1)
+                .into_iter()
+                .fold(f64::MIN, f64::max)
+        })
+        .collect();
+    close(&y.to_f64_vec()?, &want, 0.0, "max_pool2d");
+    // avg pool k3 s2 p1, padding counted in the divisor (9 per window)
+    let a = x.avg_pool2d(AvgPool2dParams::new(3, 2, 1))?;
+    let want: Vec<f64> = (0..n * c * oh * ow)
+        .map(|i| {
+            window(i / (oh * ow), (i / ow) % oh, i % ow, 3, 2, 1)
+                .iter()
+                .sum::<f64>()
+                / 9.0
+        })
+        .collect();
+    close(&a.to_f64_vec()?, &want, 1e-6, "avg_pool2d");
+    // adaptive to 3x4: PyTorch windows floor(i*H/o)..ceil((i+1)*H/o)
+    let ad = x.adaptive_avg_pool2d((3, 4))?;
+    let mut want = vec![];
+    for p in 0..n * c {
+        for oy in 0..3 {
+            for ox in 0..4 {
+                let (y0, y1) = (oy * h / 3, ((oy + 1) * h).div_ceil(3));
+                let (x0, x1) = (ox * w / 4, ((ox + 1) * w).div_ceil(4));
+                let vals: Vec<f64> = (y0..y1)
+                    .flat_map(|yy| (x0..x1).map(move |xx| (yy, xx)))
+                    .map(|(yy, xx)| xv[p * h * w + yy * w + xx])
+                    .collect();
+                want.push(vals.iter().sum::<f64>() / vals.len() as f64);
+            }
+        }
+    }
+    close(&ad.to_f64_vec()?, &want, 1e-6, "adaptive_avg_pool2d");
+    Ok(())
+});
+
+#[test]
+fn average_pooling_sums_large_windows_pairwise() -> Result<()> {
+    // No CUDA pooling kernels yet: the CPU backend only (the CUDA issue adds them).
+    let mut gen = Generator::new(0x5eed_0013);
+    let (h, w) = (1024, 1031);
+    let (x, xs) = rounded(adversarial(&mut gen, h * w), &[1, 1, h, w], DType::F32)?;
+    let got = x.adaptive_avg_pool2d((1, 1))?.to_f64_vec()?[0];
+    let m64 = sum64(xs.iter().copied()) / (h * w) as f64;
+    let bound = (2.0 * clog2(h * w) + 1.0) * U * sum64(xs.iter().map(|v| v.abs())) / (h * w) as f64;
+    assert!(
+        (got - m64).abs() <= bound,
+        "adaptive_avg_pool2d {got} vs {m64}"
+    );
+    Ok(())
+}
