@@ -5,7 +5,7 @@ use super::backend::CudaBackend;
 use super::driver::LaunchConfig;
 use super::launch::{dtype_code, launch, THREADS};
 use crate::kernel_args;
-use hemi_engine::backend::{AmpOps, BackendDevice, ScaleState, ScaleUpdateSpec};
+use hemi_engine::backend::{check_one_f32, AmpOps, BackendDevice, ScaleState, ScaleUpdateSpec};
 use hemi_engine::{BackendStorage, DType, Error, Result, StorageRef};
 
 /// `struct TensorRef` of amp.cu (layout asserted on both sides).
@@ -44,15 +44,6 @@ pub(crate) fn multi_tensor(
     })
 }
 
-/// Errors unless `s` is one F32 value (a flag or a scale).
-fn one_f32(op: &'static str, what: &str, s: &dyn BackendStorage) -> Result<()> {
-    if s.dtype() != DType::F32 || s.len() != 1 {
-        let msg = format!("{what} must be one float32, got {} x{}", s.dtype(), s.len());
-        return Err(Error::DTypeMismatch { op, msg });
-    }
-    Ok(())
-}
-
 impl AmpOps for CudaBackend {
     fn non_finite_check_and_unscale(
         &self,
@@ -61,9 +52,9 @@ impl AmpOps for CudaBackend {
         inv_scale: &StorageRef,
     ) -> Result<()> {
         const OP: &str = "non_finite_check_and_unscale";
+        check_one_f32(OP, "found_inf", found_inf)?;
+        check_one_f32(OP, "inv_scale", inv_scale)?;
         let (f, inv) = (self.get(OP, found_inf)?, self.get(OP, inv_scale)?);
-        one_f32(OP, "found_inf", f)?;
-        one_f32(OP, "inv_scale", inv)?;
         let refs = grads
             .iter()
             .map(|g| {
@@ -101,8 +92,8 @@ impl AmpOps for CudaBackend {
         let growth = self.get(OP, &state.growth_tracker)?;
         let hyst = self.get(OP, &state.hysteresis_tracker)?;
         let found = self.get(OP, found_inf)?;
-        one_f32(OP, "scale", scale)?;
-        one_f32(OP, "found_inf", found)?;
+        check_one_f32(OP, "scale", &state.scale)?;
+        check_one_f32(OP, "found_inf", found_inf)?;
         for (b, what) in [(growth, "growth_tracker"), (hyst, "hysteresis_tracker")] {
             if b.dtype() != DType::I64 || b.len() != 1 {
                 let msg = format!("{what} must be one int64, got {} x{}", b.dtype(), b.len());

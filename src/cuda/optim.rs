@@ -8,10 +8,9 @@ use super::launch::{dtype_code, launch, THREADS};
 use super::storage::CudaBuffer;
 use crate::kernel_args;
 use hemi_engine::backend::{
-    AdamTensors, BackendDevice, FusedAdamSpec, OptimOps, SgdSpec, SgdTensors,
+    check_distinct, AdamTensors, BackendDevice, FusedAdamSpec, OptimOps, SgdSpec, SgdTensors,
 };
 use hemi_engine::{BackendStorage, DType, Error, Result, StorageRef};
-use std::sync::Arc;
 
 /// `struct AdamRef` of optim.cu (layout asserted on both sides).
 #[repr(C)]
@@ -126,19 +125,6 @@ impl CudaBackend {
     }
 }
 
-/// Errors unless the storages are pairwise distinct buffers.
-fn distinct(op: &'static str, storages: &[&StorageRef]) -> Result<()> {
-    for (i, a) in storages.iter().enumerate() {
-        if storages[i + 1..].iter().any(|b| Arc::ptr_eq(a, b)) {
-            return Err(Error::InvalidArgument {
-                op,
-                msg: "parameter, gradient and optimizer state must be distinct buffers".into(),
-            });
-        }
-    }
-    Ok(())
-}
-
 impl OptimOps for CudaBackend {
     fn adam_step(
         &self,
@@ -152,7 +138,7 @@ impl OptimOps for CudaBackend {
         for t in tensors {
             let mut all = vec![&t.param, &t.grad, &t.exp_avg, &t.exp_avg_sq, &t.step];
             all.extend(t.max_exp_avg_sq.as_ref());
-            distinct(OP, &all)?;
+            check_distinct(OP, &all)?;
             let n = t.param.len();
             let p = self.f32_state(OP, "the parameter", &t.param, n)?;
             let (g, grad_dtype) = self.grad_ref(OP, &t.grad, n)?;
@@ -218,7 +204,7 @@ impl OptimOps for CudaBackend {
         for t in tensors {
             let mut all = vec![&t.param, &t.grad];
             all.extend(t.momentum_buffer.as_ref());
-            distinct(OP, &all)?;
+            check_distinct(OP, &all)?;
             if t.momentum_buffer.is_some() != has_buf {
                 return Err(Error::InvalidArgument {
                     op: OP,

@@ -2,7 +2,16 @@
 //! both in place on device-resident state (no host sync).
 
 use super::BackendDevice;
-use crate::{Result, StorageRef};
+use crate::{DType, Error, Result, StorageRef};
+
+/// Errors unless `s` is one F32 value (a flag or a scale).
+pub fn check_one_f32(op: &'static str, what: &str, s: &StorageRef) -> Result<()> {
+    if s.dtype() != DType::F32 || s.len() != 1 {
+        let msg = format!("{what} must be one float32, got {} x{}", s.dtype(), s.len());
+        return Err(Error::DTypeMismatch { op, msg });
+    }
+    Ok(())
+}
 
 /// The device-resident state of a dynamic loss scaler.
 #[derive(Debug, Clone)]

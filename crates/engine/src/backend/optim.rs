@@ -2,7 +2,22 @@
 //! gradients (when unscaled) and optimizer state in place.
 
 use super::BackendDevice;
-use crate::{Result, StorageRef};
+use crate::{Error, Result, StorageRef};
+use std::sync::Arc;
+
+/// Errors unless the storages of one parameter's update are pairwise distinct buffers (each
+/// is written in place, so an alias would be read after it was written).
+pub fn check_distinct(op: &'static str, storages: &[&StorageRef]) -> Result<()> {
+    for (i, a) in storages.iter().enumerate() {
+        if storages[i + 1..].iter().any(|b| Arc::ptr_eq(a, b)) {
+            return Err(Error::invalid(
+                op,
+                "parameter, gradient and optimizer state must be distinct buffers",
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// One parameter's tensors for [`crate::Backend::fused_adam`]; all contiguous, on one device.
 #[derive(Debug, Clone)]

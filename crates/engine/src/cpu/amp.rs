@@ -3,8 +3,8 @@
 
 use super::compute::{buffer, host, to_f64_vec, PAR_THRESHOLD};
 use super::CpuBackend;
-use crate::backend::{AmpOps, ScaleState, ScaleUpdateSpec};
-use crate::{CpuStorage, DType, Error, Layout, Result, StorageRef};
+use crate::backend::{check_one_f32, AmpOps, ScaleState, ScaleUpdateSpec};
+use crate::{CpuStorage, Error, Layout, Result, StorageRef};
 use half::{bf16, f16};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -81,12 +81,8 @@ impl AmpOps for CpuBackend {
         inv_scale: &StorageRef,
     ) -> Result<()> {
         const OP: &str = "non_finite_check_and_unscale";
-        for (s, what) in [(found_inf, "found_inf"), (inv_scale, "inv_scale")] {
-            if s.dtype() != DType::F32 || s.len() != 1 {
-                let msg = format!("{what} must be one float32, got {} x{}", s.dtype(), s.len());
-                return Err(Error::DTypeMismatch { op: OP, msg });
-            }
-        }
+        check_one_f32(OP, "found_inf", found_inf)?;
+        check_one_f32(OP, "inv_scale", inv_scale)?;
         if let Some(g) = grads
             .iter()
             .find(|g| Arc::ptr_eq(g, found_inf) || Arc::ptr_eq(g, inv_scale))

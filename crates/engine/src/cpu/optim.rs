@@ -5,12 +5,12 @@
 use super::amp::{read_scalar, write_scalar};
 use super::compute::{buffer, PAR_THRESHOLD};
 use super::CpuBackend;
-use crate::backend::{AdamTensors, FusedAdamSpec, OptimOps, SgdSpec, SgdTensors};
+use crate::backend::{check_distinct, AdamTensors, FusedAdamSpec, OptimOps, SgdSpec, SgdTensors};
 use crate::{CpuStorage, Error, Result, StorageRef};
 use half::{bf16, f16};
 use num_traits::Float;
 use rayon::prelude::*;
-use std::sync::{Arc, RwLockWriteGuard};
+use std::sync::RwLockWriteGuard;
 
 /// Elements per parallel chunk: large enough to stream, small enough to spread.
 const CHUNK: usize = PAR_THRESHOLD;
@@ -198,19 +198,6 @@ fn locked<'a>(
     Ok(buffer(op, s)?.write())
 }
 
-/// Errors unless the storages are pairwise distinct (each is locked for writing once).
-fn distinct(op: &'static str, storages: &[&StorageRef]) -> Result<()> {
-    for (i, a) in storages.iter().enumerate() {
-        if storages[i + 1..].iter().any(|b| Arc::ptr_eq(a, b)) {
-            return Err(Error::invalid(
-                op,
-                "parameter, gradient and optimizer state must be distinct buffers",
-            ));
-        }
-    }
-    Ok(())
-}
-
 fn mismatch(op: &'static str) -> Error {
     Error::dtype(
         op,
@@ -223,7 +210,7 @@ fn adam_one(t: &AdamTensors, spec: &FusedAdamSpec, grad_scale: Option<f64>) -> R
     let n = t.param.len();
     let mut all = vec![&t.param, &t.grad, &t.exp_avg, &t.exp_avg_sq, &t.step];
     all.extend(t.max_exp_avg_sq.as_ref());
-    distinct(OP, &all)?;
+    check_distinct(OP, &all)?;
     let step = read_scalar(OP, &t.step)? + 1.0;
     let mut p = locked(OP, "param", &t.param, n)?;
     let mut g = locked(OP, "grad", &t.grad, n)?;
@@ -321,7 +308,7 @@ fn sgd_one(t: &SgdTensors, spec: &SgdSpec) -> Result<()> {
     let n = t.param.len();
     let mut all = vec![&t.param, &t.grad];
     all.extend(t.momentum_buffer.as_ref());
-    distinct(OP, &all)?;
+    check_distinct(OP, &all)?;
     let mut p = locked(OP, "param", &t.param, n)?;
     let g = locked(OP, "grad", &t.grad, n)?;
     let mut b = match &t.momentum_buffer {
