@@ -28,7 +28,7 @@ const SHAPES: [(&str, usize, usize, usize); 10] = [
 
 #[cfg(feature = "cuda")]
 fn cuda(c: &mut Criterion) {
-    use hemi::cuda::gemm::{gemm, GemmKernel, GemmOptions};
+    use hemi::{GemmAlgo as GemmKernel, GemmOptions};
     let status = hemi::cuda::init();
     let gpus: Vec<Device> = status
         .devices
@@ -70,9 +70,9 @@ fn cuda(c: &mut Criterion) {
                     c: None,
                     bias: None,
                     out_dtype: dt,
-                    kernel,
+                    algo: kernel,
                 };
-                if gemm(&a, &b, &o).is_err() {
+                if Tensor::gemm(&a, &b, &o).is_err() {
                     eprintln!(
                         "gemm bench: {label} does not take {name} (layout precondition); skipped"
                     );
@@ -80,7 +80,7 @@ fn cuda(c: &mut Criterion) {
                 }
                 group.bench_with_input(BenchmarkId::new(label, name), &name, |bench, _| {
                     bench.iter(|| {
-                        gemm(&a, &b, &o).expect("gemm");
+                        Tensor::gemm(&a, &b, &o).expect("gemm");
                         hemi::cuda::synchronize(dev).expect("sync");
                     })
                 });

@@ -6,8 +6,8 @@
 
 mod common;
 
-use hemi::cuda::gemm::{gemm, GemmKernel, GemmOptions};
 use hemi::{DType, Device, Generator, Result, Tensor};
+use hemi::{GemmAlgo as GemmKernel, GemmOptions};
 use proptest::prelude::*;
 
 fn dev() -> Device {
@@ -83,9 +83,9 @@ fn check(
             c: c.clone(),
             bias: bias_t.clone(),
             out_dtype: out_dt,
-            kernel,
+            algo: kernel,
         };
-        let out = gemm(&a, &b, &o)?;
+        let out = Tensor::gemm(&a, &b, &o)?;
         Ok((
             a.contiguous()?.to_f64_vec()?,
             b.contiguous()?.to_f64_vec()?,
@@ -223,10 +223,10 @@ fn mma_pipeline_over_several_tiles_and_its_layout_check() -> Result<()> {
         c: None,
         bias: None,
         out_dtype: DType::F32,
-        kernel: GemmKernel::MmaPipeline,
+        algo: GemmKernel::MmaPipeline,
     };
     assert!(
-        gemm(&a, &Tensor::ones([6, 8], DType::F16, d)?, &o).is_err(),
+        Tensor::gemm(&a, &Tensor::ones([6, 8], DType::F16, d)?, &o).is_err(),
         "the layout check refuses"
     );
     let m = a.matmul(&Tensor::ones([6, 8], DType::F16, d)?)?; // Tensor::matmul falls back to wmma
@@ -258,9 +258,9 @@ fn nan_and_inf_propagate() -> Result<()> {
             c: None,
             bias: None,
             out_dtype: DType::F32,
-            kernel,
+            algo: kernel,
         };
-        let out = gemm(&a, &b, &o)?.to_vec::<f32>()?;
+        let out = Tensor::gemm(&a, &b, &o)?.to_vec::<f32>()?;
         for i in 0..5 {
             for j in 0..6 {
                 let v = out[i * 6 + j];

@@ -21,7 +21,6 @@ mod elementwise;
 pub(crate) mod launch;
 mod loss;
 mod matmul;
-pub use matmul::gemm;
 mod memory;
 mod optim;
 mod reduce;

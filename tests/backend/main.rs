@@ -36,6 +36,7 @@ macro_rules! backend_test {
 mod amp;
 mod elementwise;
 mod loss;
+mod matmul;
 mod memory;
 mod norm;
 mod optim;

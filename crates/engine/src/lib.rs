@@ -31,13 +31,14 @@ mod storage;
 mod tensor;
 
 pub use autograd::{is_grad_enabled, no_grad, set_grad_enabled, GradModeGuard};
-pub use backend::{Backend, CrossEntropySpec, Reduction};
+pub use backend::{Backend, CrossEntropySpec, GemmAlgo, Reduction};
 pub use device::Device;
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use memory::{memory_stats, reset_peak_memory, MemoryStats};
 pub use ops::{
-    AdamParam, AvgPool2dParams, BatchNormParams, Conv2dParams, MaxPool2dParams, SgdParam,
+    AdamParam, AvgPool2dParams, BatchNormParams, Conv2dParams, GemmOptions, MaxPool2dParams,
+    SgdParam,
 };
 pub use optim::{Adam, AdamConfig, AdamW, Optimizer, OptimizerState, ParamState, Sgd, SgdConfig};
 pub use registry::{backend_for, register_backend};

@@ -1,14 +1,54 @@
-//! The CUDA matmul family: `MatmulOps` for [`CudaBackend`].
+//! The CUDA matmul family (`kernels-cu/matmul.cu`): `MatmulOps` for [`CudaBackend`], over the
+//! three GEMM tiers — (iii) tiled fp32 SIMT, (i) `nvcuda::wmma`, (ii) `mma.sync` + `ldmatrix` +
+//! `cp.async` pipeline — with the alpha/beta/bias epilogue and f32/f16/bf16 output.
+//!
+//! Error bound of every kernel (DESIGN.md §4), element-wise against an f64 reference from the
+//! same rounded inputs: `|C − C64| ≤ K·2⁻²³·(|A||B|) + u_out·|C64|` (plus the epilogue's f32
+//! rounding of `alpha`, `beta·C` and `bias`).
 
-pub mod gemm;
 mod launch;
 
 use super::backend::CudaBackend;
 use super::launch::dtype_code;
 use super::storage::CudaBuffer;
-use hemi_engine::backend::*;
+use hemi_engine::backend::{
+    check_gemm, check_matmul, BackendDevice, GemmAlgo, GemmEpilogue, MatmulOps, MatmulSpec,
+};
 use hemi_engine::{BackendStorage, DType, Error, Layout, Result, StorageRef};
+use launch::{GemmArgs, GemmKernel, Operand};
 use std::sync::Arc;
+
+/// The operand record of a checked `[batch, rows, cols]` view of `buf`.
+fn operand(buf: &CudaBuffer, l: &Layout) -> Operand {
+    Operand {
+        ptr: buf.ptr() + (l.offset() * buf.dtype().size_in_bytes()) as u64,
+        batch_stride: l.strides()[0] as i64,
+        row_stride: l.strides()[1] as i64,
+        col_stride: l.strides()[2] as i64,
+    }
+}
+
+impl CudaBackend {
+    /// The kernel for `algo` on inputs of `dt` (`Auto`: SIMT for F32, the `mma.sync` pipeline
+    /// for F16/BF16 when the layout suits it, else wmma).
+    fn gemm_kernel(&self, algo: GemmAlgo, dt: DType, args: &GemmArgs) -> Result<GemmKernel> {
+        let unsupported = |msg: String| Error::Unsupported {
+            op: "gemm",
+            device: self.device(),
+            msg,
+        };
+        Ok(match (algo, dt) {
+            (GemmAlgo::Auto | GemmAlgo::SimtF32, DType::F32) => GemmKernel::SimtF32,
+            (GemmAlgo::Auto, DType::F16 | DType::BF16) => match launch::mma_layout(args, 2) {
+                Some(_) => GemmKernel::MmaPipeline,
+                None => GemmKernel::Wmma,
+            },
+            (GemmAlgo::Wmma, DType::F16 | DType::BF16) => GemmKernel::Wmma,
+            (GemmAlgo::MmaPipeline, DType::F16 | DType::BF16) => GemmKernel::MmaPipeline,
+            (algo, dt) => return Err(unsupported(format!("{algo:?} on {dt} inputs"))),
+        })
+    }
+}
 
 impl MatmulOps for CudaBackend {
     fn matmul(
@@ -20,56 +60,59 @@ impl MatmulOps for CudaBackend {
         spec: &MatmulSpec,
     ) -> Result<StorageRef> {
         check_matmul(lhs, lhs_layout, rhs, rhs_layout, spec)?;
-        let (a, b) = (self.get("matmul", lhs)?, self.get("matmul", rhs)?);
+        let ep = GemmEpilogue::plain(lhs.dtype());
+        self.gemm(lhs, lhs_layout, rhs, rhs_layout, spec, &ep)
+    }
+
+    fn gemm(
+        &self,
+        lhs: &StorageRef,
+        lhs_layout: &Layout,
+        rhs: &StorageRef,
+        rhs_layout: &Layout,
+        spec: &MatmulSpec,
+        ep: &GemmEpilogue,
+    ) -> Result<StorageRef> {
+        const OP: &str = "gemm";
+        check_gemm(lhs, lhs_layout, rhs, rhs_layout, spec, ep)?;
+        let (a, b) = (self.get(OP, lhs)?, self.get(OP, rhs)?);
         if a.dtype() != b.dtype() {
             let msg = format!("lhs is {} but rhs is {}", a.dtype(), b.dtype());
-            return Err(Error::DTypeMismatch { op: "matmul", msg });
+            return Err(Error::DTypeMismatch { op: OP, msg });
         }
-        let mut kernel = match a.dtype() {
-            DType::F32 => launch::GemmKernel::SimtF32,
-            DType::F16 | DType::BF16 => launch::GemmKernel::MmaPipeline,
-            other => {
-                return Err(Error::Unsupported {
-                    op: "matmul",
-                    device: self.device(),
-                    msg: format!("{other} tensors run on the CPU backend only"),
-                })
-            }
-        };
         let MatmulSpec { batch, m, n, k } = *spec;
-        let out = self.buffer(a.dtype(), batch * m * n)?;
-        if batch * m * n == 0 {
-            return Ok(Arc::new(out));
-        }
-        let operand = |buf: &CudaBuffer, l: &Layout| launch::Operand {
-            ptr: buf.ptr() + (l.offset() * buf.dtype().size_in_bytes()) as u64,
-            batch_stride: l.strides()[0] as i64,
-            row_stride: l.strides()[1] as i64,
-            col_stride: l.strides()[2] as i64,
+        let out = self.buffer(ep.out_dtype, batch * m * n)?;
+        let c_in = match &ep.c {
+            Some((c, cl)) if ep.beta != 0.0 => operand(self.get(OP, c)?, cl),
+            _ => Operand::default(),
         };
-        let args = launch::GemmArgs {
+        let bias = match &ep.bias {
+            Some(b) => self.get(OP, b)?.ptr(),
+            None => 0,
+        };
+        let args = GemmArgs {
             m: m as i64,
             n: n as i64,
             k: k as i64,
-            alpha: 1.0,
-            beta: 0.0,
+            alpha: ep.alpha,
+            beta: if c_in.ptr == 0 { 0.0 } else { ep.beta },
             a: operand(a, lhs_layout),
             b: operand(b, rhs_layout),
-            c_in: launch::Operand::default(),
-            bias: 0,
-            out: launch::Operand {
+            c_in,
+            bias,
+            out: Operand {
                 ptr: out.ptr(),
                 batch_stride: (m * n) as i64,
                 row_stride: n as i64,
                 col_stride: 1,
             },
-            out_dtype: dtype_code("matmul", self.device(), a.dtype())?,
+            out_dtype: dtype_code(OP, self.device(), ep.out_dtype)?,
             pad: 0,
         };
-        if kernel == launch::GemmKernel::MmaPipeline && launch::mma_layout(&args, 2).is_none() {
-            kernel = launch::GemmKernel::Wmma;
+        let kernel = self.gemm_kernel(ep.algo, a.dtype(), &args)?;
+        if batch * m * n > 0 {
+            launch::gemm(self.driver(), kernel, a.dtype(), batch, args)?;
         }
-        launch::gemm(self.driver(), kernel, a.dtype(), batch, args)?;
         Ok(Arc::new(out))
     }
 }

@@ -2,9 +2,9 @@
 //! widened to f32 (exact), multiplied with f32 accumulation and rounded once at the output, so
 //! the result obeys DESIGN.md's GEMM bound with `u_out` of the output dtype.
 
-use super::compute::{host, Compute};
+use super::compute::{host, map_compute, to_f64_vec, Compute};
 use super::wrap;
-use crate::backend::{check_matmul, MatmulSpec};
+use crate::backend::{check_gemm, check_matmul, GemmEpilogue, MatmulSpec};
 use crate::{CpuStorage, Error, Layout, Result, StorageRef};
 use gemm::Parallelism;
 
@@ -98,14 +98,14 @@ fn batched<T: 'static + Copy + num_traits::Zero + num_traits::One + Send + Sync>
     out
 }
 
-/// Batched matmul, see [`MatmulSpec`].
-pub(crate) fn matmul(
+/// Batched product in the compute type (f32, or f64 for F64), not yet rounded.
+fn accumulate(
     lhs: &StorageRef,
     ll: &Layout,
     rhs: &StorageRef,
     rl: &Layout,
     spec: &MatmulSpec,
-) -> Result<CpuStorage> {
+) -> Result<Compute> {
     let (a, b) = (host("matmul", lhs)?, host("matmul", rhs)?);
     if a.dtype() != b.dtype() {
         return Err(Error::dtype(
@@ -114,8 +114,8 @@ pub(crate) fn matmul(
         ));
     }
     Ok(match (&*a, &*b) {
-        (CpuStorage::F32(x), CpuStorage::F32(y)) => CpuStorage::F32(batched(x, ll, y, rl, spec)),
-        (CpuStorage::F64(x), CpuStorage::F64(y)) => CpuStorage::F64(batched(x, ll, y, rl, spec)),
+        (CpuStorage::F32(x), CpuStorage::F32(y)) => Compute::F32(batched(x, ll, y, rl, spec)),
+        (CpuStorage::F64(x), CpuStorage::F64(y)) => Compute::F64(batched(x, ll, y, rl, spec)),
         (CpuStorage::I64(_), _) => return Err(Error::dtype("matmul", "int64 operands")),
         _ => {
             let wide_a = super::compute::to_compute("matmul", &a, ll)?;
@@ -128,9 +128,31 @@ pub(crate) fn matmul(
                 Layout::contiguous([spec.batch, spec.m, spec.k]),
                 Layout::contiguous([spec.batch, spec.k, spec.n]),
             );
-            Compute::F32(batched(&x, &la, &y, &lb, spec)).into_storage(a.dtype())
+            Compute::F32(batched(&x, &la, &y, &lb, spec))
         }
     })
+}
+
+/// `alpha · acc + beta · c + bias[col]` over `[batch, m, n]` accumulators, in their type.
+fn apply_epilogue<T: num_traits::Float>(
+    acc: &mut [T],
+    n: usize,
+    ep: &GemmEpilogue,
+    c: Option<&[f64]>,
+    bias: Option<&[f64]>,
+) {
+    let t = |x: f64| T::from(x).unwrap_or_else(T::nan);
+    let (alpha, beta) = (t(f64::from(ep.alpha)), t(f64::from(ep.beta)));
+    for (i, v) in acc.iter_mut().enumerate() {
+        let mut x = alpha * *v;
+        if let Some(c) = c {
+            x = x + beta * t(c[i]);
+        }
+        if let Some(b) = bias {
+            x = x + t(b[i % n]);
+        }
+        *v = x;
+    }
 }
 
 impl crate::backend::MatmulOps for super::CpuBackend {
@@ -143,6 +165,41 @@ impl crate::backend::MatmulOps for super::CpuBackend {
         spec: &MatmulSpec,
     ) -> Result<StorageRef> {
         check_matmul(lhs, lhs_layout, rhs, rhs_layout, spec)?;
-        Ok(wrap(matmul(lhs, lhs_layout, rhs, rhs_layout, spec)?))
+        let dtype = lhs.dtype();
+        Ok(wrap(
+            accumulate(lhs, lhs_layout, rhs, rhs_layout, spec)?.into_storage(dtype),
+        ))
+    }
+
+    /// The algorithm hint is ignored: the CPU has one.
+    fn gemm(
+        &self,
+        lhs: &StorageRef,
+        lhs_layout: &Layout,
+        rhs: &StorageRef,
+        rhs_layout: &Layout,
+        spec: &MatmulSpec,
+        ep: &GemmEpilogue,
+    ) -> Result<StorageRef> {
+        check_gemm(lhs, lhs_layout, rhs, rhs_layout, spec, ep)?;
+        let c = match &ep.c {
+            Some((c, cl)) => Some(to_f64_vec(&*host("gemm", c)?, cl)),
+            None => None,
+        };
+        let bias = match &ep.bias {
+            Some(b) => Some(to_f64_vec(
+                &*host("gemm", b)?,
+                &Layout::contiguous([b.len()]),
+            )),
+            None => None,
+        };
+        let (c, bias) = (c.as_deref().filter(|_| ep.beta != 0.0), bias.as_deref());
+        let acc = accumulate(lhs, lhs_layout, rhs, rhs_layout, spec)?;
+        let out = map_compute!(acc, |v: T| {
+            let mut v = v;
+            apply_epilogue(&mut v, spec.n, ep, c, bias);
+            v
+        });
+        Ok(wrap(out.into_storage(ep.out_dtype)))
     }
 }

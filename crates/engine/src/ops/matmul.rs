@@ -3,9 +3,9 @@
 
 use super::{float_only, promote_pair};
 use crate::autograd::{track, Saved};
-use crate::backend::MatmulSpec;
+use crate::backend::{GemmAlgo, GemmEpilogue, MatmulSpec};
 use crate::cast_policy::AutocastOp;
-use crate::{Error, Layout, Result, Shape, Tensor};
+use crate::{DType, Error, Layout, Result, Shape, Tensor};
 
 /// Views a rank-2 or rank-3 layout as `[batch, rows, cols]`, broadcasting a missing batch.
 fn as_batched(l: &Layout, batch: usize) -> Layout {
@@ -126,6 +126,109 @@ impl Tensor {
         match ins.get(2) {
             Some(b) => y.add(b),
             None => Ok(y),
+        }
+    }
+
+    /// The general product `alpha · a·b + beta · c + bias` with every option of the matmul
+    /// family's kernels (see [`GemmOptions`]): `a` is `[m, k]` or `[batch, m, k]`, `b` is
+    /// `[k, n]` or `[batch, k, n]` (a batch of 1 broadcasts), any strides, one dtype; returns
+    /// `[batch, m, n]` in `out_dtype`. Not recorded by autograd. Error bound as `matmul`'s,
+    /// plus the f32 rounding of the epilogue.
+    ///
+    /// ```
+    /// use hemi_engine::{DType, Device, GemmOptions, Tensor};
+    /// let a = Tensor::ones([2, 3], DType::F32, Device::Cpu)?;
+    /// let b = Tensor::ones([3, 4], DType::F32, Device::Cpu)?;
+    /// let o = GemmOptions { alpha: 0.5, ..GemmOptions::new(DType::F16) };
+    /// let y = Tensor::gemm(&a, &b, &o)?;                  // [1, 2, 4] of 1.5 in f16
+    /// assert_eq!(y.to_f64_vec()?, vec![1.5; 8]);
+    /// # Ok::<(), hemi_engine::Error>(())
+    /// ```
+    pub fn gemm(a: &Tensor, b: &Tensor, o: &GemmOptions) -> Result<Tensor> {
+        const OP: &str = "gemm";
+        let rank_ok = |t: &Tensor| t.rank() == 2 || t.rank() == 3;
+        if !rank_ok(a) || !rank_ok(b) || a.dtype() != b.dtype() {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "operands must be [m, k] / [batch, m, k] of one dtype, got {:?} {} and {:?} {}",
+                    a.shape(),
+                    a.dtype(),
+                    b.shape(),
+                    b.dtype()
+                ),
+            ));
+        }
+        let mut ts = vec![a, b];
+        ts.extend(o.c.iter().chain(&o.bias));
+        super::same_device(OP, &ts)?;
+        let (ad, bd) = (a.dims(), b.dims());
+        let (m, k) = (ad[ad.len() - 2], ad[ad.len() - 1]);
+        let (k2, n) = (bd[bd.len() - 2], bd[bd.len() - 1]);
+        let ab = if a.rank() == 3 { ad[0] } else { 1 };
+        let bb = if b.rank() == 3 { bd[0] } else { 1 };
+        if k != k2 || (ab != bb && ab != 1 && bb != 1) {
+            return Err(Error::shape(
+                OP,
+                format!("{:?} and {:?} do not multiply", a.shape(), b.shape()),
+            ));
+        }
+        let batch = ab.max(bb);
+        let spec = MatmulSpec { batch, m, n, k };
+        let c = match &o.c {
+            Some(c) => {
+                let cb = c.broadcast_as([batch, m, n])?;
+                Some((cb.storage(), cb.layout().clone()))
+            }
+            None => None,
+        };
+        let bias = match &o.bias {
+            Some(b) => Some(b.contiguous()?.storage()),
+            None => None,
+        };
+        let ep = GemmEpilogue {
+            alpha: o.alpha,
+            beta: o.beta,
+            c,
+            bias,
+            out_dtype: o.out_dtype,
+            algo: o.algo,
+        };
+        let (la, lb) = (as_batched(a.layout(), batch), as_batched(b.layout(), batch));
+        let s = a
+            .backend()?
+            .gemm(&a.storage(), &la, &b.storage(), &lb, &spec, &ep)?;
+        Ok(Tensor::contiguous_from(s, [batch, m, n]))
+    }
+}
+
+/// Options of [`Tensor::gemm`]: `out = alpha · a·b + beta · c + bias`.
+#[derive(Debug, Clone)]
+pub struct GemmOptions {
+    /// Scale of the product (default 1).
+    pub alpha: f32,
+    /// Scale of `c` (default 0; unused without `c`).
+    pub beta: f32,
+    /// Added matrix, broadcastable to `[batch, m, n]`, in `out_dtype`.
+    pub c: Option<Tensor>,
+    /// Per-column bias `[n]`, F32.
+    pub bias: Option<Tensor>,
+    /// Output dtype: F32, F16 or BF16 (F64 for F64 inputs on the CPU).
+    pub out_dtype: DType,
+    /// Kernel hint for devices with several GEMM kernels (default `Auto`).
+    pub algo: GemmAlgo,
+}
+
+impl GemmOptions {
+    /// The plain product in `out_dtype`: alpha 1, no `c`, no bias, `Auto`.
+    pub fn new(out_dtype: DType) -> Self {
+        GemmOptions {
+            alpha: 1.0,
+            beta: 0.0,
+            c: None,
+            bias: None,
+            out_dtype,
+            algo: GemmAlgo::Auto,
         }
     }
 }

@@ -13,6 +13,7 @@ mod pool;
 mod reduce;
 
 pub use conv::Conv2dParams;
+pub use matmul::GemmOptions;
 pub use norm::BatchNormParams;
 pub use optim::{AdamParam, SgdParam};
 pub use pool::{AvgPool2dParams, MaxPool2dParams};
