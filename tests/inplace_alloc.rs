@@ -75,3 +75,32 @@ fn fused_optimizer_steps_allocate_nothing_after_the_first() -> Result<()> {
     }
     Ok(())
 }
+
+/// The same on the emulated CUDA device: the fused Adam step reads its record table from a
+/// reused buffer and writes everything in place.
+#[cfg(feature = "cuda")]
+#[test]
+fn fused_adam_on_cuda_sim_allocates_nothing_after_the_first_step() -> Result<()> {
+    hemi::cuda::init();
+    let dev = Device::CudaSim;
+    let params: Vec<Tensor> = [vec![33, 7], vec![129], vec![1]]
+        .iter()
+        .map(|d| Tensor::randn(d.clone(), DType::F32, dev)?.requires_grad_(true))
+        .collect::<Result<_>>()?;
+    let mut opt = Adam::new(params.clone(), AdamConfig::adamw())?;
+    for i in 0..4 {
+        for p in &params {
+            p.set_grad(Some(Tensor::randn(p.shape().clone(), DType::F32, dev)?))?;
+        }
+        let before = memory_stats(dev).allocations;
+        opt.step()?;
+        if i > 0 {
+            assert_eq!(
+                memory_stats(dev).allocations,
+                before,
+                "step {i} on cuda-sim"
+            );
+        }
+    }
+    Ok(())
+}

@@ -72,8 +72,8 @@ impl AmpOps for CudaBackend {
         }
         let max_len = refs.iter().map(|r| r.len as usize).max().unwrap_or(0);
         let cfg = multi_tensor(OP, max_len, refs.len())?;
-        let table = self.upload_pod(&refs)?;
-        let (mut r, mut fp, mut s) = (table.ptr(), f.ptr(), inv.ptr());
+        let table = self.upload_table(&refs)?;
+        let (mut r, mut fp, mut s) = (table.ptr, f.ptr(), inv.ptr());
         let mut a = kernel_args![r, fp, s];
         // SAFETY: non_finite_check_and_unscale(const TensorRef*, float*, const float*); every
         // record is a live buffer of this device holding `len` elements of its dtype, and the

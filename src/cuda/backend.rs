@@ -8,12 +8,22 @@ use super::loss::launch as softmax;
 use super::storage::{cuda_buffer, CudaBuffer};
 use hemi_engine::backend::{BackendDevice, ConvOps, CrossEntropySpec, NormOps, PoolOps};
 use hemi_engine::{BackendStorage, CpuStorage, DType, Device, Error, Result, StorageRef};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The CUDA backend of one device (a GPU or the emulator).
 #[derive(Debug)]
 pub struct CudaBackend {
     alloc: Arc<CachingAllocator>,
+    /// The device buffer multi-tensor launches read their record tables from, grown as
+    /// needed and reused, so a steady-state optimizer step allocates nothing.
+    tables: Mutex<Option<CudaBuffer>>,
+}
+
+/// A launch table uploaded to the device; holds the table buffer until the launch is issued.
+pub(crate) struct Table<'a> {
+    _guard: MutexGuard<'a, Option<CudaBuffer>>,
+    /// Device address of the first record.
+    pub ptr: u64,
 }
 
 impl CudaBackend {
@@ -21,6 +31,7 @@ impl CudaBackend {
     pub fn new(driver: Arc<dyn Driver>) -> Self {
         CudaBackend {
             alloc: Arc::new(CachingAllocator::new(driver)),
+            tables: Mutex::new(None),
         }
     }
 
@@ -49,14 +60,26 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// Uploads plain records (launch tables) to a temporary device buffer.
-    pub(crate) fn upload_pod<T: bytemuck::Pod>(&self, records: &[T]) -> Result<CudaBuffer> {
+    /// Uploads plain records (a multi-tensor launch's table) into the reused table buffer.
+    /// Reuse is safe: uploads are ordered after every launch already issued (the drivers
+    /// synchronize their stream before a copy), and the guard keeps other threads out until
+    /// this launch is issued.
+    pub(crate) fn upload_table<T: bytemuck::Pod>(&self, records: &[T]) -> Result<Table<'_>> {
         let bytes: &[u8] = bytemuck::cast_slice(records);
-        let buf = self.buffer(DType::F32, bytes.len().div_ceil(4).max(1))?;
-        if !bytes.is_empty() {
-            buf.write_bytes(0, bytes)?;
+        let mut guard = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.as_ref().map_or(true, |b| b.bytes() < bytes.len()) {
+            *guard = None;
+            *guard = Some(self.buffer(DType::F32, bytes.len().div_ceil(4).max(64))?);
         }
-        Ok(buf)
+        let Some(buf) = guard.as_ref() else {
+            return Err(Error::Backend {
+                device: self.device(),
+                msg: "launch table buffer missing".into(),
+            });
+        };
+        buf.write_bytes(0, bytes)?;
+        let ptr = buf.ptr();
+        Ok(Table { _guard: guard, ptr })
     }
 
     /// Checks cross-entropy inputs, including every target (one host read of the first bad

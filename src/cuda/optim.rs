@@ -168,7 +168,7 @@ impl OptimOps for CudaBackend {
         let found = self.flag_ptr(OP, found_inf)?;
         let max_len = refs.iter().map(|r| r.len as usize).max().unwrap_or(0);
         let cfg = multi_tensor(OP, max_len, refs.len())?;
-        let table = self.upload_pod(&refs)?;
+        let table = self.upload_table(&refs)?;
         let mut h = AdamHyper {
             lr: spec.lr as f32,
             beta1: spec.beta1 as f32,
@@ -179,13 +179,13 @@ impl OptimOps for CudaBackend {
             decoupled: i32::from(spec.decoupled),
             has_scale: i32::from(grad_scale.is_some()),
         };
-        let (mut r, mut s, mut f) = (table.ptr(), scale, found);
+        let (mut r, mut s, mut f) = (table.ptr, scale, found);
         let mut a = kernel_args![r, h, s, f];
         // SAFETY: fused_adam(const AdamRef*, AdamHyper, const float*, const float*); every
         // record's buffers were checked above (f32 state of `len` elements, a grad of `len`
         // elements of its dtype code, a one-element step); null scale/flag are allowed.
         unsafe { launch(self.driver(), "fused_adam", cfg, &mut a) }?;
-        let (mut r, mut count, mut f) = (table.ptr(), refs.len() as i64, found);
+        let (mut r, mut count, mut f) = (table.ptr, refs.len() as i64, found);
         let mut a = kernel_args![r, count, f];
         let cfg = super::driver::LaunchConfig::linear(refs.len(), THREADS, 64);
         // SAFETY: adam_step_counts(const AdamRef*, long long, const float*); `count` records.
@@ -233,7 +233,7 @@ impl OptimOps for CudaBackend {
         let found = self.flag_ptr(OP, found_inf)?;
         let max_len = refs.iter().map(|r| r.len as usize).max().unwrap_or(0);
         let cfg = multi_tensor(OP, max_len, refs.len())?;
-        let table = self.upload_pod(&refs)?;
+        let table = self.upload_table(&refs)?;
         let mut h = SgdHyper {
             lr: spec.lr as f32,
             momentum: spec.momentum as f32,
@@ -244,7 +244,7 @@ impl OptimOps for CudaBackend {
             has_buf: i32::from(has_buf),
             pad: 0,
         };
-        let (mut r, mut f) = (table.ptr(), found);
+        let (mut r, mut f) = (table.ptr, found);
         let mut a = kernel_args![r, h, f];
         // SAFETY: fused_sgd(const SgdRef*, SgdHyper, const float*); every record's buffers
         // were checked above; a null flag is allowed.
