@@ -90,3 +90,22 @@ backend_test!(
         Ok(())
     }
 );
+
+backend_test!(half_precision_parameters_take_the_unfused_path, |dev| {
+    for dt in [DType::F16, DType::BF16] {
+        let w = Tensor::full([4], 1.0, dt, dev)?.requires_grad_(true)?;
+        let mut adam = Adam::new(vec![w.clone()], AdamConfig::adam().lr(0.25))?;
+        w.set_grad(Some(Tensor::full([4], 2.0, dt, dev)?))?;
+        adam.step()?;
+        // First Adam step: p − lr·sign(g) up to eps.
+        assert_eq!(w.to_f64_vec()?, vec![0.75; 4], "adam {dt} on {dev}");
+        assert!(
+            !adam.supports_amp_scaling(),
+            "{dt} parameters cannot take the fused AMP step"
+        );
+        let mut sgd = Sgd::new(vec![w.clone()], SgdConfig::new(0.125).momentum(0.5))?;
+        sgd.step()?;
+        assert_eq!(w.to_f64_vec()?, vec![0.5; 4], "sgd {dt} on {dev}");
+    }
+    Ok(())
+});

@@ -200,7 +200,7 @@ impl AdamCore {
     }
 
     fn step(&mut self) -> Result<()> {
-        if self.config.fused {
+        if self.runs_fused() {
             return self.fused_step(None, None);
         }
         let _guard = no_grad();
@@ -210,6 +210,17 @@ impl AdamCore {
             }
         }
         Ok(())
+    }
+
+    /// Whether steps take the fused path: configured so, and every parameter F32 or F64 (the
+    /// fused kernels keep full-precision master weights; F16/BF16 parameters take the
+    /// unfused path, as tensor ops).
+    fn runs_fused(&self) -> bool {
+        self.config.fused
+            && self
+                .params
+                .iter()
+                .all(|p| matches!(p.dtype(), DType::F32 | DType::F64))
     }
 
     /// A state buffer of parameter `i` that the fused step may write in place: created as
@@ -387,13 +398,13 @@ macro_rules! adam_optimizer {
                 self.0.load_state_dict(state)
             }
             fn supports_amp_scaling(&self) -> bool {
-                self.0.config.fused
+                self.0.runs_fused()
             }
             fn step_amp(&mut self, grad_scale: Option<&Tensor>, found_inf: &Tensor) -> Result<()> {
-                if !self.0.config.fused {
+                if !self.0.runs_fused() {
                     return Err(crate::Error::InvalidArgument {
                         op: "step_amp",
-                        msg: "needs AdamConfig::fused(true)".into(),
+                        msg: "needs AdamConfig::fused(true) and float32/float64 parameters".into(),
                     });
                 }
                 self.0.fused_step(grad_scale, Some(found_inf))

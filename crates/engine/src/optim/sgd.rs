@@ -222,7 +222,9 @@ impl Sgd {
 
 impl Optimizer for Sgd {
     fn step(&mut self) -> Result<()> {
-        if self.config.fused {
+        // Fused for full-precision parameters; F16/BF16 ones take the unfused tensor ops.
+        let full = |p: &Tensor| matches!(p.dtype(), crate::DType::F32 | crate::DType::F64);
+        if self.config.fused && self.params.iter().all(full) {
             return self.fused_step();
         }
         let _guard = no_grad();
