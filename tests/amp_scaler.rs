@@ -7,6 +7,8 @@ use hemi::nn::clip_grad_norm_;
 use hemi::optim::{Adam, AdamConfig, Optimizer, Sgd, SgdConfig};
 use hemi::{DType, Device, Result, Tensor};
 
+mod common;
+
 /// The scale-update algorithm written out independently (f64; every value is a power of two
 /// times small integers, exact in f32 as well).
 #[derive(Debug, Clone)]
@@ -49,7 +51,11 @@ impl Model {
 }
 
 fn param(v: &[f32]) -> Tensor {
-    Tensor::from_slice(v, [v.len()], Device::Cpu)
+    param_on(v, Device::Cpu)
+}
+
+fn param_on(v: &[f32], dev: Device) -> Tensor {
+    Tensor::from_slice(v, [v.len()], dev)
         .and_then(|t| t.requires_grad_(true))
         .expect("param")
 }
@@ -62,44 +68,53 @@ fn iteration(
     poison: Option<f32>,
 ) -> Result<()> {
     opt.zero_grad();
-    let x = Tensor::from_slice(&[0.5f32, -1.0, 2.0], [3], Device::Cpu)?;
+    let x = Tensor::from_slice(&[0.5f32, -1.0, 2.0], [3], w.device())?;
     scaler.scale(&w.mul(&x)?.sum_all()?)?.backward()?;
     if let Some(bad) = poison {
         let mut g = w.grad().expect("grad").to_vec::<f32>()?;
         g[1] = bad;
-        w.set_grad(Some(Tensor::from_vec(g, [3], Device::Cpu)?))?;
+        w.set_grad(Some(Tensor::from_vec(g, [3], w.device())?))?;
     }
     scaler.step(opt)?;
     scaler.update(None)
 }
 
+/// The scaler against the model over `pattern` ('X' = an overflowing step), on every device
+/// (with a plain SGD and with the fused Adam, which skips on the device).
 fn follow_pattern(c: GradScalerConfig, pattern: &str) -> Result<()> {
-    let mut scaler = GradScaler::new(c)?;
-    let mut model = Model::new(c);
-    let w = param(&[1.0, 2.0, 3.0]);
-    let mut opt = Sgd::new(vec![w.clone()], SgdConfig::new(1e-3))?;
-    for (i, ch) in pattern.chars().enumerate() {
-        let inf = ch == 'X';
-        iteration(&mut scaler, &mut opt, &w, inf.then_some(f32::INFINITY))?;
-        model.update(inf);
-        assert_eq!(
-            scaler.get_scale()?,
-            model.scale,
-            "step {i} of {pattern}: scale"
-        );
-        assert_eq!(
-            scaler.get_growth_tracker()?,
-            model.growth,
-            "step {i} of {pattern}: growth tracker"
-        );
-        assert_eq!(
-            scaler.get_hysteresis_tracker()?,
-            model.hyst,
-            "step {i} of {pattern}: hysteresis"
-        );
+    for dev in common::devices() {
+        for fused in [false, true] {
+            let mut scaler = GradScaler::new(c)?;
+            let mut model = Model::new(c);
+            let w = param_on(&[1.0, 2.0, 3.0], dev);
+            let mut opt: Box<dyn Optimizer> = if fused {
+                Box::new(Adam::new(vec![w.clone()], AdamConfig::adam())?)
+            } else {
+                Box::new(Sgd::new(vec![w.clone()], SgdConfig::new(1e-3))?)
+            };
+            let what = |i: usize| format!("step {i} of {pattern} on {dev} (fused {fused})");
+            for (i, ch) in pattern.chars().enumerate() {
+                let inf = ch == 'X';
+                iteration(&mut scaler, opt.as_mut(), &w, inf.then_some(f32::INFINITY))?;
+                model.update(inf);
+                assert_eq!(scaler.get_scale()?, model.scale, "{}: scale", what(i));
+                assert_eq!(
+                    scaler.get_growth_tracker()?,
+                    model.growth,
+                    "{}: growth",
+                    what(i)
+                );
+                assert_eq!(
+                    scaler.get_hysteresis_tracker()?,
+                    model.hyst,
+                    "{}: hysteresis",
+                    what(i)
+                );
+            }
+            let overflows = pattern.chars().filter(|&c| c == 'X').count() as u64;
+            assert_eq!(scaler.skipped_steps()?, overflows, "{pattern} on {dev}");
+        }
     }
-    let overflows = pattern.chars().filter(|&c| c == 'X').count() as u64;
-    assert_eq!(scaler.skipped_steps()?, overflows);
     Ok(())
 }
 

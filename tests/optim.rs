@@ -4,6 +4,8 @@
 use hemi::optim::{Adam, AdamConfig, AdamW, Optimizer, OptimizerState, Sgd, SgdConfig};
 use hemi::{DType, Device, Error, Generator, Result, Tensor};
 
+mod common;
+
 const SHAPES: [&[usize]; 3] = [&[3, 4], &[5], &[]];
 const STEPS: u64 = 5;
 
@@ -35,14 +37,6 @@ fn random_grads(gen: &mut Generator, params: &[Tensor]) -> Vec<Tensor> {
 
 fn values(t: &Tensor) -> Vec<f64> {
     t.to_vec::<f64>().expect("f64 values")
-}
-
-fn assert_close(what: &str, got: &[f64], want: &[f64]) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (k, (g, w)) in got.iter().zip(want).enumerate() {
-        let tol = 1e-12 * w.abs();
-        assert!((g - w).abs() <= tol, "{what}[{k}]: got {g}, want {w}");
-    }
 }
 
 /// A reference optimizer on flat f64 vectors, one per parameter.
@@ -169,51 +163,92 @@ fn adam_case(c: AdamConfig, decoupled: bool) -> (Box<Make>, Box<dyn Reference>) 
 }
 
 /// Five steps with fresh random gradients; parameters, step counts and every buffer are
-/// compared with the reference after each step.
-fn check_against_reference((make, mut reference): (Box<Make>, Box<dyn Reference>), seed: u64) {
-    let mut gen = Generator::new(seed);
-    let params = random_params(&mut gen);
-    let mut want: Vec<Vec<f64>> = params.iter().map(values).collect();
-    let mut opt = make(params.clone()).expect("optimizer");
-    for step in 1..=STEPS {
-        for (i, (p, g)) in params
+/// compared with the reference after each step — on every device: F64 parameters on the CPU
+/// (to 1e-12 relative), F32 ones on the CUDA backend (which has no F64 kernels; to
+/// 1e-5·(1 + |want|), the f32 rounding of five steps' arithmetic).
+fn check_against_reference(case: impl Fn() -> (Box<Make>, Box<dyn Reference>), seed: u64) {
+    for dev in common::devices() {
+        let (make, mut reference) = case();
+        let (dtype, tol) = match dev {
+            Device::Cpu => (DType::F64, 1e-12),
+            _ => (DType::F32, 1e-5),
+        };
+        let mut gen = Generator::new(seed);
+        let params: Vec<Tensor> = random_params(&mut gen)
             .iter()
-            .zip(random_grads(&mut gen, &params))
-            .enumerate()
-        {
-            reference.update(i, &mut want[i], &values(&g));
-            p.set_grad(Some(g)).expect("set_grad");
-        }
-        opt.step().expect("step");
-        opt.zero_grad();
-        let state = opt.state_dict();
-        for (i, p) in params.iter().enumerate() {
-            assert!(p.grad().is_none(), "zero_grad drops the gradient");
-            assert_close(&format!("step {step} param {i}"), &values(p), &want[i]);
-            let ps = &state.params[i];
-            assert_eq!(ps.step, step);
-            let expected = reference.buffers(i);
-            let names: Vec<&str> = ps.buffers.keys().map(String::as_str).collect();
-            let want_names: Vec<&str> = expected.iter().map(|(n, _)| *n).collect();
-            assert_eq!(names, want_names, "step {step} param {i}: buffer names");
-            for (name, vals) in expected {
-                let b = &ps.buffers[name];
-                assert_eq!(b.dtype(), DType::F64);
-                assert_close(&format!("step {step} param {i} {name}"), &values(b), &vals);
+            .map(|p| {
+                p.to_dtype(dtype)
+                    .and_then(|t| t.to_device(dev))
+                    .and_then(|t| t.detach().requires_grad_(true))
+                    .expect("parameter on the device")
+            })
+            .collect();
+        let mut want: Vec<Vec<f64>> = params.iter().map(any_values).collect();
+        let mut opt = make(params.clone()).expect("optimizer");
+        let close = |what: &str, got: &[f64], want: &[f64]| {
+            assert_eq!(got.len(), want.len(), "{what}: length");
+            for (k, (g, w)) in got.iter().zip(want).enumerate() {
+                let bound = if dtype == DType::F64 {
+                    tol * w.abs()
+                } else {
+                    tol * (1.0 + w.abs())
+                };
+                assert!(
+                    (g - w).abs() <= bound,
+                    "{what}[{k}] on {dev}: got {g}, want {w}"
+                );
+            }
+        };
+        for step in 1..=STEPS {
+            for (i, (p, g)) in params
+                .iter()
+                .zip(random_grads(&mut gen, &params))
+                .enumerate()
+            {
+                let g = g.to_device(dev).expect("gradient on the device");
+                reference.update(i, &mut want[i], &any_values(&g));
+                p.set_grad(Some(g)).expect("set_grad");
+            }
+            opt.step().expect("step");
+            opt.zero_grad();
+            let state = opt.state_dict();
+            for (i, p) in params.iter().enumerate() {
+                assert!(p.grad().is_none(), "zero_grad drops the gradient");
+                close(&format!("step {step} param {i}"), &any_values(p), &want[i]);
+                let ps = &state.params[i];
+                assert_eq!(ps.step, step);
+                let expected = reference.buffers(i);
+                let names: Vec<&str> = ps.buffers.keys().map(String::as_str).collect();
+                let want_names: Vec<&str> = expected.iter().map(|(n, _)| *n).collect();
+                assert_eq!(names, want_names, "step {step} param {i}: buffer names");
+                for (name, vals) in expected {
+                    let b = &ps.buffers[name];
+                    assert_eq!(b.dtype(), dtype);
+                    close(
+                        &format!("step {step} param {i} {name}"),
+                        &any_values(b),
+                        &vals,
+                    );
+                }
             }
         }
     }
 }
 
+/// The values of a tensor of any float dtype on any device, as f64.
+fn any_values(t: &Tensor) -> Vec<f64> {
+    t.to_f64_vec().expect("values")
+}
+
 #[test]
 fn sgd_plain_matches_reference() {
-    check_against_reference(sgd_case(SgdConfig::new(0.1)), 1);
+    check_against_reference(|| sgd_case(SgdConfig::new(0.1)), 1);
 }
 
 #[test]
 fn sgd_momentum_dampening_matches_reference() {
     check_against_reference(
-        sgd_case(SgdConfig::new(0.05).momentum(0.9).dampening(0.3)),
+        || sgd_case(SgdConfig::new(0.05).momentum(0.9).dampening(0.3)),
         2,
     );
 }
@@ -221,32 +256,32 @@ fn sgd_momentum_dampening_matches_reference() {
 #[test]
 fn sgd_nesterov_matches_reference() {
     check_against_reference(
-        sgd_case(SgdConfig::new(0.05).momentum(0.8).nesterov(true)),
+        || sgd_case(SgdConfig::new(0.05).momentum(0.8).nesterov(true)),
         3,
     );
 }
 
 #[test]
 fn sgd_weight_decay_matches_reference() {
-    check_against_reference(sgd_case(SgdConfig::new(0.1).weight_decay(0.01)), 4);
+    check_against_reference(|| sgd_case(SgdConfig::new(0.1).weight_decay(0.01)), 4);
     let c = SgdConfig::new(0.1)
         .momentum(0.9)
         .weight_decay(0.05)
         .nesterov(true);
-    check_against_reference(sgd_case(c), 5);
+    check_against_reference(|| sgd_case(c), 5);
 }
 
 #[test]
 fn adam_matches_reference() {
-    check_against_reference(adam_case(AdamConfig::default(), false), 6);
+    check_against_reference(|| adam_case(AdamConfig::default(), false), 6);
     let c = AdamConfig::default().lr(0.05).betas(0.8, 0.99).eps(1e-3);
-    check_against_reference(adam_case(c, false), 7);
+    check_against_reference(|| adam_case(c, false), 7);
 }
 
 #[test]
 fn adam_weight_decay_matches_reference() {
     check_against_reference(
-        adam_case(AdamConfig::default().lr(0.01).weight_decay(0.1), false),
+        || adam_case(AdamConfig::default().lr(0.01).weight_decay(0.1), false),
         8,
     );
 }
@@ -257,14 +292,14 @@ fn adam_amsgrad_matches_reference() {
         .lr(0.01)
         .weight_decay(0.01)
         .amsgrad(true);
-    check_against_reference(adam_case(c, false), 9);
+    check_against_reference(|| adam_case(c, false), 9);
 }
 
 #[test]
 fn adamw_matches_reference() {
-    check_against_reference(adam_case(AdamConfig::adamw().lr(0.01), true), 10);
+    check_against_reference(|| adam_case(AdamConfig::adamw().lr(0.01), true), 10);
     let c = AdamConfig::adamw().lr(0.02).weight_decay(0.1).amsgrad(true);
-    check_against_reference(adam_case(c, true), 11);
+    check_against_reference(|| adam_case(c, true), 11);
 }
 
 #[test]
