@@ -15,6 +15,8 @@ static_assert(sizeof(TensorRef) == 24, "TensorRef layout is shared with Rust");
 static_assert(offsetof(TensorRef, len) == 8 && offsetof(TensorRef, dtype) == 16, "TensorRef layout");
 
 /// blockIdx.y selects the tensor; x *= inv_scale in place; *found_inf = 1 on any inf/NaN.
+/// With inv_scale == 1 (the check before a fused optimizer step) nothing is stored: the
+/// values could not change, and the pass only reads.
 extern "C" __global__ void non_finite_check_and_unscale(const TensorRef* tensors, float* found_inf,
                                                         const float* inv_scale) {
     TensorRef t = tensors[blockIdx.y];
@@ -22,7 +24,7 @@ extern "C" __global__ void non_finite_check_and_unscale(const TensorRef* tensors
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < t.len; i += (long long)gridDim.x * blockDim.x) {
         float v = load_coded(t.ptr, t.dtype, i);
         if (!(v - v == 0.0f)) *found_inf = 1.0f;  // inf - inf and NaN - NaN are NaN
-        store_coded(t.ptr, t.dtype, i, v * inv);
+        if (inv != 1.0f) store_coded(t.ptr, t.dtype, i, v * inv);
     }
 }
 HEMI_KERNEL(non_finite_check_and_unscale)

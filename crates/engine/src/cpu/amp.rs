@@ -31,7 +31,13 @@ pub(crate) fn write_scalar(op: &'static str, s: &StorageRef, v: f64) -> Result<(
             format!("expected one element, got {}", h.len()),
         ));
     }
-    *h = CpuStorage::full(h.dtype(), 1, v);
+    match &mut *h {
+        CpuStorage::F16(x) => x[0] = f16::from_f64(v),
+        CpuStorage::BF16(x) => x[0] = bf16::from_f64(v),
+        CpuStorage::F32(x) => x[0] = v as f32,
+        CpuStorage::F64(x) => x[0] = v,
+        CpuStorage::I64(x) => x[0] = v as i64,
+    }
     Ok(())
 }
 
@@ -55,7 +61,28 @@ fn unscale_slice<T: Copy + Send + Sync>(
         .reduce(|| false, |a, b| a || b)
 }
 
+/// Whether any value of `g` is inf or NaN (a read-only pass).
+fn any_non_finite(op: &'static str, g: &StorageRef) -> Result<bool> {
+    fn scan<T: Copy + Sync>(v: &[T], to: impl Fn(T) -> f32 + Sync) -> bool {
+        v.par_chunks(PAR_THRESHOLD)
+            .any(|c| c.iter().any(|&x| !to(x).is_finite()))
+    }
+    let h = host(op, g)?;
+    Ok(match &*h {
+        CpuStorage::F32(v) => scan(v, |x| x),
+        CpuStorage::F16(v) => scan(v, f16::to_f32),
+        CpuStorage::BF16(v) => scan(v, bf16::to_f32),
+        CpuStorage::F64(v) => v.par_iter().any(|x| !x.is_finite()),
+        CpuStorage::I64(_) => return Err(Error::dtype(op, "gradients must be float tensors")),
+    })
+}
+
+/// Unscales `g` in place by `inv` and says whether any value was inf or NaN. With `inv == 1`
+/// (the check a fused optimizer's step needs) the values cannot change: only reads.
 fn unscale_one(op: &'static str, g: &StorageRef, inv: f32) -> Result<bool> {
+    if inv == 1.0 {
+        return any_non_finite(op, g);
+    }
     let b = buffer(op, g)?;
     let mut h = b.write();
     Ok(match &mut *h {

@@ -32,16 +32,38 @@ fn store(v: Vec<f64>, compute_f64: bool, dtype: DType) -> StorageRef {
     super::wrap(super::compute::from_f64(v, dtype))
 }
 
-/// Pairwise sum (f64) of `term(flat index)` over the `N·S` values of channel `ch` in a
-/// contiguous `[N, C, S]` tensor: `⌈log2(N·S)⌉·2^-53·Σ|term|` at most.
-fn channel_sum(
-    (_, c, s): (usize, usize, usize),
+/// Two f64 sums carried through one pairwise pass (component-wise addition).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Pair(f64, f64);
+
+impl std::ops::Add for Pair {
+    type Output = Pair;
+    fn add(self, o: Pair) -> Pair {
+        Pair(self.0 + o.0, self.1 + o.1)
+    }
+}
+
+impl num_traits::Zero for Pair {
+    fn zero() -> Pair {
+        Pair(0.0, 0.0)
+    }
+    fn is_zero(&self) -> bool {
+        self.0 == 0.0 && self.1 == 0.0
+    }
+}
+
+/// Pairwise sum (f64, or a [`Pair`] of them) of `term(flat index)` over the `N·S` values of
+/// channel `ch` in a contiguous `[N, C, S]` tensor — pairwise within each image's plane, then
+/// across images: at most `(⌈log2 S⌉ + ⌈log2 N⌉)·2^-53·Σ|term|` per component.
+fn channel_sum<T: num_traits::Zero + Copy + Send>(
+    (n, c, s): (usize, usize, usize),
     ch: usize,
-    m: usize,
-    term: impl Fn(usize) -> f64 + Sync,
-) -> f64 {
-    let s = s.max(1);
-    pairwise_sum_by(m, |k| term(((k / s) * c + ch) * s + k % s))
+    term: impl Fn(usize) -> T + Sync,
+) -> T {
+    pairwise_sum_by(n, |img| {
+        let base = (img * c + ch) * s;
+        pairwise_sum_by(s, |j| term(base + j))
+    })
 }
 
 /// Training-mode forward: batch mean, biased variance, invstd and the normalized output.
@@ -68,8 +90,8 @@ pub(crate) fn batch_norm_train(
     let stats: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ch| {
-            let mean = channel_sum(dims, ch, n * s, |i| xv[i]) / m;
-            let var = channel_sum(dims, ch, n * s, |i| (xv[i] - mean).powi(2)) / m;
+            let mean = channel_sum(dims, ch, |i| xv[i]) / m;
+            let var = channel_sum(dims, ch, |i| (xv[i] - mean).powi(2)) / m;
             (mean, var)
         })
         .collect();
@@ -115,8 +137,9 @@ pub(crate) fn batch_norm_backward(
     let sums: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ch| {
-            let sd = channel_sum(dims, ch, n * s, |i| dyv[i]);
-            let sdx = channel_sum(dims, ch, n * s, |i| dyv[i] * (xv[i] - mv[ch]) * iv[ch]);
+            let Pair(sd, sdx) = channel_sum(dims, ch, |i| {
+                Pair(dyv[i], dyv[i] * (xv[i] - mv[ch]) * iv[ch])
+            });
             (sd, sdx)
         })
         .collect();

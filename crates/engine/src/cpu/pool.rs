@@ -2,7 +2,7 @@
 //! forward and backward, parallel over the `n * c` planes.
 
 use super::compute::{all_to_compute, check_len, count, host, map_compute};
-use super::sum::pairwise_sum_by;
+use super::sum::{pairwise_sum, pairwise_sum_by};
 use super::wrap;
 use crate::backend::Pool2dSpec;
 use crate::{CpuStorage, Error, Result, StorageRef};
@@ -33,14 +33,12 @@ fn window(o: usize, k: usize, stride: usize, pad: usize, size: usize) -> Range<u
     start..end.max(start)
 }
 
-/// Pairwise sum of `x[y * w + xx]` over a window (error ⌈log2 len⌉·u·Σ|x|, see `super::sum`).
+/// Pairwise sum of `x[y * w + xx]` over a window — within each row, then across rows: error
+/// at most `(⌈log2 rows⌉ + ⌈log2 cols⌉)·u·Σ|x|` (see `super::sum`).
 fn window_sum<T: Float + Send + Sync>(x: &[T], w: usize, ys: Range<usize>, xs: Range<usize>) -> T {
-    let cols = xs.len();
-    if cols == 0 {
-        return T::zero();
-    }
-    pairwise_sum_by(ys.len() * cols, |k| {
-        x[(ys.start + k / cols) * w + xs.start + k % cols]
+    pairwise_sum_by(ys.len(), |r| {
+        let row = (ys.start + r) * w;
+        pairwise_sum(&x[row + xs.start..row + xs.end])
     })
 }
 

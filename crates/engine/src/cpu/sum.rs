@@ -12,28 +12,29 @@
 //! the middle, in parallel above [`PAR_THRESHOLD`] terms.
 
 use super::compute::PAR_THRESHOLD;
-use num_traits::Float;
+use num_traits::Zero;
 
 /// Terms added as one register tree (a power of two).
 const LEAF: usize = 16;
 
-/// `Σ_{i<n} term(i)`, pairwise (see the module docs for the bound).
+/// `Σ_{i<n} term(i)`, pairwise (see the module docs for the bound). `T` is a float, or a
+/// small tuple-like type of floats added component-wise (several sums in one pass).
 pub(crate) fn pairwise_sum_by<T, F>(n: usize, term: F) -> T
 where
-    T: Float + Send,
+    T: Zero + Copy + Send,
     F: Fn(usize) -> T + Sync,
 {
     range_sum(0, n, &term)
 }
 
 /// `Σ v`, pairwise.
-pub(crate) fn pairwise_sum<T: Float + Send + Sync>(v: &[T]) -> T {
+pub(crate) fn pairwise_sum<T: Zero + Copy + Send + Sync>(v: &[T]) -> T {
     pairwise_sum_by(v.len(), |i| v[i])
 }
 
 fn range_sum<T, F>(start: usize, len: usize, term: &F) -> T
 where
-    T: Float + Send,
+    T: Zero + Copy + Send,
     F: Fn(usize) -> T + Sync,
 {
     if len <= LEAF {
@@ -58,7 +59,7 @@ where
 
 /// Balanced tree over at most `LEAF` terms, zero-padded; adding a zero subtree is exact, so a
 /// term sees `⌈log2 len⌉` roundings at most.
-fn leaf_sum<T: Float, F: Fn(usize) -> T>(start: usize, len: usize, term: &F) -> T {
+fn leaf_sum<T: Zero + Copy, F: Fn(usize) -> T>(start: usize, len: usize, term: &F) -> T {
     let mut buf = [T::zero(); LEAF];
     for (i, b) in buf.iter_mut().enumerate().take(len) {
         *b = term(start + i);

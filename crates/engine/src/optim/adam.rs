@@ -1,6 +1,7 @@
 //! Adam and AdamW (decoupled weight decay), both with the AMSGrad variant.
 
 use super::{check_kind, check_params, ensure, flag, grad_of, hyper, load_param_states};
+use super::{fusable, fused_grad, inplace_state};
 use super::{Optimizer, OptimizerState, ParamState};
 use crate::backend::FusedAdamSpec;
 use crate::AdamParam;
@@ -212,29 +213,9 @@ impl AdamCore {
         Ok(())
     }
 
-    /// Whether steps take the fused path: configured so, and every parameter F32 or F64 (the
-    /// fused kernels keep full-precision master weights; F16/BF16 parameters take the
-    /// unfused path, as tensor ops).
+    /// Whether steps take the fused path: configured so, and every parameter F32 or F64.
     fn runs_fused(&self) -> bool {
-        self.config.fused
-            && self
-                .params
-                .iter()
-                .all(|p| matches!(p.dtype(), DType::F32 | DType::F64))
-    }
-
-    /// A state buffer of parameter `i` that the fused step may write in place: created as
-    /// zeros on the first step, copied once if it does not own its whole buffer.
-    fn inplace_buffer(&mut self, i: usize, name: &str) -> Result<Tensor> {
-        let b = match self.state[i].buffers.get(name) {
-            Some(b) if b.owns_whole_buffer() && b.dtype() == self.params[i].dtype() => {
-                return Ok(b.clone())
-            }
-            Some(b) => b.to_dtype(self.params[i].dtype())?.deep_copy()?,
-            None => self.params[i].zeros_like()?,
-        };
-        self.state[i].buffers.insert(name.to_string(), b.clone());
-        Ok(b)
+        self.config.fused && fusable(&self.params)
     }
 
     /// One backend call over every parameter with a gradient, writing parameters, moments,
@@ -257,19 +238,12 @@ impl AdamCore {
         let mut entries = Vec::new();
         for i in 0..self.params.len() {
             let p = self.params[i].clone();
-            let Some(mut g) = p.grad() else { continue };
-            if g.dtype() == DType::F64 && p.dtype() != DType::F64 {
-                g = g.to_dtype(p.dtype())?;
-                p.set_grad(Some(g.clone()))?;
-            }
-            if !g.owns_whole_buffer() {
-                g = g.deep_copy()?;
-                p.set_grad(Some(g.clone()))?;
-            }
-            let m = self.inplace_buffer(i, EXP_AVG)?;
-            let v = self.inplace_buffer(i, EXP_AVG_SQ)?;
+            let Some(g) = fused_grad(&p)? else { continue };
+            let st = &mut self.state[i];
+            let (m, _) = inplace_state(st, EXP_AVG, &p)?;
+            let (v, _) = inplace_state(st, EXP_AVG_SQ, &p)?;
             let vmax = match self.config.amsgrad {
-                true => Some(self.inplace_buffer(i, MAX_EXP_AVG_SQ)?),
+                true => Some(inplace_state(st, MAX_EXP_AVG_SQ, &p)?.0),
                 false => None,
             };
             let step = match &self.device_steps[i] {

@@ -151,6 +151,52 @@ fn ensure(op: &'static str, ok: bool, msg: impl FnOnce() -> String) -> Result<()
     }
 }
 
+/// Whether the fused in-place steps take these parameters: all F32 or F64 (full-precision
+/// master weights); F16/BF16 parameters take the unfused tensor-op path.
+fn fusable(params: &[Tensor]) -> bool {
+    params
+        .iter()
+        .all(|p| matches!(p.dtype(), crate::DType::F32 | crate::DType::F64))
+}
+
+/// The gradient of `p` as the fused in-place kernels take it — a contiguous tensor owning its
+/// buffer, F64 only for F64 parameters — converted or copied once when it is not, and then
+/// stored back as `p`'s gradient; `None` when `p` has none.
+fn fused_grad(p: &Tensor) -> Result<Option<Tensor>> {
+    let Some(mut g) = p.grad() else {
+        return Ok(None);
+    };
+    let mut replaced = false;
+    if g.dtype() == crate::DType::F64 && p.dtype() != crate::DType::F64 {
+        g = g.to_dtype(p.dtype())?;
+        replaced = true;
+    }
+    if !g.owns_whole_buffer() {
+        g = g.deep_copy()?;
+        replaced = true;
+    }
+    if replaced {
+        p.set_grad(Some(g.clone()))?;
+    }
+    Ok(Some(g))
+}
+
+/// The state buffer `name` of parameter `p` that fused steps write in place: reused when it
+/// owns its whole buffer in `p`'s dtype, copied once otherwise (e.g. after
+/// `load_state_dict`), created as zeros when absent — and kept in `state`. The flag says
+/// whether it was created now.
+fn inplace_state(state: &mut ParamState, name: &str, p: &Tensor) -> Result<(Tensor, bool)> {
+    let (b, created) = match state.buffers.get(name) {
+        Some(b) if b.owns_whole_buffer() && b.dtype() == p.dtype() => {
+            return Ok((b.clone(), false))
+        }
+        Some(b) => (b.to_dtype(p.dtype())?.deep_copy()?, false),
+        None => (p.zeros_like()?, true),
+    };
+    state.buffers.insert(name.to_string(), b.clone());
+    Ok((b, created))
+}
+
 /// The gradient of `p` in `p`'s dtype, or `None` when it has none.
 fn grad_of(p: &Tensor) -> Result<Option<Tensor>> {
     p.grad().map(|g| g.to_dtype(p.dtype())).transpose()

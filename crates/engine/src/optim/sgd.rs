@@ -1,6 +1,7 @@
 //! Stochastic gradient descent with momentum, dampening, Nesterov and weight decay.
 
 use super::{check_kind, check_params, ensure, flag, grad_of, hyper, load_param_states};
+use super::{fusable, fused_grad, inplace_state};
 use super::{Optimizer, OptimizerState, ParamState};
 use crate::backend::SgdSpec;
 use crate::SgdParam;
@@ -170,29 +171,13 @@ impl Sgd {
         let mut entries = Vec::new();
         for i in 0..self.params.len() {
             let p = self.params[i].clone();
-            let Some(mut g) = p.grad() else { continue };
-            if g.dtype() == crate::DType::F64 && p.dtype() != crate::DType::F64 {
-                g = g.to_dtype(p.dtype())?;
-            }
-            if !g.owns_whole_buffer() {
-                g = g.deep_copy()?;
-            }
+            let Some(g) = fused_grad(&p)? else { continue };
             let (buf, first) = if c.momentum == 0.0 {
                 (None, false)
             } else {
-                match self.state[i].buffers.get(MOMENTUM_BUFFER) {
-                    Some(b) if b.owns_whole_buffer() && b.dtype() == p.dtype() => {
-                        (Some(b.clone()), false)
-                    }
-                    Some(b) => (Some(b.to_dtype(p.dtype())?.deep_copy()?), false),
-                    None => (Some(p.zeros_like()?), true),
-                }
+                let (b, created) = inplace_state(&mut self.state[i], MOMENTUM_BUFFER, &p)?;
+                (Some(b), created)
             };
-            if let Some(b) = &buf {
-                self.state[i]
-                    .buffers
-                    .insert(MOMENTUM_BUFFER.to_string(), b.clone());
-            }
             entries.push((i, p, g, buf, first));
         }
         for first_step in [false, true] {
@@ -222,9 +207,7 @@ impl Sgd {
 
 impl Optimizer for Sgd {
     fn step(&mut self) -> Result<()> {
-        // Fused for full-precision parameters; F16/BF16 ones take the unfused tensor ops.
-        let full = |p: &Tensor| matches!(p.dtype(), crate::DType::F32 | crate::DType::F64);
-        if self.config.fused && self.params.iter().all(full) {
+        if self.config.fused && fusable(&self.params) {
             return self.fused_step();
         }
         let _guard = no_grad();
