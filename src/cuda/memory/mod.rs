@@ -4,7 +4,7 @@ pub(crate) mod launch;
 
 use super::backend::{value_bits, CudaBackend};
 use hemi_engine::backend::*;
-use hemi_engine::{BackendStorage, CpuStorage, DType, Error, Layout, Result, StorageRef};
+use hemi_engine::{BackendStorage, CpuStorage, DType, Layout, Result, StorageRef};
 use std::sync::Arc;
 
 impl MemoryOps for CudaBackend {
@@ -73,16 +73,9 @@ impl MemoryOps for CudaBackend {
         src_layout: &Layout,
     ) -> Result<()> {
         const OP: &str = "copy_into";
-        check_bounds(OP, src, src_layout)?;
+        check_copy_into(dst, dst_offset, src, src_layout)?;
         let d = self.get(OP, dst)?;
         let n = src_layout.elem_count();
-        if dst_offset.checked_add(n).map_or(true, |end| end > d.len()) {
-            let msg = format!(
-                "{n} elements at offset {dst_offset} of a {}-element buffer",
-                d.len()
-            );
-            return Err(Error::ShapeMismatch { op: OP, msg });
-        }
         if n == 0 {
             return Ok(());
         }

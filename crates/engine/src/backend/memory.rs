@@ -1,8 +1,33 @@
 //! The memory family: moving data between the host and a device, filling, copying, casting,
 //! and the in-place copy behind `Tensor::assign`.
 
-use super::BackendDevice;
-use crate::{CpuStorage, DType, Layout, Result, StorageRef};
+use super::{check_bounds, BackendDevice};
+use crate::{CpuStorage, DType, Error, Layout, Result, StorageRef};
+
+/// Checks the arguments of [`MemoryOps::copy_into`]: `src_layout` inside `src`, and the
+/// `elem_count` elements from `dst_offset` inside `dst`.
+pub fn check_copy_into(
+    dst: &StorageRef,
+    dst_offset: usize,
+    src: &StorageRef,
+    src_layout: &Layout,
+) -> Result<()> {
+    check_bounds("copy_into", src, src_layout)?;
+    let n = src_layout.elem_count();
+    if dst_offset
+        .checked_add(n)
+        .map_or(true, |end| end > dst.len())
+    {
+        return Err(Error::shape(
+            "copy_into",
+            format!(
+                "{n} elements at offset {dst_offset} of a {}-element buffer",
+                dst.len()
+            ),
+        ));
+    }
+    Ok(())
+}
 
 /// Transfers, fills, strided copies and casts.
 pub trait MemoryOps: BackendDevice {

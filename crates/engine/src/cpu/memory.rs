@@ -3,7 +3,7 @@
 
 use super::compute::{buffer, gather_same, host};
 use super::wrap;
-use crate::backend::check_bounds;
+use crate::backend::{check_bounds, check_copy_into};
 use crate::{CpuStorage, DType, Error, Layout, Result, StorageRef};
 
 impl crate::backend::MemoryOps for super::CpuBackend {
@@ -42,21 +42,8 @@ impl crate::backend::MemoryOps for super::CpuBackend {
         src_layout: &Layout,
     ) -> Result<()> {
         const OP: &str = "copy_into";
-        check_bounds(OP, src, src_layout)?;
+        check_copy_into(dst, dst_offset, src, src_layout)?;
         let dbuf = buffer(OP, dst)?;
-        let n = src_layout.elem_count();
-        if dst_offset
-            .checked_add(n)
-            .map_or(true, |end| end > dst.len())
-        {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "{n} elements at offset {dst_offset} of a {}-element buffer",
-                    dst.len()
-                ),
-            ));
-        }
         // Gathered (and rounded to dst's dtype) before the write lock: `src` may be `dst`.
         let vals = super::elementwise::cast(&*host(OP, src)?, src_layout, dst.dtype());
         write_range(&mut dbuf.write(), dst_offset, &vals)

@@ -27,6 +27,32 @@ fn as_batched(l: &Layout, batch: usize) -> Layout {
     }
 }
 
+/// The [`MatmulSpec`] of `[m, k]`/`[batch, m, k]` times `[k, n]`/`[batch, k, n]` (rank 2
+/// or 3 each; a batch of 1 broadcasts), or an error naming `op` and the shapes.
+fn batched_spec(op: &'static str, a: &Tensor, b: &Tensor) -> Result<MatmulSpec> {
+    let (ad, bd) = (a.dims(), b.dims());
+    let (m, k) = (ad[ad.len() - 2], ad[ad.len() - 1]);
+    let (k2, n) = (bd[bd.len() - 2], bd[bd.len() - 1]);
+    let ab = if a.rank() == 3 { ad[0] } else { 1 };
+    let bb = if b.rank() == 3 { bd[0] } else { 1 };
+    if k != k2 || (ab != bb && ab != 1 && bb != 1) {
+        return Err(Error::shape(
+            op,
+            format!(
+                "lhs {:?} and rhs {:?} do not multiply",
+                a.shape(),
+                b.shape()
+            ),
+        ));
+    }
+    Ok(MatmulSpec {
+        batch: ab.max(bb),
+        m,
+        n,
+        k,
+    })
+}
+
 impl Tensor {
     /// Matrix product. `[m, k] · [k, n] → [m, n]`; `[b, m, k] · [b, k, n] → [b, m, n]` where
     /// either side may be 2-D (broadcast over the batch) or have batch 1; inputs of rank > 3
@@ -50,23 +76,8 @@ impl Tensor {
         if a.rank() > 3 || b.rank() > 3 {
             return Self::matmul_flattened(&a, &b);
         }
-        let (ad, bd) = (a.dims(), b.dims());
-        let (m, k) = (ad[ad.len() - 2], ad[ad.len() - 1]);
-        let (k2, n) = (bd[bd.len() - 2], bd[bd.len() - 1]);
-        let ab = if a.rank() == 3 { ad[0] } else { 1 };
-        let bb = if b.rank() == 3 { bd[0] } else { 1 };
-        if k != k2 || (ab != bb && ab != 1 && bb != 1) {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "lhs {:?} and rhs {:?} do not multiply",
-                    a.shape(),
-                    b.shape()
-                ),
-            ));
-        }
-        let batch = ab.max(bb);
-        let spec = MatmulSpec { batch, m, n, k };
+        let spec = batched_spec(OP, &a, &b)?;
+        let MatmulSpec { batch, m, n, .. } = spec;
         let (la, lb) = (as_batched(a.layout(), batch), as_batched(b.layout(), batch));
         let s = a
             .backend()?
@@ -162,19 +173,8 @@ impl Tensor {
         let mut ts = vec![a, b];
         ts.extend(o.c.iter().chain(&o.bias));
         super::same_device(OP, &ts)?;
-        let (ad, bd) = (a.dims(), b.dims());
-        let (m, k) = (ad[ad.len() - 2], ad[ad.len() - 1]);
-        let (k2, n) = (bd[bd.len() - 2], bd[bd.len() - 1]);
-        let ab = if a.rank() == 3 { ad[0] } else { 1 };
-        let bb = if b.rank() == 3 { bd[0] } else { 1 };
-        if k != k2 || (ab != bb && ab != 1 && bb != 1) {
-            return Err(Error::shape(
-                OP,
-                format!("{:?} and {:?} do not multiply", a.shape(), b.shape()),
-            ));
-        }
-        let batch = ab.max(bb);
-        let spec = MatmulSpec { batch, m, n, k };
+        let spec = batched_spec(OP, a, b)?;
+        let MatmulSpec { batch, m, n, .. } = spec;
         let c = match &o.c {
             Some(c) => {
                 let cb = c.broadcast_as([batch, m, n])?;
