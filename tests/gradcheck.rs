@@ -3,6 +3,11 @@
 //! For an op `f` and inputs `x`, the scalar `L(x) = Σ f(x) ⊙ R` with a fixed random `R`
 //! makes every output element matter. Autograd's `∂L/∂x` must match
 //! `(L(x + h·e_i) − L(x − h·e_i)) / 2h` for every input element `i`.
+//!
+//! Once the F64 CPU gradients are proven that way, the same op runs in F32 on every other
+//! device present (the emulated CUDA backend, each GPU) and its gradients must match the
+//! proven ones within f32 accuracy; a device lacking the op (`Err(Unsupported)`) is skipped
+//! by name, printed.
 
 mod common;
 
@@ -38,6 +43,7 @@ where
         .and_then(|p| p.sum_all())
         .and_then(|l| l.backward())
         .unwrap_or_else(|e| panic!("{name}: backward: {e}"));
+    let mut proven = Vec::with_capacity(inputs.len());
     for (which, (vals, dims)) in inputs.iter().enumerate() {
         let analytic = leaves[which]
             .grad()
@@ -73,6 +79,71 @@ where
                 analytic[i]
             );
         }
+        proven.push(analytic);
+    }
+    let r = r.to_vec::<f64>().expect("R values");
+    for dev in common::devices().into_iter().filter(|d| *d != Device::Cpu) {
+        device_gradients(name, dev, &inputs, &f, &r, &proven);
+    }
+}
+
+/// Runs `f` in F32 on `dev` and compares its gradients of `Σ f(x) ⊙ R` with the proven F64
+/// ones: `|g − g64| ≤ 2e-4·(1 + max|g64|)` per input (inputs and R rounded to f32 move the
+/// result by a few f32 ulps of the largest terms; the device's sums add O(log n) more).
+fn device_gradients<F>(
+    name: &str,
+    dev: Device,
+    inputs: &[(Vec<f64>, Vec<usize>)],
+    f: &F,
+    r: &[f64],
+    proven: &[Vec<f64>],
+) where
+    F: Fn(&[Tensor]) -> Result<Tensor>,
+{
+    let run = || -> Result<Vec<Vec<f64>>> {
+        let leaves = inputs
+            .iter()
+            .map(|(v, d)| {
+                Tensor::from_vec(v.clone(), d.clone(), Device::Cpu)?
+                    .to_dtype(DType::F32)?
+                    .to_device(dev)?
+                    .requires_grad_(true)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let out = f(&leaves)?;
+        let r = Tensor::from_vec(r.to_vec(), out.shape().clone(), Device::Cpu)?
+            .to_dtype(out.dtype())?
+            .to_device(dev)?;
+        out.mul(&r)?.sum_all()?.backward()?;
+        leaves
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let g = l
+                    .grad()
+                    .unwrap_or_else(|| panic!("{name} on {dev}: input {i} got no gradient"));
+                assert_eq!(g.device(), dev, "{name}: gradient of input {i} left {dev}");
+                g.to_device(Device::Cpu)?.to_dtype(DType::F64)?.to_vec::<f64>()
+            })
+            .collect()
+    };
+    match run() {
+        Ok(grads) => {
+            for (i, (got, want)) in grads.iter().zip(proven).enumerate() {
+                let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                let tol = 2e-4 * (1.0 + scale);
+                for (j, (g, w)) in got.iter().zip(want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= tol,
+                        "{name} on {dev}: d/d input{i}[{j}] = {g}, proven F64 value {w} (tolerance {tol:e})"
+                    );
+                }
+            }
+        }
+        Err(hemi::Error::Unsupported { op, msg, .. }) => {
+            eprintln!("SKIPPED gradcheck {name} on {dev}: `{op}` is unsupported there: {msg}")
+        }
+        Err(e) => panic!("{name} on {dev}: {e}"),
     }
 }
 
@@ -348,13 +419,22 @@ fn batch_norm_train_and_eval() {
                 )
             },
         );
-        let rm = Tensor::from_vec(rand_vec(&mut g, c, -0.5, 0.5), [c], Device::Cpu).expect("rm");
-        let rv = Tensor::from_vec(rand_vec(&mut g, c, 0.5, 1.5), [c], Device::Cpu).expect("rv");
+        let (rm, rv) = (
+            rand_vec(&mut g, c, -0.5, 0.5),
+            rand_vec(&mut g, c, 0.5, 1.5),
+        );
         let eval = BatchNormParams {
             training: false,
             ..Default::default()
         };
         gradcheck("batch_norm eval", &mut g, vec![x, wt, b], move |x| {
+            // Running statistics on the input's device, in its dtype.
+            let stat = |v: &[f64]| {
+                Tensor::from_vec(v.to_vec(), [v.len()], Device::Cpu)?
+                    .to_dtype(x[0].dtype())?
+                    .to_device(x[0].device())
+            };
+            let (rm, rv) = (stat(&rm)?, stat(&rv)?);
             x[0].batch_norm(Some(&rm), Some(&rv), Some(&x[1]), Some(&x[2]), eval)
         });
     }
@@ -440,7 +520,7 @@ fn softmax_and_losses() {
                 &format!("cross_entropy {spec:?}"),
                 &mut g,
                 vec![x.clone()],
-                move |x| x[0].cross_entropy(&t, spec),
+                move |x| x[0].cross_entropy(&t.to_device(x[0].device())?, spec),
             );
         }
         let y = input(&mut g, &[n, c], -1.0, 1.0);
@@ -478,6 +558,9 @@ fn casts_pass_gradients_back() {
         .iter()
         .all(|&v| v == 3.0));
     gradcheck("to_device + contiguous", &mut g, vec![x], |x| {
-        x[0].to_device(Device::Cpu)?.t()?.contiguous()
+        x[0].to_device(Device::Cpu)?
+            .t()?
+            .contiguous()?
+            .to_device(x[0].device())
     });
 }
