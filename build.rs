@@ -5,7 +5,9 @@
 //!    keeping ptxas's `-v` resource report (`$OUT_DIR/ptxas-report.txt`, path in the
 //!    `HEMI_PTXAS_REPORT` env var of the crate) and turning any spill into a build warning;
 //! 2. compiles the same sources as C++ against `kernels-cu/sim` into the host emulator
-//!    library (`HEMI_SIM_ASAN=1` builds it with AddressSanitizer).
+//!    library: the kernels with GCC's `-fsanitize=thread` access instrumentation feeding the
+//!    emulator's checkers (`kernels-cu/sim/check.cpp`), or with AddressSanitizer instead when
+//!    `HEMI_SIM_ASAN=1`.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -158,24 +160,40 @@ fn compile_fatbin(nvcc: &Path, kernels: &Path, all_cu: &Path, out: &Path) {
 
 fn compile_emulator(kernels: &Path, all_cu: &Path) {
     let sim = kernels.join("sim");
-    let mut b = cc::Build::new();
-    b.cpp(true)
-        .std("c++17")
-        .opt_level(2)
-        .warnings(false)
-        .include(kernels)
-        .include(&sim)
-        .flag("-include")
-        .flag(sim.join("sim.h").to_string_lossy().as_ref())
-        .file(sim.join("sim.cpp"));
+    let asan = env::var_os("HEMI_SIM_ASAN").is_some_and(|v| v == "1");
     println!("cargo:rustc-check-cfg=cfg(hemi_sim_asan)");
-    if env::var_os("HEMI_SIM_ASAN").is_some_and(|v| v == "1") {
+    if asan {
         // The emulator's allocations become exact-size, so AddressSanitizer's redzones sit
         // right after each buffer (see `cuda::alloc`).
         println!("cargo:rustc-cfg=hemi_sim_asan");
-        b.flag("-fsanitize=address").flag("-fno-omit-frame-pointer");
     }
-    // The kernel sources are CUDA files compiled as C++ with the emulator header.
-    b.flag("-x").flag("c++").file(all_cu);
-    b.compile("hemi_sim");
+    let build = || {
+        let mut b = cc::Build::new();
+        b.cpp(true)
+            .std("c++17")
+            .opt_level(2)
+            .warnings(false)
+            .include(kernels)
+            .include(&sim)
+            .flag("-include")
+            .flag(sim.join("sim.h").to_string_lossy().as_ref());
+        if asan {
+            b.flag("-fsanitize=address").flag("-fno-omit-frame-pointer");
+        }
+        b
+    };
+    // The kernel sources are CUDA files compiled as C++ with the emulator header. Outside
+    // AddressSanitizer builds (the two cannot be combined) they get GCC's ThreadSanitizer
+    // instrumentation: a call before every memory access, which `sim/check.cpp` implements
+    // (no TSan runtime is linked) to run racecheck, initcheck and the alignment checks.
+    let mut k = build();
+    if !asan {
+        k.flag("-fsanitize=thread");
+    }
+    k.flag("-x").flag("c++").file(all_cu);
+    k.compile("hemi_sim_kernels");
+    // The scheduler and the checkers, not instrumented.
+    let mut s = build();
+    s.file(sim.join("sim.cpp")).file(sim.join("check.cpp"));
+    s.compile("hemi_sim");
 }

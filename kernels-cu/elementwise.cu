@@ -1,6 +1,7 @@
 // The elementwise family: unary and broadcasting binary ops. One thread per output element in
 // a grid-stride loop; compute in f32, one rounding at the store.
 #include "dtype.cuh"
+#include "mutant.cuh"
 
 // Op codes from the one table in ops.def (build.rs generates the Rust side from it).
 #define HEMI_UNARY(name) U_##name,
@@ -57,16 +58,19 @@ struct __align__(16) Vec16 {
 };
 
 /// Contiguous, 16-byte-aligned operands: 16-byte vector accesses, scalar tail.
-template <typename T>
+template <typename T, Mutant MUT = Mutant::None>
 __device__ void unary_contig(int op, float a, float b, const T* x, T* y, long long n) {
     constexpr int V = 16 / sizeof(T);
     long long nv = n / V;
     const Vec16<T>* xv = reinterpret_cast<const Vec16<T>*>(x);
     Vec16<T>* yv = reinterpret_cast<Vec16<T>*>(y);
     for (long long i = grid_start(); i < nv; i += grid_step()) {
-        Vec16<T> in = xv[i], out;
+        const Vec16<T>* src = xv + i;
+        if constexpr (MUT == Mutant::MisalignedVector)
+            if (i == 0) src = reinterpret_cast<const Vec16<T>*>(reinterpret_cast<const char*>(src) + 4);
+        Vec16<T> in = prim::load_vector(src), out;
         for (int j = 0; j < V; ++j) out.v[j] = from_f32<T>(apply_unary(op, to_f32(in.v[j]), a, b));
-        yv[i] = out;
+        prim::store_vector(yv + i, out);
     }
     for (long long i = nv * V + grid_start(); i < n; i += grid_step()) y[i] = from_f32<T>(apply_unary(op, to_f32(x[i]), a, b));
 }
@@ -79,9 +83,9 @@ __device__ void binary_contig(int op, const T* x, const T* z, T* y, long long n)
     const Vec16<T>* zv = reinterpret_cast<const Vec16<T>*>(z);
     Vec16<T>* yv = reinterpret_cast<Vec16<T>*>(y);
     for (long long i = grid_start(); i < nv; i += grid_step()) {
-        Vec16<T> p = xv[i], q = zv[i], out;
+        Vec16<T> p = prim::load_vector(xv + i), q = prim::load_vector(zv + i), out;
         for (int j = 0; j < V; ++j) out.v[j] = from_f32<T>(apply_binary(op, to_f32(p.v[j]), to_f32(q.v[j])));
-        yv[i] = out;
+        prim::store_vector(yv + i, out);
     }
     for (long long i = nv * V + grid_start(); i < n; i += grid_step())
         y[i] = from_f32<T>(apply_binary(op, to_f32(x[i]), to_f32(z[i])));
@@ -113,3 +117,11 @@ __device__ void binary_contig(int op, const T* x, const T* z, T* y, long long n)
 HEMI_ELEMENTWISE(f32, float)
 HEMI_ELEMENTWISE(f16, hemi_f16)
 HEMI_ELEMENTWISE(bf16, hemi_bf16)
+
+#ifdef HEMI_SIM
+extern "C" __global__ void unary_vec_f32__misaligned_vector(int op, float a, float b, const float* x, float* y,
+                                                            long long n) {
+    unary_contig<float, Mutant::MisalignedVector>(op, a, b, x, y, n);
+}
+HEMI_MUTANT_KERNEL(unary_vec_f32__misaligned_vector)
+#endif

@@ -152,8 +152,9 @@ HEMI_KERNEL(validate_targets)
 /// Reduces per-sample losses to the output value: reduction 1 = mean over non-ignored,
 /// otherwise the sum. One block of a multiple of 32 threads; compensated per thread, then a
 /// block tree (sum.cuh); sample counts are exact below 2^24.
-extern "C" __global__ void ce_reduce(const float* loss, const long long* t, long long n, long long ignore,
-                                     int reduction, float* out) {
+template <Mutant MUT = Mutant::None>
+__device__ void ce_reduce_impl(const float* loss, const long long* t, long long n, long long ignore, int reduction,
+                               float* out) {
     __shared__ float scratch[32];
     CompensatedSum s;
     float k = 0.0f;
@@ -161,11 +162,23 @@ extern "C" __global__ void ce_reduce(const float* loss, const long long* t, long
         s.add(loss[i]);
         k += t[i] != ignore ? 1.0f : 0.0f;
     }
-    float total = block_sum(s.sum, scratch);
+    float total = block_sum<MUT>(s.sum, scratch);
     float valid = block_sum(k, scratch);
     if (threadIdx.x == 0) out[0] = reduction == 1 ? total / valid : total;
 }
+
+extern "C" __global__ void ce_reduce(const float* loss, const long long* t, long long n, long long ignore,
+                                     int reduction, float* out) {
+    ce_reduce_impl(loss, t, n, ignore, reduction, out);
+}
 HEMI_KERNEL(ce_reduce)
+#ifdef HEMI_SIM
+extern "C" __global__ void ce_reduce__read_unwritten(const float* loss, const long long* t, long long n,
+                                                     long long ignore, int reduction, float* out) {
+    ce_reduce_impl<Mutant::ReadUnwritten>(loss, t, n, ignore, reduction, out);
+}
+HEMI_MUTANT_KERNEL(ce_reduce__read_unwritten)
+#endif
 
 /// Per-sample backward weights from the loss gradient: none → g[i], sum → g[0],
 /// mean → g[0] / valid (valid counted here). One block of a multiple of 32 threads.

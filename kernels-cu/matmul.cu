@@ -5,6 +5,7 @@
 // the same kernel; edges are predicated (zero-filled tiles), K needs no multiple of the tile.
 // Accumulation is f32; the output is rounded once into its dtype (0 f32, 1 f16, 2 bf16).
 #include "dtype.cuh"
+#include "mutant.cuh"
 
 /// A batched matrix operand: address and element strides.
 struct Operand {
@@ -185,7 +186,7 @@ __device__ void mma_load_stage(const GemmArgs& g, long long z, long long row0, l
     }
 }
 
-template <typename T, bool BF16>
+template <typename T, bool BF16, Mutant MUT = Mutant::None>
 __device__ void gemm_mma_impl(const GemmArgs& g, int a_kcontig, int b_kcontig) {
     unsigned short* smem = prim::dynamic_smem<unsigned short>();
     long long z = blockIdx.z;
@@ -212,8 +213,9 @@ __device__ void gemm_mma_impl(const GemmArgs& g, int a_kcontig, int b_kcontig) {
         prim::cp_async_commit();
     }
     for (long long kt = 0; kt < ktiles; ++kt) {
-        prim::cp_async_wait<MMA_STAGES - 2>();
-        prim::sync_threads();
+        if constexpr (MUT == Mutant::WrongAsyncGroup) prim::cp_async_wait<MMA_STAGES - 1>();
+        else prim::cp_async_wait<MMA_STAGES - 2>();
+        if constexpr (MUT != Mutant::DropBarrier) prim::sync_threads();
         long long next = kt + MMA_STAGES - 1;
         if (next < ktiles) mma_load_stage<T>(g, z, row0, col0, next * MMA_BK, sa(next), sb(next), a_kcontig, b_kcontig);
         prim::cp_async_commit();
@@ -273,3 +275,14 @@ extern "C" __global__ void __launch_bounds__(128) gemm_mma_bf16(GemmArgs g, int 
     gemm_mma_impl<hemi_bf16, true>(g, a_kcontig, b_kcontig);
 }
 HEMI_KERNEL(gemm_mma_bf16)
+
+#ifdef HEMI_SIM
+extern "C" __global__ void gemm_mma_f16__drop_barrier(GemmArgs g, int a_kcontig, int b_kcontig) {
+    gemm_mma_impl<hemi_f16, false, Mutant::DropBarrier>(g, a_kcontig, b_kcontig);
+}
+HEMI_MUTANT_KERNEL(gemm_mma_f16__drop_barrier)
+extern "C" __global__ void gemm_mma_f16__wrong_async_group(GemmArgs g, int a_kcontig, int b_kcontig) {
+    gemm_mma_impl<hemi_f16, false, Mutant::WrongAsyncGroup>(g, a_kcontig, b_kcontig);
+}
+HEMI_MUTANT_KERNEL(gemm_mma_f16__wrong_async_group)
+#endif

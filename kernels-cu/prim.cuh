@@ -32,6 +32,36 @@ __device__ __forceinline__ unsigned thread_linear() {
 /// Block-wide barrier.
 __device__ __forceinline__ void sync_threads() { __syncthreads(); }
 
+/// Warp barrier over the lanes of `mask` (`__syncwarp`); the calling lane must be in `mask`.
+__device__ __forceinline__ void sync_warp(unsigned mask = 0xffffffffu) {
+#ifdef HEMI_SIM
+    hemi_sim::warp_exchange(mask, 0);
+#else
+    __syncwarp(mask);
+#endif
+}
+
+/// A 16-byte (or 8-byte) vector load, `ld.v4` / `ld.v2`: `p` must be aligned to the vector's
+/// size, as the GPU faults on a misaligned vector access.
+template <typename V>
+__device__ __forceinline__ V load_vector(const V* p) {
+    static_assert(sizeof(V) == 8 || sizeof(V) == 16, "vector accesses are 8 or 16 bytes");
+#ifdef HEMI_SIM
+    hemi_sim::check_aligned(p, sizeof(V), "vector load");
+#endif
+    return *p;
+}
+
+/// A 16-byte (or 8-byte) vector store; `p` aligned to the vector's size.
+template <typename V>
+__device__ __forceinline__ void store_vector(V* p, const V& v) {
+    static_assert(sizeof(V) == 8 || sizeof(V) == 16, "vector accesses are 8 or 16 bytes");
+#ifdef HEMI_SIM
+    hemi_sim::check_aligned(p, sizeof(V), "vector store");
+#endif
+    *p = v;
+}
+
 /// Dynamic shared memory of the launch, as `T*`.
 template <typename T>
 __device__ __forceinline__ T* dynamic_smem() {
@@ -151,6 +181,7 @@ inline unsigned pack_b16(unsigned short lo, unsigned short hi) { return lo | (st
 /// 8m .. 8m+7; lane t receives row t/4, columns 2(t%4) and 2(t%4)+1 of each (transposed
 /// with `trans`), following the PTX ISA.
 inline void ldmatrix_sim(unsigned* r, const void* row, unsigned count, bool trans) {
+    hemi_sim::check_aligned(row, 16, "ldmatrix row address");
     const uint64_t* rows = hemi_sim::warp_exchange(0xffffffffu, reinterpret_cast<uint64_t>(row));
     unsigned lane = lane_id();
     for (unsigned m = 0; m < count; ++m) {
@@ -254,11 +285,11 @@ __device__ __forceinline__ void mma_m16n8k16_bf16(float (&d)[4], const unsigned 
 }
 
 /// `cp.async.cg.shared.global` of 16 bytes; when `valid` is false the 16 bytes are zeroed
-/// (src-size 0). The emulator copies immediately.
+/// (src-size 0). Both addresses 16-byte aligned. The emulator lands the copy only when a
+/// `cp_async_wait` covers its group (with its checkers on).
 __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
 #ifdef HEMI_SIM
-    if (valid) std::memcpy(smem, gmem, 16);
-    else std::memset(smem, 0, 16);
+    hemi_sim::cp_async(smem, gmem, 16, valid);
 #else
     unsigned src_size = valid ? 16u : 0u;
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem), "r"(src_size));
@@ -267,7 +298,9 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool v
 
 /// `cp.async.commit_group`.
 __device__ __forceinline__ void cp_async_commit() {
-#ifndef HEMI_SIM
+#ifdef HEMI_SIM
+    hemi_sim::cp_async_commit();
+#else
     asm volatile("cp.async.commit_group;\n" ::);
 #endif
 }
@@ -275,7 +308,9 @@ __device__ __forceinline__ void cp_async_commit() {
 /// `cp.async.wait_group N`: at most N committed groups still in flight.
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
-#ifndef HEMI_SIM
+#ifdef HEMI_SIM
+    hemi_sim::cp_async_wait(N);
+#else
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 #endif
 }

@@ -7,6 +7,7 @@
 // and ⌈log2 n⌉·u·Σ|x| for n ≤ 32 (one term per lane), and a block (T ≤ 1024) sum within
 // (2 + 10)·u·Σ|x|: both inside hemi's reduction bound 2·⌈log2 n⌉·u·Σ|x| for every n ≥ 2.
 #pragma once
+#include "mutant.cuh"
 #include "prim.cuh"
 
 /// A compensated running sum. An inf or NaN sum keeps no compensation, so non-finite terms
@@ -27,12 +28,15 @@ struct CompensatedSum {
 /// Sum of every thread's `v`, returned to all threads of the block. The block size must be
 /// a multiple of 32 (at most 1024) and every thread must call it; `scratch` is 32 floats of
 /// shared memory, free again on return.
+template <Mutant MUT = Mutant::None>
 __device__ __forceinline__ float block_sum(float v, float* scratch) {
     unsigned lane = prim::lane_id(), warp = threadIdx.x / 32, warps = blockDim.x / 32;
     v = prim::warp_sum(v);
     if (lane == 0) scratch[warp] = v;
     prim::sync_threads();
-    float w = prim::warp_sum(lane < warps ? scratch[lane] : 0.0f);
+    float w;
+    if constexpr (MUT == Mutant::ReadUnwritten) w = prim::warp_sum(scratch[lane] * (lane < warps ? 1.0f : 0.0f));
+    else w = prim::warp_sum(lane < warps ? scratch[lane] : 0.0f);
     prim::sync_threads();
     return w;
 }

@@ -1,11 +1,15 @@
 // The emulator's scheduler: blocks run one after another on the launching host thread; the
-// threads of a block are ucontext fibers switched at __syncthreads and warp collectives.
-#include "sim.h"
+// threads of a block are ucontext fibers switched at __syncthreads and warp collectives. With
+// HEMI_SIM_SHAKE=<seed> the blocks of a launch, and the runnable threads of a block between two
+// scheduling points, run in seeded random orders. The checkers live in check.cpp.
+#include "state.h"
 
 #include <sys/mman.h>
 #include <ucontext.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -16,42 +20,35 @@
 #endif
 
 namespace hemi_sim {
+
+thread_local Launch* tl_launch = nullptr;
+
+const Config& config() {
+    static const Config c = [] {
+        Config c;
+        if (const char* v = std::getenv("HEMI_SIM_CHECKS")) c.checks = std::strcmp(v, "0") != 0;
+        if (const char* v = std::getenv("HEMI_SIM_SHAKE")) c.shake = std::strtoull(v, nullptr, 10);
+        return c;
+    }();
+    return c;
+}
+
+std::string describe_thread(unsigned linear) {
+    return "thread " + std::to_string(linear) + " (warp " + std::to_string(linear / 32) + ", lane " +
+           std::to_string(linear % 32) + ")";
+}
+
 namespace {
 
-enum class State { Runnable, AtBarrier, AtWarp, Done };
-
-constexpr std::size_t kStackBytes = 256 * 1024;
 constexpr unsigned kMaxThreads = 1024;
 constexpr unsigned kMaxSmem = 227 * 1024;
 
-struct Fiber {
-    ThreadCtx ctx{};
-    ucontext_t uc{};
-    State state = State::Runnable;
-    void* stack = nullptr;
-    unsigned warp_mask = 0;
-    unsigned warp_count = 0;
-    uint64_t warp_words[kMaxExchangeWords] = {};
-    uint64_t warp_result[32 * kMaxExchangeWords] = {};
-};
 
-struct Launch {
-    std::vector<Fiber>* fibers = nullptr;
-    Fiber* running = nullptr;
-    ucontext_t sched{};
-    const void* sched_stack = nullptr;
-    std::size_t sched_stack_size = 0;
-    uint3 bidx{};
-    dim3 bdim{}, gdim{};
-    unsigned char* smem = nullptr;
-    Trampoline kernel = nullptr;
-    void** args = nullptr;
-    std::string error;
-};
-
-thread_local Launch* tl_launch = nullptr;
 thread_local std::vector<Fiber> tl_fibers;
 thread_local std::vector<unsigned char> tl_smem;
+
+/// Kernel swaps of this host thread (`hemi_sim_swap_kernel`): launched name -> name run.
+thread_local std::unordered_map<std::string, std::string> tl_swaps;
 
 std::unordered_map<std::string, Trampoline>& registry() {
     static std::unordered_map<std::string, Trampoline> r;
@@ -78,6 +75,7 @@ void fiber_entry() {
 #endif
     Fiber* f = l->running;
     l->kernel(l->args);
+    if (l->checks) checks_thread_exit(f);
     f->state = State::Done;
     switch_to_scheduler(f, true);
 }
@@ -92,6 +90,25 @@ void run_fiber(Launch* l, Fiber* f) {
 #ifdef HEMI_ASAN
     __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #endif
+}
+
+std::string hex(unsigned v) {
+    char b[16];
+    std::snprintf(b, sizeof b, "%08x", v);
+    return b;
+}
+
+/// splitmix64: the shaker's random numbers.
+uint64_t next_random(uint64_t& state) {
+    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+template <typename T>
+void shuffle(std::vector<T>& v, uint64_t& rng) {
+    for (std::size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[next_random(rng) % i]);
 }
 
 /// Completes warp collectives whose lanes have all arrived; returns true if any did.
@@ -114,18 +131,22 @@ bool complete_warps(Launch* l, unsigned nthreads, std::string& err) {
         for (unsigned i = 0; i < 32; ++i) {
             if (!(mask & (1u << i))) continue;
             if (i >= lanes) {
-                err = "warp collective mask names lanes beyond the block";
+                err = "synccheck: a warp collective's mask 0x" + hex(mask) + " names lane " + std::to_string(i) +
+                      " of warp " + std::to_string(w) + ", which is beyond the block";
                 return false;
             }
             Fiber& f = fs[base + i];
             if (f.state == State::Done || f.state == State::AtBarrier) {
-                err = "warp collective can never complete: lane " + std::to_string(i) + " of warp " +
-                      std::to_string(w) + (f.state == State::Done ? " has exited" : " waits at __syncthreads");
+                err = "synccheck: a warp collective with mask 0x" + hex(mask) + " can never complete: lane " +
+                      std::to_string(i) + " of warp " + std::to_string(w) +
+                      (f.state == State::Done ? " has exited" : " waits at __syncthreads");
                 return false;
             }
             if (f.state != State::AtWarp) ready = false;
             else if (f.warp_mask != mask || f.warp_count != fs[base + first].warp_count) {
-                err = "warp collective called with different masks or sizes in one warp";
+                err = "synccheck: lanes of warp " + std::to_string(w) +
+                      " meet in different warp collectives (masks 0x" + hex(mask) + " and 0x" + hex(f.warp_mask) +
+                      ")";
                 return false;
             }
         }
@@ -139,17 +160,26 @@ bool complete_warps(Launch* l, unsigned nthreads, std::string& err) {
             std::memcpy(fs[base + i].warp_result, vals, 32 * count * sizeof(uint64_t));
             fs[base + i].state = State::Runnable;
         }
+        ++l->warp_sync[w];
         progressed = true;
     }
     return progressed;
 }
 
 /// Runs one block to completion; returns false with `l->error` set on failure.
-bool run_block(Launch* l, unsigned nthreads) {
+bool run_block(Launch* l, unsigned nthreads, uint64_t& rng) {
     auto& fs = *l->fibers;
+    l->barrier_epoch = 0;
+    std::fill(std::begin(l->warp_sync), std::end(l->warp_sync), 0u);
+    if (l->checks) checks_begin_block(l);
+    thread_local std::vector<unsigned> order;
+    order.resize(nthreads);
+    for (unsigned t = 0; t < nthreads; ++t) order[t] = t;
     for (unsigned t = 0; t < nthreads; ++t) {
         Fiber& f = fs[t];
         f.state = State::Runnable;
+        f.async.clear();
+        f.committed = 0;
         f.ctx.linear = t;
         f.ctx.thread_idx = {t % l->bdim.x, (t / l->bdim.x) % l->bdim.y, t / (l->bdim.x * l->bdim.y)};
         getcontext(&f.uc);
@@ -160,7 +190,8 @@ bool run_block(Launch* l, unsigned nthreads) {
     }
     for (;;) {
         bool ran = false;
-        for (unsigned t = 0; t < nthreads; ++t) {
+        if (config().shake) shuffle(order, rng);
+        for (unsigned t : order) {
             if (fs[t].state != State::Runnable) continue;
             run_fiber(l, &fs[t]);
             ran = true;
@@ -185,6 +216,7 @@ bool run_block(Launch* l, unsigned nthreads) {
                 return false;
             }
             for (unsigned t = 0; t < nthreads; ++t) fs[t].state = State::Runnable;
+            ++l->barrier_epoch;
             continue;
         }
         if (!ran && !warps) {
@@ -211,6 +243,9 @@ void syncthreads() {
 const uint64_t* warp_exchange_words(unsigned mask, const uint64_t* words, unsigned count) {
     Fiber* f = tl_launch->running;
     if (count == 0 || count > kMaxExchangeWords) trap("warp exchange of an unsupported size");
+    if (!(mask >> (f->ctx.linear % 32) & 1u))
+        fail("synccheck: " + describe_thread(f->ctx.linear) + " calls a warp collective with mask 0x" + hex(mask) +
+             ", which excludes the calling lane");
     f->warp_mask = mask;
     f->warp_count = count;
     std::memcpy(f->warp_words, words, count * sizeof(uint64_t));
@@ -219,13 +254,17 @@ const uint64_t* warp_exchange_words(unsigned mask, const uint64_t* words, unsign
     return f->warp_result;
 }
 
-[[noreturn]] void trap(const char* why) {
+[[noreturn]] void fail(const std::string& msg) {
     Launch* l = tl_launch;
     Fiber* f = l->running;
-    l->error = std::string("kernel trapped in thread ") + std::to_string(f->ctx.linear) + ": " + why;
+    l->error = msg;
     f->state = State::Done;
     switch_to_scheduler(f, true);
     __builtin_unreachable();
+}
+
+[[noreturn]] void trap(const char* why) {
+    fail("kernel trapped in thread " + std::to_string(tl_launch->running->ctx.linear) + ": " + why);
 }
 
 Registrar::Registrar(const char* name, Trampoline t) { registry()[name] = t; }
@@ -234,36 +273,54 @@ Registrar::Registrar(const char* name, Trampoline t) { registry()[name] = t; }
 
 using namespace hemi_sim;
 
-static int fail(char* err, std::size_t len, const std::string& msg) {
+static int report(char* err, std::size_t len, const std::string& msg) {
     if (err && len) std::snprintf(err, len, "%s", msg.c_str());
     return 1;
 }
 
 extern "C" int hemi_sim_has_kernel(const char* name) { return registry().count(name) ? 1 : 0; }
 
+/// From now on this host thread's launches of `from` run kernel `to` instead (`to` null: stop).
+/// Returns 1 if `to` is no kernel. For the mutation tests (kernels-cu/mutant.cuh).
+extern "C" int hemi_sim_swap_kernel(const char* from, const char* to) {
+    if (!to) {
+        tl_swaps.erase(from);
+        return 0;
+    }
+    if (!registry().count(to)) return 1;
+    tl_swaps[from] = to;
+    return 0;
+}
+
 /// Runs kernel `name` like cuLaunchKernel: grid and block dims, dynamic shared memory bytes,
 /// and one pointer per kernel parameter. Returns 0, or 1 with a message in `err`.
 extern "C" int hemi_sim_launch(const char* name, const unsigned* grid, const unsigned* block, unsigned smem,
                                void** args, char* err, std::size_t err_len) {
+    auto swap = tl_swaps.find(name);
+    if (swap != tl_swaps.end()) name = swap->second.c_str();
     auto it = registry().find(name);
-    if (it == registry().end()) return fail(err, err_len, std::string("no kernel named ") + name);
+    if (it == registry().end()) return report(err, err_len, std::string("no kernel named ") + name);
     dim3 g{grid[0], grid[1], grid[2]}, b{block[0], block[1], block[2]};
     unsigned long long nthreads = 1ull * b.x * b.y * b.z;
     if (g.x == 0 || g.y == 0 || g.z == 0 || nthreads == 0)
-        return fail(err, err_len, "launch with an empty grid or block");
-    if (nthreads > kMaxThreads) return fail(err, err_len, "more than 1024 threads per block");
-    if (smem > kMaxSmem) return fail(err, err_len, "more than 227 KiB of dynamic shared memory");
+        return report(err, err_len, "launch with an empty grid or block");
+    if (nthreads > kMaxThreads) return report(err, err_len, "more than 1024 threads per block");
+    if (smem > kMaxSmem) return report(err, err_len, "more than 227 KiB of dynamic shared memory");
     if (tl_fibers.size() < nthreads) {
         std::size_t old = tl_fibers.size();
         tl_fibers.resize(nthreads);
         for (std::size_t i = old; i < nthreads; ++i) {
             void* s = mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-            if (s == MAP_FAILED) return fail(err, err_len, "cannot allocate a fiber stack");
+            if (s == MAP_FAILED) return report(err, err_len, "cannot allocate a fiber stack");
             tl_fibers[i].stack = s;
         }
     }
     tl_smem.assign(smem + 16, 0);
     Launch l;
+    l.name = name;
+    l.nthreads = static_cast<unsigned>(nthreads);
+    l.smem_bytes = smem;
+    l.checks = config().checks;
     l.fibers = &tl_fibers;
     l.bdim = b;
     l.gdim = g;
@@ -274,13 +331,25 @@ extern "C" int hemi_sim_launch(const char* name, const unsigned* grid, const uns
     Launch* prev = tl_launch;
     tl_launch = &l;
     bool ok = true;
-    for (unsigned z = 0; ok && z < g.z; ++z)
-        for (unsigned y = 0; ok && y < g.y; ++y)
-            for (unsigned x = 0; ok && x < g.x; ++x) {
-                l.bidx = {x, y, z};
-                ok = run_block(&l, static_cast<unsigned>(nthreads));
-            }
+    uint64_t rng = config().shake;
+    unsigned long long nblocks = 1ull * g.x * g.y * g.z;
+    std::vector<unsigned long long> blocks;
+    if (config().shake) {
+        blocks.resize(nblocks);
+        for (unsigned long long i = 0; i < nblocks; ++i) blocks[i] = i;
+        shuffle(blocks, rng);
+    }
+    for (unsigned long long i = 0; ok && i < nblocks; ++i) {
+        unsigned long long b = blocks.empty() ? i : blocks[i];
+        l.bidx = {static_cast<unsigned>(b % g.x), static_cast<unsigned>(b / g.x % g.y),
+                  static_cast<unsigned>(b / (1ull * g.x * g.y))};
+        ok = run_block(&l, static_cast<unsigned>(nthreads), rng);
+    }
     tl_launch = prev;
-    if (!ok) return fail(err, err_len, std::string(name) + ": " + l.error);
+    if (!ok) {
+        std::string where = std::string(name) + " block (" + std::to_string(l.bidx.x) + "," +
+                            std::to_string(l.bidx.y) + "," + std::to_string(l.bidx.z) + ")";
+        return report(err, err_len, where + ": " + l.error);
+    }
     return 0;
 }

@@ -51,6 +51,19 @@ void* dynamic_smem();
 /// Reports a kernel-side failure (trap); the launch returns it as an error.
 [[noreturn]] void trap(const char* why);
 
+/// Fails the launch unless `p` is `bytes`-aligned, as the GPU requires of `what` (vector loads
+/// and stores, ldmatrix rows, cp.async operands): a misaligned access faults there.
+void check_aligned(const void* p, unsigned bytes, const char* what);
+
+/// `cp.async` of `bytes` (4, 8 or 16) from global `src` to shared `dst`; `valid` false means
+/// src-size 0 (the destination becomes zeros). With the checkers on, the copy lands only when
+/// a `cp_async_wait` covers its group; until then the destination reads as poisoned.
+void cp_async(void* dst, const void* src, unsigned bytes, bool valid);
+/// `cp.async.commit_group`: this thread's uncommitted copies become one group.
+void cp_async_commit();
+/// `cp.async.wait_group n`: every committed group but the newest `n` has landed.
+void cp_async_wait(unsigned n);
+
 /// Most words one lane can deposit in one warp exchange.
 constexpr unsigned kMaxExchangeWords = 16;
 

@@ -1,7 +1,7 @@
 // Emulation of the `nvcuda::wmma` API for the host emulator. CUDA leaves the distribution of
 // fragment elements over lanes unspecified, so every lane here holds the whole tile: loads
-// read the full tile, mma computes it with f32 accumulation in k order, stores write it (all
-// lanes write the same values). Element-wise use of `x[0 .. num_elements)` stays consistent.
+// read the full tile, mma computes it with f32 accumulation in k order, and each lane stores
+// its share of it. Element-wise use of `x[0 .. num_elements)` stays consistent.
 #pragma once
 
 #include <type_traits>
@@ -64,10 +64,14 @@ inline void load_matrix_sync(fragment<accumulator, M, N, K, T>& f, const T* p, u
     load_tile(f, p, ldm, l == mem_row_major);
 }
 
+/// Each lane writes its share of the tile (elements lane, lane + 32, ...), as the hardware
+/// spreads a fragment over the warp: the whole tile is in memory once every lane has stored.
 template <int M, int N, int K, typename T>
 inline void store_matrix_sync(T* p, const fragment<accumulator, M, N, K, T>& f, unsigned ldm, layout_t l) {
-    for (int r = 0; r < M; ++r)
-        for (int c = 0; c < N; ++c) (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[r * N + c];
+    for (int e = static_cast<int>(hemi_sim::current()->linear % 32); e < M * N; e += 32) {
+        int r = e / N, c = e % N;
+        (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[e];
+    }
 }
 
 template <int M, int N, int K, typename TA, typename LA, typename TB, typename LB, typename TC>

@@ -60,7 +60,11 @@ impl CachingAllocator {
             .get_mut(&size)
             .and_then(Vec::pop);
         let ptr = match cached {
-            Some(p) => p,
+            Some(p) => {
+                // SAFETY: a cached block of exactly `size` bytes that no buffer holds.
+                unsafe { self.driver.renew(p, size) };
+                p
+            }
             None => match self.driver.alloc(size) {
                 Ok(p) => p,
                 Err(_) => {

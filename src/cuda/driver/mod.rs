@@ -51,6 +51,13 @@ pub trait Driver: Send + Sync + Debug {
     /// `ptr` must come from this driver's `alloc` with the same `bytes`, be freed once, and
     /// not be used afterwards.
     unsafe fn free(&self, ptr: DevicePtr, bytes: usize);
+    /// A block from [`Driver::alloc`] changes owner (the caching allocator hands it out again):
+    /// the emulator poisons it and tracks its bytes as never written, for its initcheck; a GPU
+    /// does nothing (the default).
+    ///
+    /// # Safety
+    /// `ptr .. ptr + bytes` must be one live allocation of this driver that nothing uses.
+    unsafe fn renew(&self, _ptr: DevicePtr, _bytes: usize) {}
     /// Copies host bytes to device memory.
     ///
     /// # Safety

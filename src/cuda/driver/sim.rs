@@ -3,7 +3,7 @@
 
 use super::{DevicePtr, Driver, LaunchConfig};
 use hemi_engine::{Device, Error, Result};
-use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::alloc::{alloc, dealloc, Layout};
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::sync::Mutex;
 
@@ -19,12 +19,19 @@ extern "C" {
     ) -> c_int;
     fn hemi_sim_has_kernel(name: *const c_char) -> c_int;
     fn hemi_sim_kernels_anchor() -> c_int;
+    fn hemi_sim_swap_kernel(from: *const c_char, to: *const c_char) -> c_int;
+    fn hemi_sim_track_alloc(ptr: *mut c_void, bytes: usize);
+    fn hemi_sim_track_free(ptr: *mut c_void);
+    fn hemi_sim_track_written(ptr: *const c_void, bytes: usize);
 }
 
 const ALIGN: usize = 256;
 
 /// Emulated device `Device::CudaSim`. Launches are serialized by a lock (the emulator runs
 /// one launch at a time per host thread; serializing keeps `atomic_*` emulation exact).
+/// Allocations, frees and uploads take the same lock: they update the emulator's record of
+/// device memory (fresh blocks are poisoned and count as never written, for its initcheck),
+/// which a running launch reads.
 #[derive(Debug, Default)]
 pub struct SimDriver {
     launch_lock: Mutex<()>,
@@ -41,6 +48,10 @@ impl SimDriver {
         SimDriver::default()
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.launch_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Whether the emulator has a kernel of this name.
     pub fn has_kernel(&self, name: &str) -> bool {
         let Ok(c) = CString::new(name) else {
@@ -48,6 +59,45 @@ impl SimDriver {
         };
         // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
         unsafe { hemi_sim_has_kernel(c.as_ptr()) == 1 }
+    }
+}
+
+/// While alive, every launch of kernel `from` made by this thread on the emulator runs kernel
+/// `to` instead. The emulator's mutation tests use it to put a deliberately broken kernel
+/// (`kernels-cu/mutant.cuh`, e.g. `gemm_mma_f16__drop_barrier`) behind the public API and
+/// check that the emulator's checkers catch it.
+#[derive(Debug)]
+pub struct KernelSwap {
+    from: CString,
+    /// The swap belongs to the emulator's record of this host thread: not `Send`.
+    _thread_bound: std::marker::PhantomData<*const ()>,
+}
+
+impl KernelSwap {
+    /// Swaps `to` in for `from`; `Err` if the emulator has no kernel `to`.
+    pub fn new(from: &str, to: &str) -> Result<Self> {
+        let bad = |what: &str| Error::Backend {
+            device: Device::CudaSim,
+            msg: format!("cannot swap kernel {from:?} for {to:?}: {what}"),
+        };
+        let from = CString::new(from).map_err(|_| bad("bad name"))?;
+        let to_c = CString::new(to).map_err(|_| bad("bad name"))?;
+        SimDriver::new();
+        // SAFETY: both are valid NUL-terminated strings for the duration of the call.
+        match unsafe { hemi_sim_swap_kernel(from.as_ptr(), to_c.as_ptr()) } {
+            0 => Ok(KernelSwap {
+                from,
+                _thread_bound: std::marker::PhantomData,
+            }),
+            _ => Err(bad("the emulator has no such kernel")),
+        }
+    }
+}
+
+impl Drop for KernelSwap {
+    fn drop(&mut self) {
+        // SAFETY: a valid string; a null `to` removes the swap.
+        unsafe { hemi_sim_swap_kernel(self.from.as_ptr(), std::ptr::null()) };
     }
 }
 
@@ -64,28 +114,50 @@ impl Driver for SimDriver {
     }
 
     fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
+        let l = layout(bytes)?;
         // SAFETY: the layout has a non-zero size.
-        let p = unsafe { alloc_zeroed(layout(bytes)?) };
+        let p = unsafe { alloc(l) };
         if p.is_null() {
             return Err(Error::OutOfMemory {
                 device: Device::CudaSim,
                 requested: bytes,
             });
         }
+        let _serial = self.lock();
+        // SAFETY: `p` is a fresh allocation of `l.size()` bytes.
+        unsafe { hemi_sim_track_alloc(p.cast(), l.size()) };
         Ok(p as DevicePtr)
     }
 
     unsafe fn free(&self, ptr: DevicePtr, bytes: usize) {
         if let Ok(l) = layout(bytes) {
-            // SAFETY: `ptr` came from `alloc` with the same size and alignment.
-            unsafe { dealloc(ptr as *mut u8, l) }
+            let _serial = self.lock();
+            // SAFETY: `ptr` came from `alloc` with the same size and alignment; the emulator
+            // forgets it before the memory goes back to the host allocator.
+            unsafe {
+                hemi_sim_track_free(ptr as *mut c_void);
+                dealloc(ptr as *mut u8, l)
+            }
+        }
+    }
+
+    unsafe fn renew(&self, ptr: DevicePtr, bytes: usize) {
+        if let Ok(l) = layout(bytes) {
+            let _serial = self.lock();
+            // SAFETY: the caller guarantees `ptr` is a live, unused block of `bytes` bytes
+            // (rounded like `alloc`).
+            unsafe { hemi_sim_track_alloc(ptr as *mut c_void, l.size()) };
         }
     }
 
     unsafe fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
+        let _serial = self.lock();
         // SAFETY: the caller guarantees `dst .. dst + src.len()` lies in one live allocation,
         // which cannot overlap the host slice `src`.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len());
+            hemi_sim_track_written(dst as *const c_void, src.len());
+        }
         Ok(())
     }
 
@@ -101,7 +173,7 @@ impl Driver for SimDriver {
             msg: format!("bad kernel name {name:?}"),
         })?;
         let mut err = vec![0 as c_char; 512];
-        let _serial = self.launch_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _serial = self.lock();
         // SAFETY: forwarded from the caller's contract; the strings and arrays live across
         // the call.
         let rc = unsafe {

@@ -1,0 +1,90 @@
+// Internal state of the host emulator, shared by the scheduler (sim.cpp) and the checkers
+// (check.cpp). Not included by kernel sources: they see only sim.h.
+#pragma once
+
+#include "sim.h"
+
+#include <ucontext.h>
+
+#include <string>
+#include <vector>
+
+namespace hemi_sim {
+
+enum class State { Runnable, AtBarrier, AtWarp, Done };
+
+constexpr std::size_t kStackBytes = 256 * 1024;
+
+/// One `cp.async` copy issued by a thread that has not landed in shared memory yet. The source
+/// is read at issue time (the hardware may read it any time before the wait; kernels may not
+/// rely on either), the destination is written when a `cp.async.wait_group` covers its group.
+struct AsyncCopy {
+    unsigned char* dst;
+    unsigned char data[16];
+    unsigned bytes;
+    bool zero_fill;               // src-size 0: the destination becomes zeros
+    unsigned long long group;     // 0 while uncommitted, else the commit it belongs to (1, 2, ...)
+    const void* pc;               // where it was issued (for reports)
+};
+
+/// Per-fiber state of one emulated CUDA thread.
+struct Fiber {
+    ThreadCtx ctx{};
+    ucontext_t uc{};
+    State state = State::Runnable;
+    void* stack = nullptr;
+    unsigned warp_mask = 0;
+    unsigned warp_count = 0;
+    uint64_t warp_words[kMaxExchangeWords] = {};
+    uint64_t warp_result[32 * kMaxExchangeWords] = {};
+    std::vector<AsyncCopy> async;       // in issue order
+    unsigned long long committed = 0;   // cp.async groups committed so far
+};
+
+/// Run-time configuration, read once from the environment (see README, "Testing").
+struct Config {
+    bool checks = true;               // HEMI_SIM_CHECKS=0 turns the checkers off
+    unsigned long long shake = 0;     // HEMI_SIM_SHAKE=<seed>: randomized thread and block order
+};
+const Config& config();
+
+/// One kernel launch on this host thread.
+struct Launch {
+    const char* name = "";
+    std::vector<Fiber>* fibers = nullptr;
+    Fiber* running = nullptr;
+    ucontext_t sched{};
+    const void* sched_stack = nullptr;
+    std::size_t sched_stack_size = 0;
+    uint3 bidx{};
+    dim3 bdim{}, gdim{};
+    unsigned nthreads = 0;
+    unsigned char* smem = nullptr;
+    unsigned smem_bytes = 0;
+    Trampoline kernel = nullptr;
+    void** args = nullptr;
+    std::string error;
+    bool checks = false;
+    uint32_t block_serial = 0;       // unique per block run on this host thread (never 0)
+    uint32_t barrier_epoch = 0;      // completed __syncthreads of the running block
+    uint32_t warp_sync[32] = {};     // completed warp collectives, per warp of the block
+};
+
+extern thread_local Launch* tl_launch;
+
+/// Ends the running fiber and fails the launch with `msg` (prefixed with the kernel name and
+/// block by the launcher).
+[[noreturn]] void fail(const std::string& msg);
+
+/// "thread 37 (warp 1, lane 5)".
+std::string describe_thread(unsigned linear);
+
+// ---- checkers (check.cpp) ----
+
+/// A block is about to start: new generation for the shadow state, dynamic shared memory
+/// poisoned.
+void checks_begin_block(Launch* l);
+/// Fiber `f` returned from the kernel: copies it issued and never waited for are an error.
+void checks_thread_exit(Fiber* f);
+
+}  // namespace hemi_sim
