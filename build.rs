@@ -75,7 +75,10 @@ fn write_unity_source(kernels: &Path, out: &Path) -> PathBuf {
         .collect();
     // Referenced from Rust so the linker keeps this object (and its kernel registrations).
     body.push_str(
-        "#ifdef HEMI_SIM\nextern \"C\" int hemi_sim_kernels_anchor() { return 1; }\n#endif\n",
+        "#ifdef HEMI_SIM\nextern \"C\" int hemi_sim_kernels_anchor() { return 1; }\n\
+         // Whether the kernels carry the checkers' access instrumentation (not under ASan).\n\
+         #ifdef __SANITIZE_THREAD__\nextern \"C\" int hemi_sim_kernels_instrumented() { return 1; }\n\
+         #else\nextern \"C\" int hemi_sim_kernels_instrumented() { return 0; }\n#endif\n#endif\n",
     );
     let path = out.join("hemi_kernels.cu");
     std::fs::write(&path, body).expect("write unity source");

@@ -125,3 +125,41 @@ extern "C" __global__ void selftest_wmma(const half* a, const half* b, float* d)
     wmma::store_matrix_sync(d, acc, 16, wmma::mem_row_major);
 }
 HEMI_KERNEL(selftest_wmma)
+
+// ---- kernels the emulator's checkers must reject (tests/cuda_sim.rs, "checkers") ----
+
+/// Each lane but 0 takes the value of the lane below through static shared memory; with
+/// `sync` = 0 the __syncwarp between write and read is missing (a race racecheck must report).
+extern "C" __global__ void selftest_warp_shift(const float* in, float* out, int sync) {
+    __shared__ float s[1024];
+    unsigned t = prim::thread_linear(), lane = prim::lane_id();
+    s[t] = in[blockIdx.x * blockDim.x + t];
+    if (sync) prim::sync_warp();
+    out[blockIdx.x * blockDim.x + t] = s[lane == 0 ? t : t - 1];
+}
+HEMI_KERNEL(selftest_warp_shift)
+
+/// Issues and commits a cp.async but never waits for it.
+extern "C" __global__ void selftest_cp_async_no_wait(const float* in, float* out) {
+    __shared__ __align__(16) float s[4 * 32];
+    unsigned lane = prim::lane_id();
+    prim::cp_async_16(&s[lane * 4], &in[lane * 4], true);
+    prim::cp_async_commit();
+    out[lane] = 1.0f;
+}
+HEMI_KERNEL(selftest_cp_async_no_wait)
+
+/// The upper half-warp calls __syncwarp with a mask naming only the lower half.
+extern "C" __global__ void selftest_syncwarp_foreign_mask(float* out) {
+    prim::sync_warp(0x0000ffffu);
+    out[prim::thread_linear()] = 1.0f;
+}
+HEMI_KERNEL(selftest_syncwarp_foreign_mask)
+
+/// Every thread of every block stores its global index into out[0]: the value left shows
+/// which thread ran last (the schedule shaker's test; a race only in global memory, which the
+/// checkers do not track per byte).
+extern "C" __global__ void selftest_last_writer(int* out) {
+    out[0] = static_cast<int>(blockIdx.x * blockDim.x + prim::thread_linear());
+}
+HEMI_KERNEL(selftest_last_writer)

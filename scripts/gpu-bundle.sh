@@ -2,7 +2,8 @@
 # Builds release test and bench binaries with `--features cuda` here and collects them, with
 # bundle/run.sh and the PyTorch comparison, into ./bundle (ignored by git; at most 60 MiB).
 # On a GPU host with no Rust and no network: `bash bundle/run.sh` runs the GPU tests, the
-# GEMM bench briefly, the same GEMMs through torch.matmul, and prints the table last.
+# compute-sanitizer tools (memcheck, racecheck, initcheck, synccheck) over them, the GEMM bench
+# briefly, the same GEMMs through torch.matmul, and prints the table last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-cuda-toolchain.sh >/dev/null
@@ -23,7 +24,7 @@ for line in sys.stdin:
         print("bundled", dest, name)
 ' "$1"
 }
-cargo test --release --features cuda --no-run --message-format=json --test cuda_sim --test cuda_gemm --test cuda_sass --test amp_scaler --test ops_reference | collect bundle/tests
+cargo test --release --features cuda --no-run --message-format=json --test cuda_sim --test backend --test cuda_gemm --test cuda_sass --test amp_scaler --test ops_reference | collect bundle/tests
 cargo bench --features cuda --no-run --message-format=json --bench gemm --bench amp_kernels | collect bundle/benches
 cp scripts/bundle/run.sh scripts/bundle/torch_gemm.py scripts/bundle/table.py bundle/
 strip bundle/tests/* bundle/benches/* 2>/dev/null || true

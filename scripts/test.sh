@@ -9,7 +9,12 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
 cargo clippy --workspace --all-targets --features cuda -- -D warnings
 cargo test --workspace --features cuda
-# The emulated kernels once more, with AddressSanitizer catching out-of-bounds accesses.
+# Every test again under two seeds of the emulator's schedule shaker (random block order and
+# random thread order between barriers); the checkers stay on.
+HEMI_SIM_SHAKE=1 cargo test --workspace --features cuda
+HEMI_SIM_SHAKE=2 cargo test --workspace --features cuda
+# The emulated kernels once more, with AddressSanitizer catching out-of-bounds accesses (this
+# build replaces the checkers' access instrumentation, which cannot be combined with ASan).
 HEMI_SIM_ASAN=1 \
     RUSTFLAGS="-Clink-arg=-fsanitize=address -Clink-arg=-lasan" \
     CARGO_TARGET_DIR=target/asan \

@@ -912,3 +912,199 @@ mod bad_inputs {
         }
     }
 }
+
+/// The emulator's checkers on small kernels written to break one rule each (the mutation
+/// tests of real kernels are in tests/sim_checks.rs).
+mod checkers {
+    use super::{grid, Buf};
+    use hemi::cuda::driver::sim::SimDriver;
+    use hemi::cuda::driver::Driver;
+    use hemi::kernel_args;
+
+    fn checks_on(test: &str) -> bool {
+        match SimDriver::checkers_inactive() {
+            Some(why) => {
+                eprintln!("SKIPPED {test}: {why}");
+                false
+            }
+            None => true,
+        }
+    }
+
+    #[test]
+    fn racecheck_needs_a_warp_barrier_between_lanes() {
+        if !checks_on("racecheck_needs_a_warp_barrier_between_lanes") {
+            return;
+        }
+        let d = SimDriver::new();
+        let v: Vec<f32> = (0..64).map(|i| i as f32).collect();
+        let (x, y) = (Buf::from(&d, &v), Buf::from(&d, &[0f32; 64]));
+        let (mut px, mut py) = (x.ptr, y.ptr);
+        for sync in [1i32, 0] {
+            let mut s = sync;
+            // Program order: each lane reads after the lane below wrote (in a shaken order the
+            // read may come first, which initcheck reports instead).
+            SimDriver::shake_this_thread(Some(0));
+            // SAFETY: selftest_warp_shift(const float*, float*, int): 64 floats each, 64 threads.
+            let r = unsafe {
+                d.launch(
+                    "selftest_warp_shift",
+                    grid(1, 64, 0),
+                    &mut kernel_args![px, py, s],
+                )
+            };
+            SimDriver::shake_this_thread(None);
+            if sync == 1 {
+                r.expect("with __syncwarp the exchange is ordered");
+                let got: Vec<f32> = y.read(64);
+                for (t, g) in got.iter().enumerate() {
+                    let from = if t % 32 == 0 { t } else { t - 1 };
+                    assert_eq!(*g, v[from], "lane {t}");
+                }
+            } else {
+                let msg = r.expect_err("a missing __syncwarp").to_string();
+                assert!(
+                    msg.contains("selftest_warp_shift") && msg.contains("racecheck"),
+                    "{msg}"
+                );
+                assert!(msg.contains("static shared memory"), "{msg}");
+            }
+        }
+    }
+
+    #[test]
+    fn initcheck_reports_reads_of_device_memory_never_written() {
+        if !checks_on("initcheck_reports_reads_of_device_memory_never_written") {
+            return;
+        }
+        let d = SimDriver::new();
+        let half = Buf::from(&d, &[1.5f32; 32]);
+        let out = Buf::from(&d, &[0f32; 64]);
+        // A 64-float block of which only the first 32 floats are uploaded.
+        let ptr = d.alloc(256).expect("alloc");
+        // SAFETY: 128 bytes into a 256-byte allocation.
+        unsafe { d.upload(ptr, &[0u8; 128]) }.expect("upload");
+        let (mut pi, mut po) = (ptr, out.ptr);
+        // Program order, so the first thread to read unwritten bytes is thread 32.
+        SimDriver::shake_this_thread(Some(0));
+        // SAFETY: selftest_smem_reverse(const float*, float*): one block of 64 threads reads
+        // in[0..64] (all inside the 256-byte allocation) and writes out[0..64].
+        let r = unsafe {
+            d.launch(
+                "selftest_smem_reverse",
+                grid(1, 64, 64 * 4),
+                &mut kernel_args![pi, po],
+            )
+        };
+        SimDriver::shake_this_thread(None);
+        let msg = r.expect_err("half the input was never written").to_string();
+        assert!(
+            msg.contains("initcheck") && msg.contains("never written"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("offset 0x80"),
+            "the first unwritten byte: {msg}"
+        );
+        // Uploaded in full, the same launch passes.
+        let mut pf = half.ptr;
+        // SAFETY: as above, with a 32-float input and 32 threads.
+        unsafe {
+            d.launch(
+                "selftest_smem_reverse",
+                grid(1, 32, 32 * 4),
+                &mut kernel_args![pf, po],
+            )
+        }
+        .expect("fully written input");
+        // SAFETY: allocated above with 256 bytes; freed once.
+        unsafe { d.free(ptr, 256) };
+    }
+
+    #[test]
+    fn a_thread_must_wait_for_its_cp_async_copies() {
+        if !checks_on("a_thread_must_wait_for_its_cp_async_copies") {
+            return;
+        }
+        let d = SimDriver::new();
+        let (x, y) = (Buf::from(&d, &[2f32; 128]), Buf::from(&d, &[0f32; 32]));
+        let (mut px, mut py) = (x.ptr, y.ptr);
+        // SAFETY: selftest_cp_async_no_wait(const float*, float*): 128 and 32 floats; one warp.
+        let r = unsafe {
+            d.launch(
+                "selftest_cp_async_no_wait",
+                grid(1, 32, 0),
+                &mut kernel_args![px, py],
+            )
+        };
+        let msg = r.expect_err("copies never waited for").to_string();
+        assert!(
+            msg.contains("selftest_cp_async_no_wait") && msg.contains("never waited for"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn synccheck_rejects_a_warp_mask_without_the_calling_lane() {
+        let d = SimDriver::new();
+        let y = Buf::from(&d, &[0f32; 32]);
+        let mut py = y.ptr;
+        // SAFETY: selftest_syncwarp_foreign_mask(float*): 32 floats; one warp.
+        let r = unsafe {
+            d.launch(
+                "selftest_syncwarp_foreign_mask",
+                grid(1, 32, 0),
+                &mut kernel_args![py],
+            )
+        };
+        let msg = r.expect_err("foreign mask").to_string();
+        assert!(
+            msg.contains("synccheck") && msg.contains("excludes the calling lane"),
+            "{msg}"
+        );
+    }
+
+    /// The last writer of one global word, under a shaker seed.
+    fn last_writer(d: &SimDriver, seed: u64) -> i32 {
+        let y = Buf::from(d, &[-1i32]);
+        let mut py = y.ptr;
+        SimDriver::shake_this_thread(Some(seed));
+        // SAFETY: selftest_last_writer(int*): one int; 4 blocks of 64 threads.
+        let r = unsafe {
+            d.launch(
+                "selftest_last_writer",
+                grid(4, 64, 0),
+                &mut kernel_args![py],
+            )
+        };
+        SimDriver::shake_this_thread(None);
+        r.expect("launch");
+        y.read::<i32>(1)[0]
+    }
+
+    #[test]
+    fn the_shaker_reorders_blocks_and_threads_reproducibly() {
+        let d = SimDriver::new();
+        assert_eq!(
+            last_writer(&d, 0),
+            255,
+            "program order: the last thread of the last block"
+        );
+        let shaken: Vec<i32> = (1..=8).map(|s| last_writer(&d, s)).collect();
+        assert!(
+            shaken.iter().any(|&w| w != 255),
+            "8 seeds all kept program order: {shaken:?}"
+        );
+        assert!(
+            shaken.iter().any(|&w| w % 64 != 63),
+            "the threads of a block are never reordered: {shaken:?}"
+        );
+        for s in 1..=8u64 {
+            assert_eq!(
+                last_writer(&d, s),
+                shaken[s as usize - 1],
+                "seed {s} reproduces"
+            );
+        }
+    }
+}

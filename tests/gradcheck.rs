@@ -123,7 +123,9 @@ fn device_gradients<F>(
                     .grad()
                     .unwrap_or_else(|| panic!("{name} on {dev}: input {i} got no gradient"));
                 assert_eq!(g.device(), dev, "{name}: gradient of input {i} left {dev}");
-                g.to_device(Device::Cpu)?.to_dtype(DType::F64)?.to_vec::<f64>()
+                g.to_device(Device::Cpu)?
+                    .to_dtype(DType::F64)?
+                    .to_vec::<f64>()
             })
             .collect()
     };

@@ -23,14 +23,24 @@ namespace hemi_sim {
 
 thread_local Launch* tl_launch = nullptr;
 
+namespace {
+/// `hemi_sim_shake_this_thread`: this host thread's shaker seed, over the environment's.
+thread_local bool tl_shake_set = false;
+thread_local unsigned long long tl_shake = 0;
+}  // namespace
+
 const Config& config() {
-    static const Config c = [] {
+    static const Config env = [] {
         Config c;
         if (const char* v = std::getenv("HEMI_SIM_CHECKS")) c.checks = std::strcmp(v, "0") != 0;
         if (const char* v = std::getenv("HEMI_SIM_SHAKE")) c.shake = std::strtoull(v, nullptr, 10);
         return c;
     }();
-    return c;
+    if (!tl_shake_set) return env;
+    thread_local Config mine;
+    mine = env;
+    mine.shake = tl_shake;
+    return mine;
 }
 
 std::string describe_thread(unsigned linear) {
@@ -190,7 +200,7 @@ bool run_block(Launch* l, unsigned nthreads, uint64_t& rng) {
     }
     for (;;) {
         bool ran = false;
-        if (config().shake) shuffle(order, rng);
+        if (l->shake) shuffle(order, rng);
         for (unsigned t : order) {
             if (fs[t].state != State::Runnable) continue;
             run_fiber(l, &fs[t]);
@@ -280,6 +290,13 @@ static int report(char* err, std::size_t len, const std::string& msg) {
 
 extern "C" int hemi_sim_has_kernel(const char* name) { return registry().count(name) ? 1 : 0; }
 
+/// This host thread's launches shake with `seed` (0: program order); `set` 0 returns to the
+/// environment's HEMI_SIM_SHAKE.
+extern "C" void hemi_sim_shake_this_thread(int set, unsigned long long seed) {
+    tl_shake_set = set != 0;
+    tl_shake = seed;
+}
+
 /// From now on this host thread's launches of `from` run kernel `to` instead (`to` null: stop).
 /// Returns 1 if `to` is no kernel. For the mutation tests (kernels-cu/mutant.cuh).
 extern "C" int hemi_sim_swap_kernel(const char* from, const char* to) {
@@ -321,6 +338,7 @@ extern "C" int hemi_sim_launch(const char* name, const unsigned* grid, const uns
     l.nthreads = static_cast<unsigned>(nthreads);
     l.smem_bytes = smem;
     l.checks = config().checks;
+    l.shake = config().shake;
     l.fibers = &tl_fibers;
     l.bdim = b;
     l.gdim = g;
@@ -331,10 +349,10 @@ extern "C" int hemi_sim_launch(const char* name, const unsigned* grid, const uns
     Launch* prev = tl_launch;
     tl_launch = &l;
     bool ok = true;
-    uint64_t rng = config().shake;
+    uint64_t rng = l.shake;
     unsigned long long nblocks = 1ull * g.x * g.y * g.z;
     std::vector<unsigned long long> blocks;
-    if (config().shake) {
+    if (l.shake) {
         blocks.resize(nblocks);
         for (unsigned long long i = 0; i < nblocks; ++i) blocks[i] = i;
         shuffle(blocks, rng);

@@ -65,6 +65,7 @@ struct Launch {
     void** args = nullptr;
     std::string error;
     bool checks = false;
+    unsigned long long shake = 0;    // schedule shaker seed (0: program order)
     uint32_t block_serial = 0;       // unique per block run on this host thread (never 0)
     uint32_t barrier_epoch = 0;      // completed __syncthreads of the running block
     uint32_t warp_sync[32] = {};     // completed warp collectives, per warp of the block

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs on a GPU host (no Rust needed): the CUDA tests, the GEMM bench briefly, the same
-# GEMMs through torch.matmul, then prints the comparison table last.
+# Runs on a GPU host (no Rust needed): the CUDA tests, compute-sanitizer's memcheck, racecheck,
+# initcheck and synccheck over the GPU test binaries, the GEMM bench briefly, the same GEMMs
+# through torch.matmul, then prints the comparison table last.
 set -uo pipefail
 cd "$(dirname "$0")"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "nvidia-smi not found"
@@ -10,6 +11,24 @@ for t in tests/*; do
     if "./$t" --test-threads=1 2>&1 | tail -n 25; then pass=$((pass + 1)); else fail=$((fail + 1)); fi
 done
 echo "test binaries: $pass passed, $fail failed"
+# The device-side counterparts of the emulator's checkers (README, "Testing"); each tool's
+# summary line goes to sanitizer.txt for the table.
+: > sanitizer.txt
+if command -v compute-sanitizer >/dev/null 2>&1; then
+    for tool in memcheck racecheck initcheck synccheck; do
+        for t in tests/cuda_gemm tests/backend; do
+            [[ -x $t ]] || continue
+            log="sanitizer-$tool-$(basename "$t").txt"
+            timeout 240 compute-sanitizer --tool "$tool" --error-exitcode 99 --print-limit 20 \
+                "./$t" --test-threads=1 >"$log" 2>&1
+            rc=$?
+            summary=$(grep -E "(ERROR|RACECHECK) SUMMARY" "$log" | tail -n 1)
+            echo "compute-sanitizer $tool $(basename "$t"): exit $rc; ${summary:-no summary (see $log)}" | tee -a sanitizer.txt
+        done
+    done
+else
+    echo "compute-sanitizer not found: device-side checks skipped" | tee -a sanitizer.txt
+fi
 echo "== gemm bench (brief)"
 ./benches/gemm --bench gemm_cuda --warm-up-time 0.5 --measurement-time 1 2>&1 | tee gemm.txt | grep -E "gemm_cuda|thrpt|skipping" || true
 echo "== amp kernels bench (brief)"
@@ -17,3 +36,5 @@ echo "== amp kernels bench (brief)"
 echo "== torch.matmul"
 python3 torch_gemm.py | tee torch.txt
 python3 table.py gemm.txt torch.txt
+echo "== compute-sanitizer summary"
+cat sanitizer.txt

@@ -19,6 +19,8 @@ extern "C" {
     ) -> c_int;
     fn hemi_sim_has_kernel(name: *const c_char) -> c_int;
     fn hemi_sim_kernels_anchor() -> c_int;
+    fn hemi_sim_kernels_instrumented() -> c_int;
+    fn hemi_sim_shake_this_thread(set: c_int, seed: u64);
     fn hemi_sim_swap_kernel(from: *const c_char, to: *const c_char) -> c_int;
     fn hemi_sim_track_alloc(ptr: *mut c_void, bytes: usize);
     fn hemi_sim_track_free(ptr: *mut c_void);
@@ -50,6 +52,31 @@ impl SimDriver {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.launch_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Why the emulator's racecheck and initcheck do not run, if they do not: the checkers
+    /// are switched off (`HEMI_SIM_CHECKS=0`), or the kernels were built with AddressSanitizer
+    /// instead of the access instrumentation the checkers need (`HEMI_SIM_ASAN=1`).
+    pub fn checkers_inactive() -> Option<&'static str> {
+        if std::env::var("HEMI_SIM_CHECKS").is_ok_and(|v| v == "0") {
+            return Some("the emulator's checkers are off (HEMI_SIM_CHECKS=0)");
+        }
+        // SAFETY: a plain C function with no preconditions.
+        if unsafe { hemi_sim_kernels_instrumented() } == 0 {
+            return Some(
+                "the kernels were built with AddressSanitizer, without the checkers' access \
+                 instrumentation (HEMI_SIM_ASAN=1)",
+            );
+        }
+        None
+    }
+
+    /// Sets the schedule shaker's seed for the launches this host thread makes from now on:
+    /// `Some(0)` runs blocks and threads in program order, `Some(seed)` in seeded random
+    /// orders, `None` returns to the `HEMI_SIM_SHAKE` environment variable (unset: 0).
+    pub fn shake_this_thread(seed: Option<u64>) {
+        // SAFETY: plain values; the emulator keeps them per host thread.
+        unsafe { hemi_sim_shake_this_thread(c_int::from(seed.is_some()), seed.unwrap_or(0)) }
     }
 
     /// Whether the emulator has a kernel of this name.
