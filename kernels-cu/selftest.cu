@@ -163,3 +163,15 @@ extern "C" __global__ void selftest_last_writer(int* out) {
     out[0] = static_cast<int>(blockIdx.x * blockDim.x + prim::thread_linear());
 }
 HEMI_KERNEL(selftest_last_writer)
+
+/// Odd and even threads wait at two different __syncthreads (a divergent barrier).
+extern "C" __global__ void selftest_divergent_barrier(float* out) {
+    if (threadIdx.x % 2 == 1) {
+        out[threadIdx.x] = 1.0f;
+        prim::sync_threads();
+    } else {
+        out[threadIdx.x] = 2.0f;
+        prim::sync_threads();
+    }
+}
+HEMI_KERNEL(selftest_divergent_barrier)

@@ -1064,6 +1064,30 @@ mod checkers {
         );
     }
 
+    #[test]
+    fn synccheck_rejects_threads_waiting_at_different_barriers() {
+        let d = SimDriver::new();
+        let y = Buf::from(&d, &[0f32; 64]);
+        let mut py = y.ptr;
+        // SAFETY: selftest_divergent_barrier(float*): 64 floats; 64 threads.
+        let r = unsafe {
+            d.launch(
+                "selftest_divergent_barrier",
+                grid(1, 64, 0),
+                &mut kernel_args![py],
+            )
+        };
+        let msg = r.expect_err("divergent barrier").to_string();
+        assert!(
+            msg.contains("synccheck") && msg.contains("different __syncthreads"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("selftest.cu:"),
+            "both call sites are named: {msg}"
+        );
+    }
+
     /// The last writer of one global word, under a shaker seed.
     fn last_writer(d: &SimDriver, seed: u64) -> i32 {
         let y = Buf::from(d, &[-1i32]);

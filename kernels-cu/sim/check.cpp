@@ -137,10 +137,7 @@ std::string describe_pc(const void* pc) {
     return out;
 }
 
-std::string at(const void* pc) {
-    std::string where = describe_pc(pc);
-    return where.empty() ? std::string(" (no source location: built without debug information)") : " at " + where;
-}
+std::string at(const void* pc) { return source_location(pc); }
 
 unsigned me() { return tl_launch->running->ctx.linear; }
 
@@ -317,6 +314,11 @@ void check_aligned_at(const void* p, unsigned bytes, const char* what, const voi
 }
 
 }  // namespace
+
+std::string source_location(const void* pc) {
+    std::string where = describe_pc(pc);
+    return where.empty() ? std::string(" (no source location: built without debug information)") : " at " + where;
+}
 
 void checks_begin_block(Launch* l) {
     if (tl_static.shadow.empty()) locate_static_shared();

@@ -221,16 +221,23 @@ bool run_block(Launch* l, unsigned nthreads, uint64_t& rng) {
         if (done == nthreads) return true;
         if (at_barrier > 0 && at_barrier + done == nthreads) {
             if (done > 0) {
-                l->error = "__syncthreads can never complete: " + std::to_string(done) + " of " +
+                l->error = "synccheck: __syncthreads can never complete: " + std::to_string(done) + " of " +
                            std::to_string(nthreads) + " threads have exited";
                 return false;
             }
+            for (unsigned t = 1; t < nthreads; ++t)
+                if (fs[t].barrier_pc != fs[0].barrier_pc) {
+                    l->error = "synccheck: the block waits at different __syncthreads (divergent barrier): " +
+                               describe_thread(0) + source_location(fs[0].barrier_pc) + ", " + describe_thread(t) +
+                               source_location(fs[t].barrier_pc);
+                    return false;
+                }
             for (unsigned t = 0; t < nthreads; ++t) fs[t].state = State::Runnable;
             ++l->barrier_epoch;
             continue;
         }
         if (!ran && !warps) {
-            l->error = "deadlock: threads wait at a barrier and a warp collective at once";
+            l->error = "synccheck: deadlock: threads wait at a barrier and a warp collective at once";
             return false;
         }
     }
@@ -244,8 +251,9 @@ const dim3& block_dim() { return tl_launch->bdim; }
 const dim3& grid_dim() { return tl_launch->gdim; }
 void* dynamic_smem() { return tl_launch->smem; }
 
-void syncthreads() {
+__attribute__((noinline)) void syncthreads() {
     Fiber* f = tl_launch->running;
+    f->barrier_pc = __builtin_return_address(0);
     f->state = State::AtBarrier;
     switch_to_scheduler(f, false);
 }

@@ -37,6 +37,7 @@ struct Fiber {
     unsigned warp_count = 0;
     uint64_t warp_words[kMaxExchangeWords] = {};
     uint64_t warp_result[32 * kMaxExchangeWords] = {};
+    const void* barrier_pc = nullptr;   // the __syncthreads it waits at (while AtBarrier)
     std::vector<AsyncCopy> async;       // in issue order
     unsigned long long committed = 0;   // cp.async groups committed so far
 };
@@ -81,6 +82,10 @@ extern thread_local Launch* tl_launch;
 std::string describe_thread(unsigned linear);
 
 // ---- checkers (check.cpp) ----
+
+/// " at kernels-cu/matmul.cu:231 (gemm_mma_impl) <- ...", or a note that there is no debug
+/// information.
+std::string source_location(const void* pc);
 
 /// A block is about to start: new generation for the shadow state, dynamic shared memory
 /// poisoned.
