@@ -5,6 +5,7 @@
 use super::alloc::CachingAllocator;
 use super::driver::Driver;
 use super::loss::launch as softmax;
+use super::operand::Span;
 use super::storage::{cuda_buffer, CudaBuffer};
 use hemi_engine::backend::{BackendDevice, ConvOps, CrossEntropySpec, NormOps, PoolOps};
 use hemi_engine::{BackendStorage, CpuStorage, DType, Device, Error, Result, StorageRef};
@@ -105,7 +106,7 @@ impl CudaBackend {
         }
         let bad = self.buffer(DType::I64, 1)?;
         bad.write_bytes(0, &(n as i64).to_le_bytes())?;
-        softmax::validate_targets(self.driver(), t.ptr(), n, c, spec.ignore_index, bad.ptr())?;
+        softmax::validate_targets(&Span::all(t), c, spec.ignore_index, &Span::all(&bad))?;
         let mut b = [0u8; 8];
         bad.read_bytes(0, &mut b)?;
         let row = i64::from_le_bytes(b) as usize;

@@ -22,6 +22,7 @@ pub(crate) mod launch;
 mod loss;
 mod matmul;
 mod memory;
+mod operand;
 mod optim;
 mod reduce;
 pub mod storage;

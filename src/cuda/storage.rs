@@ -37,8 +37,9 @@ impl CudaBuffer {
             version: VersionCounter::default(),
         })
     }
-    /// Device address of element 0.
-    pub fn ptr(&self) -> DevicePtr {
+    /// Device address of element 0 (crate-private: launches take checked operands built from
+    /// the buffer, `cuda::operand`, never a raw address from outside).
+    pub(crate) fn ptr(&self) -> DevicePtr {
         self.ptr
     }
     /// The driver of the buffer's device.

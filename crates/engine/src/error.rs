@@ -110,22 +110,51 @@ pub enum Error {
 /// `Result` with [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Constructors for downstream crates (backends, layers, optimizers built on hemi): each names
+/// the op and says what was wrong, like hemi's own errors.
+///
+/// ```
+/// use hemi_engine::{Device, Error};
+/// let e = Error::shape("my_op", "weight [3, 4] against input [2, 5]");
+/// assert_eq!(e.to_string(), "my_op: shape mismatch: weight [3, 4] against input [2, 5]");
+/// let u = Error::unsupported("my_op", Device::Cpu, "no kernel for complex numbers");
+/// assert!(matches!(u, Error::Unsupported { op: "my_op", .. }));
+/// ```
 impl Error {
-    pub(crate) fn shape(op: &'static str, msg: impl Into<String>) -> Self {
+    /// [`Error::ShapeMismatch`]: the shapes (or layouts) of `op`'s operands do not fit.
+    pub fn shape(op: &'static str, msg: impl Into<String>) -> Self {
         Error::ShapeMismatch {
             op,
             msg: msg.into(),
         }
     }
-    pub(crate) fn dtype(op: &'static str, msg: impl Into<String>) -> Self {
+    /// [`Error::DTypeMismatch`]: `op` cannot take these dtypes.
+    pub fn dtype(op: &'static str, msg: impl Into<String>) -> Self {
         Error::DTypeMismatch {
             op,
             msg: msg.into(),
         }
     }
-    pub(crate) fn invalid(op: &'static str, msg: impl Into<String>) -> Self {
+    /// [`Error::InvalidArgument`]: a non-shape argument of `op` is out of range.
+    pub fn invalid(op: &'static str, msg: impl Into<String>) -> Self {
         Error::InvalidArgument {
             op,
+            msg: msg.into(),
+        }
+    }
+    /// [`Error::Unsupported`]: `device` has no implementation of `op` (a backend test skips
+    /// the device on this error instead of failing).
+    pub fn unsupported(op: &'static str, device: Device, msg: impl Into<String>) -> Self {
+        Error::Unsupported {
+            op,
+            device,
+            msg: msg.into(),
+        }
+    }
+    /// [`Error::Backend`]: the device's driver or runtime failed.
+    pub fn backend(device: Device, msg: impl Into<String>) -> Self {
+        Error::Backend {
+            device,
             msg: msg.into(),
         }
     }

@@ -1,11 +1,12 @@
 //! Typed launches of `kernels-cu/elementwise.cu`: unary and binary ops, by the op codes of the
 //! one table in `kernels-cu/ops.def` (generated into `UNARY_OPS` / `BINARY_OPS` by build.rs).
 
-use crate::cuda::driver::{DevicePtr, Driver, LaunchConfig};
+use crate::cuda::driver::LaunchConfig;
 use crate::cuda::launch::{float_suffix, launch, Strided, MAX_BLOCKS, THREADS};
+use crate::cuda::operand::{expect_dtype, expect_len, same_device, Span, View};
 use crate::kernel_args;
 use hemi_engine::backend::{BinaryOp, UnaryOp};
-use hemi_engine::{DType, Error, Layout, Result};
+use hemi_engine::{Error, Result};
 
 fn cfg(n: usize) -> LaunchConfig {
     LaunchConfig::linear(n, THREADS, MAX_BLOCKS)
@@ -45,38 +46,40 @@ fn unary_code(device: hemi_engine::Device, op: UnaryOp) -> Result<(i32, f32, f32
     Ok((op_code(device, UNARY_OPS, name)?, a, b))
 }
 
-/// The address of a contiguous view's first element when it is 16-byte aligned (the
-/// vectorized kernels' precondition).
-fn aligned_start(dt: DType, x: DevicePtr, l: &Layout) -> Option<DevicePtr> {
-    let start = x + (l.offset() * dt.size_in_bytes()) as u64;
-    (l.is_contiguous() && start % 16 == 0).then_some(start)
+/// Whether the view is contiguous from a 16-byte-aligned first element (the vectorized
+/// kernels' precondition).
+fn vectorizable(x: &View<'_>) -> bool {
+    x.layout().is_contiguous() && x.start() % 16 == 0
 }
 
-/// `y = op(x)` elementwise over the view `xl`, contiguous output of the same dtype. A
-/// contiguous, 16-byte-aligned input takes the vectorized kernel.
-pub fn unary(
-    d: &dyn Driver,
-    op: UnaryOp,
-    dt: DType,
-    x: DevicePtr,
-    xl: &Layout,
-    y: DevicePtr,
-) -> Result<()> {
-    let suffix = float_suffix("unary", d.device(), dt)?;
+/// `y = op(x)` elementwise over the view `x` into contiguous `y` of the same dtype and element
+/// count. A contiguous, 16-byte-aligned input with a 16-byte-aligned output takes the
+/// vectorized kernel.
+pub fn unary(op: UnaryOp, x: &View<'_>, y: &Span<'_>) -> Result<()> {
+    const OP: &str = "unary";
+    expect_dtype(OP, "the output", y.dtype(), x.dtype())?;
+    expect_len(OP, "the output", y.len(), x.elem_count())?;
+    same_device(OP, x.device(), [y.device()])?;
+    let d = x.driver();
+    let suffix = float_suffix(OP, d.device(), x.dtype())?;
     let (code, sa, sb) = unary_code(d.device(), op)?;
-    let n = xl.elem_count();
+    let n = x.elem_count();
+    if n == 0 {
+        return Ok(());
+    }
     let mut count = n as i64;
-    if let Some(start) = aligned_start(dt, x, xl) {
-        let (mut code, mut sa, mut sb, mut x, mut y) = (code, sa, sb, start, y);
-        let mut a = kernel_args![code, sa, sb, x, y, count];
-        // SAFETY: unary_vec_T(int, float, float, const T*, T*, long long); `x` is 16-byte
-        // aligned with n contiguous elements, `y` a fresh (256-byte aligned) buffer of n.
+    if vectorizable(x) && y.ptr() % 16 == 0 {
+        let (mut code, mut sa, mut sb, mut xp, mut yp) = (code, sa, sb, x.start(), y.ptr());
+        let mut a = kernel_args![code, sa, sb, xp, yp, count];
+        // SAFETY: unary_vec_T(int, float, float, const T*, T*, long long); `x` is n contiguous
+        // elements from a 16-byte-aligned start, `y` n elements, 16-byte aligned.
         return unsafe { launch(d, &format!("unary_vec_{suffix}"), cfg(n), &mut a) };
     }
-    let (mut code, mut sa, mut sb, mut x, mut y) = (code, sa, sb, x, y);
-    let mut xs = Strided::new("unary", xl)?;
-    let mut a = kernel_args![code, sa, sb, x, xs, y, count];
-    // SAFETY: unary_T(int, float, float, const T*, Strided, T*, long long).
+    let (mut code, mut sa, mut sb, mut xp, mut yp) = (code, sa, sb, x.base(), y.ptr());
+    let mut xs = Strided::new(OP, x.layout())?;
+    let mut a = kernel_args![code, sa, sb, xp, xs, yp, count];
+    // SAFETY: unary_T(int, float, float, const T*, Strided, T*, long long); `x` is a checked
+    // view, `y` holds its n elements.
     unsafe { launch(d, &format!("unary_{suffix}"), cfg(n), &mut a) }
 }
 
@@ -93,40 +96,45 @@ fn binary_code(device: hemi_engine::Device, op: BinaryOp) -> Result<i32> {
     op_code(device, BINARY_OPS, name)
 }
 
-/// `y = op(x, z)` over two views of one shape (broadcast by stride 0), same dtype.
-#[allow(clippy::too_many_arguments)]
-pub fn binary(
-    d: &dyn Driver,
-    op: BinaryOp,
-    dt: DType,
-    x: DevicePtr,
-    xl: &Layout,
-    z: DevicePtr,
-    zl: &Layout,
-    y: DevicePtr,
-) -> Result<()> {
-    if xl.shape() != zl.shape() {
+/// `y = op(x, z)` over two views of one shape (broadcast by stride 0) into contiguous `y`,
+/// all of one dtype. `y` may be `x` or `z` itself when that is contiguous: each element is read
+/// before it is written.
+pub fn binary(op: BinaryOp, x: &View<'_>, z: &View<'_>, y: &Span<'_>) -> Result<()> {
+    const OP: &str = "binary";
+    if x.layout().shape() != z.layout().shape() {
         return Err(Error::ShapeMismatch {
-            op: "binary",
-            msg: format!("{op:?} of {:?} and {:?}", xl.shape(), zl.shape()),
+            op: OP,
+            msg: format!(
+                "{op:?} of {:?} and {:?}",
+                x.layout().shape(),
+                z.layout().shape()
+            ),
         });
     }
-    let suffix = float_suffix("binary", d.device(), dt)?;
-    if let (Some(xs), Some(zs)) = (aligned_start(dt, x, xl), aligned_start(dt, z, zl)) {
-        let n = xl.elem_count();
-        let (mut code, mut x, mut z, mut y, mut count) =
-            (binary_code(d.device(), op)?, xs, zs, y, n as i64);
-        let mut a = kernel_args![code, x, z, y, count];
-        // SAFETY: binary_vec_T(int, const T*, const T*, T*, long long); both inputs are
-        // contiguous (no broadcast), 16-byte aligned, with n elements.
+    expect_dtype(OP, "the second input", z.dtype(), x.dtype())?;
+    expect_dtype(OP, "the output", y.dtype(), x.dtype())?;
+    expect_len(OP, "the output", y.len(), x.elem_count())?;
+    same_device(OP, x.device(), [z.device(), y.device()])?;
+    let d = x.driver();
+    let suffix = float_suffix(OP, d.device(), x.dtype())?;
+    let n = x.elem_count();
+    if n == 0 {
+        return Ok(());
+    }
+    let code = binary_code(d.device(), op)?;
+    if vectorizable(x) && vectorizable(z) && y.ptr() % 16 == 0 {
+        let (mut code, mut xp, mut zp, mut yp, mut count) =
+            (code, x.start(), z.start(), y.ptr(), n as i64);
+        let mut a = kernel_args![code, xp, zp, yp, count];
+        // SAFETY: binary_vec_T(int, const T*, const T*, T*, long long); both inputs are n
+        // contiguous elements (no broadcast) from 16-byte-aligned starts, `y` n elements.
         return unsafe { launch(d, &format!("binary_vec_{suffix}"), cfg(n), &mut a) };
     }
-    let name = format!("binary_{suffix}");
-    let (mut code, mut x, mut z, mut y) = (binary_code(d.device(), op)?, x, z, y);
-    let (mut xs, mut zs) = (Strided::new("binary", xl)?, Strided::new("binary", zl)?);
-    let n = xl.elem_count();
+    let (mut code, mut xp, mut zp, mut yp) = (code, x.base(), z.base(), y.ptr());
+    let (mut xs, mut zs) = (Strided::new(OP, x.layout())?, Strided::new(OP, z.layout())?);
     let mut count = n as i64;
-    let mut a = kernel_args![code, x, xs, z, zs, y, count];
-    // SAFETY: binary_T(int, const T*, Strided, const T*, Strided, T*, long long).
-    unsafe { launch(d, &name, cfg(n), &mut a) }
+    let mut a = kernel_args![code, xp, xs, zp, zs, yp, count];
+    // SAFETY: binary_T(int, const T*, Strided, const T*, Strided, T*, long long); checked
+    // views of n elements each, `y` holds n.
+    unsafe { launch(d, &format!("binary_{suffix}"), cfg(n), &mut a) }
 }

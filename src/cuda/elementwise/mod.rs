@@ -4,6 +4,7 @@ mod launch;
 
 use super::backend::CudaBackend;
 use super::memory::launch::copy_view;
+use super::operand::{Span, View};
 use hemi_engine::backend::*;
 use hemi_engine::{BackendStorage, Error, Layout, Result, StorageRef};
 use std::sync::Arc;
@@ -25,28 +26,23 @@ impl ElementwiseOps for CudaBackend {
         let stride = out_layout.strides()[dim];
         let mut start = 0;
         for (s, l) in inputs {
-            check_bounds("cat", s, l)?;
-            let src = self.get("cat", s)?;
+            let src = View::new("cat", self.get("cat", s)?, l)?;
             let slice = Layout::new(
                 l.shape().clone(),
                 out_layout.strides().to_vec(),
                 start * stride,
             );
-            if l.elem_count() > 0 {
-                copy_view(self.driver(), dtype, src.ptr(), l, buf.ptr(), &slice)?;
-            }
+            copy_view(&src, &View::new("cat", &buf, &slice)?)?;
             start += l.dims()[dim];
         }
         Ok(Arc::new(buf))
     }
 
     fn unary(&self, op: UnaryOp, s: &StorageRef, layout: &Layout) -> Result<StorageRef> {
-        check_bounds("unary", s, layout)?;
         let src = self.get("unary", s)?;
+        let x = View::new("unary", src, layout)?;
         let buf = self.buffer(src.dtype(), layout.elem_count())?;
-        if layout.elem_count() > 0 {
-            launch::unary(self.driver(), op, src.dtype(), src.ptr(), layout, buf.ptr())?;
-        }
+        launch::unary(op, &x, &Span::all(&buf))?;
         Ok(Arc::new(buf))
     }
 
@@ -58,9 +54,11 @@ impl ElementwiseOps for CudaBackend {
         rhs: &StorageRef,
         rhs_layout: &Layout,
     ) -> Result<StorageRef> {
-        check_bounds("binary", lhs, lhs_layout)?;
-        check_bounds("binary", rhs, rhs_layout)?;
         let (a, b) = (self.get("binary", lhs)?, self.get("binary", rhs)?);
+        let (x, z) = (
+            View::new("binary", a, lhs_layout)?,
+            View::new("binary", b, rhs_layout)?,
+        );
         if a.dtype() != b.dtype() {
             return Err(Error::DTypeMismatch {
                 op: "binary",
@@ -68,19 +66,7 @@ impl ElementwiseOps for CudaBackend {
             });
         }
         let buf = self.buffer(a.dtype(), lhs_layout.elem_count())?;
-        if lhs_layout.elem_count() > 0 {
-            let d = self.driver();
-            launch::binary(
-                d,
-                op,
-                a.dtype(),
-                a.ptr(),
-                lhs_layout,
-                b.ptr(),
-                rhs_layout,
-                buf.ptr(),
-            )?;
-        }
+        launch::binary(op, &x, &z, &Span::all(&buf))?;
         Ok(Arc::new(buf))
     }
 
@@ -100,20 +86,9 @@ impl ElementwiseOps for CudaBackend {
             cast = self.cast(src, &l, d.dtype())?;
             self.get(OP, &cast)?
         };
-        if d.len() == 0 {
-            return Ok(());
-        }
         // The binary kernel reads element i of both inputs before writing element i, so the
         // output may be the first input.
-        launch::binary(
-            self.driver(),
-            BinaryOp::Add,
-            d.dtype(),
-            d.ptr(),
-            &l,
-            s.ptr(),
-            &l,
-            d.ptr(),
-        )
+        let (dv, sv) = (Span::all(d), Span::all(s));
+        launch::binary(BinaryOp::Add, &dv.view(), &sv.view(), &dv)
     }
 }

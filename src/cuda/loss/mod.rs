@@ -3,6 +3,7 @@
 pub(crate) mod launch;
 
 use super::backend::CudaBackend;
+use super::operand::Span;
 use hemi_engine::backend::*;
 use hemi_engine::{BackendStorage, DType, Layout, Result, StorageRef};
 use launch as softmax;
@@ -18,9 +19,7 @@ impl LossOps for CudaBackend {
         let src = self.get("softmax", x)?;
         self.expect_len("softmax", src, dims.0 * dims.1 * dims.2)?;
         let buf = self.buffer(src.dtype(), src.len())?;
-        if src.len() > 0 {
-            softmax::softmax(self.driver(), src.dtype(), src.ptr(), buf.ptr(), dims, log)?;
-        }
+        softmax::softmax(&Span::all(src), &Span::all(&buf), dims, log)?;
         Ok(Arc::new(buf))
     }
 
@@ -38,17 +37,7 @@ impl LossOps for CudaBackend {
         self.expect_len("softmax_backward", ys, dims.0 * dims.1 * dims.2)?;
         self.expect_len("softmax_backward", gs, ys.len())?;
         let buf = self.buffer(gs.dtype(), gs.len())?;
-        if gs.len() > 0 {
-            softmax::softmax_backward(
-                self.driver(),
-                gs.dtype(),
-                ys.ptr(),
-                gs.ptr(),
-                buf.ptr(),
-                dims,
-                log,
-            )?;
-        }
+        softmax::softmax_backward(&Span::all(ys), &Span::all(gs), &Span::all(&buf), dims, log)?;
         Ok(Arc::new(buf))
     }
 
@@ -63,36 +52,24 @@ impl LossOps for CudaBackend {
         let (x, t) = self.ce_inputs(OP, logits, targets, n_c, spec)?;
         let (n, c) = n_c;
         let losses = self.buffer(DType::F32, n)?;
-        if n > 0 {
-            let eps = spec.label_smoothing as f32;
-            softmax::cross_entropy(
-                self.driver(),
-                x.dtype(),
-                x.ptr(),
-                t.ptr(),
-                losses.ptr(),
-                n,
-                c,
-                spec.ignore_index,
-                eps,
-            )?;
-        }
+        let (xs, ts) = (Span::all(x), Span::all(t));
+        let eps = spec.label_smoothing as f32;
+        softmax::cross_entropy(
+            &xs,
+            &ts,
+            &Span::all(&losses),
+            (n, c),
+            spec.ignore_index,
+            eps,
+        )?;
         let losses: StorageRef = Arc::new(losses);
         let out: StorageRef = match spec.reduction {
             Reduction::None => losses,
             r => {
                 let out = self.buffer(DType::F32, 1)?;
                 let code = if r == Reduction::Mean { 1 } else { 2 };
-                let lp = self.get(OP, &losses)?.ptr();
-                softmax::ce_reduce(
-                    self.driver(),
-                    lp,
-                    t.ptr(),
-                    n,
-                    spec.ignore_index,
-                    code,
-                    out.ptr(),
-                )?;
+                let ls = Span::all(self.get(OP, &losses)?);
+                softmax::ce_reduce(&ls, &ts, spec.ignore_index, code, &Span::all(&out))?;
                 Arc::new(out)
             }
         };
@@ -125,31 +102,19 @@ impl LossOps for CudaBackend {
             Reduction::Sum => 2,
         };
         let dx = self.buffer(x.dtype(), n * c)?;
-        if n > 0 {
-            let d = self.driver();
-            softmax::ce_weights(
-                d,
-                self.get(OP, &g)?.ptr(),
-                t.ptr(),
-                n,
-                spec.ignore_index,
-                code,
-                w.ptr(),
-            )?;
-            let eps = spec.label_smoothing as f32;
-            softmax::cross_entropy_backward(
-                d,
-                x.dtype(),
-                x.ptr(),
-                t.ptr(),
-                w.ptr(),
-                dx.ptr(),
-                n,
-                c,
-                spec.ignore_index,
-                eps,
-            )?;
-        }
+        let (ts, ws) = (Span::all(t), Span::new(OP, &w, 0, n)?);
+        let gs = Span::all(self.get(OP, &g)?);
+        softmax::ce_weights(&gs, &ts, spec.ignore_index, code, &ws)?;
+        let eps = spec.label_smoothing as f32;
+        softmax::cross_entropy_backward(
+            &Span::all(x),
+            &ts,
+            &ws,
+            &Span::all(&dx),
+            (n, c),
+            spec.ignore_index,
+            eps,
+        )?;
         Ok(Arc::new(dx))
     }
 }

@@ -1,9 +1,117 @@
-//! Typed launches of `kernels-cu/matmul.cu`: one `GemmArgs` by value per launch.
+//! Typed launches of `kernels-cu/matmul.cu`: one `GemmArgs` by value per launch, built here
+//! from checked operands ([`GemmOperands`]) whose shapes, dtypes and devices are checked
+//! against the problem size first.
 
-use crate::cuda::driver::{DevicePtr, Driver, LaunchConfig};
-use crate::cuda::launch::launch;
+use crate::cuda::driver::{DevicePtr, LaunchConfig};
+use crate::cuda::launch::{dtype_code, launch};
+use crate::cuda::operand::{expect_dtype, expect_len, same_device, Span, View};
 use crate::kernel_args;
+use hemi_engine::backend::MatmulSpec;
 use hemi_engine::{DType, Error, Result};
+
+/// The operands of one batched GEMM `out = alpha·a·b + beta·c + bias`.
+#[derive(Debug)]
+pub struct GemmOperands<'a> {
+    /// `[batch, m, k]` (stride 0 broadcasts over the batch).
+    pub a: View<'a>,
+    /// `[batch, k, n]`, the dtype of `a`.
+    pub b: View<'a>,
+    /// `[batch, m, n]` in the output dtype, read when `beta != 0`.
+    pub c: Option<View<'a>>,
+    /// F32 `[n]`.
+    pub bias: Option<Span<'a>>,
+    /// Contiguous `batch·m·n` of the output dtype (F32, F16 or BF16).
+    pub out: Span<'a>,
+}
+
+/// Scalars of the epilogue.
+#[derive(Debug, Clone, Copy)]
+pub struct GemmScalars {
+    /// Scale of the product.
+    pub alpha: f32,
+    /// Scale of `c` (ignored without `c`).
+    pub beta: f32,
+}
+
+impl GemmOperands<'_> {
+    /// Checks every operand against `spec` and builds the kernel's argument record.
+    pub fn args(&self, spec: &MatmulSpec, s: GemmScalars) -> Result<GemmArgs> {
+        const OP: &str = "gemm";
+        let MatmulSpec { batch, m, n, k } = *spec;
+        let dims = |v: &View<'_>, what: &str, want: [usize; 3]| -> Result<()> {
+            if v.layout().dims() != want {
+                return Err(Error::shape(
+                    OP,
+                    format!(
+                        "{what} is {:?}, the product needs {want:?}",
+                        v.layout().dims()
+                    ),
+                ));
+            }
+            Ok(())
+        };
+        dims(&self.a, "lhs", [batch, m, k])?;
+        dims(&self.b, "rhs", [batch, k, n])?;
+        expect_dtype(OP, "rhs", self.b.dtype(), self.a.dtype())?;
+        let out_dtype = self.out.dtype();
+        let total = batch
+            .checked_mul(m)
+            .and_then(|v| v.checked_mul(n))
+            .ok_or_else(|| Error::shape(OP, format!("[{batch}, {m}, {n}] overflows")))?;
+        expect_len(OP, "the output", self.out.len(), total)?;
+        let device = self.a.device();
+        let mut devices = vec![self.b.device(), self.out.device()];
+        let c_in = match &self.c {
+            Some(c) if s.beta != 0.0 => {
+                dims(c, "c", [batch, m, n])?;
+                expect_dtype(OP, "c", c.dtype(), out_dtype)?;
+                devices.push(c.device());
+                operand(c)
+            }
+            _ => Operand::default(),
+        };
+        let bias = match &self.bias {
+            Some(b) => {
+                expect_len(OP, "the bias", b.len(), n)?;
+                expect_dtype(OP, "the bias", b.dtype(), DType::F32)?;
+                devices.push(b.device());
+                b.ptr()
+            }
+            None => 0,
+        };
+        same_device(OP, device, devices)?;
+        Ok(GemmArgs {
+            m: m as i64,
+            n: n as i64,
+            k: k as i64,
+            alpha: s.alpha,
+            beta: if c_in.ptr == 0 { 0.0 } else { s.beta },
+            a: operand(&self.a),
+            b: operand(&self.b),
+            c_in,
+            bias,
+            out: Operand {
+                ptr: self.out.ptr(),
+                batch_stride: (m * n) as i64,
+                row_stride: n as i64,
+                col_stride: 1,
+            },
+            out_dtype: dtype_code(OP, device, out_dtype)?,
+            pad: 0,
+        })
+    }
+}
+
+/// The operand record of a checked `[batch, rows, cols]` view.
+fn operand(v: &View<'_>) -> Operand {
+    let st = v.layout().strides();
+    Operand {
+        ptr: v.start(),
+        batch_stride: st[0] as i64,
+        row_stride: st[1] as i64,
+        col_stride: st[2] as i64,
+    }
+}
 
 /// A batched operand: address and element strides (batch, row, col) — `struct Operand`.
 #[repr(C)]
@@ -84,14 +192,19 @@ pub fn mma_layout(args: &GemmArgs, elem_bytes: u64) -> Option<(i32, i32)> {
     Some((a_flag, b_flag))
 }
 
-/// Launches `kernel` over `batch` products with input dtype `input`.
+/// Launches `kernel` on the checked operands.
 pub fn gemm(
-    d: &dyn Driver,
     kernel: GemmKernel,
-    input: DType,
-    batch: usize,
-    args: GemmArgs,
+    ops: &GemmOperands<'_>,
+    spec: &MatmulSpec,
+    scalars: GemmScalars,
 ) -> Result<()> {
+    let args = ops.args(spec, scalars)?;
+    let (input, batch) = (ops.a.dtype(), spec.batch);
+    if batch * spec.m * spec.n == 0 {
+        return Ok(());
+    }
+    let d = ops.a.driver();
     if kernel == GemmKernel::MmaPipeline {
         return gemm_mma(d, input, batch, args);
     }
@@ -120,13 +233,18 @@ pub fn gemm(
     };
     let mut g = args;
     let mut a = kernel_args![g];
-    // SAFETY: every GEMM kernel takes one `GemmArgs` by value; the caller bounds-checked the
-    // operands for m, n, k and batch.
+    // SAFETY: every GEMM kernel takes one `GemmArgs` by value; `GemmOperands::args` checked
+    // every operand view (inside its buffer) against m, n, k and batch.
     unsafe { launch(d, name, cfg, &mut a) }
 }
 
 /// Kernel (ii): grouped 1-D grid over 128x128 tiles, 128 threads, 48 KiB of dynamic smem.
-fn gemm_mma(d: &dyn Driver, input: DType, batch: usize, args: GemmArgs) -> Result<()> {
+fn gemm_mma(
+    d: &dyn crate::cuda::driver::Driver,
+    input: DType,
+    batch: usize,
+    args: GemmArgs,
+) -> Result<()> {
     let name = match input {
         DType::F16 => "gemm_mma_f16",
         DType::BF16 => "gemm_mma_bf16",
@@ -165,6 +283,6 @@ fn gemm_mma(d: &dyn Driver, input: DType, batch: usize, args: GemmArgs) -> Resul
     let (mut g, mut fa, mut fb) = (args, a_kcontig, b_kcontig);
     let mut a = kernel_args![g, fa, fb];
     // SAFETY: gemm_mma_T(GemmArgs, int, int); `mma_layout` checked the layout preconditions and
-    // the caller bounds-checked the operands.
+    // `GemmOperands::args` the operands.
     unsafe { launch(d, name, cfg, &mut a) }
 }

@@ -9,24 +9,13 @@
 mod launch;
 
 use super::backend::CudaBackend;
-use super::launch::dtype_code;
-use super::storage::CudaBuffer;
+use super::operand::{Span, View};
 use hemi_engine::backend::{
     check_gemm, check_matmul, BackendDevice, GemmAlgo, GemmEpilogue, MatmulOps, MatmulSpec,
 };
 use hemi_engine::{BackendStorage, DType, Error, Layout, Result, StorageRef};
-use launch::{GemmArgs, GemmKernel, Operand};
+use launch::{GemmArgs, GemmKernel, GemmOperands, GemmScalars};
 use std::sync::Arc;
-
-/// The operand record of a checked `[batch, rows, cols]` view of `buf`.
-fn operand(buf: &CudaBuffer, l: &Layout) -> Operand {
-    Operand {
-        ptr: buf.ptr() + (l.offset() * buf.dtype().size_in_bytes()) as u64,
-        batch_stride: l.strides()[0] as i64,
-        row_stride: l.strides()[1] as i64,
-        col_stride: l.strides()[2] as i64,
-    }
-}
 
 impl CudaBackend {
     /// The kernel for `algo` on inputs of `dt` (`Auto`: SIMT for F32, the `mma.sync` pipeline
@@ -80,39 +69,27 @@ impl MatmulOps for CudaBackend {
             let msg = format!("lhs is {} but rhs is {}", a.dtype(), b.dtype());
             return Err(Error::DTypeMismatch { op: OP, msg });
         }
-        let MatmulSpec { batch, m, n, k } = *spec;
+        let MatmulSpec { batch, m, n, .. } = *spec;
         let out = self.buffer(ep.out_dtype, batch * m * n)?;
-        let c_in = match &ep.c {
-            Some((c, cl)) if ep.beta != 0.0 => operand(self.get(OP, c)?, cl),
-            _ => Operand::default(),
-        };
-        let bias = match &ep.bias {
-            Some(b) => self.get(OP, b)?.ptr(),
-            None => 0,
-        };
-        let args = GemmArgs {
-            m: m as i64,
-            n: n as i64,
-            k: k as i64,
-            alpha: ep.alpha,
-            beta: if c_in.ptr == 0 { 0.0 } else { ep.beta },
-            a: operand(a, lhs_layout),
-            b: operand(b, rhs_layout),
-            c_in,
-            bias,
-            out: Operand {
-                ptr: out.ptr(),
-                batch_stride: (m * n) as i64,
-                row_stride: n as i64,
-                col_stride: 1,
+        let ops = GemmOperands {
+            a: View::new(OP, a, lhs_layout)?,
+            b: View::new(OP, b, rhs_layout)?,
+            c: match &ep.c {
+                Some((c, cl)) => Some(View::new(OP, self.get(OP, c)?, cl)?),
+                None => None,
             },
-            out_dtype: dtype_code(OP, self.device(), ep.out_dtype)?,
-            pad: 0,
+            bias: match &ep.bias {
+                Some(b) => Some(Span::all(self.get(OP, b)?)),
+                None => None,
+            },
+            out: Span::all(&out),
         };
-        let kernel = self.gemm_kernel(ep.algo, a.dtype(), &args)?;
-        if batch * m * n > 0 {
-            launch::gemm(self.driver(), kernel, a.dtype(), batch, args)?;
-        }
+        let scalars = GemmScalars {
+            alpha: ep.alpha,
+            beta: ep.beta,
+        };
+        let kernel = self.gemm_kernel(ep.algo, a.dtype(), &ops.args(spec, scalars)?)?;
+        launch::gemm(kernel, &ops, spec, scalars)?;
         Ok(Arc::new(out))
     }
 }

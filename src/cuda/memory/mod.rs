@@ -3,6 +3,7 @@
 pub(crate) mod launch;
 
 use super::backend::{value_bits, CudaBackend};
+use super::operand::{Span, View};
 use hemi_engine::backend::*;
 use hemi_engine::{BackendStorage, CpuStorage, DType, Layout, Result, StorageRef};
 use std::sync::Arc;
@@ -29,39 +30,26 @@ impl MemoryOps for CudaBackend {
 
     fn full(&self, dtype: DType, n: usize, value: f64) -> Result<StorageRef> {
         let buf = self.buffer(dtype, n)?;
-        if n > 0 {
-            launch::fill(self.driver(), dtype, buf.ptr(), n, value_bits(dtype, value))?;
-        }
+        launch::fill(&Span::all(&buf), value_bits(dtype, value))?;
         Ok(Arc::new(buf))
     }
 
     fn copy_strided(&self, s: &StorageRef, layout: &Layout) -> Result<StorageRef> {
-        check_bounds("contiguous", s, layout)?;
         let src = self.get("contiguous", s)?;
+        let x = View::new("contiguous", src, layout)?;
         let buf = self.buffer(src.dtype(), layout.elem_count())?;
-        if layout.elem_count() > 0 {
-            launch::copy_strided(self.driver(), src.dtype(), src.ptr(), layout, buf.ptr())?;
-        }
+        launch::copy_strided(&x, &Span::all(&buf))?;
         Ok(Arc::new(buf))
     }
 
     fn cast(&self, s: &StorageRef, layout: &Layout, dtype: DType) -> Result<StorageRef> {
-        check_bounds("to_dtype", s, layout)?;
         let src = self.get("to_dtype", s)?;
         if src.dtype() == dtype {
             return self.copy_strided(s, layout);
         }
+        let x = View::new("to_dtype", src, layout)?;
         let buf = self.buffer(dtype, layout.elem_count())?;
-        if layout.elem_count() > 0 {
-            launch::cast(
-                self.driver(),
-                src.dtype(),
-                src.ptr(),
-                layout,
-                dtype,
-                buf.ptr(),
-            )?;
-        }
+        launch::cast(&x, &Span::all(&buf))?;
         Ok(Arc::new(buf))
     }
 
@@ -76,10 +64,7 @@ impl MemoryOps for CudaBackend {
         check_copy_into(dst, dst_offset, src, src_layout)?;
         let d = self.get(OP, dst)?;
         let n = src_layout.elem_count();
-        if n == 0 {
-            return Ok(());
-        }
-        let y = d.ptr() + (dst_offset * d.dtype().size_in_bytes()) as u64;
+        let y = Span::new(OP, d, dst_offset, n)?;
         // A source in the destination's own buffer may overlap it: copy through a temporary.
         let staged;
         let (s, l) = if Arc::ptr_eq(dst, src) {
@@ -91,10 +76,11 @@ impl MemoryOps for CudaBackend {
         } else {
             (self.get(OP, src)?, src_layout.clone())
         };
+        let x = View::new(OP, s, &l)?;
         if s.dtype() == d.dtype() {
-            launch::copy_strided(self.driver(), d.dtype(), s.ptr(), &l, y)
+            launch::copy_strided(&x, &y)
         } else {
-            launch::cast(self.driver(), s.dtype(), s.ptr(), &l, d.dtype(), y)
+            launch::cast(&x, &y)
         }
     }
 }

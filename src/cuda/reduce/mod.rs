@@ -3,6 +3,7 @@
 mod launch;
 
 use super::backend::CudaBackend;
+use super::operand::{Span, View};
 use hemi_engine::backend::*;
 use hemi_engine::{BackendStorage, Layout, Result, StorageRef};
 use launch as reduce;
@@ -23,19 +24,9 @@ impl ReduceOps for CudaBackend {
         let perm: Vec<usize> = kept.iter().chain(dims.iter()).copied().collect();
         let chunk: usize = dims.iter().map(|&d| layout.dims()[d]).product();
         let outer: usize = kept.iter().map(|&d| layout.dims()[d]).product();
+        let x = View::new("reduce", src, layout)?.permute(&perm);
         let buf = self.buffer(src.dtype(), outer)?;
-        if outer > 0 {
-            let view = layout.permute(&perm);
-            reduce::reduce(
-                self.driver(),
-                op,
-                src.dtype(),
-                src.ptr(),
-                &view,
-                buf.ptr(),
-                (outer, chunk),
-            )?;
-        }
+        reduce::reduce(op, &x, &Span::all(&buf), (outer, chunk))?;
         Ok(Arc::new(buf))
     }
 }

@@ -89,6 +89,14 @@ pub(crate) fn unsupported(device: Device, op: &'static str) -> Error {
 /// `s` holds every element it addresses. Every backend method that takes a layout calls it
 /// first, so no layout a caller builds can make a kernel read or write outside its buffer.
 pub fn check_bounds(op: &'static str, s: &StorageRef, layout: &Layout) -> Result<()> {
+    check_layout(op, layout, s.len())
+}
+
+/// Errors (naming `op`) unless every element of `layout` lies among `len` elements: as many
+/// strides as dims, no overflow, the last reachable element below `len`. What
+/// [`check_bounds`] checks against a storage; device backends check their typed launch
+/// operands with it.
+pub fn check_layout(op: &'static str, layout: &Layout, len: usize) -> Result<()> {
     let (dims, strides) = (layout.dims(), layout.strides());
     if strides.len() != dims.len() {
         return Err(Error::shape(
@@ -115,14 +123,13 @@ pub fn check_bounds(op: &'static str, s: &StorageRef, layout: &Layout) -> Result
             (d - 1).checked_mul(st).and_then(|x| a.checked_add(x))
         })
         .ok_or_else(overflow)?;
-    if last >= s.len() {
+    if last >= len {
         return Err(Error::shape(
             op,
             format!(
-                "layout {:?} (offset {}) addresses element {last} of a {}-element buffer",
+                "layout {:?} (offset {}) addresses element {last} of a {len}-element buffer",
                 layout.shape(),
                 layout.offset(),
-                s.len()
             ),
         ));
     }
