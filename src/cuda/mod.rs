@@ -16,6 +16,7 @@
 pub mod alloc;
 mod amp;
 pub mod backend;
+mod conv;
 pub mod driver;
 mod elementwise;
 pub(crate) mod launch;

@@ -34,6 +34,7 @@ macro_rules! backend_test {
 }
 
 mod amp;
+mod conv;
 mod elementwise;
 mod loss;
 mod matmul;
