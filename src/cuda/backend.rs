@@ -7,7 +7,7 @@ use super::driver::Driver;
 use super::loss::launch as softmax;
 use super::operand::Span;
 use super::storage::{cuda_buffer, CudaBuffer};
-use hemi_engine::backend::{BackendDevice, CrossEntropySpec, NormOps, PoolOps};
+use hemi_engine::backend::{BackendDevice, CrossEntropySpec};
 use hemi_engine::{BackendStorage, CpuStorage, DType, Device, Error, Result, StorageRef};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -137,7 +137,3 @@ impl BackendDevice for CudaBackend {
         self.alloc.driver().device()
     }
 }
-
-// No CUDA kernels yet: the defaults say `Unsupported`, naming the op.
-impl NormOps for CudaBackend {}
-impl PoolOps for CudaBackend {}

@@ -23,8 +23,10 @@ pub(crate) mod launch;
 mod loss;
 mod matmul;
 mod memory;
+mod norm;
 mod operand;
 mod optim;
+mod pool;
 mod reduce;
 pub mod storage;
 

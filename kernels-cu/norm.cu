@@ -1,0 +1,122 @@
+// The norm family: training-mode batch normalization over contiguous [N, C, S] (S = H·W),
+// forward and backward. One block per channel computes the channel's statistics with
+// compensated per-thread sums and a block tree (sum.cuh) — the mean first, then the variance
+// about it (two passes: no E[x²] − E[x]² cancellation); then a grid-stride kernel applies the
+// per-channel affine map. x / y / dy / dx are f32, f16 or bf16 (T); weight, bias and the
+// statistics have their own dtype code (f32, f16 or bf16), normally f32.
+// Bounds (u = 2⁻²⁴, M = N·S): mean within 12u·mean|x|, variance within
+// (12u + 2·12u)·mean(x − μ)² + rounding of μ; y rounded once into T.
+#include "dtype.cuh"
+#include "sum.cuh"
+
+constexpr int NORM_THREADS = 256;
+
+/// Per-channel statistics: mean, biased variance, invstd (dtype `sdt`) and, in `affine`
+/// (f32 [2C]), scale = w·invstd and shift = b − mean·scale. One block per channel.
+template <typename T>
+__device__ void bn_stats(const T* x, unsigned long long w, unsigned long long b, int sdt, long long n, long long c,
+                         long long s, float eps, unsigned long long mean, unsigned long long var,
+                         unsigned long long invstd, float* affine) {
+    __shared__ float scratch[32];
+    long long ch = blockIdx.x, m = n * s;
+    CompensatedSum acc;
+    for (long long j = threadIdx.x; j < m; j += blockDim.x) acc.add(to_f32(x[(j / s * c + ch) * s + j % s]));
+    float mu = block_sum(acc.sum, scratch) / (float)m;
+    CompensatedSum sq;
+    for (long long j = threadIdx.x; j < m; j += blockDim.x) {
+        float d = to_f32(x[(j / s * c + ch) * s + j % s]) - mu;
+        sq.add(d * d);
+    }
+    float v = block_sum(sq.sum, scratch) / (float)m;
+    if (threadIdx.x == 0) {
+        float is = 1.0f / sqrtf(v + eps);
+        store_coded(mean, sdt, ch, mu);
+        store_coded(var, sdt, ch, v);
+        store_coded(invstd, sdt, ch, is);
+        float scale = load_coded(w, sdt, ch) * is;
+        affine[ch] = scale;
+        affine[c + ch] = load_coded(b, sdt, ch) - mu * scale;
+    }
+}
+
+/// y = x·scale[ch] + shift[ch] over [N, C, S].
+template <typename T>
+__device__ void bn_apply(const T* x, const float* affine, T* y, long long c, long long s, long long total) {
+    for (long long i = grid_start(); i < total; i += grid_step()) {
+        long long ch = i / s % c;
+        y[i] = from_f32<T>(to_f32(x[i]) * affine[ch] + affine[c + ch]);
+    }
+}
+
+/// Per-channel Σdy and Σdy·x̂ (x̂ = (x − mean)·invstd) into dbias, dweight (dtype `sdt`) and
+/// `sums` (f32 [2C]: Σdy, Σdy·x̂). One block per channel.
+template <typename T>
+__device__ void bn_backward_sums(const T* dy, const T* x, unsigned long long mean, unsigned long long invstd, int sdt,
+                                 long long n, long long c, long long s, unsigned long long dweight,
+                                 unsigned long long dbias, float* sums) {
+    __shared__ float scratch[32];
+    long long ch = blockIdx.x, m = n * s;
+    float mu = load_coded(mean, sdt, ch), is = load_coded(invstd, sdt, ch);
+    CompensatedSum sd, sdx;
+    for (long long j = threadIdx.x; j < m; j += blockDim.x) {
+        long long i = (j / s * c + ch) * s + j % s;
+        float g = to_f32(dy[i]);
+        sd.add(g);
+        sdx.add(g * (to_f32(x[i]) - mu) * is);
+    }
+    float a = block_sum(sd.sum, scratch);
+    float bsum = block_sum(sdx.sum, scratch);
+    if (threadIdx.x == 0) {
+        sums[ch] = a;
+        sums[c + ch] = bsum;
+        store_coded(dbias, sdt, ch, a);
+        store_coded(dweight, sdt, ch, bsum);
+    }
+}
+
+/// dx = w·invstd/M · (M·dy − Σdy − x̂·Σdy·x̂).
+template <typename T>
+__device__ void bn_backward_dx(const T* dy, const T* x, unsigned long long w, unsigned long long mean,
+                               unsigned long long invstd, int sdt, const float* sums, T* dx, long long n, long long c,
+                               long long s) {
+    long long total = n * c * s;
+    float m = (float)(n * s);
+    for (long long i = grid_start(); i < total; i += grid_step()) {
+        long long ch = i / s % c;
+        float is = load_coded(invstd, sdt, ch), xhat = (to_f32(x[i]) - load_coded(mean, sdt, ch)) * is;
+        float k = load_coded(w, sdt, ch) * is / m;
+        dx[i] = from_f32<T>(k * (m * to_f32(dy[i]) - sums[ch] - xhat * sums[c + ch]));
+    }
+}
+
+#define HEMI_NORM(SUFFIX, T)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(NORM_THREADS)                                                 \
+        bn_stats_##SUFFIX(const T* x, unsigned long long w, unsigned long long b, int sdt, long long n,         \
+                          long long c, long long s, float eps, unsigned long long mean, unsigned long long var,  \
+                          unsigned long long invstd, float* affine) {                                          \
+        bn_stats<T>(x, w, b, sdt, n, c, s, eps, mean, var, invstd, affine);                                    \
+    }                                                                                                          \
+    HEMI_KERNEL(bn_stats_##SUFFIX)                                                                             \
+    extern "C" __global__ void bn_apply_##SUFFIX(const T* x, const float* affine, T* y, long long c, long long s, \
+                                                 long long total) {                                            \
+        bn_apply<T>(x, affine, y, c, s, total);                                                                \
+    }                                                                                                          \
+    HEMI_KERNEL(bn_apply_##SUFFIX)                                                                             \
+    extern "C" __global__ void __launch_bounds__(NORM_THREADS)                                                 \
+        bn_backward_sums_##SUFFIX(const T* dy, const T* x, unsigned long long mean, unsigned long long invstd,  \
+                                  int sdt, long long n, long long c, long long s, unsigned long long dweight,  \
+                                  unsigned long long dbias, float* sums) {                                     \
+        bn_backward_sums<T>(dy, x, mean, invstd, sdt, n, c, s, dweight, dbias, sums);                          \
+    }                                                                                                          \
+    HEMI_KERNEL(bn_backward_sums_##SUFFIX)                                                                     \
+    extern "C" __global__ void bn_backward_dx_##SUFFIX(const T* dy, const T* x, unsigned long long w,           \
+                                                       unsigned long long mean, unsigned long long invstd,     \
+                                                       int sdt, const float* sums, T* dx, long long n,         \
+                                                       long long c, long long s) {                             \
+        bn_backward_dx<T>(dy, x, w, mean, invstd, sdt, sums, dx, n, c, s);                                     \
+    }                                                                                                          \
+    HEMI_KERNEL(bn_backward_dx_##SUFFIX)
+
+HEMI_NORM(f32, float)
+HEMI_NORM(f16, hemi_f16)
+HEMI_NORM(bf16, hemi_bf16)

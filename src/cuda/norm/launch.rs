@@ -1,0 +1,167 @@
+//! Typed launches of `kernels-cu/norm.cu`: batch-norm statistics + affine apply, and the
+//! backward's per-channel sums + input gradient, from checked spans.
+
+use crate::cuda::driver::LaunchConfig;
+use crate::cuda::launch::{dtype_code, float_suffix, launch, MAX_BLOCKS, THREADS};
+use crate::cuda::operand::{expect_dtype, expect_len, same_device, Span};
+use crate::kernel_args;
+use hemi_engine::{DType, Error, Result};
+
+/// One block per channel for the statistics kernels.
+fn per_channel(op: &'static str, c: usize) -> Result<LaunchConfig> {
+    if c > u32::MAX as usize {
+        return Err(Error::invalid(
+            op,
+            format!("{c} channels exceed one launch"),
+        ));
+    }
+    Ok(LaunchConfig {
+        grid: [c as u32, 1, 1],
+        block: [256, 1, 1],
+        smem: 0,
+    })
+}
+
+/// Checks `[N, C, S]` activations `acts` (one dtype, n·c·s each) and per-channel `stats`
+/// (one dtype, c each); returns (n·c·s, the stats' dtype code).
+fn check_operands(
+    op: &'static str,
+    (n, c, s): (usize, usize, usize),
+    acts: &[(&str, &Span<'_>)],
+    stats: &[(&str, &Span<'_>)],
+) -> Result<(usize, i32)> {
+    let total = n
+        .checked_mul(c)
+        .and_then(|v| v.checked_mul(s))
+        .ok_or_else(|| Error::shape(op, format!("[{n}, {c}, {s}] overflows")))?;
+    let (first, sdt) = (acts[0].1, stats[0].1.dtype());
+    for (what, a) in acts {
+        expect_len(op, what, a.len(), total)?;
+        expect_dtype(op, what, a.dtype(), first.dtype())?;
+    }
+    for (what, st) in stats {
+        expect_len(op, what, st.len(), c)?;
+        expect_dtype(op, what, st.dtype(), sdt)?;
+    }
+    let devices = acts.iter().chain(stats).map(|(_, a)| a.device());
+    same_device(op, first.device(), devices)?;
+    Ok((total, dtype_code(op, first.device(), sdt)?))
+}
+
+/// Training-mode forward: batch statistics of `x` `[n, c, s]` into `mean`, `var`, `invstd`
+/// (the dtype of `w` and `b`), the per-channel affine map into `affine` (F32, 2c), and
+/// `y = (x − mean)·invstd·w + b`.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_train(
+    x: &Span<'_>,
+    w: &Span<'_>,
+    b: &Span<'_>,
+    dims: (usize, usize, usize),
+    eps: f64,
+    [mean, var, invstd]: [&Span<'_>; 3],
+    affine: &Span<'_>,
+    y: &Span<'_>,
+) -> Result<()> {
+    const OP: &str = "batch_norm";
+    let (n, c, s) = dims;
+    let stats = [
+        ("the weight", w),
+        ("the bias", b),
+        ("the mean", mean),
+        ("the variance", var),
+        ("invstd", invstd),
+    ];
+    let (total, sdt) = check_operands(OP, dims, &[("the input", x), ("the output", y)], &stats)?;
+    expect_len(OP, "the affine scratch", affine.len(), 2 * c)?;
+    expect_dtype(OP, "the affine scratch", affine.dtype(), DType::F32)?;
+    same_device(OP, x.device(), [affine.device()])?;
+    if n * s == 0 {
+        return Err(Error::invalid(
+            OP,
+            format!("no values per channel in input [{n}, {c}, {s}]"),
+        ));
+    }
+    let d = x.driver();
+    let suffix = float_suffix(OP, d.device(), x.dtype())?;
+    let (mut xp, mut wp, mut bp, mut sd) = (x.ptr(), w.ptr(), b.ptr(), sdt);
+    let (mut n64, mut c64, mut s64, mut e) = (n as i64, c as i64, s as i64, eps as f32);
+    let (mut mp, mut vp, mut ip, mut ap) = (mean.ptr(), var.ptr(), invstd.ptr(), affine.ptr());
+    let mut a = kernel_args![xp, wp, bp, sd, n64, c64, s64, e, mp, vp, ip, ap];
+    // SAFETY: bn_stats_T(const T*, u64, u64, int, long long x3, float, u64 x3, float*); x holds
+    // n·c·s elements of T, the five stats spans c elements of code `sdt`, affine 2c f32.
+    unsafe {
+        launch(
+            d,
+            &format!("bn_stats_{suffix}"),
+            per_channel(OP, c)?,
+            &mut a,
+        )
+    }?;
+    let (mut xp, mut ap, mut yp, mut t) = (x.ptr(), affine.ptr(), y.ptr(), total as i64);
+    let mut a = kernel_args![xp, ap, yp, c64, s64, t];
+    let cfg = LaunchConfig::linear(total, THREADS, MAX_BLOCKS);
+    // SAFETY: bn_apply_T(const T*, const float*, T*, long long x3); x and y hold `total`
+    // elements of T, affine 2c f32.
+    unsafe { launch(d, &format!("bn_apply_{suffix}"), cfg, &mut a) }
+}
+
+/// Backward: `dweight = Σdy·x̂`, `dbias = Σdy` (the stats' dtype; their f32 values also in
+/// `sums`, 2c) and `dx = w·invstd/M·(M·dy − Σdy − x̂·Σdy·x̂)`.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_backward(
+    dy: &Span<'_>,
+    x: &Span<'_>,
+    [w, mean, invstd]: [&Span<'_>; 3],
+    dims: (usize, usize, usize),
+    [dweight, dbias]: [&Span<'_>; 2],
+    sums: &Span<'_>,
+    dx: &Span<'_>,
+) -> Result<()> {
+    const OP: &str = "batch_norm_backward";
+    let (n, c, s) = dims;
+    let acts = [
+        ("the output gradient", dy),
+        ("the input", x),
+        ("the input gradient", dx),
+    ];
+    let stats = [
+        ("the weight", w),
+        ("the mean", mean),
+        ("invstd", invstd),
+        ("the weight gradient", dweight),
+        ("the bias gradient", dbias),
+    ];
+    let (total, sdt) = check_operands(OP, dims, &acts, &stats)?;
+    expect_len(OP, "the sums scratch", sums.len(), 2 * c)?;
+    expect_dtype(OP, "the sums scratch", sums.dtype(), DType::F32)?;
+    same_device(OP, dy.device(), [sums.device()])?;
+    if n * s == 0 {
+        return Err(Error::invalid(
+            OP,
+            format!("no values per channel in input [{n}, {c}, {s}]"),
+        ));
+    }
+    let d = dy.driver();
+    let suffix = float_suffix(OP, d.device(), dy.dtype())?;
+    let (mut gp, mut xp, mut mp, mut ip, mut sd) =
+        (dy.ptr(), x.ptr(), mean.ptr(), invstd.ptr(), sdt);
+    let (mut n64, mut c64, mut s64) = (n as i64, c as i64, s as i64);
+    let (mut dwp, mut dbp, mut sp) = (dweight.ptr(), dbias.ptr(), sums.ptr());
+    let mut a = kernel_args![gp, xp, mp, ip, sd, n64, c64, s64, dwp, dbp, sp];
+    // SAFETY: bn_backward_sums_T(const T*, const T*, u64, u64, int, long long x3, u64, u64,
+    // float*); dy and x hold n·c·s elements of T, the stats spans c of code `sdt`, sums 2c f32.
+    unsafe {
+        launch(
+            d,
+            &format!("bn_backward_sums_{suffix}"),
+            per_channel(OP, c)?,
+            &mut a,
+        )
+    }?;
+    let (mut wp, mut dxp) = (w.ptr(), dx.ptr());
+    let mut a = kernel_args![gp, xp, wp, mp, ip, sd, sp, dxp, n64, c64, s64];
+    let cfg = LaunchConfig::linear(total, THREADS, MAX_BLOCKS);
+    // SAFETY: bn_backward_dx_T(const T*, const T*, u64 x3, int, const float*, T*, long long
+    // x3); as above, dx holds n·c·s elements of T.
+    unsafe { launch(d, &format!("bn_backward_dx_{suffix}"), cfg, &mut a) }
+}

@@ -1,0 +1,82 @@
+//! The CUDA norm family (`kernels-cu/norm.cu`): `NormOps` for [`CudaBackend`] — training-mode
+//! batch norm forward (statistics by a block per channel with compensated two-pass sums) and
+//! backward. Eval mode and the running-statistics update are tensor ops (`ops/norm.rs`).
+
+mod launch;
+
+use super::backend::CudaBackend;
+use super::operand::Span;
+use hemi_engine::backend::{BatchNormBackward, BatchNormForward, NormOps};
+use hemi_engine::{BackendStorage, DType, Result, StorageRef};
+use std::sync::Arc;
+
+impl NormOps for CudaBackend {
+    fn batch_norm_train(
+        &self,
+        x: &StorageRef,
+        weight: &StorageRef,
+        bias: &StorageRef,
+        dims: (usize, usize, usize),
+        eps: f64,
+    ) -> Result<BatchNormForward> {
+        const OP: &str = "batch_norm";
+        let (xb, wb, bb) = (self.get(OP, x)?, self.get(OP, weight)?, self.get(OP, bias)?);
+        let c = dims.1;
+        let sdt = wb.dtype();
+        let (mean, var, invstd) = (
+            self.buffer(sdt, c)?,
+            self.buffer(sdt, c)?,
+            self.buffer(sdt, c)?,
+        );
+        let affine = self.buffer(DType::F32, 2 * c)?;
+        let y = self.buffer(xb.dtype(), xb.len())?;
+        launch::batch_norm_train(
+            &Span::all(xb),
+            &Span::all(wb),
+            &Span::all(bb),
+            dims,
+            eps,
+            [&Span::all(&mean), &Span::all(&var), &Span::all(&invstd)],
+            &Span::all(&affine),
+            &Span::all(&y),
+        )?;
+        Ok(BatchNormForward {
+            y: Arc::new(y),
+            mean: Arc::new(mean),
+            var: Arc::new(var),
+            invstd: Arc::new(invstd),
+        })
+    }
+
+    fn batch_norm_backward(
+        &self,
+        dy: &StorageRef,
+        x: &StorageRef,
+        weight: &StorageRef,
+        mean: &StorageRef,
+        invstd: &StorageRef,
+        dims: (usize, usize, usize),
+    ) -> Result<BatchNormBackward> {
+        const OP: &str = "batch_norm_backward";
+        let (gb, xb, wb) = (self.get(OP, dy)?, self.get(OP, x)?, self.get(OP, weight)?);
+        let (mb, ib) = (self.get(OP, mean)?, self.get(OP, invstd)?);
+        let c = dims.1;
+        let (dweight, dbias) = (self.buffer(wb.dtype(), c)?, self.buffer(wb.dtype(), c)?);
+        let sums = self.buffer(DType::F32, 2 * c)?;
+        let dx = self.buffer(gb.dtype(), gb.len())?;
+        launch::batch_norm_backward(
+            &Span::all(gb),
+            &Span::all(xb),
+            [&Span::all(wb), &Span::all(mb), &Span::all(ib)],
+            dims,
+            [&Span::all(&dweight), &Span::all(&dbias)],
+            &Span::all(&sums),
+            &Span::all(&dx),
+        )?;
+        Ok(BatchNormBackward {
+            dx: Arc::new(dx),
+            dweight: Arc::new(dweight),
+            dbias: Arc::new(dbias),
+        })
+    }
+}
