@@ -17,6 +17,14 @@
 #include "sim/wmma.h"
 #endif
 
+/// A device function the compiler must not inline (`__noinline__`; GCC's attribute in the
+/// emulator, where `__noinline__` would clash with library headers' own use of the name).
+#ifdef HEMI_SIM
+#define HEMI_NOINLINE __attribute__((noinline, noclone))
+#else
+#define HEMI_NOINLINE __noinline__
+#endif
+
 namespace prim {
 
 /// Lane of this thread in its warp (threads are numbered x-fastest, as in CUDA).

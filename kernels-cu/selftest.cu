@@ -164,14 +164,21 @@ extern "C" __global__ void selftest_last_writer(int* out) {
 }
 HEMI_KERNEL(selftest_last_writer)
 
+// Two barriers in functions of different bodies, never inlined, so no compiler (nvcc, or g++
+// with or without sanitizers) can merge the two call sites into one.
+__device__ HEMI_NOINLINE void selftest_barrier_after_one(float* p) {
+    *p = 1.0f;
+    prim::sync_threads();
+}
+__device__ HEMI_NOINLINE void selftest_barrier_after_two(float* p) {
+    *p = 2.0f;
+    prim::sync_threads();
+    *p += 1.0f;
+}
+
 /// Odd and even threads wait at two different __syncthreads (a divergent barrier).
 extern "C" __global__ void selftest_divergent_barrier(float* out) {
-    if (threadIdx.x % 2 == 1) {
-        out[threadIdx.x] = 1.0f;
-        prim::sync_threads();
-    } else {
-        out[threadIdx.x] = 2.0f;
-        prim::sync_threads();
-    }
+    if (threadIdx.x % 2 == 1) selftest_barrier_after_one(&out[threadIdx.x]);
+    else selftest_barrier_after_two(&out[threadIdx.x]);
 }
 HEMI_KERNEL(selftest_divergent_barrier)

@@ -377,10 +377,18 @@ fn transfers_views_fill_and_autograd() -> Result<()> {
 fn unsupported_ops_and_out_of_memory_are_errors() -> Result<()> {
     let dev = Device::CudaSim;
     hemi::cuda::init();
-    let x = Tensor::ones([1, 1, 4, 4], DType::F32, dev)?;
-    let w = Tensor::ones([1, 1, 3, 3], DType::F32, dev)?;
-    match x.conv2d(&w, None, hemi::Conv2dParams::default()) {
-        Err(Error::Unsupported { op, .. }) => assert_eq!(op, "conv2d"),
+    // Grouped convolution has no CUDA kernel (groups = 1 only).
+    let x = Tensor::ones([1, 2, 4, 4], DType::F32, dev)?;
+    let w = Tensor::ones([2, 1, 3, 3], DType::F32, dev)?;
+    let grouped = hemi::Conv2dParams {
+        groups: 2,
+        ..Default::default()
+    };
+    match x.conv2d(&w, None, grouped) {
+        Err(Error::Unsupported { op, msg, .. }) => {
+            assert_eq!(op, "conv2d");
+            assert!(msg.contains("groups = 2"), "{msg}");
+        }
         other => panic!("expected Unsupported, got {other:?}"),
     }
     let huge = Tensor::zeros([1usize << 62], DType::F32, dev);
