@@ -67,12 +67,17 @@ impl Module for BatchNorm2d {
             p,
         )?;
         if self.training {
+            // The int64 counter is incremented on the host (8 bytes each way on a GPU: device
+            // backends have no int64 arithmetic) and written back in place.
             let _g = no_grad();
-            let n = self
-                .num_batches_tracked
+            let counter = &self.num_batches_tracked;
+            let n = counter
+                .to_device(Device::Cpu)?
                 .to_dtype(DType::F64)?
-                .add_scalar(1.0)?;
-            self.num_batches_tracked.assign(&n)?;
+                .add_scalar(1.0)?
+                .to_dtype(DType::I64)?
+                .to_device(counter.device())?;
+            counter.assign(&n)?;
         }
         Ok(y)
     }
