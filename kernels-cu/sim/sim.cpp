@@ -19,7 +19,74 @@
 #define HEMI_ASAN 1
 #endif
 
+#if defined(__x86_64__)
+// hemi_sim_switch(void** save_sp, void* load_sp): pushes the callee-saved registers, MXCSR and
+// the x87 control word, stores the stack pointer in *save_sp, loads load_sp, pops the same and
+// returns into the other context.
+asm(R"(
+    .text
+    .globl hemi_sim_switch
+    .type hemi_sim_switch, @function
+hemi_sim_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size hemi_sim_switch, .-hemi_sim_switch
+    .section .note.GNU-stack,"",@progbits
+    .text
+)");
+extern "C" void hemi_sim_switch(void** save_sp, void* load_sp);
+#endif
+
 namespace hemi_sim {
+
+#if defined(__x86_64__)
+void context_init(Context& c, void* stack, std::size_t bytes, void (*entry)()) {
+    auto top = (reinterpret_cast<uintptr_t>(stack) + bytes) & ~uintptr_t{15};
+    auto* sp = reinterpret_cast<uint64_t*>(top);
+    *--sp = 0;                                      // entry's (never used) return address
+    *--sp = reinterpret_cast<uint64_t>(entry);      // where hemi_sim_switch returns to
+    for (int i = 0; i < 6; ++i) *--sp = 0;          // rbp rbx r12 r13 r14 r15
+    --sp;                                           // MXCSR and x87 control word: the current ones
+    uint32_t mxcsr;
+    uint16_t fpcw;
+    asm volatile("stmxcsr %0" : "=m"(mxcsr));
+    asm volatile("fnstcw %0" : "=m"(fpcw));
+    std::memcpy(reinterpret_cast<char*>(sp), &mxcsr, 4);
+    std::memcpy(reinterpret_cast<char*>(sp) + 4, &fpcw, 2);
+    c.sp = sp;
+}
+
+void context_switch(Context& from, Context& to) { hemi_sim_switch(&from.sp, to.sp); }
+#else
+void context_init(Context& c, void* stack, std::size_t bytes, void (*entry)()) {
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = stack;
+    c.uc.uc_stack.ss_size = bytes;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, entry, 0);
+}
+
+void context_switch(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+#endif
 
 thread_local Launch* tl_launch = nullptr;
 
@@ -71,7 +138,7 @@ void switch_to_scheduler(Fiber* f, bool dying) {
     void* fake = nullptr;
     __sanitizer_start_switch_fiber(dying ? nullptr : &fake, l->sched_stack, l->sched_stack_size);
 #endif
-    swapcontext(&f->uc, &l->sched);
+    context_switch(f->uc, l->sched);
 #ifdef HEMI_ASAN
     __sanitizer_finish_switch_fiber(fake, &l->sched_stack, &l->sched_stack_size);
 #endif
@@ -96,7 +163,7 @@ void run_fiber(Launch* l, Fiber* f) {
     void* fake = nullptr;
     __sanitizer_start_switch_fiber(&fake, f->stack, kStackBytes);
 #endif
-    swapcontext(&l->sched, &f->uc);
+    context_switch(l->sched, f->uc);
 #ifdef HEMI_ASAN
     __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #endif
@@ -192,11 +259,7 @@ bool run_block(Launch* l, unsigned nthreads, uint64_t& rng) {
         f.committed = 0;
         f.ctx.linear = t;
         f.ctx.thread_idx = {t % l->bdim.x, (t / l->bdim.x) % l->bdim.y, t / (l->bdim.x * l->bdim.y)};
-        getcontext(&f.uc);
-        f.uc.uc_stack.ss_sp = f.stack;
-        f.uc.uc_stack.ss_size = kStackBytes;
-        f.uc.uc_link = nullptr;
-        makecontext(&f.uc, fiber_entry, 0);
+        context_init(f.uc, f.stack, kStackBytes, fiber_entry);
     }
     for (;;) {
         bool ran = false;

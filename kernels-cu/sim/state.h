@@ -27,10 +27,28 @@ struct AsyncCopy {
     const void* pc;               // where it was issued (for reports)
 };
 
+/// A suspended execution context. On x86-64 a saved stack pointer (the callee-saved registers,
+/// MXCSR and the x87 control word sit on that stack): switching is a dozen instructions and no
+/// system call. Elsewhere a ucontext (whose switch also saves the signal mask, a system call).
+#if defined(__x86_64__)
+struct Context {
+    void* sp = nullptr;
+};
+#else
+struct Context {
+    ucontext_t uc{};
+};
+#endif
+
+/// Prepares `c` to run `entry` (which must never return) on `stack`.
+void context_init(Context& c, void* stack, std::size_t bytes, void (*entry)());
+/// Saves the running context into `from` and resumes `to`.
+void context_switch(Context& from, Context& to);
+
 /// Per-fiber state of one emulated CUDA thread.
 struct Fiber {
     ThreadCtx ctx{};
-    ucontext_t uc{};
+    Context uc{};
     State state = State::Runnable;
     void* stack = nullptr;
     unsigned warp_mask = 0;
@@ -54,7 +72,7 @@ struct Launch {
     const char* name = "";
     std::vector<Fiber>* fibers = nullptr;
     Fiber* running = nullptr;
-    ucontext_t sched{};
+    Context sched{};
     const void* sched_stack = nullptr;
     std::size_t sched_stack_size = 0;
     uint3 bidx{};
