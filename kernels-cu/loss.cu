@@ -138,13 +138,8 @@ extern "C" __global__ void validate_targets(const long long* t, long long n, lon
                                             long long* bad) {
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
         long long v = t[i];
-        if (v != ignore && (v < 0 || v >= c)) {
-#ifdef HEMI_SIM
-            if (i < *bad) *bad = i;
-#else
-            atomicMin(reinterpret_cast<unsigned long long*>(bad), (unsigned long long)i);
-#endif
-        }
+        if (v != ignore && (v < 0 || v >= c))
+            prim::atomic_min_u64(reinterpret_cast<unsigned long long*>(bad), (unsigned long long)i);
     }
 }
 HEMI_KERNEL(validate_targets)

@@ -133,13 +133,11 @@ __device__ __forceinline__ unsigned ballot(bool pred, unsigned mask = 0xffffffff
 #endif
 }
 
-/// `*addr += v`, returning the old value.
+/// `*addr += v`, returning the old value (f32, or 32/64-bit integers).
 template <typename T>
 __device__ __forceinline__ T atomic_add(T* addr, T v) {
 #ifdef HEMI_SIM
-    T old = *addr;  // fibers of a launch never preempt each other
-    *addr = old + v;
-    return old;
+    return hemi_sim::atomic_add(addr, v);  // blocks may run on several host threads
 #else
     return atomicAdd(addr, v);
 #endif
@@ -148,11 +146,18 @@ __device__ __forceinline__ T atomic_add(T* addr, T v) {
 /// `*addr = max(*addr, v)` for non-negative floats (ordered as ints), returning the old value.
 __device__ __forceinline__ float atomic_max_nonneg(float* addr, float v) {
 #ifdef HEMI_SIM
-    float old = *addr;
-    if (v > old) *addr = v;
-    return old;
+    return hemi_sim::atomic_max_nonneg(addr, v);
 #else
     return __int_as_float(atomicMax(reinterpret_cast<int*>(addr), __float_as_int(v)));
+#endif
+}
+
+/// `*addr = min(*addr, v)` on unsigned 64-bit integers, returning the old value.
+__device__ __forceinline__ unsigned long long atomic_min_u64(unsigned long long* addr, unsigned long long v) {
+#ifdef HEMI_SIM
+    return hemi_sim::atomic_min_u64(addr, v);
+#else
+    return atomicMin(addr, v);
 #endif
 }
 

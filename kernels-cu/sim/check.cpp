@@ -347,6 +347,67 @@ void check_aligned(const void* p, unsigned bytes, const char* what) {
     check_aligned_at(p, bytes, what, __builtin_return_address(0));
 }
 
+namespace {
+/// An atomic update of `*addr` by `next(old)`, seen by the checkers as a read and a write.
+/// The checks of an atomic access: alignment, and initcheck / bounds of what it reads and
+/// writes. Atomics of different threads on one location are no race, so racecheck skips them.
+void atomic_access(const void* p, std::size_t size, const void* pc) {
+    Launch* l = tl_launch;
+    if (!l || !l->checks || !l->running) return;
+    auto a = reinterpret_cast<uintptr_t>(p);
+    if (a & (size - 1))
+        fail("misaligned atomic: " + describe_thread(me()) + " at " + hex(a) + at(pc));
+    SharedRegion* r = nullptr;
+    if (a - tl_dynamic.lo < tl_dynamic.size) r = &tl_dynamic;
+    else if (a - tl_static.lo < tl_static.size) r = &tl_static;
+    if (!r) {
+        global_access(a, size, false, pc);
+        global_access(a, size, true, pc);
+        return;
+    }
+    for (std::size_t i = 0; i < size && a - r->lo + i < r->size; ++i)
+        if (r->shadow[a - r->lo + i].w.gen != l->block_serial)
+            report_shared("initcheck", *r, a - r->lo, static_cast<unsigned>(size), false,
+                          ", never written in this block (an atomic reads it)", pc);
+}
+
+template <typename T, typename Bits, typename F>
+T atomic_update(T* addr, F next, const void* pc) {
+    atomic_access(addr, sizeof(T), pc);
+    auto* word = reinterpret_cast<Bits*>(addr);
+    Bits old = __atomic_load_n(word, __ATOMIC_RELAXED);
+    for (;;) {
+        T o, n;
+        std::memcpy(&o, &old, sizeof(T));
+        n = next(o);
+        Bits nb;
+        std::memcpy(&nb, &n, sizeof(T));
+        if (__atomic_compare_exchange_n(word, &old, nb, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) return o;
+    }
+}
+}  // namespace
+
+float atomic_add(float* a, float v) {
+    return atomic_update<float, uint32_t>(a, [v](float o) { return o + v; }, __builtin_return_address(0));
+}
+int atomic_add(int* a, int v) {
+    return atomic_update<int, uint32_t>(a, [v](int o) { return o + v; }, __builtin_return_address(0));
+}
+unsigned atomic_add(unsigned* a, unsigned v) {
+    return atomic_update<unsigned, uint32_t>(a, [v](unsigned o) { return o + v; }, __builtin_return_address(0));
+}
+unsigned long long atomic_add(unsigned long long* a, unsigned long long v) {
+    return atomic_update<unsigned long long, uint64_t>(
+        a, [v](unsigned long long o) { return o + v; }, __builtin_return_address(0));
+}
+float atomic_max_nonneg(float* a, float v) {
+    return atomic_update<float, uint32_t>(a, [v](float o) { return v > o ? v : o; }, __builtin_return_address(0));
+}
+unsigned long long atomic_min_u64(unsigned long long* a, unsigned long long v) {
+    return atomic_update<unsigned long long, uint64_t>(
+        a, [v](unsigned long long o) { return v < o ? v : o; }, __builtin_return_address(0));
+}
+
 void cp_async(void* dst, const void* src, unsigned bytes, bool valid) {
     Launch* l = tl_launch;
     const void* pc = __builtin_return_address(0);

@@ -8,6 +8,11 @@
 #include <ucontext.h>
 
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <thread>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -100,13 +105,17 @@ const Config& config() {
     static const Config env = [] {
         Config c;
         if (const char* v = std::getenv("HEMI_SIM_CHECKS")) c.checks = std::strcmp(v, "0") != 0;
-        if (const char* v = std::getenv("HEMI_SIM_SHAKE")) c.shake = std::strtoull(v, nullptr, 10);
+        if (const char* v = std::getenv("HEMI_SIM_SHAKE")) {
+            c.shake = std::strtoull(v, nullptr, 10);
+            c.shake_set = true;
+        }
         return c;
     }();
     if (!tl_shake_set) return env;
     thread_local Config mine;
     mine = env;
     mine.shake = tl_shake;
+    mine.shake_set = true;
     return mine;
 }
 
@@ -380,8 +389,152 @@ extern "C" int hemi_sim_swap_kernel(const char* from, const char* to) {
     return 0;
 }
 
+namespace {
+
+/// Everything a host thread needs to run blocks of one launch.
+struct LaunchPlan {
+    const char* name;
+    dim3 g, b;
+    unsigned nthreads, smem;
+    Trampoline kernel;
+    void** args;
+    bool checks;
+    unsigned long long shake;
+    unsigned long long nblocks;
+    const std::vector<unsigned long long>* order;  // shaken block order, or null
+};
+
+/// The first failure of a launch, shared by the host threads running its blocks.
+struct LaunchOutcome {
+    std::atomic<unsigned long long> next{0};
+    std::atomic<bool> failed{false};
+    std::mutex mu;
+    std::string error;
+
+    void fail(const std::string& msg) {
+        std::lock_guard<std::mutex> g(mu);
+        if (error.empty()) error = msg;
+        failed = true;
+    }
+};
+
+/// This host thread's fibers for `n` CUDA threads (stacks mapped once, kept).
+bool ensure_fibers(unsigned long long n) {
+    if (tl_fibers.size() >= n) return true;
+    std::size_t old = tl_fibers.size();
+    tl_fibers.resize(n);
+    for (std::size_t i = old; i < n; ++i) {
+        void* s = mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (s == MAP_FAILED) {
+            tl_fibers.resize(i);
+            return false;
+        }
+        tl_fibers[i].stack = s;
+    }
+    return true;
+}
+
+/// Runs blocks of the launch, taking the next untaken one each time, until none is left or
+/// one fails.
+void run_blocks(const LaunchPlan& p, LaunchOutcome& out) {
+    if (!ensure_fibers(p.nthreads)) return out.fail("cannot allocate a fiber stack");
+    tl_smem.assign(p.smem + 16, 0);
+    Launch l;
+    l.name = p.name;
+    l.nthreads = p.nthreads;
+    l.smem_bytes = p.smem;
+    l.checks = p.checks;
+    l.shake = p.shake;
+    l.fibers = &tl_fibers;
+    l.bdim = p.b;
+    l.gdim = p.g;
+    l.kernel = p.kernel;
+    l.args = p.args;
+    auto addr = reinterpret_cast<std::uintptr_t>(tl_smem.data());
+    l.smem = tl_smem.data() + ((16 - addr % 16) % 16);
+    Launch* prev = tl_launch;
+    tl_launch = &l;
+    uint64_t rng = p.shake;
+    while (!out.failed.load(std::memory_order_relaxed)) {
+        unsigned long long i = out.next.fetch_add(1);
+        if (i >= p.nblocks) break;
+        unsigned long long b = p.order ? (*p.order)[i] : i;
+        l.bidx = {static_cast<unsigned>(b % p.g.x), static_cast<unsigned>(b / p.g.x % p.g.y),
+                  static_cast<unsigned>(b / (1ull * p.g.x * p.g.y))};
+        if (!run_block(&l, p.nthreads, rng)) {
+            out.fail(std::string(p.name) + " block (" + std::to_string(l.bidx.x) + "," + std::to_string(l.bidx.y) +
+                     "," + std::to_string(l.bidx.z) + "): " + l.error);
+        }
+    }
+    tl_launch = prev;
+}
+
+/// Host threads that run blocks next to the launching thread (HEMI_SIM_THREADS in all,
+/// default: every core). Persistent, so their fiber stacks and checker state are reused;
+/// never destroyed (they wait for work until the process exits).
+class Workers {
+  public:
+    static Workers& get() {
+        static Workers* w = new Workers(threads_wanted());
+        return *w;
+    }
+    /// Extra host threads (besides the launching one).
+    unsigned count() const { return static_cast<unsigned>(threads_.size()); }
+    /// Runs `job` on every worker and on the calling thread; returns when all are done.
+    void run(const std::function<void()>& job) {
+        std::lock_guard<std::mutex> one_at_a_time(run_mu_);
+        {
+            std::lock_guard<std::mutex> g(mu_);
+            job_ = &job;
+            running_ = count();
+            ++generation_;
+        }
+        start_.notify_all();
+        job();
+        std::unique_lock<std::mutex> g(mu_);
+        done_.wait(g, [&] { return running_ == 0; });
+    }
+
+  private:
+    static unsigned threads_wanted() {
+        unsigned n = std::thread::hardware_concurrency();
+        if (const char* v = std::getenv("HEMI_SIM_THREADS")) n = static_cast<unsigned>(std::strtoul(v, nullptr, 10));
+        return n == 0 ? 1 : std::min(n, 64u);
+    }
+    explicit Workers(unsigned total) {
+        for (unsigned i = 1; i < total; ++i) {
+            threads_.emplace_back([this] {
+                unsigned long long seen = 0;
+                for (;;) {
+                    const std::function<void()>* job;
+                    {
+                        std::unique_lock<std::mutex> g(mu_);
+                        start_.wait(g, [&] { return generation_ != seen; });
+                        seen = generation_;
+                        job = job_;
+                    }
+                    (*job)();
+                    std::lock_guard<std::mutex> g(mu_);
+                    if (--running_ == 0) done_.notify_all();
+                }
+            });
+            threads_.back().detach();
+        }
+    }
+    std::mutex run_mu_, mu_;
+    std::condition_variable start_, done_;
+    const std::function<void()>* job_ = nullptr;
+    unsigned long long generation_ = 0;
+    unsigned running_ = 0;
+    std::vector<std::thread> threads_;
+};
+
+}  // namespace
+
 /// Runs kernel `name` like cuLaunchKernel: grid and block dims, dynamic shared memory bytes,
-/// and one pointer per kernel parameter. Returns 0, or 1 with a message in `err`.
+/// and one pointer per kernel parameter. Returns 0, or 1 with a message in `err`. The blocks
+/// run on every worker host thread (`Workers`) unless the schedule shaker is set (then on the
+/// calling thread, in the seeded order, so a seed reproduces).
 extern "C" int hemi_sim_launch(const char* name, const unsigned* grid, const unsigned* block, unsigned smem,
                                void** args, char* err, std::size_t err_len) {
     auto swap = tl_swaps.find(name);
@@ -394,51 +547,21 @@ extern "C" int hemi_sim_launch(const char* name, const unsigned* grid, const uns
         return report(err, err_len, "launch with an empty grid or block");
     if (nthreads > kMaxThreads) return report(err, err_len, "more than 1024 threads per block");
     if (smem > kMaxSmem) return report(err, err_len, "more than 227 KiB of dynamic shared memory");
-    if (tl_fibers.size() < nthreads) {
-        std::size_t old = tl_fibers.size();
-        tl_fibers.resize(nthreads);
-        for (std::size_t i = old; i < nthreads; ++i) {
-            void* s = mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-            if (s == MAP_FAILED) return report(err, err_len, "cannot allocate a fiber stack");
-            tl_fibers[i].stack = s;
-        }
+    const Config& cfg = config();
+    LaunchPlan plan{name, g, b, static_cast<unsigned>(nthreads), smem, it->second, args, cfg.checks, cfg.shake,
+                    1ull * g.x * g.y * g.z, nullptr};
+    std::vector<unsigned long long> order;
+    if (cfg.shake) {
+        order.resize(plan.nblocks);
+        for (unsigned long long i = 0; i < plan.nblocks; ++i) order[i] = i;
+        uint64_t rng = cfg.shake;
+        shuffle(order, rng);
+        plan.order = &order;
     }
-    tl_smem.assign(smem + 16, 0);
-    Launch l;
-    l.name = name;
-    l.nthreads = static_cast<unsigned>(nthreads);
-    l.smem_bytes = smem;
-    l.checks = config().checks;
-    l.shake = config().shake;
-    l.fibers = &tl_fibers;
-    l.bdim = b;
-    l.gdim = g;
-    l.kernel = it->second;
-    l.args = args;
-    auto addr = reinterpret_cast<std::uintptr_t>(tl_smem.data());
-    l.smem = tl_smem.data() + ((16 - addr % 16) % 16);
-    Launch* prev = tl_launch;
-    tl_launch = &l;
-    bool ok = true;
-    uint64_t rng = l.shake;
-    unsigned long long nblocks = 1ull * g.x * g.y * g.z;
-    std::vector<unsigned long long> blocks;
-    if (l.shake) {
-        blocks.resize(nblocks);
-        for (unsigned long long i = 0; i < nblocks; ++i) blocks[i] = i;
-        shuffle(blocks, rng);
-    }
-    for (unsigned long long i = 0; ok && i < nblocks; ++i) {
-        unsigned long long b = blocks.empty() ? i : blocks[i];
-        l.bidx = {static_cast<unsigned>(b % g.x), static_cast<unsigned>(b / g.x % g.y),
-                  static_cast<unsigned>(b / (1ull * g.x * g.y))};
-        ok = run_block(&l, static_cast<unsigned>(nthreads), rng);
-    }
-    tl_launch = prev;
-    if (!ok) {
-        std::string where = std::string(name) + " block (" + std::to_string(l.bidx.x) + "," +
-                            std::to_string(l.bidx.y) + "," + std::to_string(l.bidx.z) + ")";
-        return report(err, err_len, where + ": " + l.error);
-    }
+    LaunchOutcome out;
+    Workers& w = Workers::get();
+    if (cfg.shake_set || plan.nblocks < 2 || w.count() == 0) run_blocks(plan, out);
+    else w.run([&] { run_blocks(plan, out); });
+    if (out.failed) return report(err, err_len, out.error);
     return 0;
 }

@@ -64,6 +64,15 @@ void cp_async_commit();
 /// `cp.async.wait_group n`: every committed group but the newest `n` has landed.
 void cp_async_wait(unsigned n);
 
+/// Atomic read-modify-writes (the blocks of a launch may run on several host threads); each is
+/// also seen by the checkers as a read and a write of `addr`.
+float atomic_add(float* addr, float v);
+int atomic_add(int* addr, int v);
+unsigned atomic_add(unsigned* addr, unsigned v);
+unsigned long long atomic_add(unsigned long long* addr, unsigned long long v);
+float atomic_max_nonneg(float* addr, float v);
+unsigned long long atomic_min_u64(unsigned long long* addr, unsigned long long v);
+
 /// Most words one lane can deposit in one warp exchange.
 constexpr unsigned kMaxExchangeWords = 16;
 

@@ -64,6 +64,7 @@ struct Fiber {
 struct Config {
     bool checks = true;               // HEMI_SIM_CHECKS=0 turns the checkers off
     unsigned long long shake = 0;     // HEMI_SIM_SHAKE=<seed>: randomized thread and block order
+    bool shake_set = false;           // a seed was given (even 0): blocks run on one host thread
 };
 const Config& config();
 
