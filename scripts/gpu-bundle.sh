@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Builds release test and bench binaries with `--features cuda` here and collects them, with
-# bundle/run.sh and the PyTorch comparison, into ./bundle (ignored by git; at most 60 MiB).
+# bundle/run.sh and the PyTorch comparison, into ./bundle (ignored by git; at most 60 MiB: the
+# binaries go into bundle/bin.tar.gz).
 # On a GPU host with no Rust and no network: `bash bundle/run.sh` runs the GPU tests, the
-# compute-sanitizer tools (memcheck, racecheck, initcheck, synccheck) over them, the GEMM bench
-# briefly, the same GEMMs through torch.matmul, and prints the table last.
+# compute-sanitizer tools (memcheck, racecheck, initcheck, synccheck) over them, the GEMM and conv
+# benches briefly, ResNet-18 training steps (hemi fp32, hemi AMP, PyTorch eager AMP), the same
+# GEMMs and convolutions through torch.matmul / cuDNN, and prints the tables last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-cuda-toolchain.sh >/dev/null
-rm -rf bundle && mkdir -p bundle/tests bundle/benches
+rm -rf bundle && mkdir -p bundle/tests bundle/benches bundle/examples
 collect() { # $1 = dest dir; stdin = cargo's JSON messages
     python3 -c '
 import json, shutil, sys, os
@@ -24,10 +26,15 @@ for line in sys.stdin:
         print("bundled", dest, name)
 ' "$1"
 }
-cargo test --release --features cuda --no-run --message-format=json --test cuda_sim --test backend --test cuda_gemm --test cuda_sass --test amp_scaler --test ops_reference | collect bundle/tests
-cargo bench --features cuda --no-run --message-format=json --bench gemm --bench amp_kernels | collect bundle/benches
-cp scripts/bundle/run.sh scripts/bundle/torch_gemm.py scripts/bundle/table.py bundle/
-strip bundle/tests/* bundle/benches/* 2>/dev/null || true
+cargo test --release --features cuda --no-run --message-format=json --test cuda_sim --test backend --test cuda_gemm --test cuda_sass --test amp_scaler | collect bundle/tests
+cargo bench --features cuda --no-run --message-format=json --bench gemm --bench amp_kernels --bench conv | collect bundle/benches
+cargo build --release --features cuda --message-format=json --example resnet18_amp | collect bundle/examples
+cp scripts/bundle/run.sh scripts/bundle/torch_gemm.py scripts/bundle/table.py scripts/bundle/torch_conv.py \
+    scripts/bundle/torch_resnet_step.py scripts/bundle/conv_table.py bundle/
+strip bundle/tests/* bundle/benches/* bundle/examples/* 2>/dev/null || true
+# The binaries travel compressed (each carries the emulator and the fatbin); run.sh unpacks them.
+tar -C bundle -czf bundle/bin.tar.gz tests benches examples
+rm -rf bundle/tests bundle/benches bundle/examples
 size=$(du -sm bundle | cut -f1)
 echo "bundle: ${size} MiB in bundle/"
 if [[ $size -gt 60 ]]; then

@@ -4,6 +4,7 @@
 # through torch.matmul, then prints the comparison table last.
 set -uo pipefail
 cd "$(dirname "$0")"
+[[ -f bin.tar.gz ]] && tar -xzf bin.tar.gz
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "nvidia-smi not found"
 pass=0; fail=0
 for t in tests/*; do
@@ -15,11 +16,14 @@ echo "test binaries: $pass passed, $fail failed"
 # summary line goes to sanitizer.txt for the table.
 : > sanitizer.txt
 if command -v compute-sanitizer >/dev/null 2>&1; then
+    # memcheck over both GPU suites; the slower hazard tools over the GEMM suite (cp.async,
+    # ldmatrix, mma: the kernels with shared-memory pipelines). 60 s each at most.
     for tool in memcheck racecheck initcheck synccheck; do
         for t in tests/cuda_gemm tests/backend; do
             [[ -x $t ]] || continue
+            [[ $tool != memcheck && $t == tests/backend ]] && continue
             log="sanitizer-$tool-$(basename "$t").txt"
-            timeout 240 compute-sanitizer --tool "$tool" --error-exitcode 99 --print-limit 20 \
+            timeout 60 compute-sanitizer --tool "$tool" --error-exitcode 99 --print-limit 20 \
                 "./$t" --test-threads=1 >"$log" 2>&1
             rc=$?
             summary=$(grep -E "(ERROR|RACECHECK) SUMMARY" "$log" | tail -n 1)
@@ -33,8 +37,23 @@ echo "== gemm bench (brief)"
 ./benches/gemm --bench gemm_cuda --warm-up-time 0.5 --measurement-time 1 2>&1 | tee gemm.txt | grep -E "gemm_cuda|thrpt|skipping" || true
 echo "== amp kernels bench (brief)"
 ./benches/amp_kernels --bench --warm-up-time 0.5 --measurement-time 1 2>&1 | grep -E "amp_kernels|thrpt" || true
+echo "== conv bench (brief)"
+./benches/conv --bench conv_cuda --warm-up-time 0.3 --measurement-time 1 2>&1 | tee conv.txt | grep -E "conv_cuda|thrpt|skipping" || true
+echo "== ResNet-18 steps, batch 256, 224 px"
+: > steps.txt
+for amp in off fp16; do
+    line=$(./examples/resnet18_amp --device cuda --batch-size 256 --image-size 224 --epochs 3 --amp $amp 2>&1 | tee -a steps.log | grep "^done:")
+    ips=$(echo "$line" | sed -n 's/.* \([0-9.]*\) images\/s.*/\1/p')
+    mib=$(echo "$line" | sed -n 's/.*peak memory \([0-9.]*\) MiB.*/\1/p')
+    name=$([[ $amp == off ]] && echo hemi_fp32_step || echo hemi_amp_step)
+    echo "$name ${ips:-nan} ${mib:-nan}" | tee -a steps.txt
+done
+python3 torch_resnet_step.py | tee -a steps.txt
 echo "== torch.matmul"
 python3 torch_gemm.py | tee torch.txt
+echo "== torch conv2d (cuDNN, channels-last)"
+python3 torch_conv.py | tee torch_conv.txt
 python3 table.py gemm.txt torch.txt
+python3 conv_table.py conv.txt torch_conv.txt steps.txt
 echo "== compute-sanitizer summary"
 cat sanitizer.txt
