@@ -8,7 +8,9 @@
 // Any stride, padding and dilation; groups = 1 (the Rust side rejects others). Inputs f32, f16
 // or bf16 (both operands one dtype), f32 accumulation, the output rounded once into the input
 // dtype. This is the SIMT tier: 64x64 block tile, 16x16 threads with 4x4 outputs each,
-// k-tile 16 (the layout of gemm_simt_f32).
+// k-tile 16 (the layout of gemm_simt_f32). Split-K (for skinny GEMMs: wgrad's K = N·P·Q is
+// huge while M·N is small): blockIdx.z takes one of `splits` equal K ranges and writes f32
+// partials, which conv_splitk_reduce sums (in split order) and rounds once.
 // Error bound: the GEMM bound with that K: |y − y64| ≤ K·2⁻²³·Σ|a||b| + u_out·|y64|.
 #include "dtype.cuh"
 
@@ -21,9 +23,13 @@ struct ConvArgs {
     unsigned long long a;    // fprop: x     dgrad: dy   wgrad: dy
     unsigned long long b;    // fprop: w     dgrad: w    wgrad: x
     unsigned long long out;  // fprop: y     dgrad: dx   wgrad: dw
+    unsigned long long ws;   // split-K: f32 partials [splits][M][N] (0 when splits == 1)
+    int splits;              // blockIdx.z splits the GEMM's K into this many ranges
+    int pad;
 };
-static_assert(sizeof(ConvArgs) == 120, "ConvArgs layout");
+static_assert(sizeof(ConvArgs) == 136, "ConvArgs layout");
 static_assert(offsetof(ConvArgs, stride_h) == 72 && offsetof(ConvArgs, a) == 96, "ConvArgs layout");
+static_assert(offsetof(ConvArgs, ws) == 120 && offsetof(ConvArgs, splits) == 128, "ConvArgs layout");
 
 enum ConvMode { FPROP = 0, DGRAD = 1, WGRAD = 2 };
 
@@ -54,24 +60,45 @@ __device__ __forceinline__ float conv_input_at(const ConvArgs& g, const T* x, lo
     return to_f32(x[((n * g.c + c) * g.h + y) * g.w + xx]);
 }
 
+/// (i / b, i % b) in 32-bit arithmetic (a GEMM index is below 2³¹: checked on the Rust side),
+/// much cheaper on the GPU than a 64-bit division.
+__device__ __forceinline__ void divmod(unsigned i, unsigned b, unsigned& q, unsigned& r) {
+    q = i / b;
+    r = i - q * b;
+}
+
+/// (outer, mid, inner) of index i over (·, mid, inner).
+__device__ __forceinline__ void split3(long long i, long long mid, long long inner, long long& o, long long& m,
+                                      long long& n) {
+    unsigned q, r, q2, r2;
+    divmod((unsigned)i, (unsigned)inner, q, r);
+    divmod(q, (unsigned)mid, q2, r2);
+    o = q2;
+    m = r2;
+    n = r;
+}
+
 /// Element (row, kk) of the implicit GEMM's A operand.
 template <int MODE, typename T>
 __device__ __forceinline__ float conv_load_a(const ConvArgs& g, long long row, long long kk) {
     const T* a = reinterpret_cast<const T*>(g.a);
     if (MODE == FPROP) {  // row = (n, p, q), kk = (c, r, s): the input under the filter tap
-        long long q = row % g.q, p = row / g.q % g.p, n = row / (g.q * g.p);
-        long long s = kk % g.s, r = kk / g.s % g.r, c = kk / (g.s * g.r);
+        long long n, p, q, c, r, s;
+        split3(row, g.p, g.q, n, p, q);
+        split3(kk, g.r, g.s, c, r, s);
         return conv_input_at(g, a, n, c, p, q, r, s);
     } else if (MODE == DGRAD) {  // row = (n, h, w), kk = (k, r, s): dy at the output tap r, s hits
-        long long w = row % g.w, h = row / g.w % g.h, n = row / (g.w * g.h);
-        long long s = kk % g.s, r = kk / g.s % g.r, k = kk / (g.s * g.r);
+        long long n, h, w, k, r, s;
+        split3(row, g.h, g.w, n, h, w);
+        split3(kk, g.r, g.s, k, r, s);
         long long ty = h + g.pad_h - r * g.dil_h, tx = w + g.pad_w - s * g.dil_w;
         if (ty < 0 || tx < 0 || ty % g.stride_h != 0 || tx % g.stride_w != 0) return 0.0f;
         long long p = ty / g.stride_h, q = tx / g.stride_w;
         if (p >= g.p || q >= g.q) return 0.0f;
         return to_f32(a[((n * g.k + k) * g.p + p) * g.q + q]);
     } else {  // row = k, kk = (n, p, q): dy
-        long long q = kk % g.q, p = kk / g.q % g.p, n = kk / (g.q * g.p);
+        long long n, p, q;
+        split3(kk, g.p, g.q, n, p, q);
         return to_f32(a[((n * g.k + row) * g.p + p) * g.q + q]);
     }
 }
@@ -82,25 +109,28 @@ __device__ __forceinline__ float conv_load_b(const ConvArgs& g, long long kk, lo
     const T* b = reinterpret_cast<const T*>(g.b);
     if (MODE == FPROP) return to_f32(b[col * g.c * g.r * g.s + kk]);  // w[col, (c, r, s)]
     if (MODE == DGRAD) {  // kk = (k, r, s), col = c: w[k, c, r, s]
-        long long s = kk % g.s, r = kk / g.s % g.r, k = kk / (g.s * g.r);
+        long long k, r, s;
+        split3(kk, g.r, g.s, k, r, s);
         return to_f32(b[((k * g.c + col) * g.r + r) * g.s + s]);
     }
     // wgrad: kk = (n, p, q), col = (c, r, s): the input under tap (r, s) of output (p, q)
-    long long q = kk % g.q, p = kk / g.q % g.p, n = kk / (g.q * g.p);
-    long long s = col % g.s, r = col / g.s % g.r, c = col / (g.s * g.r);
+    long long n, p, q, c, r, s;
+    split3(kk, g.p, g.q, n, p, q);
+    split3(col, g.r, g.s, c, r, s);
     return conv_input_at(g, b, n, c, p, q, r, s);
 }
 
 /// Flat output index of GEMM element (row, col).
 template <int MODE>
 __device__ __forceinline__ long long conv_out_index(const ConvArgs& g, long long row, long long col) {
+    unsigned n, rest;
     if (MODE == FPROP) {  // row = (n, p, q), col = k
-        long long pq = row % (g.p * g.q), n = row / (g.p * g.q);
-        return (n * g.k + col) * g.p * g.q + pq;
+        divmod((unsigned)row, (unsigned)(g.p * g.q), n, rest);
+        return ((long long)n * g.k + col) * g.p * g.q + rest;
     }
     if (MODE == DGRAD) {  // row = (n, h, w), col = c
-        long long hw = row % (g.h * g.w), n = row / (g.h * g.w);
-        return (n * g.c + col) * g.h * g.w + hw;
+        divmod((unsigned)row, (unsigned)(g.h * g.w), n, rest);
+        return ((long long)n * g.c + col) * g.h * g.w + rest;
     }
     return row * g.c * g.r * g.s + col;  // wgrad: row = k, col = (c, r, s)
 }
@@ -116,13 +146,17 @@ __device__ void conv_simt(const ConvArgs& g) {
     conv_gemm_dims<MODE>(g, gm, gn, gk);
     long long row0 = (long long)blockIdx.x * CONV_TILE, col0 = (long long)blockIdx.y * CONV_TILE;
     unsigned tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    // This block's K range: whole k-tiles, split as evenly as the tiles allow.
+    long long ktiles = (gk + CONV_K - 1) / CONV_K, per = (ktiles + g.splits - 1) / g.splits;
+    long long kbeg = blockIdx.z * per * CONV_K, kend = (blockIdx.z + 1) * per * CONV_K;
+    if (kend > gk) kend = gk;
     float acc[4][4] = {};
-    for (long long k0 = 0; k0 < gk; k0 += CONV_K) {
+    for (long long k0 = kbeg; k0 < kend; k0 += CONV_K) {
         for (unsigned i = threadIdx.x; i < CONV_K * CONV_TILE; i += 256) {
             unsigned kk = i / CONV_TILE, rr = i % CONV_TILE;
             long long r = row0 + rr, c = col0 + rr, k = k0 + kk;
-            sa[kk][rr] = (r < gm && k < gk) ? conv_load_a<MODE, T>(g, r, k) : 0.0f;
-            sb[kk][rr] = (c < gn && k < gk) ? conv_load_b<MODE, T>(g, k, c) : 0.0f;
+            sa[kk][rr] = (r < gm && k < kend) ? conv_load_a<MODE, T>(g, r, k) : 0.0f;
+            sb[kk][rr] = (c < gn && k < kend) ? conv_load_b<MODE, T>(g, k, c) : 0.0f;
         }
         prim::sync_threads();
         for (int kk = 0; kk < CONV_K; ++kk) {
@@ -135,11 +169,28 @@ __device__ void conv_simt(const ConvArgs& g) {
         prim::sync_threads();
     }
     T* out = reinterpret_cast<T*>(g.out);
+    float* ws = reinterpret_cast<float*>(g.ws) + (long long)blockIdx.z * gm * gn;
     for (int i = 0; i < 4; ++i)
         for (int j = 0; j < 4; ++j) {
             long long r = row0 + ty * 4 + i, c = col0 + tx * 4 + j;
-            if (r < gm && c < gn) out[conv_out_index<MODE>(g, r, c)] = from_f32<T>(acc[i][j]);
+            if (r >= gm || c >= gn) continue;
+            if (g.splits > 1) ws[r * gn + c] = acc[i][j];
+            else out[conv_out_index<MODE>(g, r, c)] = from_f32<T>(acc[i][j]);
         }
+}
+
+/// Sums the split-K partials of every GEMM element in split order and rounds once into T.
+template <int MODE, typename T>
+__device__ void conv_splitk_reduce(const ConvArgs& g) {
+    long long gm, gn, gk;
+    conv_gemm_dims<MODE>(g, gm, gn, gk);
+    const float* ws = reinterpret_cast<const float*>(g.ws);
+    T* out = reinterpret_cast<T*>(g.out);
+    for (long long i = grid_start(); i < gm * gn; i += grid_step()) {
+        float s = 0.0f;
+        for (int z = 0; z < g.splits; ++z) s += ws[z * gm * gn + i];
+        out[conv_out_index<MODE>(g, i / gn, i % gn)] = from_f32<T>(s);
+    }
 }
 
 #define HEMI_CONV(SUFFIX, T)                                                                          \
@@ -154,7 +205,9 @@ __device__ void conv_simt(const ConvArgs& g) {
     extern "C" __global__ void __launch_bounds__(256) conv_wgrad_##SUFFIX(ConvArgs g) {               \
         conv_simt<WGRAD, T>(g);                                                                       \
     }                                                                                                 \
-    HEMI_KERNEL(conv_wgrad_##SUFFIX)
+    HEMI_KERNEL(conv_wgrad_##SUFFIX)                                                                  \
+    extern "C" __global__ void conv_wgrad_reduce_##SUFFIX(ConvArgs g) { conv_splitk_reduce<WGRAD, T>(g); } \
+    HEMI_KERNEL(conv_wgrad_reduce_##SUFFIX)
 
 HEMI_CONV(f32, float)
 HEMI_CONV(f16, hemi_f16)

@@ -9,13 +9,14 @@ use hemi::*;
 /// `(c, h, w, k, kernel, stride, padding, dilation)` of each case.
 type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
 
-const CASES: [Case; 6] = [
+const CASES: [Case; 7] = [
     (3, 11, 9, 5, 7, 2, 3, 1),  // a 7x7 stride-2 stem on 3 channels
     (5, 9, 7, 6, 3, 1, 1, 1),   // 3x3 "same"
     (4, 10, 11, 7, 3, 2, 1, 1), // 3x3 stride 2
     (6, 7, 5, 3, 1, 1, 0, 1),   // 1x1
     (3, 9, 9, 4, 3, 1, 2, 2),   // dilated
     (2, 6, 7, 3, 1, 2, 0, 1),   // 1x1 stride 2 (a downsample)
+    (3, 33, 35, 4, 3, 1, 1, 1), // wgrad's K = 2·33·35 = 2310: split over K on the CUDA side
 ];
 
 /// dx and dw of `Σ y ⊙ dy` in f64, with `Σ|terms|` per element.

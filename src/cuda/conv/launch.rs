@@ -31,12 +31,16 @@ struct ConvArgs {
     a: u64,
     b: u64,
     out: u64,
+    ws: u64,
+    splits: i32,
+    pad: i32,
 }
 
 const _: () = {
     use std::mem::{offset_of, size_of};
-    assert!(size_of::<ConvArgs>() == 120);
+    assert!(size_of::<ConvArgs>() == 136);
     assert!(offset_of!(ConvArgs, stride_h) == 72 && offset_of!(ConvArgs, a) == 96);
+    assert!(offset_of!(ConvArgs, ws) == 120 && offset_of!(ConvArgs, splits) == 128);
 };
 
 /// Which of the three convolution GEMMs runs.
@@ -53,17 +57,53 @@ pub enum ConvMode {
 /// Tile of the SIMT kernels (block tile edge).
 const TILE: u64 = 64;
 
+/// The implicit GEMM's (M, N, K) of `mode`.
+fn gemm_dims(mode: ConvMode, spec: &Conv2dSpec) -> (usize, usize, usize) {
+    let (p, q) = (spec.out_h(), spec.out_w());
+    match mode {
+        ConvMode::Fprop => (spec.n * p * q, spec.c_out, spec.c_in * spec.kh * spec.kw),
+        ConvMode::Dgrad => (
+            spec.n * spec.h * spec.w,
+            spec.c_in,
+            spec.c_out * spec.kh * spec.kw,
+        ),
+        ConvMode::Wgrad => (spec.c_out, spec.c_in * spec.kh * spec.kw, spec.n * p * q),
+    }
+}
+
+/// Split-K factor of the weight gradient (a validated `spec`): its GEMM is skinny (M = K
+/// filters, N = C·R·S, but K = N·P·Q reaches millions), so its K is split until about 256
+/// blocks fill the GPU, each split keeping at least 1024 of K; at most 64. 1 = no split.
+pub fn wgrad_splits(spec: &Conv2dSpec) -> usize {
+    let (gm, gn, gk) = gemm_dims(ConvMode::Wgrad, spec);
+    let blocks = (gm.div_ceil(TILE as usize) * gn.div_ceil(TILE as usize)).max(1);
+    256usize.div_ceil(blocks).min(gk / 1024).clamp(1, 64)
+}
+
+/// Elements of the split-K workspace (f32) for `splits`: `splits · M · N` of wgrad's GEMM.
+pub fn wgrad_workspace(spec: &Conv2dSpec, splits: usize) -> usize {
+    let (gm, gn, _) = gemm_dims(ConvMode::Wgrad, spec);
+    if splits > 1 {
+        splits * gm * gn
+    } else {
+        0
+    }
+}
+
 fn small(op: &'static str, what: &str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::invalid(op, format!("{what} {v} is too large")))
 }
 
-/// Runs `mode` of the convolution `spec` (groups 1) on checked operands.
+/// Runs `mode` of the convolution `spec` (groups 1) on checked operands. Wgrad with
+/// `splits > 1` writes f32 partials into `ws` (`wgrad_workspace` elements) and sums them in a
+/// second launch.
 pub fn conv(
     mode: ConvMode,
     spec: &Conv2dSpec,
     a: &Span<'_>,
     b: &Span<'_>,
     out: &Span<'_>,
+    (splits, ws): (usize, Option<&Span<'_>>),
 ) -> Result<()> {
     let op = match mode {
         ConvMode::Fprop => "conv2d",
@@ -113,10 +153,44 @@ pub fn conv(
     if out_len == 0 {
         return Ok(());
     }
-    let (gm, gn) = match mode {
-        ConvMode::Fprop => (spec.n * p * q, spec.c_out),
-        ConvMode::Dgrad => (spec.n * spec.h * spec.w, spec.c_in),
-        ConvMode::Wgrad => (spec.c_out, spec.c_in * spec.kh * spec.kw),
+    let (gm, gn, gk) = gemm_dims(mode, spec);
+    // The kernels decompose GEMM indices in 32-bit arithmetic.
+    if [gm, gn, gk].iter().any(|&d| d > i32::MAX as usize) {
+        return Err(Error::invalid(
+            op,
+            format!("an implicit GEMM of {gm}x{gn}x{gk} exceeds the kernels' 2^31 index range"),
+        ));
+    }
+    if !(1..=64).contains(&splits) || (splits > 1 && mode != ConvMode::Wgrad) {
+        return Err(Error::invalid(
+            op,
+            format!("split-K factor {splits} (1..=64, wgrad only)"),
+        ));
+    }
+    let ws_ptr = match ws {
+        Some(w) if splits > 1 => {
+            expect_len(
+                op,
+                "the split-K workspace",
+                w.len(),
+                wgrad_workspace(spec, splits),
+            )?;
+            expect_dtype(
+                op,
+                "the split-K workspace",
+                w.dtype(),
+                hemi_engine::DType::F32,
+            )?;
+            same_device(op, a.device(), [w.device()])?;
+            w.ptr()
+        }
+        None if splits == 1 => 0,
+        _ => {
+            return Err(Error::invalid(
+                op,
+                "a split-K launch needs its workspace (and only it)",
+            ))
+        }
     };
     let (bx, by) = ((gm as u64).div_ceil(TILE), (gn as u64).div_ceil(TILE));
     if bx > u32::MAX as u64 || by > 65535 {
@@ -151,14 +225,30 @@ pub fn conv(
         a: a.ptr(),
         b: b.ptr(),
         out: out.ptr(),
+        ws: ws_ptr,
+        splits: splits as i32,
+        pad: 0,
     };
     let cfg = LaunchConfig {
-        grid: [bx as u32, by as u32, 1],
+        grid: [bx as u32, by as u32, splits as u32],
         block: [256, 1, 1],
         smem: 0,
     };
-    let mut a = kernel_args![args];
+    let mut kargs = kernel_args![args];
     // SAFETY: conv_{fprop,dgrad,wgrad}_T(ConvArgs) by value; the three spans were checked to
-    // hold exactly the elements of T the mode's indices reach (x, w, y sizes of `spec`).
-    unsafe { launch(d, &name, cfg, &mut a) }
+    // hold exactly the elements of T the mode's indices reach (x, w, y sizes of `spec`), and a
+    // split launch's workspace its splits·M·N f32 partials.
+    unsafe { launch(d, &name, cfg, &mut kargs) }?;
+    if splits > 1 {
+        let reduce = format!("conv_wgrad_reduce_{suffix}");
+        let cfg = LaunchConfig::linear(
+            gm * gn,
+            crate::cuda::launch::THREADS,
+            crate::cuda::launch::MAX_BLOCKS,
+        );
+        // SAFETY: conv_wgrad_reduce_T(ConvArgs): reads the splits·M·N partials, writes the
+        // M·N outputs (both checked above).
+        unsafe { launch(d, &reduce, cfg, &mut kargs) }?;
+    }
+    Ok(())
 }
