@@ -20,6 +20,7 @@
 #include <vector>
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define HEMI_ASAN 1
 #endif
@@ -65,6 +66,10 @@ namespace hemi_sim {
 
 #if defined(__x86_64__)
 void context_init(Context& c, void* stack, std::size_t bytes, void (*entry)()) {
+#ifdef HEMI_ASAN
+    // A fiber that ended never unwound its frames: their redzones are still poisoned.
+    __asan_unpoison_memory_region(stack, bytes);
+#endif
     auto top = (reinterpret_cast<uintptr_t>(stack) + bytes) & ~uintptr_t{15};
     auto* sp = reinterpret_cast<uint64_t*>(top);
     *--sp = 0;                                      // entry's (never used) return address
