@@ -111,7 +111,7 @@ fn main() -> Result<()> {
             }
         }
     }
-    println!("| launch (CudaSim, one host thread) | checkers off ms | checkers on ms | slowdown |");
+    println!("| launch (CudaSim, every core) | checkers off ms | checkers on ms | slowdown |");
     println!("|---|---|---|---|");
     for (name, off, on) in rows {
         println!("| {name} | {off:.1} | {on:.1} | {:.2}x |", on / off);
