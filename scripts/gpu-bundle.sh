@@ -30,7 +30,7 @@ cargo test --release --features cuda --no-run --message-format=json --test cuda_
 cargo bench --features cuda --no-run --message-format=json --bench gemm --bench amp_kernels --bench conv | collect bundle/benches
 cargo build --release --features cuda --message-format=json --example resnet18_amp | collect bundle/examples
 cp scripts/bundle/run.sh scripts/bundle/torch_gemm.py scripts/bundle/table.py scripts/bundle/torch_conv.py \
-    scripts/bundle/torch_resnet_step.py scripts/bundle/conv_table.py bundle/
+    scripts/bundle/torch_resnet_step.py scripts/bundle/conv_table.py scripts/bundle/criterion_out.py bundle/
 strip bundle/tests/* bundle/benches/* bundle/examples/* 2>/dev/null || true
 # The binaries travel compressed (each carries the emulator and the fatbin); run.sh unpacks them.
 tar -C bundle -czf bundle/bin.tar.gz tests benches examples

@@ -1,19 +1,10 @@
 """Joins criterion's conv output (conv.txt) with torch_conv.py's (torch_conv.txt) and the
 ResNet-18 step lines (steps.txt), and prints hemi vs cuDNN TFLOP/s and the step table."""
-import re
 import sys
 
-UNITS = {"elem/s": 1e-12, "Kelem/s": 1e-9, "Melem/s": 1e-6, "Gelem/s": 1e-3, "Telem/s": 1.0}
-hemi, current = {}, None
-for line in open(sys.argv[1]):
-    m = re.match(r"conv_cuda/(\S+)/(\S+?)_cuda:\d+", line.strip())
-    if m:
-        current = (m.group(1), m.group(2))
-        continue
-    m = re.search(r"thrpt:\s+\[\S+ \S+ (\S+) (\S+)", line)
-    if m and current:
-        hemi[current] = float(m.group(1)) * UNITS.get(m.group(2), float("nan"))
-        current = None
+from criterion_out import throughputs
+
+hemi = throughputs(sys.argv[1], r"conv_cuda/(\S+)/(\S+?)_cuda:\d+")
 torch = {}
 for line in open(sys.argv[2]):
     p = line.split()

@@ -1,18 +1,9 @@
 """Joins criterion's GEMM output with torch_gemm.py's and prints hemi vs PyTorch TFLOP/s."""
-import re
 import sys
 
-UNITS = {"elem/s": 1e-12, "Kelem/s": 1e-9, "Melem/s": 1e-6, "Gelem/s": 1e-3, "Telem/s": 1.0}
-hemi, current = {}, None
-for line in open(sys.argv[1]):
-    m = re.match(r"gemm_cuda/(\S+)/(\S+)", line.strip())
-    if m:
-        current = (m.group(1), m.group(2))
-        continue
-    m = re.search(r"thrpt:\s+\[\S+ \S+ (\S+) (\S+)", line)
-    if m and current:
-        hemi[current] = float(m.group(1)) * UNITS.get(m.group(2), float("nan"))
-        current = None
+from criterion_out import throughputs
+
+hemi = throughputs(sys.argv[1], r"gemm_cuda/(\S+)/(\S+)")
 torch = {}
 for line in open(sys.argv[2]):
     parts = line.split()
