@@ -10,7 +10,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hemi::backend::Conv2dSpec;
-use hemi::{DType, Device, Generator, Tensor};
+use hemi::{DType, Device, Generator, MemoryFormat, Tensor};
 use std::time::Duration;
 
 /// (name, C, K, H (=W), kernel, stride, padding) of ResNet-18's distinct convolutions.
@@ -33,6 +33,8 @@ fn spec(
     (c, k, h, ks, st, pad): (usize, usize, usize, usize, usize, usize),
 ) -> Conv2dSpec {
     Conv2dSpec {
+        format: MemoryFormat::Contiguous,
+        out_dtype: None,
         n,
         c_in: c,
         h,

@@ -1,11 +1,12 @@
 // The matmul family (GEMM kernels): C = alpha · A·B + beta · C_in + bias, batched with strides, any M, N, K.
 //   gemm_simt_f32      (iii) tiled fp32 SIMT baseline
 //   gemm_wmma_{f16,bf16} (i) the nvcuda::wmma Tensor-Core kernel: simple, portable reference
+//   gemm_mma_{f16,bf16}  (ii) mma.sync + ldmatrix + cp.async (mma_tile.cuh): the fast path
 // Operands are described by element strides (batch, row, col), so NN, NT and TN layouts are
 // the same kernel; edges are predicated (zero-filled tiles), K needs no multiple of the tile.
 // Accumulation is f32; the output is rounded once into its dtype (0 f32, 1 f16, 2 bf16).
 #include "dtype.cuh"
-#include "mutant.cuh"
+#include "mma_tile.cuh"
 
 /// A batched matrix operand: address and element strides.
 struct Operand {
@@ -141,54 +142,47 @@ extern "C" __global__ void __launch_bounds__(128) gemm_wmma_bf16(GemmArgs g) {
 HEMI_KERNEL(gemm_wmma_bf16)
 
 // ---- (ii) the fast path: mma.sync.m16n8k16 + ldmatrix + 3-stage cp.async pipeline ----
-// Block tile 128x128x32, 4 warps (2x2) of 64x64, XOR-swizzled shared memory, grouped block
-// rasterization for L2 reuse. Preconditions (checked by the Rust dispatcher): A k-contiguous
-// (row-major) or m-contiguous (transposed, "TN": then M % 8 == 0), B k-contiguous ("NT") or
-// n-contiguous ("NN": then N % 8 == 0); K a multiple of 8; 16-byte aligned rows and bases.
-// A k-contiguous tile is [128 rows][32 k]; an m/n-contiguous one is [32 k][128 cols] and is
-// read with ldmatrix.trans.
+// The shared tile machinery of mma_tile.cuh (block tile 128x128x32, 4 warps of 64x64,
+// XOR-swizzled shared memory) with grouped block rasterization for L2 reuse. Preconditions
+// (checked by the Rust dispatcher): A k-contiguous (row-major) or m-contiguous (transposed,
+// "TN": then M % 8 == 0), B k-contiguous ("NT") or n-contiguous ("NN": then N % 8 == 0); K a
+// multiple of 8; 16-byte aligned rows and bases.
 
-constexpr int MMA_BM = 128, MMA_BN = 128, MMA_BK = 32, MMA_STAGES = 3;
-constexpr int MMA_TILE_ELEMS = MMA_BM * MMA_BK;  // one operand tile of one stage
-
-/// Swizzled offset of 16-byte chunk `c` of row `r` in a tile with 32-element (4-chunk) rows.
-__device__ __forceinline__ int swz32(int r, int c) { return r * 32 + ((c ^ ((r >> 1) & 3)) * 8); }
-/// Same for 128-element (16-chunk) rows.
-__device__ __forceinline__ int swz128(int r, int c) { return r * 128 + ((c ^ (r & 7)) * 8); }
-
+/// Issues the cp.async copies of the K-tile at `k0` of both operands of batch `z`.
 template <typename T>
 __device__ void mma_load_stage(const GemmArgs& g, long long z, long long row0, long long col0, long long k0,
                                unsigned short* sa, unsigned short* sb, int a_kcontig, int b_kcontig) {
     const T* a = reinterpret_cast<const T*>(g.a.ptr) + z * g.a.batch_stride;
     const T* b = reinterpret_cast<const T*>(g.b.ptr) + z * g.b.batch_stride;
-    for (int q = threadIdx.x; q < MMA_BM * MMA_BK / 8; q += blockDim.x) {
-        int r = q / 4, c = q % 4;
-        long long row = row0 + r, k = k0 + c * 8;
+    for (int q = threadIdx.x; q < MMA_CHUNKS; q += blockDim.x) {
+        int r, k, slot;
         if (a_kcontig) {
-            bool ok = row < g.m && k < g.k;
-            prim::cp_async_16(&sa[swz32(r, c)], ok ? a + row * g.a.row_stride + k : a, ok);
+            mma_chunk_kcontig(q, r, k, slot);
+            long long row = row0 + r, kk = k0 + k;
+            bool ok = row < g.m && kk < g.k;
+            prim::cp_async_16(&sa[slot], ok ? a + row * g.a.row_stride + kk : a, ok);
         } else {
-            int kr = q / 16, cm = q % 16;
-            long long kk = k0 + kr, m = row0 + cm * 8;
+            mma_chunk_mcontig(q, k, r, slot);
+            long long kk = k0 + k, m = row0 + r;
             bool ok = kk < g.k && m < g.m;
-            prim::cp_async_16(&sa[swz128(kr, cm)], ok ? a + kk * g.a.col_stride + m : a, ok);
+            prim::cp_async_16(&sa[slot], ok ? a + kk * g.a.col_stride + m : a, ok);
         }
         if (b_kcontig) {
-            long long n = col0 + r;
-            bool okb = n < g.n && k < g.k;
-            prim::cp_async_16(&sb[swz32(r, c)], okb ? b + n * g.b.col_stride + k : b, okb);
+            mma_chunk_kcontig(q, r, k, slot);
+            long long n = col0 + r, kk = k0 + k;
+            bool ok = n < g.n && kk < g.k;
+            prim::cp_async_16(&sb[slot], ok ? b + n * g.b.col_stride + kk : b, ok);
         } else {
-            int kr = q / 16, cn = q % 16;
-            long long kk = k0 + kr, n = col0 + cn * 8;
-            bool okb = kk < g.k && n < g.n;
-            prim::cp_async_16(&sb[swz128(kr, cn)], okb ? b + kk * g.b.row_stride + n : b, okb);
+            mma_chunk_mcontig(q, k, r, slot);
+            long long kk = k0 + k, n = col0 + r;
+            bool ok = kk < g.k && n < g.n;
+            prim::cp_async_16(&sb[slot], ok ? b + kk * g.b.row_stride + n : b, ok);
         }
     }
 }
 
 template <typename T, bool BF16, Mutant MUT = Mutant::None>
 __device__ void gemm_mma_impl(const GemmArgs& g, int a_kcontig, int b_kcontig) {
-    unsigned short* smem = prim::dynamic_smem<unsigned short>();
     long long z = blockIdx.z;
     // Grouped rasterization: 8 block-rows share their B tiles in L2.
     long long tiles_m = (g.m + MMA_BM - 1) / MMA_BM, tiles_n = (g.n + MMA_BN - 1) / MMA_BN;
@@ -196,75 +190,14 @@ __device__ void gemm_mma_impl(const GemmArgs& g, int a_kcontig, int b_kcontig) {
     long long first_m = group * 8, gsize = tiles_m - first_m < 8 ? tiles_m - first_m : 8;
     long long bm = first_m + (pid % per_group) % gsize, bn = (pid % per_group) / gsize;
     long long row0 = bm * MMA_BM, col0 = bn * MMA_BN;
-    unsigned lane = prim::lane_id(), warp = threadIdx.x / 32, wm = warp / 2, wn = warp % 2;
     float acc[4][8][4];
-    #pragma unroll
-    for (int i = 0; i < 4; ++i)
-        #pragma unroll
-        for (int j = 0; j < 8; ++j)
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
-    long long ktiles = (g.k + MMA_BK - 1) / MMA_BK;
-    auto sa = [&](long long s) { return smem + (s % MMA_STAGES) * 2 * MMA_TILE_ELEMS; };
-    auto sb = [&](long long s) { return smem + (s % MMA_STAGES) * 2 * MMA_TILE_ELEMS + MMA_TILE_ELEMS; };
-    #pragma unroll
-    for (int s = 0; s < MMA_STAGES - 1; ++s) {
-        if (s < ktiles) mma_load_stage<T>(g, z, row0, col0, (long long)s * MMA_BK, sa(s), sb(s), a_kcontig, b_kcontig);
-        prim::cp_async_commit();
-    }
-    for (long long kt = 0; kt < ktiles; ++kt) {
-        if constexpr (MUT == Mutant::WrongAsyncGroup) prim::cp_async_wait<MMA_STAGES - 1>();
-        else prim::cp_async_wait<MMA_STAGES - 2>();
-        if constexpr (MUT != Mutant::DropBarrier) prim::sync_threads();
-        long long next = kt + MMA_STAGES - 1;
-        if (next < ktiles) mma_load_stage<T>(g, z, row0, col0, next * MMA_BK, sa(next), sb(next), a_kcontig, b_kcontig);
-        prim::cp_async_commit();
-        const unsigned short* ta = sa(kt);
-        const unsigned short* tb = sb(kt);
-        #pragma unroll
-        for (int kk = 0; kk < MMA_BK / 16; ++kk) {
-            unsigned af[4][4], bf[8][2];
-            #pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                if (a_kcontig) {
-                    int r = wm * 64 + i * 16 + lane % 16, c = kk * 2 + lane / 16;
-                    prim::ldmatrix<4>(af[i], &ta[swz32(r, c)]);
-                } else {
-                    int kr = kk * 16 + lane % 8 + (lane / 16) * 8, cm = (wm * 64 + i * 16) / 8 + (lane / 8) % 2;
-                    prim::ldmatrix<4, true>(af[i], &ta[swz128(kr, cm)]);
-                }
-            }
-            #pragma unroll
-            for (int j = 0; j < 8; ++j) {
-                if (b_kcontig) {
-                    int n = wn * 64 + j * 8 + lane % 8, c = kk * 2 + (lane / 8) % 2;
-                    prim::ldmatrix<2>(bf[j], &tb[swz32(n, c)]);
-                } else {
-                    int kr = kk * 16 + lane % 16, cn = (wn * 64 + j * 8) / 8;
-                    prim::ldmatrix<2, true>(bf[j], &tb[swz128(kr, cn)]);
-                }
-            }
-            #pragma unroll
-            for (int i = 0; i < 4; ++i)
-                #pragma unroll
-                for (int j = 0; j < 8; ++j) {
-                    if (BF16) prim::mma_m16n8k16_bf16(acc[i][j], af[i], bf[j], acc[i][j]);
-                    else prim::mma_m16n8k16_f16(acc[i][j], af[i], bf[j], acc[i][j]);
-                }
-        }
-    }
-    prim::cp_async_wait<0>();
-    unsigned gq = lane / 4, tq = lane % 4;
-    #pragma unroll
-    for (int i = 0; i < 4; ++i)
-        #pragma unroll
-        for (int j = 0; j < 8; ++j)
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                long long r = row0 + wm * 64 + i * 16 + gq + (e >= 2 ? 8 : 0);
-                long long c = col0 + wn * 64 + j * 8 + 2 * tq + e % 2;
-                if (r < g.m && c < g.n) epilogue(g, z, r, c, acc[i][j][e]);
-            }
+    auto load = [&](long long kt, unsigned short* sa, unsigned short* sb) {
+        mma_load_stage<T>(g, z, row0, col0, kt * MMA_BK, sa, sb, a_kcontig, b_kcontig);
+    };
+    mma_mainloop<BF16, MUT>(acc, 0, (g.k + MMA_BK - 1) / MMA_BK, a_kcontig, b_kcontig, load);
+    mma_for_each(acc, [&](int r, int c, float v) {
+        if (row0 + r < g.m && col0 + c < g.n) epilogue(g, z, row0 + r, col0 + c, v);
+    });
 }
 
 extern "C" __global__ void __launch_bounds__(128) gemm_mma_f16(GemmArgs g, int a_kcontig, int b_kcontig) {

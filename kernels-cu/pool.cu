@@ -1,4 +1,4 @@
-// The pool family over NCHW planes: max pooling with the argmax of every output (flat
+// The pool family over NCHW or channels-last (NHWC) images: max pooling with the argmax of every output (flat
 // h·W + w in its plane; the first maximum, NaN propagating, as PyTorch), average pooling
 // (PyTorch's count_include_pad divisor, floor mode), adaptive average pooling (windows
 // floor(i·H/oh) .. ceil((i+1)·H/oh)), and their gradients. Every kernel is a grid-stride
@@ -8,12 +8,31 @@
 #include "dtype.cuh"
 
 /// `struct PoolArgs`, shared with `src/cuda/pool/launch.rs` (layout asserted on both sides).
+/// A plane is one (n, c) image channel: plane = n·C + c.
 struct PoolArgs {
     long long planes, h, w, oh, ow;
     int kh, kw, sh, sw, ph, pw, dh, dw;
-    int count_include_pad, pad;
+    int count_include_pad, channels_last;
+    long long c;  // channels (the NHWC index needs them)
 };
-static_assert(sizeof(PoolArgs) == 80 && offsetof(PoolArgs, kh) == 40, "PoolArgs layout");
+static_assert(sizeof(PoolArgs) == 88 && offsetof(PoolArgs, kh) == 40, "PoolArgs layout");
+static_assert(offsetof(PoolArgs, channels_last) == 76 && offsetof(PoolArgs, c) == 80, "PoolArgs layout");
+
+/// Storage index of element (plane, y, x) of images of rows x cols, NCHW or NHWC.
+__device__ __forceinline__ long long pool_at(const PoolArgs& g, long long plane, long long y, long long x,
+                                             long long rows, long long cols) {
+    if (!g.channels_last) return (plane * rows + y) * cols + x;
+    return ((plane / g.c * rows + y) * cols + x) * g.c + plane % g.c;
+}
+
+/// (plane, y, x) of the element at storage index i of images of rows x cols.
+__device__ __forceinline__ void pool_coords(const PoolArgs& g, long long i, long long rows, long long cols,
+                                            long long& plane, long long& y, long long& x) {
+    long long pix = g.channels_last ? i / g.c : i;
+    x = pix % cols;
+    y = pix / cols % rows;
+    plane = g.channels_last ? pix / (cols * rows) * g.c + i % g.c : pix / (cols * rows);
+}
 
 /// Input index of tap t of output o along one axis (may be outside [0, size)).
 __device__ __forceinline__ long long pool_tap(long long o, int t, int stride, int pad, int dil) {
@@ -24,8 +43,8 @@ template <typename T>
 __device__ void max_pool_fwd(PoolArgs g, const T* x, T* y, long long* idx) {
     long long total = g.planes * g.oh * g.ow;
     for (long long i = grid_start(); i < total; i += grid_step()) {
-        long long ox = i % g.ow, oy = i / g.ow % g.oh, plane = i / (g.ow * g.oh);
-        const T* xp = x + plane * g.h * g.w;
+        long long plane, oy, ox;
+        pool_coords(g, i, g.oh, g.ow, plane, oy, ox);
         float best = -INFINITY;
         long long arg = -1;
         bool nan = false;
@@ -35,7 +54,7 @@ __device__ void max_pool_fwd(PoolArgs g, const T* x, T* y, long long* idx) {
             for (int tx = 0; tx < g.kw; ++tx) {
                 long long xx = pool_tap(ox, tx, g.sw, g.pw, g.dw);
                 if (xx < 0 || xx >= g.w) continue;
-                float v = to_f32(xp[yy * g.w + xx]);
+                float v = to_f32(x[pool_at(g, plane, yy, xx, g.h, g.w)]);
                 if (v > best || v != v || arg < 0) {
                     best = v;
                     arg = yy * g.w + xx;
@@ -57,7 +76,9 @@ template <typename T>
 __device__ void max_pool_bwd(PoolArgs g, const T* dy, const long long* idx, T* dx) {
     long long total = g.planes * g.h * g.w;
     for (long long i = grid_start(); i < total; i += grid_step()) {
-        long long xx = i % g.w, yy = i / g.w % g.h, plane = i / (g.w * g.h), j = yy * g.w + xx;
+        long long plane, yy, xx;
+        pool_coords(g, i, g.h, g.w, plane, yy, xx);
+        long long j = yy * g.w + xx;
         float acc = 0.0f;
         for (int ty = 0; ty < g.kh; ++ty) {
             long long ny = yy + g.ph - (long long)ty * g.dh;
@@ -65,7 +86,7 @@ __device__ void max_pool_bwd(PoolArgs g, const T* dy, const long long* idx, T* d
             for (int tx = 0; tx < g.kw; ++tx) {
                 long long nx = xx + g.pw - (long long)tx * g.dw;
                 if (nx < 0 || nx % g.sw != 0 || nx / g.sw >= g.ow) continue;
-                long long o = (plane * g.oh + ny / g.sh) * g.ow + nx / g.sw;
+                long long o = pool_at(g, plane, ny / g.sh, nx / g.sw, g.oh, g.ow);
                 if (idx[o] == j) acc += to_f32(dy[o]);
             }
         }
@@ -94,13 +115,14 @@ template <typename T>
 __device__ void avg_pool_fwd(PoolArgs g, const T* x, T* y) {
     long long total = g.planes * g.oh * g.ow;
     for (long long i = grid_start(); i < total; i += grid_step()) {
-        long long ox = i % g.ow, oy = i / g.ow % g.oh, plane = i / (g.ow * g.oh);
+        long long plane, oy, ox;
+        pool_coords(g, i, g.oh, g.ow, plane, oy, ox);
         long long ylo, yhi, yp, xlo, xhi, xp;
         avg_window(oy, g.kh, g.sh, g.ph, g.h, ylo, yhi, yp);
         avg_window(ox, g.kw, g.sw, g.pw, g.w, xlo, xhi, xp);
         float acc = 0.0f;
         for (long long yy = ylo; yy < yhi; ++yy)
-            for (long long xx = xlo; xx < xhi; ++xx) acc += to_f32(x[(plane * g.h + yy) * g.w + xx]);
+            for (long long xx = xlo; xx < xhi; ++xx) acc += to_f32(x[pool_at(g, plane, yy, xx, g.h, g.w)]);
         y[i] = from_f32<T>(acc / avg_divisor(g, oy, ox));
     }
 }
@@ -109,7 +131,8 @@ template <typename T>
 __device__ void avg_pool_bwd(PoolArgs g, const T* dy, T* dx) {
     long long total = g.planes * g.h * g.w;
     for (long long i = grid_start(); i < total; i += grid_step()) {
-        long long xx = i % g.w, yy = i / g.w % g.h, plane = i / (g.w * g.h);
+        long long plane, yy, xx;
+        pool_coords(g, i, g.h, g.w, plane, yy, xx);
         float acc = 0.0f;
         for (int ty = 0; ty < g.kh; ++ty) {
             long long ny = yy + g.ph - ty;
@@ -118,7 +141,7 @@ __device__ void avg_pool_bwd(PoolArgs g, const T* dy, T* dx) {
                 long long nx = xx + g.pw - tx;
                 if (nx < 0 || nx % g.sw != 0 || nx / g.sw >= g.ow) continue;
                 long long oy = ny / g.sh, ox = nx / g.sw;
-                acc += to_f32(dy[(plane * g.oh + oy) * g.ow + ox]) / avg_divisor(g, oy, ox);
+                acc += to_f32(dy[pool_at(g, plane, oy, ox, g.oh, g.ow)]) / avg_divisor(g, oy, ox);
             }
         }
         dx[i] = from_f32<T>(acc);
@@ -134,12 +157,13 @@ template <typename T>
 __device__ void adaptive_avg_fwd(PoolArgs g, const T* x, T* y) {
     long long total = g.planes * g.oh * g.ow;
     for (long long i = grid_start(); i < total; i += grid_step()) {
-        long long ox = i % g.ow, oy = i / g.ow % g.oh, plane = i / (g.ow * g.oh);
+        long long plane, oy, ox;
+        pool_coords(g, i, g.oh, g.ow, plane, oy, ox);
         long long y0 = adaptive_lo(oy, g.h, g.oh), y1 = adaptive_hi(oy, g.h, g.oh);
         long long x0 = adaptive_lo(ox, g.w, g.ow), x1 = adaptive_hi(ox, g.w, g.ow);
         float acc = 0.0f;
         for (long long yy = y0; yy < y1; ++yy)
-            for (long long xx = x0; xx < x1; ++xx) acc += to_f32(x[(plane * g.h + yy) * g.w + xx]);
+            for (long long xx = x0; xx < x1; ++xx) acc += to_f32(x[pool_at(g, plane, yy, xx, g.h, g.w)]);
         y[i] = from_f32<T>(acc / (float)((y1 - y0) * (x1 - x0)));
     }
 }
@@ -148,7 +172,8 @@ template <typename T>
 __device__ void adaptive_avg_bwd(PoolArgs g, const T* dy, T* dx) {
     long long total = g.planes * g.h * g.w;
     for (long long i = grid_start(); i < total; i += grid_step()) {
-        long long xx = i % g.w, yy = i / g.w % g.h, plane = i / (g.w * g.h);
+        long long plane, yy, xx;
+        pool_coords(g, i, g.h, g.w, plane, yy, xx);
         float acc = 0.0f;
         for (long long oy = yy * g.oh / g.h; oy < g.oh && adaptive_lo(oy, g.h, g.oh) <= yy; ++oy) {
             long long y0 = adaptive_lo(oy, g.h, g.oh), y1 = adaptive_hi(oy, g.h, g.oh);
@@ -156,7 +181,7 @@ __device__ void adaptive_avg_bwd(PoolArgs g, const T* dy, T* dx) {
             for (long long ox = xx * g.ow / g.w; ox < g.ow && adaptive_lo(ox, g.w, g.ow) <= xx; ++ox) {
                 long long x0 = adaptive_lo(ox, g.w, g.ow), x1 = adaptive_hi(ox, g.w, g.ow);
                 if (xx < x0 || xx >= x1) continue;
-                acc += to_f32(dy[(plane * g.oh + oy) * g.ow + ox]) / (float)((y1 - y0) * (x1 - x0));
+                acc += to_f32(dy[pool_at(g, plane, oy, ox, g.oh, g.ow)]) / (float)((y1 - y0) * (x1 - x0));
             }
         }
         dx[i] = from_f32<T>(acc);

@@ -372,6 +372,7 @@ fn conv2d_all_options() {
             padding: (pad, pad),
             dilation: (dil, dil),
             groups,
+            out_dtype: None,
         };
         gradcheck(&format!("conv2d {p:?}"), &mut g, vec![x, wt, b], move |x| {
             x[0].conv2d(&x[1], Some(&x[2]), p)

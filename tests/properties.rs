@@ -287,7 +287,7 @@ proptest! {
         let mut g = Generator::new(seed);
         let x = common::rand_t(&mut g, &[n, c, h, w], dt).expect("x");
         let wt = common::rand_t(&mut g, &[o, cg, kh, kw], dt).expect("w");
-        let p = Conv2dParams { stride: (stride, stride), padding: (pad, pad), dilation: (dil, dil), groups };
+        let p = Conv2dParams { stride: (stride, stride), padding: (pad, pad), dilation: (dil, dil), groups, out_dtype: None };
         let y = x.conv2d(&wt, None, p).expect("conv2d");
         let (want, abs, oh, ow) = conv_ref(&x.to_f64_vec().expect("x"), &wt.to_f64_vec().expect("w"), (n, c, h, w), (o, kh, kw), p.stride, p.padding, p.dilation, groups);
         prop_assert_eq!(y.dims(), &[n, o, oh, ow]);

@@ -1,10 +1,12 @@
 //! The conv family: `conv2d` forward, input gradient (dgrad) and weight gradient (wgrad) on
 //! every device and dtype, element-wise against naive f64 loops at odd sizes (no dim a
 //! multiple of any tile), within the GEMM bound with the implicit GEMM's K:
-//! `|y − y64| ≤ K·2⁻²³·Σ|a||b| + u_out·|y64|` (+ the output format's smallest subnormal).
+//! `|y − y64| ≤ K·2⁻²³·Σ|a||b| + u_out·|y64|` (+ the output format's smallest subnormal) —
+//! in both memory formats, with every output dtype, on the SIMT and Tensor-Core tiers.
 
 use crate::common::{check_gemm_bound, conv_ref};
 use hemi::*;
+use proptest::prelude::*;
 
 /// `(c, h, w, k, kernel, stride, padding, dilation)` of each case.
 type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
@@ -61,59 +63,198 @@ fn conv_grads_ref(
     [dx, dxa, dw, dwa]
 }
 
+/// One convolution's geometry: `(n, c, h, w, k, kernel, stride, padding, dilation)`.
+type Geometry = (
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+);
+
+/// Runs one convolution on `dev` in `format` with inputs of `dt` and output `out_dt`, and
+/// checks y, and with `backward` dx and dw (in `dt`, same format), element-wise against the
+/// f64 loops within the GEMM bound.
+#[allow(clippy::too_many_arguments)]
+fn check_conv(
+    dev: Device,
+    g: &mut Generator,
+    (n, c, h, wd, k, ks, st, pad, dil): Geometry,
+    dt: DType,
+    out_dt: DType,
+    format: MemoryFormat,
+    backward: bool,
+) -> Result<()> {
+    let x = Tensor::uniform_with(g, [n, c, h, wd], -1.0, 1.0, dt, dev)?
+        .to_memory_format(format)?
+        .requires_grad_(true)?;
+    let w = Tensor::uniform_with(g, [k, c, ks, ks], -1.0, 1.0, dt, dev)?.requires_grad_(true)?;
+    let p = Conv2dParams {
+        stride: (st, st),
+        padding: (pad, pad),
+        dilation: (dil, dil),
+        groups: 1,
+        out_dtype: Some(out_dt),
+    };
+    let y = x.conv2d(&w, None, p)?;
+    let what = format!(
+        "{dt}->{out_dt} {format:?} {:?} on {dev}",
+        (n, c, h, wd, k, ks, st, pad, dil)
+    );
+    assert_eq!(y.dtype(), out_dt, "{what}");
+    assert_eq!(
+        y.suggest_memory_format(),
+        x.suggest_memory_format(),
+        "{what}: y keeps x's format"
+    );
+    let (xv, wv) = (x.to_f64_vec()?, w.to_f64_vec()?);
+    let (want, abs, oh, ow) = conv_ref(
+        &xv,
+        &wv,
+        (n, c, h, wd),
+        (k, ks, ks),
+        (st, st),
+        (pad, pad),
+        (dil, dil),
+        1,
+    );
+    assert_eq!(y.dims(), &[n, k, oh, ow]);
+    check_gemm_bound(&y.to_f64_vec()?, &want, &abs, c * ks * ks, out_dt)
+        .unwrap_or_else(|e| panic!("fprop {what}: {e}"));
+    if !backward {
+        return Ok(());
+    }
+    let dy = Tensor::uniform_with(g, y.shape().clone(), -1.0, 1.0, dt, dev)?;
+    y.mul(&dy)?.sum_all()?.backward()?;
+    let [dx, dxa, dw, dwa] = conv_grads_ref(
+        &xv,
+        &wv,
+        &dy.to_f64_vec()?,
+        (n, c, h, wd),
+        (k, ks, ks),
+        (oh, ow),
+        (st, pad, dil),
+    );
+    let gx = x.grad().expect("dx");
+    if format == MemoryFormat::ChannelsLast && c > 1 && h * wd > 1 {
+        assert!(
+            gx.is_contiguous_for(MemoryFormat::ChannelsLast),
+            "{what}: dx channels-last"
+        );
+    }
+    check_gemm_bound(&gx.to_f64_vec()?, &dx, &dxa, k * ks * ks, dt)
+        .unwrap_or_else(|e| panic!("dgrad {what}: {e}"));
+    let gw = w.grad().expect("dw").to_f64_vec()?;
+    check_gemm_bound(&gw, &dw, &dwa, n * oh * ow, dt)
+        .unwrap_or_else(|e| panic!("wgrad {what}: {e}"));
+    Ok(())
+}
+
 backend_test!(conv2d_forward_and_gradients_within_the_gemm_bound, |dev| {
     let mut g = Generator::new(31);
     for dt in [DType::F32, DType::F16, DType::BF16] {
-        for (case, &(c, h, wd, k, ks, st, pad, dil)) in CASES.iter().enumerate() {
-            let n = 2;
-            let x = Tensor::uniform_with(&mut g, [n, c, h, wd], -1.0, 1.0, dt, dev)?
-                .requires_grad_(true)?;
-            let w = Tensor::uniform_with(&mut g, [k, c, ks, ks], -1.0, 1.0, dt, dev)?
-                .requires_grad_(true)?;
-            let p = Conv2dParams {
-                stride: (st, st),
-                padding: (pad, pad),
-                dilation: (dil, dil),
-                groups: 1,
-            };
-            let y = x.conv2d(&w, None, p)?;
-            assert_eq!(y.dtype(), dt);
-            let (xv, wv) = (x.to_f64_vec()?, w.to_f64_vec()?);
-            let (want, abs, oh, ow) = conv_ref(
-                &xv,
-                &wv,
-                (n, c, h, wd),
-                (k, ks, ks),
-                (st, st),
-                (pad, pad),
-                (dil, dil),
-                1,
-            );
-            assert_eq!(y.dims(), &[n, k, oh, ow]);
-            let what = format!("{dt} case {case} on {dev}");
-            check_gemm_bound(&y.to_f64_vec()?, &want, &abs, c * ks * ks, dt)
-                .unwrap_or_else(|e| panic!("fprop {what}: {e}"));
-            let dy = Tensor::uniform_with(&mut g, y.shape().clone(), -1.0, 1.0, dt, dev)?;
-            y.mul(&dy)?.sum_all()?.backward()?;
-            let [dx, dxa, dw, dwa] = conv_grads_ref(
-                &xv,
-                &wv,
-                &dy.to_f64_vec()?,
-                (n, c, h, wd),
-                (k, ks, ks),
-                (oh, ow),
-                (st, pad, dil),
-            );
-            let gx = x.grad().expect("dx").to_f64_vec()?;
-            check_gemm_bound(&gx, &dx, &dxa, k * ks * ks, dt)
-                .unwrap_or_else(|e| panic!("dgrad {what}: {e}"));
-            let gw = w.grad().expect("dw").to_f64_vec()?;
-            check_gemm_bound(&gw, &dw, &dwa, n * oh * ow, dt)
-                .unwrap_or_else(|e| panic!("wgrad {what}: {e}"));
+        for &(c, h, wd, k, ks, st, pad, dil) in CASES.iter() {
+            let geo = (2, c, h, wd, k, ks, st, pad, dil);
+            check_conv(dev, &mut g, geo, dt, dt, MemoryFormat::Contiguous, true)?;
         }
     }
     Ok(())
 });
+
+/// Cases for the Tensor-Core tier (f16/bf16 with output channels a multiple of 8): direct
+/// channels-last operands (C % 8 == 0), packed ones (C = 3, C = 12), NCHW callers, several
+/// 128-row and 128-column tiles and K-tiles with ragged ends; and a skinny wgrad that splits K.
+const MMA_CASES: [Geometry; 7] = [
+    (2, 8, 11, 13, 24, 3, 1, 1, 1), // M = 286: 3 row tiles; GEMM K = 72
+    (1, 3, 13, 11, 16, 7, 2, 3, 1), // the stem: C = 3 packed to 8, 7x7 stride 2 pad 3
+    (2, 16, 9, 9, 136, 1, 1, 0, 1), // 1x1, N = 136: 2 column tiles
+    (2, 16, 10, 9, 8, 3, 2, 1, 1),  // 3x3 stride 2: dgrad taps no output reaches
+    (1, 12, 9, 10, 16, 3, 1, 2, 2), // dilation 2 with C = 12 packed to 16
+    (1, 8, 6, 7, 8, 1, 2, 0, 1),    // 1x1 stride 2 downsample
+    (2, 8, 24, 24, 8, 3, 1, 1, 1),  // wgrad K = 1152 over 8x72: split-K
+];
+
+backend_test!(
+    conv2d_tensor_core_tier_in_both_formats_and_every_output_dtype,
+    |dev| {
+        let mut g = Generator::new(47);
+        for dt in [DType::F16, DType::BF16] {
+            let other = if dt == DType::F16 {
+                DType::BF16
+            } else {
+                DType::F16
+            };
+            for (i, &geo) in MMA_CASES.iter().enumerate() {
+                let format = if i % 3 == 2 {
+                    MemoryFormat::Contiguous
+                } else {
+                    MemoryFormat::ChannelsLast
+                };
+                check_conv(dev, &mut g, geo, dt, dt, format, true)?;
+                // Every output dtype through the same kernels' epilogue (fprop only: gradients
+                // keep the inputs' dtypes by contract).
+                for out in [DType::F32, other] {
+                    check_conv(dev, &mut g, geo, dt, out, format, false)?;
+                }
+            }
+        }
+        Ok(())
+    }
+);
+
+backend_test!(conv2d_channels_last_f32_matches_the_reference, |dev| {
+    let mut g = Generator::new(53);
+    for &(c, h, wd, k, ks, st, pad, dil) in CASES.iter().take(5) {
+        let geo = (2, c, h, wd, k, ks, st, pad, dil);
+        check_conv(
+            dev,
+            &mut g,
+            geo,
+            DType::F32,
+            DType::F32,
+            MemoryFormat::ChannelsLast,
+            true,
+        )?;
+    }
+    Ok(())
+});
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+    /// Random odd geometries over every dtype, output dtype and format (filters 1/3/7,
+    /// stride 1–2, padding 0–3, dilation 1–2), on every device.
+    #[test]
+    fn conv2d_random_geometry_within_the_gemm_bound(
+        n in 1usize..3,
+        c in prop::sample::select(vec![1usize, 3, 8, 13, 16]),
+        k in prop::sample::select(vec![5usize, 8, 16, 24]),
+        ks in prop::sample::select(vec![1usize, 3, 7]),
+        st in 1usize..3,
+        pad in 0usize..4,
+        dil in 1usize..3,
+        extra in (0usize..6, 0usize..6),
+        dt in prop::sample::select(vec![DType::F32, DType::F16, DType::BF16]),
+        out in prop::sample::select(vec![DType::F32, DType::F16, DType::BF16]),
+        cl in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let span = dil * (ks - 1) + 1;
+        let (h, wd) = ((span + extra.0).saturating_sub(2 * pad).max(1), (span + extra.1 + 1).saturating_sub(2 * pad).max(1));
+        prop_assume!(h + 2 * pad >= span && wd + 2 * pad >= span);
+        let format = if cl { MemoryFormat::ChannelsLast } else { MemoryFormat::Contiguous };
+        let mut g = Generator::new(seed);
+        for dev in crate::common::devices() {
+            let geo = (n, c, h, wd, k, ks, st, pad, dil);
+            // Gradients keep the input dtype: run backward when the output has it.
+            check_conv(dev, &mut g, geo, dt, out, format, out == dt)
+                .unwrap_or_else(|e| panic!("{geo:?} {dt}->{out} {format:?} on {dev}: {e}"));
+        }
+    }
+}
 
 backend_test!(conv2d_rejects_bad_geometry_without_panicking, |dev| {
     let x = Tensor::ones([1, 2, 5, 5], DType::F32, dev)?;

@@ -42,7 +42,7 @@ pub use ops::{
 };
 pub use optim::{Adam, AdamConfig, AdamW, Optimizer, OptimizerState, ParamState, Sgd, SgdConfig};
 pub use registry::{backend_for, register_backend};
-pub use shape::{Layout, Shape, StridedOffsets};
+pub use shape::{Layout, MemoryFormat, Shape, StridedOffsets};
 pub use storage::{BackendStorage, CpuStorage, StorageElement, StorageRef, VersionCounter};
 pub use tensor::{manual_seed, Generator, Tensor, TensorId};
 

@@ -109,6 +109,31 @@ impl From<()> for Shape {
     }
 }
 
+/// The order in which a 4-D `[N, C, H, W]` tensor's elements lie in memory, as PyTorch's
+/// `torch.memory_format`: the shape (and so all user code) is the same, only the strides
+/// differ. `ChannelsLast` stores NHWC (strides `[H·W·C, 1, W·C, C]`), the layout Tensor-Core
+/// convolutions read; 4-D filters `[K, C, R, S]` in it are stored KRSC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum MemoryFormat {
+    /// Row-major (NCHW for 4-D tensors): `torch.contiguous_format`.
+    #[default]
+    Contiguous,
+    /// NHWC storage of an NCHW-shaped 4-D tensor: `torch.channels_last`.
+    ChannelsLast,
+}
+
+impl MemoryFormat {
+    /// The dim order from outermost to innermost in memory for a tensor of `rank` dims
+    /// (`None` for `ChannelsLast` on a rank other than 4).
+    pub fn dim_order(self, rank: usize) -> Option<Vec<usize>> {
+        match self {
+            MemoryFormat::Contiguous => Some((0..rank).collect()),
+            MemoryFormat::ChannelsLast if rank == 4 => Some(vec![0, 2, 3, 1]),
+            MemoryFormat::ChannelsLast => None,
+        }
+    }
+}
+
 /// How a tensor's logical elements map onto its storage: shape, element strides and offset.
 /// Strides are non-negative; a stride of 0 broadcasts a dim.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -167,6 +192,43 @@ impl Layout {
             acc *= d;
         }
         true
+    }
+    /// The dense layout of `shape` in `format` at offset 0 (`None` when the format does not
+    /// apply to the rank: channels-last needs 4 dims).
+    pub fn dense(shape: impl Into<Shape>, format: MemoryFormat) -> Option<Self> {
+        let shape = shape.into();
+        let order = format.dim_order(shape.rank())?;
+        let mut strides = vec![0; shape.rank()];
+        let mut acc = 1;
+        for &d in order.iter().rev() {
+            strides[d] = acc;
+            acc *= shape.dims()[d];
+        }
+        Some(Layout::new(shape, strides, 0))
+    }
+    /// True when the elements lie densely in `format`'s dim order (dims of size 1 may have any
+    /// stride, as in [`Layout::is_contiguous`]); a 4-D tensor with `C = 1` or `H = W = 1` is
+    /// in both formats at once, as in PyTorch.
+    pub fn is_contiguous_for(&self, format: MemoryFormat) -> bool {
+        let Some(order) = format.dim_order(self.shape.rank()) else {
+            return false;
+        };
+        let mut acc = 1;
+        for &d in order.iter().rev() {
+            let n = self.dims()[d];
+            if n != 1 && self.strides[d] != acc {
+                return false;
+            }
+            acc *= n;
+        }
+        true
+    }
+    /// The format this dense layout is in, preferring `Contiguous` when both apply; `None` for
+    /// a layout that is in neither (a strided view).
+    pub fn memory_format(&self) -> Option<MemoryFormat> {
+        [MemoryFormat::Contiguous, MemoryFormat::ChannelsLast]
+            .into_iter()
+            .find(|&f| self.is_contiguous_for(f))
     }
     /// Swaps two dims (a view).
     pub fn transpose(&self, a: usize, b: usize) -> Layout {

@@ -1,13 +1,14 @@
-//! Typed launches of `kernels-cu/conv.cu`: fprop, dgrad and wgrad as implicit GEMMs, from
-//! checked contiguous operands ([`Span`]) whose lengths, dtypes and devices are checked
-//! against the convolution's geometry here.
+//! Typed launches of `kernels-cu/conv.cu`: fprop, dgrad and wgrad as implicit GEMMs (the SIMT
+//! tier and the Tensor-Core tier), the split-K reduction, and the channel packing of the
+//! Tensor-Core tier's NHWC operands — from checked contiguous operands ([`Span`]) whose
+//! lengths, dtypes and devices are checked against the convolution's geometry here.
 
 use crate::cuda::driver::LaunchConfig;
-use crate::cuda::launch::{float_suffix, launch};
+use crate::cuda::launch::{dtype_code, float_suffix, launch, MAX_BLOCKS, THREADS};
 use crate::cuda::operand::{expect_dtype, expect_len, same_device, Span};
 use crate::kernel_args;
 use hemi_engine::backend::Conv2dSpec;
-use hemi_engine::{Error, Result};
+use hemi_engine::{DType, Error, MemoryFormat, Result};
 
 /// `struct ConvArgs` of conv.cu.
 #[repr(C)]
@@ -33,12 +34,15 @@ struct ConvArgs {
     out: u64,
     ws: u64,
     splits: i32,
+    channels_last: i32,
+    out_dtype: i32,
     pad: i32,
 }
 
 const _: () = {
     use std::mem::{offset_of, size_of};
-    assert!(size_of::<ConvArgs>() == 136);
+    assert!(size_of::<ConvArgs>() == 144);
+    assert!(offset_of!(ConvArgs, channels_last) == 132 && offset_of!(ConvArgs, out_dtype) == 136);
     assert!(offset_of!(ConvArgs, stride_h) == 72 && offset_of!(ConvArgs, a) == 96);
     assert!(offset_of!(ConvArgs, ws) == 120 && offset_of!(ConvArgs, splits) == 128);
 };
@@ -54,11 +58,30 @@ pub enum ConvMode {
     Wgrad,
 }
 
-/// Tile of the SIMT kernels (block tile edge).
-const TILE: u64 = 64;
+/// Which kernels run a convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// `conv_{mode}_T`: SIMT, any float dtype, NCHW/KCRS or NHWC/KRSC.
+    Simt,
+    /// `conv_mma_{mode}_T`: Tensor Cores, f16/bf16, NHWC/KRSC with C and K multiples of 8.
+    Mma,
+}
+
+impl Tier {
+    /// (block tile edge, k-tile depth, threads per block).
+    fn geometry(self) -> (usize, usize, u32) {
+        match self {
+            Tier::Simt => (64, 16, 256),
+            Tier::Mma => (128, 32, 128),
+        }
+    }
+}
+
+/// Dynamic shared memory of the Tensor-Core tier: 3 stages of two 128x32 16-bit tiles.
+const MMA_SMEM: u32 = 3 * 2 * 128 * 32 * 2;
 
 /// The implicit GEMM's (M, N, K) of `mode`.
-fn gemm_dims(mode: ConvMode, spec: &Conv2dSpec) -> (usize, usize, usize) {
+pub fn gemm_dims(mode: ConvMode, spec: &Conv2dSpec) -> (usize, usize, usize) {
     let (p, q) = (spec.out_h(), spec.out_w());
     match mode {
         ConvMode::Fprop => (spec.n * p * q, spec.c_out, spec.c_in * spec.kh * spec.kw),
@@ -71,18 +94,20 @@ fn gemm_dims(mode: ConvMode, spec: &Conv2dSpec) -> (usize, usize, usize) {
     }
 }
 
-/// Split-K factor of the weight gradient (a validated `spec`): its GEMM is skinny (M = K
-/// filters, N = C·R·S, but K = N·P·Q reaches millions), so its K is split until about 256
-/// blocks fill the GPU, each split keeping at least 1024 of K; at most 64. 1 = no split.
-pub fn wgrad_splits(spec: &Conv2dSpec) -> usize {
-    let (gm, gn, gk) = gemm_dims(ConvMode::Wgrad, spec);
-    let blocks = (gm.div_ceil(TILE as usize) * gn.div_ceil(TILE as usize)).max(1);
-    256usize.div_ceil(blocks).min(gk / 1024).clamp(1, 64)
+/// Split-K factor of `mode` on `tier` (a validated `spec`): a skinny GEMM (wgrad: M = K
+/// filters, N = C·R·S, but K = N·P·Q reaches millions; fprop of the late 7x7 layers at small
+/// batches) has too few output tiles to fill the GPU, so its K is split until about 256
+/// blocks run, each split keeping at least 64 k-tiles; at most 64 splits. 1 = no split.
+pub fn splits(mode: ConvMode, tier: Tier, spec: &Conv2dSpec) -> usize {
+    let (gm, gn, gk) = gemm_dims(mode, spec);
+    let (tile, tk, _) = tier.geometry();
+    let blocks = (gm.div_ceil(tile) * gn.div_ceil(tile)).max(1);
+    256usize.div_ceil(blocks).min(gk / (64 * tk)).clamp(1, 64)
 }
 
-/// Elements of the split-K workspace (f32) for `splits`: `splits · M · N` of wgrad's GEMM.
-pub fn wgrad_workspace(spec: &Conv2dSpec, splits: usize) -> usize {
-    let (gm, gn, _) = gemm_dims(ConvMode::Wgrad, spec);
+/// Elements of the split-K workspace (f32) for `splits`: `splits · M · N` of the GEMM.
+pub fn workspace_len(mode: ConvMode, spec: &Conv2dSpec, splits: usize) -> usize {
+    let (gm, gn, _) = gemm_dims(mode, spec);
     if splits > 1 {
         splits * gm * gn
     } else {
@@ -94,11 +119,15 @@ fn small(op: &'static str, what: &str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::invalid(op, format!("{what} {v} is too large")))
 }
 
-/// Runs `mode` of the convolution `spec` (groups 1) on checked operands. Wgrad with
-/// `splits > 1` writes f32 partials into `ws` (`wgrad_workspace` elements) and sums them in a
-/// second launch.
+/// Runs `mode` of the convolution `spec` (groups 1) with `tier`'s kernels on checked
+/// operands dense in `spec.format`, the output in `spec.out_dtype` (default: the inputs'). With
+/// `splits > 1` the GEMM's f32 partials go to `ws` (`workspace_len` elements) and a second
+/// launch sums them. The Tensor-Core tier needs f16/bf16, channels-last, and C and K multiples
+/// of 8 (callers pack other shapes with [`pack`]).
+#[allow(clippy::too_many_arguments)]
 pub fn conv(
     mode: ConvMode,
+    tier: Tier,
     spec: &Conv2dSpec,
     a: &Span<'_>,
     b: &Span<'_>,
@@ -144,12 +173,35 @@ pub fn conv(
             "the weight gradient",
         ),
     };
+    let out_dtype = spec.out_dtype.unwrap_or(a.dtype());
     expect_len(op, a_what, a.len(), a_len)?;
     expect_len(op, b_what, b.len(), b_len)?;
     expect_len(op, out_what, out.len(), out_len)?;
     expect_dtype(op, b_what, b.dtype(), a.dtype())?;
-    expect_dtype(op, out_what, out.dtype(), a.dtype())?;
+    expect_dtype(op, out_what, out.dtype(), out_dtype)?;
     same_device(op, a.device(), [b.device(), out.device()])?;
+    let d = a.driver();
+    let suffix = float_suffix(op, d.device(), a.dtype())?;
+    let out_code = dtype_code(op, d.device(), out_dtype)?;
+    if tier == Tier::Mma {
+        let ok = matches!(a.dtype(), DType::F16 | DType::BF16)
+            && spec.format == MemoryFormat::ChannelsLast
+            && spec.c_in % 8 == 0
+            && spec.c_out % 8 == 0;
+        if !ok {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "the Tensor-Core kernels take f16/bf16 channels-last operands with channels \
+                     divisible by 8, got {} {:?} with {} -> {} channels",
+                    a.dtype(),
+                    spec.format,
+                    spec.c_in,
+                    spec.c_out
+                ),
+            ));
+        }
+    }
     if out_len == 0 {
         return Ok(());
     }
@@ -161,10 +213,10 @@ pub fn conv(
             format!("an implicit GEMM of {gm}x{gn}x{gk} exceeds the kernels' 2^31 index range"),
         ));
     }
-    if !(1..=64).contains(&splits) || (splits > 1 && mode != ConvMode::Wgrad) {
+    if !(1..=64).contains(&splits) {
         return Err(Error::invalid(
             op,
-            format!("split-K factor {splits} (1..=64, wgrad only)"),
+            format!("split-K factor {splits} (1..=64)"),
         ));
     }
     let ws_ptr = match ws {
@@ -173,14 +225,9 @@ pub fn conv(
                 op,
                 "the split-K workspace",
                 w.len(),
-                wgrad_workspace(spec, splits),
+                workspace_len(mode, spec, splits),
             )?;
-            expect_dtype(
-                op,
-                "the split-K workspace",
-                w.dtype(),
-                hemi_engine::DType::F32,
-            )?;
+            expect_dtype(op, "the split-K workspace", w.dtype(), DType::F32)?;
             same_device(op, a.device(), [w.device()])?;
             w.ptr()
         }
@@ -192,19 +239,30 @@ pub fn conv(
             ))
         }
     };
-    let (bx, by) = ((gm as u64).div_ceil(TILE), (gn as u64).div_ceil(TILE));
+    let (tile, _, threads) = tier.geometry();
+    let (bx, by) = (gm.div_ceil(tile) as u64, gn.div_ceil(tile) as u64);
     if bx > u32::MAX as u64 || by > 65535 {
         return Err(Error::invalid(
             op,
             format!("a {gm}x{gn} implicit GEMM exceeds one launch"),
         ));
     }
-    let d = a.driver();
-    let suffix = float_suffix(op, d.device(), a.dtype())?;
-    let name = match mode {
-        ConvMode::Fprop => format!("conv_fprop_{suffix}"),
-        ConvMode::Dgrad => format!("conv_dgrad_{suffix}"),
-        ConvMode::Wgrad => format!("conv_wgrad_{suffix}"),
+    let mode_name = match mode {
+        ConvMode::Fprop => "fprop",
+        ConvMode::Dgrad => "dgrad",
+        ConvMode::Wgrad => "wgrad",
+    };
+    let (name, reduce, smem) = match tier {
+        Tier::Simt => (
+            format!("conv_{mode_name}_{suffix}"),
+            format!("conv_reduce_{mode_name}"),
+            0,
+        ),
+        Tier::Mma => (
+            format!("conv_mma_{mode_name}_{suffix}"),
+            format!("conv_mma_reduce_{mode_name}"),
+            MMA_SMEM,
+        ),
     };
     let mut args = ConvArgs {
         n: spec.n as i64,
@@ -227,28 +285,76 @@ pub fn conv(
         out: out.ptr(),
         ws: ws_ptr,
         splits: splits as i32,
+        channels_last: i32::from(spec.format == MemoryFormat::ChannelsLast),
+        out_dtype: out_code,
         pad: 0,
     };
     let cfg = LaunchConfig {
         grid: [bx as u32, by as u32, splits as u32],
-        block: [256, 1, 1],
-        smem: 0,
+        block: [threads, 1, 1],
+        smem,
     };
     let mut kargs = kernel_args![args];
-    // SAFETY: conv_{fprop,dgrad,wgrad}_T(ConvArgs) by value; the three spans were checked to
-    // hold exactly the elements of T the mode's indices reach (x, w, y sizes of `spec`), and a
-    // split launch's workspace its splits·M·N f32 partials.
+    // SAFETY: conv_{,mma_}{fprop,dgrad,wgrad}_T(ConvArgs) by value, with the block size and
+    // dynamic shared memory of its tier; the three spans were checked to hold exactly the
+    // elements the mode's indices reach (x, w, y sizes of `spec` in its format; the output
+    // in its dtype code), the Tensor-Core tier's channel counts to be multiples of 8 (16-byte
+    // chunks), and a split launch's workspace its splits·M·N f32 partials.
     unsafe { launch(d, &name, cfg, &mut kargs) }?;
     if splits > 1 {
-        let reduce = format!("conv_wgrad_reduce_{suffix}");
-        let cfg = LaunchConfig::linear(
-            gm * gn,
-            crate::cuda::launch::THREADS,
-            crate::cuda::launch::MAX_BLOCKS,
-        );
-        // SAFETY: conv_wgrad_reduce_T(ConvArgs): reads the splits·M·N partials, writes the
-        // M·N outputs (both checked above).
+        let cfg = LaunchConfig::linear(gm * gn, THREADS, MAX_BLOCKS);
+        // SAFETY: conv_{,mma_}reduce_{mode}(ConvArgs): reads the splits·M·N partials, writes
+        // the M·N outputs (both checked above).
         unsafe { launch(d, &reduce, cfg, &mut kargs) }?;
     }
     Ok(())
+}
+
+/// Geometry of a channel (un)packing: `n` images of `s` pixels with `c` channels, padded to
+/// `cp` in the Tensor-Core tier's NHWC buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct Packing {
+    /// Images (or filters).
+    pub n: usize,
+    /// Real channels.
+    pub c: usize,
+    /// Pixels per image (H·W, or R·S of a filter).
+    pub s: usize,
+    /// Channels of the packed buffer (≥ c).
+    pub cp: usize,
+    /// The unpacked side is channels-last ([n][s][c]) rather than [n][c][s].
+    pub channels_last: bool,
+}
+
+/// `pack`: `src` [n][c][s] (or [n][s][c]) into `dst` [n][s][cp] with zero channels past c;
+/// `unpack` the inverse. One dtype on both sides.
+pub fn repack(pack: bool, g: Packing, src: &Span<'_>, dst: &Span<'_>) -> Result<()> {
+    let op = if pack { "conv_pack" } else { "conv_unpack" };
+    if g.cp < g.c {
+        return Err(Error::invalid(
+            op,
+            format!("{} packed channels for {}", g.cp, g.c),
+        ));
+    }
+    let small = g.n * g.c * g.s;
+    let big = g.n * g.cp * g.s;
+    let (src_len, dst_len) = if pack { (small, big) } else { (big, small) };
+    expect_len(op, "the source", src.len(), src_len)?;
+    expect_len(op, "the destination", dst.len(), dst_len)?;
+    expect_dtype(op, "the destination", dst.dtype(), src.dtype())?;
+    same_device(op, src.device(), [dst.device()])?;
+    if dst_len == 0 {
+        return Ok(());
+    }
+    let d = src.driver();
+    let name = format!("{op}_{}", float_suffix(op, d.device(), src.dtype())?);
+    let (mut sp, mut dp) = (src.ptr(), dst.ptr());
+    let (mut n, mut c, mut s, mut cp) = (g.n as i64, g.c as i64, g.s as i64, g.cp as i64);
+    let mut cl = i32::from(g.channels_last);
+    let cfg = LaunchConfig::linear(dst_len, THREADS, MAX_BLOCKS);
+    let mut kargs = kernel_args![sp, dp, n, c, s, cp, cl];
+    // SAFETY: conv_{pack,unpack}_T(const T*, T*, i64 n, i64 c, i64 s, i64 cp, int): the source
+    // and destination spans were checked to hold the n·c·s and n·cp·s elements of T the two
+    // sides index, on one device.
+    unsafe { launch(d, &name, cfg, &mut kargs) }
 }

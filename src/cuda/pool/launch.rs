@@ -6,7 +6,7 @@ use crate::cuda::launch::{float_suffix, launch, MAX_BLOCKS, THREADS};
 use crate::cuda::operand::{expect_dtype, expect_len, same_device, Span};
 use crate::kernel_args;
 use hemi_engine::backend::Pool2dSpec;
-use hemi_engine::{DType, Error, Result};
+use hemi_engine::{DType, Error, MemoryFormat, Result};
 
 /// `struct PoolArgs` of pool.cu.
 #[repr(C)]
@@ -26,12 +26,14 @@ struct PoolArgs {
     dh: i32,
     dw: i32,
     count_include_pad: i32,
-    pad: i32,
+    channels_last: i32,
+    c: i64,
 }
 
 const _: () = {
     use std::mem::{offset_of, size_of};
-    assert!(size_of::<PoolArgs>() == 80 && offset_of!(PoolArgs, kh) == 40);
+    assert!(size_of::<PoolArgs>() == 88 && offset_of!(PoolArgs, kh) == 40);
+    assert!(offset_of!(PoolArgs, channels_last) == 76 && offset_of!(PoolArgs, c) == 80);
 };
 
 /// Which pooling kernel runs, with its geometry.
@@ -41,8 +43,8 @@ pub enum Pool {
     Max(Pool2dSpec),
     /// Average pooling.
     Avg(Pool2dSpec),
-    /// Adaptive average pooling of `[n, c, h, w]` to `(oh, ow)`.
-    Adaptive([usize; 4], (usize, usize)),
+    /// Adaptive average pooling of `[n, c, h, w]` to `(oh, ow)`, dense in the format.
+    Adaptive([usize; 4], (usize, usize), MemoryFormat),
 }
 
 fn small(op: &'static str, v: usize) -> Result<i32> {
@@ -82,7 +84,7 @@ impl Pool {
                 }
                 (s.n, s.c, s.h, s.w, s.out_h(), s.out_w(), Some(s))
             }
-            Pool::Adaptive([n, c, h, w], (oh, ow)) => {
+            Pool::Adaptive([n, c, h, w], (oh, ow), _) => {
                 if oh == 0 || ow == 0 || h == 0 || w == 0 {
                     return Err(Error::invalid(
                         op,
@@ -105,7 +107,12 @@ impl Pool {
                 })
         };
         let (in_len, out_len) = (total(plane_in)?, total(plane_out)?);
+        let format = match *self {
+            Pool::Max(s) | Pool::Avg(s) => s.format,
+            Pool::Adaptive(.., f) => f,
+        };
         let s = spec.unwrap_or(Pool2dSpec {
+            format,
             n,
             c,
             h,
@@ -131,7 +138,8 @@ impl Pool {
             dh: small(op, s.dilation.0)?,
             dw: small(op, s.dilation.1)?,
             count_include_pad: i32::from(s.count_include_pad),
-            pad: 0,
+            channels_last: i32::from(format == MemoryFormat::ChannelsLast),
+            c: c as i64,
         };
         Ok((args, in_len, out_len))
     }

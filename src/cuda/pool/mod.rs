@@ -1,13 +1,13 @@
 //! The CUDA pool family (`kernels-cu/pool.cu`): `PoolOps` for [`CudaBackend`] — max pooling
-//! with argmax, average and adaptive average pooling, forward and backward (gradients gather
-//! per input element: deterministic, no atomics).
+//! with argmax, average and adaptive average pooling over NCHW or channels-last images, forward
+//! and backward (gradients gather per input element: deterministic, no atomics).
 
 mod launch;
 
 use super::backend::CudaBackend;
 use super::operand::Span;
 use hemi_engine::backend::{Pool2dSpec, PoolOps};
-use hemi_engine::{BackendStorage, DType, Error, Result, StorageRef};
+use hemi_engine::{BackendStorage, DType, Error, MemoryFormat, Result, StorageRef};
 use launch::Pool;
 use std::sync::Arc;
 
@@ -87,9 +87,10 @@ impl PoolOps for CudaBackend {
         x: &StorageRef,
         dims: [usize; 4],
         out: (usize, usize),
+        format: MemoryFormat,
     ) -> Result<StorageRef> {
         let len = volume("adaptive_avg_pool2d", dims[0], dims[1], out.0, out.1)?;
-        self.pool_forward(Pool::Adaptive(dims, out), x, len)
+        self.pool_forward(Pool::Adaptive(dims, out, format), x, len)
     }
 
     fn adaptive_avg_pool2d_backward(
@@ -97,9 +98,10 @@ impl PoolOps for CudaBackend {
         dy: &StorageRef,
         dims: [usize; 4],
         out: (usize, usize),
+        format: MemoryFormat,
     ) -> Result<StorageRef> {
         let [n, c, h, w] = dims;
         let len = volume("adaptive_avg_pool2d_backward", n, c, h, w)?;
-        self.pool_backward(Pool::Adaptive(dims, out), dy, None, len)
+        self.pool_backward(Pool::Adaptive(dims, out, format), dy, None, len)
     }
 }

@@ -187,13 +187,14 @@ fn accumulate(map: &mut HashMap<TensorId, Tensor>, t: &Tensor, g: Tensor) -> Res
 
 /// Adds `g` to a leaf's `.grad` as PyTorch's `AccumulateGrad` does: in place into an existing
 /// gradient of the same dtype that owns its whole contiguous buffer; the first gradient is
-/// stored as is unless its buffer is shared with other tensors (then it is copied, so a later
-/// in-place accumulation cannot write into them).
+/// stored as is — keeping its memory format, e.g. channels-last — unless its buffer is shared
+/// with other tensors or it is a strided view (then it is copied, so a later in-place
+/// accumulation cannot write into them).
 fn accumulate_into_leaf(t: &Tensor, g: Tensor) -> Result<()> {
     match t.grad() {
         Some(prev) if prev.dtype() == g.dtype() && prev.owns_whole_buffer() => prev.add_(&g),
         Some(prev) => t.set_grad(Some(prev.add(&g)?)),
-        None if g.owns_whole_buffer() && !g.storage_is_shared() => t.set_grad(Some(g)),
+        None if g.densely_owns_buffer() && !g.storage_is_shared() => t.set_grad(Some(g)),
         None => t.set_grad(Some(g.deep_copy()?)),
     }
 }

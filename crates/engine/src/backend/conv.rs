@@ -1,13 +1,20 @@
 //! The convolution family (a device may lack it: the default bodies say `Unsupported`).
 
 use super::{unsupported, BackendDevice};
-use crate::{Error, Result, StorageRef};
+use crate::{DType, Error, MemoryFormat, Result, StorageRef};
 
-/// Geometry of a 2-D convolution over NCHW input `[n, c_in, h, w]` with OIHW weight
-/// `[c_out, c_in / groups, kh, kw]`; output `[n, c_out, out_h, out_w]`.
+/// Geometry of a 2-D convolution over input `[n, c_in, h, w]` with weight
+/// `[c_out, c_in / groups, kh, kw]`; output `[n, c_out, out_h, out_w]`. Every activation,
+/// filter and gradient storage of the call is dense in `format`: row-major (NCHW / KCRS) or
+/// channels-last (NHWC / KRSC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(missing_docs)]
 pub struct Conv2dSpec {
+    /// Memory format of every storage of the call.
+    pub format: MemoryFormat,
+    /// Dtype of the result (`None`: the inputs' dtype). Accumulation is f32 (f64 for F64)
+    /// either way, rounded once into it.
+    pub out_dtype: Option<DType>,
     pub n: usize,
     pub c_in: usize,
     pub h: usize,
@@ -78,16 +85,30 @@ impl Conv2dSpec {
     pub fn out_w(&self) -> usize {
         (self.w + 2 * self.padding.1 - self.dilation.1 * (self.kw - 1) - 1) / self.stride.1 + 1
     }
+    /// Input dims `[n, c_in, h, w]`.
+    pub fn input_dims(&self) -> [usize; 4] {
+        [self.n, self.c_in, self.h, self.w]
+    }
+    /// Weight dims `[c_out, c_in / groups, kh, kw]`.
+    pub fn weight_dims(&self) -> [usize; 4] {
+        [self.c_out, self.c_in / self.groups.max(1), self.kh, self.kw]
+    }
+    /// Output dims `[n, c_out, out_h, out_w]`.
+    pub fn output_dims(&self) -> [usize; 4] {
+        [self.n, self.c_out, self.out_h(), self.out_w()]
+    }
 }
 
 /// 2-D convolution forward and backward.
 pub trait ConvOps: BackendDevice {
-    /// Convolution forward; contiguous `x` and `w` of one dtype.
+    /// Convolution forward; `x` and `w` of one dtype, dense in `spec.format`; the output in
+    /// `spec.format` and `spec.out_dtype`.
     fn conv2d(&self, x: &StorageRef, w: &StorageRef, spec: &Conv2dSpec) -> Result<StorageRef> {
         let _ = (x, w, spec);
         Err(unsupported(self.device(), "conv2d"))
     }
-    /// Gradient of the convolution's input from the output gradient `dy` (contiguous).
+    /// Gradient of the convolution's input from the output gradient `dy` (dense in
+    /// `spec.format`, as `w` and the result).
     fn conv2d_backward_input(
         &self,
         dy: &StorageRef,
@@ -97,7 +118,8 @@ pub trait ConvOps: BackendDevice {
         let _ = (dy, w, spec);
         Err(unsupported(self.device(), "conv2d_backward_input"))
     }
-    /// Gradient of the convolution's weight from the output gradient `dy` (contiguous).
+    /// Gradient of the convolution's weight from the output gradient `dy` (dense in
+    /// `spec.format`, as `x` and the result).
     fn conv2d_backward_weight(
         &self,
         x: &StorageRef,

@@ -1,12 +1,15 @@
 //! The pooling family (a device may lack it: the default bodies say `Unsupported`).
 
 use super::{unsupported, BackendDevice};
-use crate::{Error, Result, StorageRef};
+use crate::{Error, MemoryFormat, Result, StorageRef};
 
-/// Geometry of a 2-D max or average pooling over NCHW `[n, c, h, w]`.
+/// Geometry of a 2-D max or average pooling over `[n, c, h, w]`; input, output and
+/// gradients are dense in `format` (NCHW or channels-last NHWC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(missing_docs)]
 pub struct Pool2dSpec {
+    /// Memory format of every storage of the call.
+    pub format: MemoryFormat,
     pub n: usize,
     pub c: usize,
     pub h: usize,
@@ -48,6 +51,14 @@ impl Pool2dSpec {
         }
         Ok(())
     }
+    /// Input dims `[n, c, h, w]`.
+    pub fn input_dims(&self) -> [usize; 4] {
+        [self.n, self.c, self.h, self.w]
+    }
+    /// Output dims `[n, c, out_h, out_w]`.
+    pub fn output_dims(&self) -> [usize; 4] {
+        [self.n, self.c, self.out_h(), self.out_w()]
+    }
     /// Output height (floor mode).
     pub fn out_h(&self) -> usize {
         (self.h + 2 * self.padding.0 - self.dilation.0 * (self.kernel.0 - 1) - 1) / self.stride.0
@@ -62,8 +73,8 @@ impl Pool2dSpec {
 
 /// Max, average and adaptive average pooling.
 pub trait PoolOps: BackendDevice {
-    /// Max pooling of contiguous `x`; returns the output and the I64 argmax of each output
-    /// (flat index `h * W + w` within its plane).
+    /// Max pooling of `x`; returns the output and the argmax of each output (I64, in an order
+    /// private to the backend: only its `max_pool2d_backward` reads it).
     fn max_pool2d(&self, x: &StorageRef, spec: &Pool2dSpec) -> Result<(StorageRef, StorageRef)> {
         let _ = (x, spec);
         Err(unsupported(self.device(), "max_pool2d"))
@@ -78,7 +89,7 @@ pub trait PoolOps: BackendDevice {
         let _ = (dy, indices, spec);
         Err(unsupported(self.device(), "max_pool2d_backward"))
     }
-    /// Average pooling of contiguous `x`.
+    /// Average pooling of `x`.
     fn avg_pool2d(&self, x: &StorageRef, spec: &Pool2dSpec) -> Result<StorageRef> {
         let _ = (x, spec);
         Err(unsupported(self.device(), "avg_pool2d"))
@@ -88,15 +99,16 @@ pub trait PoolOps: BackendDevice {
         let _ = (dy, spec);
         Err(unsupported(self.device(), "avg_pool2d_backward"))
     }
-    /// Adaptive average pooling of contiguous `[n, c, h, w]` to `[n, c, oh, ow]` (PyTorch's
-    /// windows: `floor(i*H/oh) .. ceil((i+1)*H/oh)`).
+    /// Adaptive average pooling of `[n, c, h, w]` to `[n, c, oh, ow]` (PyTorch's windows:
+    /// `floor(i*H/oh) .. ceil((i+1)*H/oh)`), input and output dense in `format`.
     fn adaptive_avg_pool2d(
         &self,
         x: &StorageRef,
         dims: [usize; 4],
         out: (usize, usize),
+        format: MemoryFormat,
     ) -> Result<StorageRef> {
-        let _ = (x, dims, out);
+        let _ = (x, dims, out, format);
         Err(unsupported(self.device(), "adaptive_avg_pool2d"))
     }
     /// Gradient of [`PoolOps::adaptive_avg_pool2d`].
@@ -105,8 +117,9 @@ pub trait PoolOps: BackendDevice {
         dy: &StorageRef,
         dims: [usize; 4],
         out: (usize, usize),
+        format: MemoryFormat,
     ) -> Result<StorageRef> {
-        let _ = (dy, dims, out);
+        let _ = (dy, dims, out, format);
         Err(unsupported(self.device(), "adaptive_avg_pool2d_backward"))
     }
 }

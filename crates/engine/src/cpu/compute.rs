@@ -199,3 +199,43 @@ pub(crate) fn check_len(op: &'static str, what: &str, got: usize, want: usize) -
     }
     Ok(())
 }
+
+/// A dense 4-D storage of logical `dims` stored in `format`, as row-major NCHW (the same
+/// storage when it already is).
+pub(crate) fn to_nchw(
+    op: &'static str,
+    s: &StorageRef,
+    dims: [usize; 4],
+    format: crate::MemoryFormat,
+) -> Result<StorageRef> {
+    if format == crate::MemoryFormat::Contiguous {
+        return Ok(s.clone());
+    }
+    let h = host(op, s)?;
+    check_len(
+        op,
+        "a channels-last operand",
+        h.len(),
+        dims.iter().product(),
+    )?;
+    let layout = Layout::dense(dims, format).unwrap_or_else(|| Layout::contiguous(dims));
+    Ok(super::wrap(gather_same(&h, &layout)))
+}
+
+/// A row-major NCHW storage of `dims`, stored in `format`.
+pub(crate) fn from_nchw(
+    s: StorageRef,
+    dims: [usize; 4],
+    format: crate::MemoryFormat,
+) -> Result<StorageRef> {
+    match format.dim_order(4) {
+        Some(order) if format != crate::MemoryFormat::Contiguous => {
+            let h = host("from_nchw", &s)?;
+            Ok(super::wrap(gather_same(
+                &h,
+                &Layout::contiguous(dims).permute(&order),
+            )))
+        }
+        _ => Ok(s),
+    }
+}

@@ -1,11 +1,14 @@
 //! CPU 2-D convolution (NCHW input, OIHW weight) by im2col + GEMM per image and group,
-//! parallel over the batch. Computes in f32 (f64 for F64) and rounds once at the output.
+//! parallel over the batch. Computes in f32 (f64 for F64) and rounds once at the output, into
+//! `spec.out_dtype`. Channels-last operands are gathered into NCHW order on the way in and
+//! the result scattered back to NHWC on the way out (two extra passes over memory: the CPU
+//! accepts both formats; a native NHWC path is CPU-speed work).
 
-use super::compute::{all_to_compute, host, Compute};
+use super::compute::{gather_same, host, to_compute, Compute};
 use super::matmul::gemm_strided;
 use super::wrap;
 use crate::backend::Conv2dSpec;
-use crate::{CpuStorage, Error, Result, StorageRef};
+use crate::{CpuStorage, DType, Error, Layout, MemoryFormat, Result, StorageRef};
 use num_traits::Float;
 use rayon::prelude::*;
 
@@ -219,11 +222,14 @@ fn check_len(
     Ok(())
 }
 
+/// Both operands (one dtype, dense in `spec.format`) in their compute type, in logical
+/// (row-major NCHW / KCRS) order; and the output dtype.
 fn pair(
     op: &'static str,
-    a: &StorageRef,
-    b: &StorageRef,
-) -> Result<(Compute, Compute, crate::DType)> {
+    (a, a_dims): (&StorageRef, [usize; 4]),
+    (b, b_dims): (&StorageRef, [usize; 4]),
+    spec: &Conv2dSpec,
+) -> Result<(Compute, Compute, DType)> {
     let (ha, hb) = (host(op, a)?, host(op, b)?);
     if ha.dtype() != hb.dtype() {
         return Err(Error::dtype(
@@ -231,11 +237,25 @@ fn pair(
             format!("{} and {}", ha.dtype(), hb.dtype()),
         ));
     }
+    let view = |dims: [usize; 4]| {
+        Layout::dense(dims, spec.format).unwrap_or_else(|| Layout::contiguous(dims))
+    };
     Ok((
-        all_to_compute(op, &ha)?,
-        all_to_compute(op, &hb)?,
-        ha.dtype(),
+        to_compute(op, &ha, &view(a_dims))?,
+        to_compute(op, &hb, &view(b_dims))?,
+        spec.out_dtype.unwrap_or(ha.dtype()),
     ))
+}
+
+/// Rounds a result in logical order into `dtype`, stored in `spec.format`.
+fn output(c: Compute, dims: [usize; 4], dtype: DType, spec: &Conv2dSpec) -> CpuStorage {
+    let s = c.into_storage(dtype);
+    match spec.format.dim_order(4) {
+        Some(order) if spec.format != MemoryFormat::Contiguous => {
+            gather_same(&s, &Layout::contiguous(dims).permute(&order))
+        }
+        _ => s,
+    }
 }
 
 macro_rules! dispatch {
@@ -248,7 +268,7 @@ macro_rules! dispatch {
     };
 }
 
-/// Forward convolution of contiguous `x [n, c_in, h, w]` and `w [c_out, c_in/groups, kh, kw]`.
+/// Forward convolution of `x [n, c_in, h, w]` and `w [c_out, c_in/groups, kh, kw]`.
 pub(crate) fn conv2d(x: &StorageRef, w: &StorageRef, spec: &Conv2dSpec) -> Result<CpuStorage> {
     const OP: &str = "conv2d";
     spec.validate(OP)?;
@@ -261,8 +281,9 @@ pub(crate) fn conv2d(x: &StorageRef, w: &StorageRef, spec: &Conv2dSpec) -> Resul
         spec,
     )?;
     check_len(OP, "weight", w.len(), spec.c_out * g.k, spec)?;
-    let (a, b, dtype) = pair(OP, x, w)?;
-    Ok(dispatch!(OP, a, b, forward, &g).into_storage(dtype))
+    let (a, b, dtype) = pair(OP, (x, spec.input_dims()), (w, spec.weight_dims()), spec)?;
+    let y = dispatch!(OP, a, b, forward, &g);
+    Ok(output(y, spec.output_dims(), dtype, spec))
 }
 
 /// Input gradient of [`conv2d`] from `dy [n, c_out, oh, ow]`.
@@ -276,8 +297,9 @@ pub(crate) fn conv2d_backward_input(
     let g = Geometry::new(spec);
     check_len(OP, "grad_output", dy.len(), spec.n * spec.c_out * g.p, spec)?;
     check_len(OP, "weight", w.len(), spec.c_out * g.k, spec)?;
-    let (a, b, dtype) = pair(OP, dy, w)?;
-    Ok(dispatch!(OP, a, b, backward_input, &g).into_storage(dtype))
+    let (a, b, dtype) = pair(OP, (dy, spec.output_dims()), (w, spec.weight_dims()), spec)?;
+    let dx = dispatch!(OP, a, b, backward_input, &g);
+    Ok(output(dx, spec.input_dims(), dtype, spec))
 }
 
 /// Weight gradient of [`conv2d`] from the input `x` and `dy`.
@@ -297,8 +319,9 @@ pub(crate) fn conv2d_backward_weight(
         spec,
     )?;
     check_len(OP, "grad_output", dy.len(), spec.n * spec.c_out * g.p, spec)?;
-    let (a, b, dtype) = pair(OP, x, dy)?;
-    Ok(dispatch!(OP, a, b, backward_weight, &g).into_storage(dtype))
+    let (a, b, dtype) = pair(OP, (x, spec.input_dims()), (dy, spec.output_dims()), spec)?;
+    let dw = dispatch!(OP, a, b, backward_weight, &g);
+    Ok(output(dw, spec.weight_dims(), dtype, spec))
 }
 
 impl crate::backend::ConvOps for super::CpuBackend {

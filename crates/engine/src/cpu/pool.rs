@@ -1,11 +1,11 @@
 //! CPU pooling over NCHW planes: max (with argmax indices), average and adaptive average,
 //! forward and backward, parallel over the `n * c` planes.
 
-use super::compute::{all_to_compute, check_len, count, host, map_compute};
+use super::compute::{all_to_compute, check_len, count, from_nchw, host, map_compute, to_nchw};
 use super::sum::{pairwise_sum, pairwise_sum_by};
 use super::wrap;
 use crate::backend::Pool2dSpec;
-use crate::{CpuStorage, Error, Result, StorageRef};
+use crate::{CpuStorage, Error, MemoryFormat, Result, StorageRef};
 use num_traits::{Float, Zero};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -296,10 +296,16 @@ pub(crate) fn adaptive_avg_pool2d_backward(
     Ok(res.into_storage(dyh.dtype()))
 }
 
+/// The CPU kernels pool NCHW planes; channels-last calls are gathered into NCHW and
+/// scattered back (the argmax indices stay in NCHW output order, private to this backend).
 impl crate::backend::PoolOps for super::CpuBackend {
     fn max_pool2d(&self, x: &StorageRef, spec: &Pool2dSpec) -> Result<(StorageRef, StorageRef)> {
-        let (y, i) = max_pool2d(x, spec)?;
-        Ok((wrap(y), wrap(i)))
+        let x = to_nchw("max_pool2d", x, spec.input_dims(), spec.format)?;
+        let (y, i) = max_pool2d(&x, spec)?;
+        Ok((
+            from_nchw(wrap(y), spec.output_dims(), spec.format)?,
+            wrap(i),
+        ))
     }
 
     fn max_pool2d_backward(
@@ -308,15 +314,20 @@ impl crate::backend::PoolOps for super::CpuBackend {
         indices: &StorageRef,
         spec: &Pool2dSpec,
     ) -> Result<StorageRef> {
-        Ok(wrap(max_pool2d_backward(dy, indices, spec)?))
+        let dy = to_nchw("max_pool2d_backward", dy, spec.output_dims(), spec.format)?;
+        let dx = wrap(max_pool2d_backward(&dy, indices, spec)?);
+        from_nchw(dx, spec.input_dims(), spec.format)
     }
 
     fn avg_pool2d(&self, x: &StorageRef, spec: &Pool2dSpec) -> Result<StorageRef> {
-        Ok(wrap(avg_pool2d(x, spec)?))
+        let x = to_nchw("avg_pool2d", x, spec.input_dims(), spec.format)?;
+        from_nchw(wrap(avg_pool2d(&x, spec)?), spec.output_dims(), spec.format)
     }
 
     fn avg_pool2d_backward(&self, dy: &StorageRef, spec: &Pool2dSpec) -> Result<StorageRef> {
-        Ok(wrap(avg_pool2d_backward(dy, spec)?))
+        let dy = to_nchw("avg_pool2d_backward", dy, spec.output_dims(), spec.format)?;
+        let dx = wrap(avg_pool2d_backward(&dy, spec)?);
+        from_nchw(dx, spec.input_dims(), spec.format)
     }
 
     fn adaptive_avg_pool2d(
@@ -324,8 +335,11 @@ impl crate::backend::PoolOps for super::CpuBackend {
         x: &StorageRef,
         dims: [usize; 4],
         out: (usize, usize),
+        format: MemoryFormat,
     ) -> Result<StorageRef> {
-        Ok(wrap(adaptive_avg_pool2d(x, dims, out)?))
+        let x = to_nchw("adaptive_avg_pool2d", x, dims, format)?;
+        let y = wrap(adaptive_avg_pool2d(&x, dims, out)?);
+        from_nchw(y, [dims[0], dims[1], out.0, out.1], format)
     }
 
     fn adaptive_avg_pool2d_backward(
@@ -333,7 +347,14 @@ impl crate::backend::PoolOps for super::CpuBackend {
         dy: &StorageRef,
         dims: [usize; 4],
         out: (usize, usize),
+        format: MemoryFormat,
     ) -> Result<StorageRef> {
-        Ok(wrap(adaptive_avg_pool2d_backward(dy, dims, out)?))
+        let odims = [dims[0], dims[1], out.0, out.1];
+        let dy = to_nchw("adaptive_avg_pool2d_backward", dy, odims, format)?;
+        from_nchw(
+            wrap(adaptive_avg_pool2d_backward(&dy, dims, out)?),
+            dims,
+            format,
+        )
     }
 }

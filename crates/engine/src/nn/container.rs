@@ -59,4 +59,9 @@ impl Module for Sequential {
     fn is_training(&self) -> bool {
         self.children.iter().all(|(_, m)| m.is_training())
     }
+    fn to_memory_format(&mut self, format: crate::MemoryFormat) {
+        self.children
+            .iter_mut()
+            .for_each(|(_, m)| m.to_memory_format(format));
+    }
 }

@@ -1,7 +1,7 @@
 //! 2-D convolution layer.
 
 use super::{init, join, Module, Visitor};
-use crate::{Conv2dParams, Device, Error, Result, Tensor};
+use crate::{Conv2dParams, Device, Error, MemoryFormat, Result, Tensor};
 
 /// Convolution with `weight [out, in/groups, kh, kw]` and optional `bias [out]`; PyTorch's
 /// default init (`kaiming_uniform(a=√5)`, bias `U(±1/√fan_in)`).
@@ -13,6 +13,9 @@ pub struct Conv2d {
     pub bias: Option<Tensor>,
     /// Stride, padding, dilation and groups.
     pub params: Conv2dParams,
+    /// The memory format inputs are converted to (`None`: run in the input's own format); set
+    /// by [`Module::to_memory_format`].
+    pub memory_format: Option<MemoryFormat>,
 }
 
 impl Conv2d {
@@ -74,13 +77,21 @@ impl Conv2d {
             weight,
             bias,
             params,
+            memory_format: None,
         })
     }
 }
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = match self.memory_format {
+            Some(f) if x.rank() == 4 => x.to_memory_format(f)?,
+            _ => x.clone(),
+        };
         x.conv2d(&self.weight, self.bias.as_ref(), self.params)
+    }
+    fn to_memory_format(&mut self, format: MemoryFormat) {
+        self.memory_format = Some(format);
     }
     fn visit_parameters(&self, prefix: &str, f: &mut Visitor<'_>) {
         f(&join(prefix, "weight"), &self.weight);

@@ -37,7 +37,7 @@ pub use norm::BatchNorm2d;
 pub use pool::{AdaptiveAvgPool2d, Flatten, MaxPool2d};
 pub use resnet::{resnet18, resnet34, BasicBlock, ResNet};
 
-use crate::{Result, Tensor};
+use crate::{MemoryFormat, Result, Tensor};
 
 /// Callback receiving a dotted name and a tensor.
 pub type Visitor<'a> = dyn FnMut(&str, &Tensor) + 'a;
@@ -112,6 +112,18 @@ pub trait Module: Send + Sync + std::fmt::Debug {
     /// Evaluation mode (`model.eval()`).
     fn eval(&mut self) {
         self.set_training(false)
+    }
+
+    /// Runs this module's convolutions in `format` (`model.to(memory_format=...)`): with
+    /// `ChannelsLast`, the first convolution converts an NCHW input once and every later
+    /// layer keeps NHWC activations (and gradients), the Tensor-Core layout; with
+    /// `Contiguous`, convolutions take NCHW. Shapes and results are unchanged. Parameters keep
+    /// their row-major layout (the optimizers' fused kernels update whole contiguous buffers):
+    /// a convolution reads its weight as KRSC through one copy per call, which is small next
+    /// to the activations. The default does nothing (a module without convolutions);
+    /// containers forward it to their children.
+    fn to_memory_format(&mut self, format: MemoryFormat) {
+        let _ = format;
     }
 
     /// Drops the gradients of every parameter.

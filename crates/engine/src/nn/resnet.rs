@@ -87,6 +87,13 @@ impl Module for BasicBlock {
     fn is_training(&self) -> bool {
         self.bn1.is_training()
     }
+    fn to_memory_format(&mut self, format: crate::MemoryFormat) {
+        self.conv1.to_memory_format(format);
+        self.conv2.to_memory_format(format);
+        if let Some((c, _)) = &mut self.downsample {
+            c.to_memory_format(format);
+        }
+    }
 }
 
 /// torchvision's ResNet with BasicBlocks: stem (7×7/2 conv, BN, ReLU, 3×3/2 max pool), four
@@ -176,6 +183,13 @@ impl Module for ResNet {
     }
     fn is_training(&self) -> bool {
         self.bn1.is_training()
+    }
+    fn to_memory_format(&mut self, format: crate::MemoryFormat) {
+        self.conv1.to_memory_format(format);
+        self.layers
+            .iter_mut()
+            .flatten()
+            .for_each(|b| b.to_memory_format(format));
     }
 }
 

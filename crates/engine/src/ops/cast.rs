@@ -5,15 +5,18 @@ use crate::{DType, Result, Tensor};
 
 impl Tensor {
     /// Converts to `dtype`. Float → float rounds to nearest even (bit-exact with `half`);
-    /// float → I64 truncates toward zero. The gradient is cast back to the source dtype.
+    /// float → I64 truncates toward zero. The memory format is kept. The gradient is cast back to the source dtype.
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
         if dtype == self.dtype() {
             return Ok(self.clone());
         }
-        let s = self
-            .backend()?
-            .cast(&self.storage(), self.layout(), dtype)?;
-        let out = Tensor::contiguous_from(s, self.shape().clone());
+        let f = self.suggest_memory_format();
+        let s = self.backend()?.cast(
+            &self.storage(),
+            &super::in_memory_order(self.layout(), f),
+            dtype,
+        )?;
+        let out = super::from_storage_in(s, self.shape().clone(), f);
         if !dtype.is_float() {
             return Ok(out);
         }

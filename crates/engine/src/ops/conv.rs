@@ -1,10 +1,10 @@
 //! 2-D convolution (NCHW input, OIHW weight, optional bias) with input and weight gradients.
 
-use super::{expect_rank, float_only, pair, promote_pair};
+use super::{expect_rank, float_only, from_storage_in, pair, promote_pair};
 use crate::autograd::{track, Saved};
 use crate::backend::Conv2dSpec;
 use crate::cast_policy::AutocastOp;
-use crate::{Error, Result, Tensor};
+use crate::{DType, Error, Result, Tensor};
 
 /// Hyper-parameters of [`Tensor::conv2d`], as in `torch.nn.functional.conv2d`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +17,9 @@ pub struct Conv2dParams {
     pub dilation: (usize, usize),
     /// Channel groups (input and output channels must be divisible by it).
     pub groups: usize,
+    /// Dtype of the output (`None`: the input dtype, as PyTorch). Accumulation is f32 either
+    /// way, rounded once into it; the gradients keep the input's and weight's dtypes.
+    pub out_dtype: Option<DType>,
 }
 
 impl Default for Conv2dParams {
@@ -26,6 +29,7 @@ impl Default for Conv2dParams {
             padding: (0, 0),
             dilation: (1, 1),
             groups: 1,
+            out_dtype: None,
         }
     }
 }
@@ -45,6 +49,10 @@ impl Tensor {
     /// Convolution of `x [n, c_in, h, w]` with `w [c_out, c_in/groups, kh, kw]` plus an
     /// optional `bias [c_out]`; output `[n, c_out, out_h, out_w]`. Computes in f32 (f64 for
     /// F64) and rounds once; obeys DESIGN.md's GEMM bound with `K = c_in/groups·kh·kw`.
+    ///
+    /// Memory format: a channels-last input ([`Tensor::suggest_memory_format`]) runs the
+    /// convolution channels-last (the weight converted to KRSC when it is not already) and gives
+    /// a channels-last output and input gradient; any other input runs row-major (NCHW).
     pub fn conv2d(
         &self,
         weight: &Tensor,
@@ -62,7 +70,17 @@ impl Tensor {
         expect_rank(OP, "input", &x, 4)?;
         expect_rank(OP, "weight", &w, 4)?;
         let (xd, wd) = (x.dims(), w.dims());
+        let format = x.suggest_memory_format();
+        let out_dtype = p.out_dtype.unwrap_or(x.dtype());
+        if !out_dtype.is_float() {
+            return Err(Error::dtype(
+                OP,
+                format!("output dtype {out_dtype} is not a float type"),
+            ));
+        }
         let spec = Conv2dSpec {
+            format,
+            out_dtype: Some(out_dtype),
             n: xd[0],
             c_in: xd[1],
             h: xd[2],
@@ -89,19 +107,24 @@ impl Tensor {
             ));
         }
         spec.validate(OP)?;
-        let (xc, wc) = (x.contiguous()?, w.contiguous()?);
+        let (xc, wc) = (x.to_memory_format(format)?, w.to_memory_format(format)?);
         let s = x.backend()?.conv2d(&xc.storage(), &wc.storage(), &spec)?;
-        let out = Tensor::contiguous_from(s, [spec.n, spec.c_out, spec.out_h(), spec.out_w()]);
+        let out = from_storage_in(s, spec.output_dims().into(), format);
         let (sx, sw) = (Saved::new(OP, &xc), Saved::new(OP, &wc));
-        let y = track(out, OP, &[&x, &w], move |g| {
+        let in_dtype = x.dtype();
+        let y = track(out, OP, &[&xc, &wc], move |g| {
             let (sx, sw) = (sx.get()?, sw.get()?);
-            let g = g.contiguous()?;
+            let g = g.to_dtype(in_dtype)?.to_memory_format(format)?;
             let be = g.backend()?;
+            let spec = Conv2dSpec {
+                out_dtype: None,
+                ..spec
+            };
             let dx = be.conv2d_backward_input(&g.storage(), &sw.storage(), &spec)?;
             let dw = be.conv2d_backward_weight(&sx.storage(), &g.storage(), &spec)?;
             Ok(vec![
-                Some(Tensor::contiguous_from(dx, sx.shape().clone())),
-                Some(Tensor::contiguous_from(dw, sw.shape().clone())),
+                Some(from_storage_in(dx, sx.shape().clone(), format)),
+                Some(from_storage_in(dw, sw.shape().clone(), format)),
             ])
         });
         match bias {

@@ -1,36 +1,40 @@
 //! Elementwise unary, scalar and broadcasting binary ops with their gradients.
 
-use super::{float_only, promote_pair};
+use super::{float_only, from_storage_in, in_memory_order, output_format, promote_pair};
 use crate::autograd::{get_or, save_if, track};
 use crate::backend::{BinaryOp, UnaryOp};
 use crate::cast_policy::AutocastOp;
 use crate::{Result, Shape, Tensor};
 
 impl Tensor {
-    /// Applies a [`UnaryOp`] directly (not recorded by autograd); contiguous output of the
-    /// same shape and dtype.
+    /// Applies a [`UnaryOp`] directly (not recorded by autograd); output of the same shape,
+    /// dtype and memory format.
     pub fn unary_op(&self, op: UnaryOp) -> Result<Tensor> {
         self.unary_raw(op)
     }
 
-    /// The op without autograd: contiguous output of the same shape and dtype.
+    /// The op without autograd: output of the same shape, dtype and memory format.
     pub(crate) fn unary_raw(&self, op: UnaryOp) -> Result<Tensor> {
         float_only("unary", self)?;
-        let s = self.backend()?.unary(op, &self.storage(), self.layout())?;
-        Ok(Tensor::contiguous_from(s, self.shape().clone()))
+        let f = self.suggest_memory_format();
+        let l = in_memory_order(self.layout(), f);
+        let s = self.backend()?.unary(op, &self.storage(), &l)?;
+        Ok(from_storage_in(s, self.shape().clone(), f))
     }
 
-    /// The op without autograd, broadcasting both operands (dtypes must match).
+    /// The op without autograd, broadcasting both operands (dtypes must match); the output
+    /// keeps the memory format of the first operand of the output's shape.
     pub(crate) fn binary_raw(&self, op: BinaryOp, rhs: &Tensor) -> Result<Tensor> {
         let shape = Shape::broadcast("binary", self.shape(), rhs.shape())?;
+        let f = output_format(&shape, &[self, rhs]);
         let (la, lb) = (
-            self.layout().broadcast_as("binary", &shape)?,
-            rhs.layout().broadcast_as("binary", &shape)?,
+            in_memory_order(&self.layout().broadcast_as("binary", &shape)?, f),
+            in_memory_order(&rhs.layout().broadcast_as("binary", &shape)?, f),
         );
         let s = self
             .backend()?
             .binary(op, &self.storage(), &la, &rhs.storage(), &lb)?;
-        Ok(Tensor::contiguous_from(s, shape))
+        Ok(from_storage_in(s, shape, f))
     }
 
     /// A recorded unary op; `autocast` names it when it is on an autocast list. `keep` says

@@ -18,7 +18,32 @@ pub use norm::BatchNormParams;
 pub use optim::{AdamParam, SgdParam};
 pub use pool::{AvgPool2dParams, MaxPool2dParams};
 
-use crate::{DType, Error, Result, Tensor};
+use crate::{DType, Error, Layout, MemoryFormat, Result, Shape, StorageRef, Tensor};
+
+/// The memory format an output of `shape` computed from `inputs` keeps (PyTorch's rule for
+/// elementwise ops, simplified): channels-last when the first input of that full shape is
+/// channels-last, else row-major.
+pub(crate) fn output_format(shape: &Shape, inputs: &[&Tensor]) -> MemoryFormat {
+    inputs
+        .iter()
+        .find(|t| t.shape() == shape)
+        .map_or(MemoryFormat::Contiguous, |t| t.suggest_memory_format())
+}
+
+/// `layout` viewed with its dims in `format`'s memory order (outermost first), so that a
+/// backend writing a row-major output of that view writes `format`'s storage order.
+pub(crate) fn in_memory_order(layout: &Layout, format: MemoryFormat) -> Layout {
+    match format.dim_order(layout.shape().rank()) {
+        Some(order) if format != MemoryFormat::Contiguous => layout.permute(&order),
+        _ => layout.clone(),
+    }
+}
+
+/// A tensor of `shape` over a storage written in `format`'s memory order.
+pub(crate) fn from_storage_in(s: StorageRef, shape: Shape, format: MemoryFormat) -> Tensor {
+    let layout = Layout::dense(shape.clone(), format).unwrap_or_else(|| Layout::contiguous(shape));
+    Tensor::from_storage(s, layout)
+}
 
 /// Checks that all tensors live on the first one's device.
 pub(crate) fn same_device(op: &'static str, ts: &[&Tensor]) -> Result<()> {

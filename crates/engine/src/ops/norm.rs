@@ -1,9 +1,9 @@
 //! Batch normalization (training with batch statistics and a momentum update of the running
 //! statistics; evaluation with the running statistics).
 
-use super::{float_only, same_device};
+use super::{float_only, from_storage_in, same_device};
 use crate::autograd::{no_grad, track, Saved};
-use crate::{DType, Error, Result, Tensor};
+use crate::{DType, Error, MemoryFormat, Result, Tensor};
 
 /// Options of [`Tensor::batch_norm`], as in `torch.nn.functional.batch_norm`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -47,7 +47,8 @@ impl Tensor {
     /// Batch norm of `x [N, C, *]` over all dims but `C`. `weight`/`bias` `[C]` default to
     /// 1/0; the statistics dtype is the weight's (or x's when there is none), so fp16 inputs
     /// with fp32 parameters keep fp32 statistics. Training updates `running_mean`/`running_var`
-    /// in place: `r ← (1−m)·r + m·stat`, with the unbiased variance. The output has x's dtype.
+    /// in place: `r ← (1−m)·r + m·stat`, with the unbiased variance. The output has x's dtype
+    /// and memory format (a channels-last x gives a channels-last output and gradient).
     pub fn batch_norm(
         &self,
         running_mean: Option<&Tensor>,
@@ -101,10 +102,16 @@ impl Tensor {
                 ),
             ));
         }
-        let x = self.contiguous()?;
+        // Channels-last storage is [N·H·W, C] row-major: the backends' [N, C, S] layout with
+        // N·H·W rows and S = 1, so the same kernels keep the format.
+        let format = self.suggest_memory_format();
+        let x = self.to_memory_format(format)?;
+        let dims = match format {
+            MemoryFormat::ChannelsLast => (n * s, c, 1),
+            MemoryFormat::Contiguous => (n, c, s),
+        };
         let be = x.backend()?;
-        let fwd =
-            be.batch_norm_train(&x.storage(), &w.storage(), &b.storage(), (n, c, s), p.eps)?;
+        let fwd = be.batch_norm_train(&x.storage(), &w.storage(), &b.storage(), dims, p.eps)?;
         let stat = |st| Tensor::contiguous_from(st, [c]);
         let (mean, var, invstd) = (stat(fwd.mean), stat(fwd.var), stat(fwd.invstd));
         {
@@ -123,21 +130,21 @@ impl Tensor {
                 )?;
             }
         }
-        let out = Tensor::contiguous_from(fwd.y, self.shape().clone());
+        let out = from_storage_in(fwd.y, self.shape().clone(), format);
         let (sx, sw) = (Saved::new(OP, &x), Saved::new(OP, &w));
         Ok(track(out, OP, &[&x, &w, &b], move |g| {
             let (sx, sw) = (sx.get()?, sw.get()?);
-            let g = g.contiguous()?;
+            let g = g.to_memory_format(format)?;
             let r = g.backend()?.batch_norm_backward(
                 &g.storage(),
                 &sx.storage(),
                 &sw.storage(),
                 &mean.storage(),
                 &invstd.storage(),
-                (n, c, s),
+                dims,
             )?;
             Ok(vec![
-                Some(Tensor::contiguous_from(r.dx, sx.shape().clone())),
+                Some(from_storage_in(r.dx, sx.shape().clone(), format)),
                 Some(Tensor::contiguous_from(r.dweight, [c])),
                 Some(Tensor::contiguous_from(r.dbias, [c])),
             ])

@@ -1,6 +1,7 @@
-//! Max, average and adaptive average 2-D pooling over NCHW tensors, with gradients.
+//! Max, average and adaptive average 2-D pooling over `[N, C, H, W]` tensors, with gradients;
+//! a channels-last input gives a channels-last output and input gradient.
 
-use super::{expect_rank, float_only, pair};
+use super::{expect_rank, float_only, from_storage_in, pair};
 use crate::autograd::track;
 use crate::backend::Pool2dSpec;
 use crate::{Error, Result, Tensor};
@@ -64,6 +65,7 @@ impl Tensor {
         expect_rank(op, "input", self, 4)?;
         let x = self.dims();
         let spec = Pool2dSpec {
+            format: self.suggest_memory_format(),
             n: x[0],
             c: x[1],
             h: x[2],
@@ -83,16 +85,19 @@ impl Tensor {
     pub fn max_pool2d(&self, p: MaxPool2dParams) -> Result<Tensor> {
         const OP: &str = "max_pool2d";
         let spec = self.pool_spec(OP, p.kernel, p.stride, p.padding, p.dilation, false)?;
-        let x = self.contiguous()?;
+        let x = self.to_memory_format(spec.format)?;
         let (y, idx) = x.backend()?.max_pool2d(&x.storage(), &spec)?;
-        let out = Tensor::contiguous_from(y, [spec.n, spec.c, spec.out_h(), spec.out_w()]);
-        let shape = x.shape().clone();
+        let out = from_storage_in(y, spec.output_dims().into(), spec.format);
         Ok(track(out, OP, &[&x], move |g| {
-            let g = g.contiguous()?;
+            let g = g.to_memory_format(spec.format)?;
             let dx = g
                 .backend()?
                 .max_pool2d_backward(&g.storage(), &idx, &spec)?;
-            Ok(vec![Some(Tensor::contiguous_from(dx, shape.clone()))])
+            Ok(vec![Some(from_storage_in(
+                dx,
+                spec.input_dims().into(),
+                spec.format,
+            ))])
         }))
     }
 
@@ -107,14 +112,17 @@ impl Tensor {
             (1, 1),
             p.count_include_pad,
         )?;
-        let x = self.contiguous()?;
+        let x = self.to_memory_format(spec.format)?;
         let y = x.backend()?.avg_pool2d(&x.storage(), &spec)?;
-        let out = Tensor::contiguous_from(y, [spec.n, spec.c, spec.out_h(), spec.out_w()]);
-        let shape = x.shape().clone();
+        let out = from_storage_in(y, spec.output_dims().into(), spec.format);
         Ok(track(out, OP, &[&x], move |g| {
-            let g = g.contiguous()?;
+            let g = g.to_memory_format(spec.format)?;
             let dx = g.backend()?.avg_pool2d_backward(&g.storage(), &spec)?;
-            Ok(vec![Some(Tensor::contiguous_from(dx, shape.clone()))])
+            Ok(vec![Some(from_storage_in(
+                dx,
+                spec.input_dims().into(),
+                spec.format,
+            ))])
         }))
     }
 
@@ -129,19 +137,21 @@ impl Tensor {
                 format!("output size {out_hw:?} must be positive"),
             ));
         }
-        let x = self.contiguous()?;
+        let format = self.suggest_memory_format();
+        let x = self.to_memory_format(format)?;
         let d = x.dims();
         let dims = [d[0], d[1], d[2], d[3]];
         let y = x
             .backend()?
-            .adaptive_avg_pool2d(&x.storage(), dims, out_hw)?;
-        let out = Tensor::contiguous_from(y, [dims[0], dims[1], out_hw.0, out_hw.1]);
+            .adaptive_avg_pool2d(&x.storage(), dims, out_hw, format)?;
+        let odims = [dims[0], dims[1], out_hw.0, out_hw.1];
+        let out = from_storage_in(y, odims.into(), format);
         Ok(track(out, OP, &[&x], move |g| {
-            let g = g.contiguous()?;
-            let dx = g
-                .backend()?
-                .adaptive_avg_pool2d_backward(&g.storage(), dims, out_hw)?;
-            Ok(vec![Some(Tensor::contiguous_from(dx, dims))])
+            let g = g.to_memory_format(format)?;
+            let dx =
+                g.backend()?
+                    .adaptive_avg_pool2d_backward(&g.storage(), dims, out_hw, format)?;
+            Ok(vec![Some(from_storage_in(dx, dims.into(), format))])
         }))
     }
 }

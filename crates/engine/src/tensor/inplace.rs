@@ -38,6 +38,14 @@ impl Tensor {
             && self.elem_count() == self.storage().len()
     }
 
+    /// Whether this tensor densely covers its entire storage in some memory format (row-major
+    /// or channels-last): a gradient that may be kept as is.
+    pub(crate) fn densely_owns_buffer(&self) -> bool {
+        self.layout().memory_format().is_some()
+            && self.layout().offset() == 0
+            && self.elem_count() == self.storage().len()
+    }
+
     /// Whether anything else holds this tensor's handle or storage (clones, views, detached
     /// copies): an in-place write into it would be seen there.
     pub(crate) fn storage_is_shared(&self) -> bool {

@@ -3,7 +3,7 @@
 
 use super::Tensor;
 use crate::autograd::track;
-use crate::{Error, Layout, Result, Shape};
+use crate::{Error, Layout, MemoryFormat, Result, Shape};
 
 impl Tensor {
     /// A tensor over the same storage with another layout (no graph node).
@@ -121,6 +121,59 @@ impl Tensor {
         Ok(track(out, "contiguous", &[self], |g| {
             Ok(vec![Some(g.clone())])
         }))
+    }
+
+    /// The same values with the elements laid out in `format` (`torch.Tensor.to(memory_format=
+    /// ...)`): the shape is unchanged, only the strides. Returns `self` when it already is in
+    /// `format`, else a differentiable copy. `ChannelsLast` needs a 4-D tensor.
+    ///
+    /// ```
+    /// use hemi_engine::{DType, Device, MemoryFormat, Tensor};
+    /// let x = Tensor::randn([2, 3, 4, 5], DType::F32, Device::Cpu)?;
+    /// let cl = x.to_memory_format(MemoryFormat::ChannelsLast)?;
+    /// assert_eq!(cl.dims(), x.dims());
+    /// assert_eq!(cl.layout().strides(), &[60, 1, 15, 3]);
+    /// assert!(cl.is_contiguous_for(MemoryFormat::ChannelsLast) && !cl.is_contiguous_for(MemoryFormat::Contiguous));
+    /// assert_eq!(cl.to_vec::<f32>()?, x.to_vec::<f32>()?);
+    /// # Ok::<(), hemi_engine::Error>(())
+    /// ```
+    pub fn to_memory_format(&self, format: MemoryFormat) -> Result<Tensor> {
+        match format {
+            MemoryFormat::Contiguous => self.contiguous(),
+            MemoryFormat::ChannelsLast => {
+                if self.rank() != 4 {
+                    return Err(Error::invalid(
+                        "to_memory_format",
+                        format!(
+                            "channels_last needs a 4-D [N, C, H, W] tensor, got {:?}",
+                            self.shape()
+                        ),
+                    ));
+                }
+                if self.is_contiguous_for(format) {
+                    return Ok(self.clone());
+                }
+                self.permute(&[0, 2, 3, 1])?
+                    .contiguous()?
+                    .permute(&[0, 3, 1, 2])
+            }
+        }
+    }
+
+    /// True when the elements lie densely in `format`'s order (`torch.Tensor.is_contiguous(
+    /// memory_format=...)`); see [`Layout::is_contiguous_for`].
+    pub fn is_contiguous_for(&self, format: MemoryFormat) -> bool {
+        self.layout().is_contiguous_for(format)
+    }
+
+    /// The memory format ops keep for this tensor's outputs: `ChannelsLast` for a 4-D tensor
+    /// laid out NHWC that is not also row-major, else `Contiguous` (PyTorch's
+    /// `suggest_memory_format`).
+    pub fn suggest_memory_format(&self) -> MemoryFormat {
+        match self.layout().memory_format() {
+            Some(MemoryFormat::ChannelsLast) => MemoryFormat::ChannelsLast,
+            _ => MemoryFormat::Contiguous,
+        }
     }
 
     /// Inserts a dim of size 1 at `dim` (`-1` appends).
