@@ -27,7 +27,7 @@
 use hemi::amp::{autocast, GradScaler, GradScalerConfig};
 use hemi::nn::{resnet18, Module};
 use hemi::optim::{Optimizer, Sgd, SgdConfig};
-use hemi::{manual_seed, CrossEntropySpec, DType, Device, Generator, Result, Tensor};
+use hemi::{manual_seed, CrossEntropySpec, DType, Device, Generator, MemoryFormat, Result, Tensor};
 
 type Named = Vec<(String, Vec<f64>)>;
 
@@ -46,8 +46,14 @@ fn values(t: &Tensor) -> Result<Vec<f64>> {
 }
 
 fn step(dev: Device, amp: bool) -> Result<Step> {
+    step_in(dev, amp, MemoryFormat::Contiguous)
+}
+
+/// One step with the model's convolutions in `format` (`Module::to_memory_format`).
+fn step_in(dev: Device, amp: bool, format: MemoryFormat) -> Result<Step> {
     manual_seed(7);
-    let model = resnet18(10, dev)?;
+    let mut model = resnet18(10, dev)?;
+    model.to_memory_format(format);
     let mut opt = Sgd::new(model.parameters(), SgdConfig::new(0.1).momentum(0.9))?;
     let mut scaler = GradScaler::new(GradScalerConfig {
         enabled: amp,
@@ -179,5 +185,64 @@ fn one_resnet18_step_on_cuda_sim_matches_the_cpu_under_fp16_amp() -> Result<()> 
     compare_amp("gradient", &sim.grads, &cpu.grads, &scaled);
     compare_amp("updated parameter", &sim.params, &cpu.params, &fp32.params);
     compare_amp("buffer", &sim.buffers, &cpu.buffers, &fp32.buffers);
+    Ok(())
+}
+
+/// Channels-last: the fp32 step on the CPU matches the row-major one (1e-3), and the fp16 AMP
+/// step on cuda-sim — Tensor-Core convolutions on NHWC activations, the stem's C = 3 packed to
+/// 8 — meets the AMP criterion against the CPU's row-major AMP step.
+#[test]
+fn one_channels_last_resnet18_step_matches_row_major() -> Result<()> {
+    hemi::cuda::init();
+    let fp32 = step(Device::Cpu, false)?;
+    let fp32_cl = step_in(Device::Cpu, false, MemoryFormat::ChannelsLast)?;
+    assert!((fp32_cl.loss - fp32.loss).abs() <= 1e-3 * fp32.loss.abs());
+    compare(
+        "channels-last cpu gradient",
+        &fp32_cl.grads,
+        &fp32.grads,
+        1e-3,
+    );
+    compare(
+        "channels-last cpu parameter",
+        &fp32_cl.params,
+        &fp32.params,
+        1e-3,
+    );
+    compare(
+        "channels-last cpu buffer",
+        &fp32_cl.buffers,
+        &fp32.buffers,
+        1e-3,
+    );
+    let cpu = step(Device::Cpu, true)?;
+    let sim = step_in(Device::CudaSim, true, MemoryFormat::ChannelsLast)?;
+    let allowed = 2.0 * (cpu.loss - fp32.loss).abs() + 1e-3 * cpu.loss.abs();
+    assert!(
+        (sim.loss - cpu.loss).abs() <= allowed,
+        "loss: channels-last cuda-sim {} vs cpu {} (fp32 {})",
+        sim.loss,
+        cpu.loss,
+        fp32.loss
+    );
+    assert_eq!(sim.scale, cpu.scale, "the same GradScaler decision");
+    let scaled: Named = fp32
+        .grads
+        .iter()
+        .map(|(n, g)| (n.clone(), g.iter().map(|v| v * 1024.0).collect()))
+        .collect();
+    compare_amp("channels-last gradient", &sim.grads, &cpu.grads, &scaled);
+    compare_amp(
+        "channels-last parameter",
+        &sim.params,
+        &cpu.params,
+        &fp32.params,
+    );
+    compare_amp(
+        "channels-last buffer",
+        &sim.buffers,
+        &cpu.buffers,
+        &fp32.buffers,
+    );
     Ok(())
 }

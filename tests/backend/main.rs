@@ -39,6 +39,7 @@ mod elementwise;
 mod loss;
 mod matmul;
 mod memory;
+mod memory_format;
 mod norm;
 mod optim;
 mod pool;

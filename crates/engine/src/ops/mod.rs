@@ -21,12 +21,13 @@ pub use pool::{AvgPool2dParams, MaxPool2dParams};
 use crate::{DType, Error, Layout, MemoryFormat, Result, Shape, StorageRef, Tensor};
 
 /// The memory format an output of `shape` computed from `inputs` keeps (PyTorch's rule for
-/// elementwise ops, simplified): channels-last when the first input of that full shape is
-/// channels-last, else row-major.
+/// elementwise ops, simplified): that of the first input of the full shape that is dense
+/// (broadcast and strided views do not count), channels-last when that input is, else
+/// row-major.
 pub(crate) fn output_format(shape: &Shape, inputs: &[&Tensor]) -> MemoryFormat {
     inputs
         .iter()
-        .find(|t| t.shape() == shape)
+        .find(|t| t.shape() == shape && t.layout().memory_format().is_some())
         .map_or(MemoryFormat::Contiguous, |t| t.suggest_memory_format())
 }
 

@@ -63,15 +63,17 @@ impl Tensor {
         let keep = matches!(op, ReduceOp::Max | ReduceOp::Min);
         let (x, y) = (save_if(name, self, keep), save_if(name, &out, keep));
         let rdims = dims.clone();
+        // The spread-out gradient of a sum or mean takes the input's memory format.
+        let format = self.suggest_memory_format();
         let out = track(out, name, &[self], move |g| {
             let (x, y) = (get_or(&x, g)?, get_or(&y, g)?);
             let g = g.reshape(keep_shape.clone())?;
             let gx = match op {
-                ReduceOp::Sum => g.broadcast_as(in_shape.clone())?.contiguous()?,
+                ReduceOp::Sum => g.broadcast_as(in_shape.clone())?.to_memory_format(format)?,
                 ReduceOp::Mean => g
                     .div_scalar(count as f64)?
                     .broadcast_as(in_shape.clone())?
-                    .contiguous()?,
+                    .to_memory_format(format)?,
                 ReduceOp::Max | ReduceOp::Min => {
                     // Split the gradient evenly between tied extrema, as PyTorch's amax does.
                     let mask = x.binary_raw(BinaryOp::Eq, &y)?;
