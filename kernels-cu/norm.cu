@@ -1,5 +1,7 @@
-// The norm family: training-mode batch normalization over contiguous [N, C, S] (S = H·W),
-// forward and backward. One block per channel computes the channel's statistics with
+// The norm family: training-mode batch normalization over contiguous [N, C, S] (S = H·W;
+// channels-last storage is [N·H·W, C, 1]), forward and backward, optionally fused with the
+// ReLU that follows it (forward: clamp in the apply pass; backward: the ReLU's mask applied as
+// the output gradient is read, from the saved ReLU output). One block per channel computes the channel's statistics with
 // compensated per-thread sums and a block tree (sum.cuh) — the mean first, then the variance
 // about it (two passes: no E[x²] − E[x]² cancellation); then a grid-stride kernel applies the
 // per-channel affine map. x / y / dy / dx are f32, f16 or bf16 (T); weight, bias and the
@@ -39,28 +41,39 @@ __device__ void bn_stats(const T* x, unsigned long long w, unsigned long long b,
     }
 }
 
-/// y = x·scale[ch] + shift[ch] over [N, C, S].
+/// y = x·scale[ch] + shift[ch] over [N, C, S]; with `relu`, max(y, 0) (NaN kept), the fused
+/// BN + ReLU: one pass over memory instead of two.
 template <typename T>
-__device__ void bn_apply(const T* x, const float* affine, T* y, long long c, long long s, long long total) {
+__device__ void bn_apply(const T* x, const float* affine, T* y, long long c, long long s, long long total, int relu) {
     for (long long i = grid_start(); i < total; i += grid_step()) {
         long long ch = i / s % c;
-        y[i] = from_f32<T>(to_f32(x[i]) * affine[ch] + affine[c + ch]);
+        float v = to_f32(x[i]) * affine[ch] + affine[c + ch];
+        if (relu && v <= 0.0f) v = 0.0f;
+        y[i] = from_f32<T>(v);
     }
+}
+
+/// The output gradient of element i as batch norm sees it: with a fused ReLU (`z`, its output,
+/// non-zero) PyTorch's threshold_backward, 0 where z <= 0.
+template <typename T>
+__device__ __forceinline__ float bn_grad_at(const T* dy, unsigned long long z, long long i) {
+    if (z && to_f32(reinterpret_cast<const T*>(z)[i]) <= 0.0f) return 0.0f;
+    return to_f32(dy[i]);
 }
 
 /// Per-channel Σdy and Σdy·x̂ (x̂ = (x − mean)·invstd) into dbias, dweight (dtype `sdt`) and
 /// `sums` (f32 [2C]: Σdy, Σdy·x̂). One block per channel.
 template <typename T>
-__device__ void bn_backward_sums(const T* dy, const T* x, unsigned long long mean, unsigned long long invstd, int sdt,
-                                 long long n, long long c, long long s, unsigned long long dweight,
-                                 unsigned long long dbias, float* sums) {
+__device__ void bn_backward_sums(const T* dy, unsigned long long z, const T* x, unsigned long long mean,
+                                 unsigned long long invstd, int sdt, long long n, long long c, long long s,
+                                 unsigned long long dweight, unsigned long long dbias, float* sums) {
     __shared__ float scratch[32];
     long long ch = blockIdx.x, m = n * s;
     float mu = load_coded(mean, sdt, ch), is = load_coded(invstd, sdt, ch);
     CompensatedSum sd, sdx;
     for (long long j = threadIdx.x; j < m; j += blockDim.x) {
         long long i = (j / s * c + ch) * s + j % s;
-        float g = to_f32(dy[i]);
+        float g = bn_grad_at(dy, z, i);
         sd.add(g);
         sdx.add(g * (to_f32(x[i]) - mu) * is);
     }
@@ -76,7 +89,7 @@ __device__ void bn_backward_sums(const T* dy, const T* x, unsigned long long mea
 
 /// dx = w·invstd/M · (M·dy − Σdy − x̂·Σdy·x̂).
 template <typename T>
-__device__ void bn_backward_dx(const T* dy, const T* x, unsigned long long w, unsigned long long mean,
+__device__ void bn_backward_dx(const T* dy, unsigned long long z, const T* x, unsigned long long w, unsigned long long mean,
                                unsigned long long invstd, int sdt, const float* sums, T* dx, long long n, long long c,
                                long long s) {
     long long total = n * c * s;
@@ -85,7 +98,7 @@ __device__ void bn_backward_dx(const T* dy, const T* x, unsigned long long w, un
         long long ch = i / s % c;
         float is = load_coded(invstd, sdt, ch), xhat = (to_f32(x[i]) - load_coded(mean, sdt, ch)) * is;
         float k = load_coded(w, sdt, ch) * is / m;
-        dx[i] = from_f32<T>(k * (m * to_f32(dy[i]) - sums[ch] - xhat * sums[c + ch]));
+        dx[i] = from_f32<T>(k * (m * bn_grad_at(dy, z, i) - sums[ch] - xhat * sums[c + ch]));
     }
 }
 
@@ -98,22 +111,22 @@ __device__ void bn_backward_dx(const T* dy, const T* x, unsigned long long w, un
     }                                                                                                          \
     HEMI_KERNEL(bn_stats_##SUFFIX)                                                                             \
     extern "C" __global__ void bn_apply_##SUFFIX(const T* x, const float* affine, T* y, long long c, long long s, \
-                                                 long long total) {                                            \
-        bn_apply<T>(x, affine, y, c, s, total);                                                                \
+                                                 long long total, int relu) {                                  \
+        bn_apply<T>(x, affine, y, c, s, total, relu);                                                          \
     }                                                                                                          \
     HEMI_KERNEL(bn_apply_##SUFFIX)                                                                             \
     extern "C" __global__ void __launch_bounds__(NORM_THREADS)                                                 \
-        bn_backward_sums_##SUFFIX(const T* dy, const T* x, unsigned long long mean, unsigned long long invstd,  \
-                                  int sdt, long long n, long long c, long long s, unsigned long long dweight,  \
-                                  unsigned long long dbias, float* sums) {                                     \
-        bn_backward_sums<T>(dy, x, mean, invstd, sdt, n, c, s, dweight, dbias, sums);                          \
+        bn_backward_sums_##SUFFIX(const T* dy, unsigned long long z, const T* x, unsigned long long mean,      \
+                                  unsigned long long invstd, int sdt, long long n, long long c, long long s,   \
+                                  unsigned long long dweight, unsigned long long dbias, float* sums) {         \
+        bn_backward_sums<T>(dy, z, x, mean, invstd, sdt, n, c, s, dweight, dbias, sums);                       \
     }                                                                                                          \
     HEMI_KERNEL(bn_backward_sums_##SUFFIX)                                                                     \
-    extern "C" __global__ void bn_backward_dx_##SUFFIX(const T* dy, const T* x, unsigned long long w,           \
-                                                       unsigned long long mean, unsigned long long invstd,     \
-                                                       int sdt, const float* sums, T* dx, long long n,         \
-                                                       long long c, long long s) {                             \
-        bn_backward_dx<T>(dy, x, w, mean, invstd, sdt, sums, dx, n, c, s);                                     \
+    extern "C" __global__ void bn_backward_dx_##SUFFIX(const T* dy, unsigned long long z, const T* x,          \
+                                                       unsigned long long w, unsigned long long mean,          \
+                                                       unsigned long long invstd, int sdt, const float* sums,  \
+                                                       T* dx, long long n, long long c, long long s) {         \
+        bn_backward_dx<T>(dy, z, x, w, mean, invstd, sdt, sums, dx, n, c, s);                                  \
     }                                                                                                          \
     HEMI_KERNEL(bn_backward_dx_##SUFFIX)
 

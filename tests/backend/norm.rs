@@ -55,3 +55,53 @@ backend_test!(batch_norm_normalizes_and_updates_running_stats, |dev| {
     close(&ye.to_f64_vec()?, &want_e, 1e-5, "batch_norm eval");
     Ok(())
 });
+
+/// Output and x, weight and bias gradients of BN(+ReLU) for x in `format`.
+fn bn_run(
+    x0: &Tensor,
+    w0: &Tensor,
+    b0: &Tensor,
+    fused: bool,
+    format: MemoryFormat,
+) -> Result<[Vec<f64>; 4]> {
+    let x = x0.to_memory_format(format)?.detach().requires_grad_(true)?;
+    let (w, b) = (
+        w0.detach().requires_grad_(true)?,
+        b0.detach().requires_grad_(true)?,
+    );
+    let p = BatchNormParams::default();
+    let y = if fused {
+        x.batch_norm_relu(None, None, Some(&w), Some(&b), p)?
+    } else {
+        x.batch_norm(None, None, Some(&w), Some(&b), p)?.relu()?
+    };
+    // A gradient with both signs and a few exact zeros where the output is positive.
+    let dy = y.detach().mul_scalar(-3.0)?.add_scalar(0.25)?;
+    y.mul(&dy)?.sum_all()?.backward()?;
+    let grad = |t: &Tensor| t.grad().expect("gradient").to_f64_vec();
+    Ok([y.to_f64_vec()?, grad(&x)?, grad(&w)?, grad(&b)?])
+}
+
+backend_test!(fused_batch_norm_relu_equals_batch_norm_then_relu, |dev| {
+    let mut g = Generator::new(29);
+    for dt in [DType::F32, DType::F16, DType::BF16] {
+        let x = Tensor::uniform_with(&mut g, [3, 5, 6, 7], -1.0, 1.0, dt, dev)?;
+        let w = Tensor::uniform_with(&mut g, [5], 0.5, 1.5, DType::F32, dev)?;
+        let b = Tensor::uniform_with(&mut g, [5], -0.5, 0.5, DType::F32, dev)?;
+        for format in [MemoryFormat::Contiguous, MemoryFormat::ChannelsLast] {
+            let fused = bn_run(&x, &w, &b, true, format)?;
+            let two = bn_run(&x, &w, &b, false, format)?;
+            for (what, (f, t)) in ["y", "dx", "dweight", "dbias"]
+                .iter()
+                .zip(fused.iter().zip(&two))
+            {
+                assert_eq!(
+                    f, t,
+                    "{what} {dt} {format:?} on {dev}: fused differs from BN then ReLU"
+                );
+            }
+            assert!(fused[0].iter().any(|&v| v == 0.0) && fused[0].iter().any(|&v| v > 0.0));
+        }
+    }
+    Ok(())
+});

@@ -50,14 +50,13 @@ fn check_operands(
 
 /// Training-mode forward: batch statistics of `x` `[n, c, s]` into `mean`, `var`, `invstd`
 /// (the dtype of `w` and `b`), the per-channel affine map into `affine` (F32, 2c), and
-/// `y = (x − mean)·invstd·w + b`.
+/// `y = (x − mean)·invstd·w + b` — clamped at 0 with `relu` (the fused BN + ReLU).
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_train(
     x: &Span<'_>,
     w: &Span<'_>,
     b: &Span<'_>,
-    dims: (usize, usize, usize),
-    eps: f64,
+    (dims, eps, relu): ((usize, usize, usize), f64, bool),
     [mean, var, invstd]: [&Span<'_>; 3],
     affine: &Span<'_>,
     y: &Span<'_>,
@@ -98,18 +97,21 @@ pub fn batch_norm_train(
         )
     }?;
     let (mut xp, mut ap, mut yp, mut t) = (x.ptr(), affine.ptr(), y.ptr(), total as i64);
-    let mut a = kernel_args![xp, ap, yp, c64, s64, t];
+    let mut r = i32::from(relu);
+    let mut a = kernel_args![xp, ap, yp, c64, s64, t, r];
     let cfg = LaunchConfig::linear(total, THREADS, MAX_BLOCKS);
-    // SAFETY: bn_apply_T(const T*, const float*, T*, long long x3); x and y hold `total`
+    // SAFETY: bn_apply_T(const T*, const float*, T*, long long x3, int); x and y hold `total`
     // elements of T, affine 2c f32.
     unsafe { launch(d, &format!("bn_apply_{suffix}"), cfg, &mut a) }
 }
 
 /// Backward: `dweight = Σdy·x̂`, `dbias = Σdy` (the stats' dtype; their f32 values also in
-/// `sums`, 2c) and `dx = w·invstd/M·(M·dy − Σdy − x̂·Σdy·x̂)`.
+/// `sums`, 2c) and `dx = w·invstd/M·(M·dy − Σdy − x̂·Σdy·x̂)`. With `relu_out` (the fused
+/// BN + ReLU's output) dy reads as 0 where it is ≤ 0.
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_backward(
     dy: &Span<'_>,
+    relu_out: Option<&Span<'_>>,
     x: &Span<'_>,
     [w, mean, invstd]: [&Span<'_>; 3],
     dims: (usize, usize, usize),
@@ -132,6 +134,14 @@ pub fn batch_norm_backward(
         ("the bias gradient", dbias),
     ];
     let (total, sdt) = check_operands(OP, dims, &acts, &stats)?;
+    if let Some(z) = relu_out {
+        check_operands(
+            OP,
+            dims,
+            &[("the input", x), ("the ReLU output", z)],
+            &stats,
+        )?;
+    }
     expect_len(OP, "the sums scratch", sums.len(), 2 * c)?;
     expect_dtype(OP, "the sums scratch", sums.dtype(), DType::F32)?;
     same_device(OP, dy.device(), [sums.device()])?;
@@ -147,9 +157,11 @@ pub fn batch_norm_backward(
         (dy.ptr(), x.ptr(), mean.ptr(), invstd.ptr(), sdt);
     let (mut n64, mut c64, mut s64) = (n as i64, c as i64, s as i64);
     let (mut dwp, mut dbp, mut sp) = (dweight.ptr(), dbias.ptr(), sums.ptr());
-    let mut a = kernel_args![gp, xp, mp, ip, sd, n64, c64, s64, dwp, dbp, sp];
-    // SAFETY: bn_backward_sums_T(const T*, const T*, u64, u64, int, long long x3, u64, u64,
-    // float*); dy and x hold n·c·s elements of T, the stats spans c of code `sdt`, sums 2c f32.
+    let mut zp = relu_out.map_or(0, Span::ptr);
+    let mut a = kernel_args![gp, zp, xp, mp, ip, sd, n64, c64, s64, dwp, dbp, sp];
+    // SAFETY: bn_backward_sums_T(const T*, u64, const T*, u64, u64, int, long long x3, u64,
+    // u64, float*); dy, x and a ReLU output (or 0) hold n·c·s elements of T, the stats spans c
+    // of code `sdt`, sums 2c f32.
     unsafe {
         launch(
             d,
@@ -159,9 +171,9 @@ pub fn batch_norm_backward(
         )
     }?;
     let (mut wp, mut dxp) = (w.ptr(), dx.ptr());
-    let mut a = kernel_args![gp, xp, wp, mp, ip, sd, sp, dxp, n64, c64, s64];
+    let mut a = kernel_args![gp, zp, xp, wp, mp, ip, sd, sp, dxp, n64, c64, s64];
     let cfg = LaunchConfig::linear(total, THREADS, MAX_BLOCKS);
-    // SAFETY: bn_backward_dx_T(const T*, const T*, u64 x3, int, const float*, T*, long long
-    // x3); as above, dx holds n·c·s elements of T.
+    // SAFETY: bn_backward_dx_T(const T*, u64, const T*, u64 x3, int, const float*, T*, long
+    // long x3); as above, dx holds n·c·s elements of T.
     unsafe { launch(d, &format!("bn_backward_dx_{suffix}"), cfg, &mut a) }
 }

@@ -1,6 +1,6 @@
 //! The CUDA norm family (`kernels-cu/norm.cu`): `NormOps` for [`CudaBackend`] — training-mode
 //! batch norm forward (statistics by a block per channel with compensated two-pass sums) and
-//! backward. Eval mode and the running-statistics update are tensor ops (`ops/norm.rs`).
+//! backward, optionally fused with the following ReLU. Eval mode and the running-statistics update are tensor ops (`ops/norm.rs`).
 
 mod launch;
 
@@ -18,6 +18,7 @@ impl NormOps for CudaBackend {
         bias: &StorageRef,
         dims: (usize, usize, usize),
         eps: f64,
+        relu: bool,
     ) -> Result<BatchNormForward> {
         const OP: &str = "batch_norm";
         let (xb, wb, bb) = (self.get(OP, x)?, self.get(OP, weight)?, self.get(OP, bias)?);
@@ -34,8 +35,7 @@ impl NormOps for CudaBackend {
             &Span::all(xb),
             &Span::all(wb),
             &Span::all(bb),
-            dims,
-            eps,
+            (dims, eps, relu),
             [&Span::all(&mean), &Span::all(&var), &Span::all(&invstd)],
             &Span::all(&affine),
             &Span::all(&y),
@@ -56,6 +56,7 @@ impl NormOps for CudaBackend {
         mean: &StorageRef,
         invstd: &StorageRef,
         dims: (usize, usize, usize),
+        relu_out: Option<&StorageRef>,
     ) -> Result<BatchNormBackward> {
         const OP: &str = "batch_norm_backward";
         let (gb, xb, wb) = (self.get(OP, dy)?, self.get(OP, x)?, self.get(OP, weight)?);
@@ -64,8 +65,10 @@ impl NormOps for CudaBackend {
         let (dweight, dbias) = (self.buffer(wb.dtype(), c)?, self.buffer(wb.dtype(), c)?);
         let sums = self.buffer(DType::F32, 2 * c)?;
         let dx = self.buffer(gb.dtype(), gb.len())?;
+        let z = relu_out.map(|z| self.get(OP, z)).transpose()?;
         launch::batch_norm_backward(
             &Span::all(gb),
+            z.map(Span::all).as_ref(),
             &Span::all(xb),
             [&Span::all(wb), &Span::all(mb), &Span::all(ib)],
             dims,

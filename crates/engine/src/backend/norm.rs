@@ -31,7 +31,8 @@ pub struct BatchNormBackward {
 pub trait NormOps: BackendDevice {
     /// Training-mode batch norm over contiguous `x` of shape `[N, C, S]` (S = spatial size):
     /// normalizes with the batch statistics. `weight`/`bias` `[C]` may have a wider dtype than
-    /// `x`; statistics come back in the weight's dtype.
+    /// `x`; statistics come back in the weight's dtype. With `relu`, the output is
+    /// `max(y, 0)` (NaN kept): the fused BN + ReLU.
     fn batch_norm_train(
         &self,
         x: &StorageRef,
@@ -39,11 +40,14 @@ pub trait NormOps: BackendDevice {
         bias: &StorageRef,
         dims: (usize, usize, usize),
         eps: f64,
+        relu: bool,
     ) -> Result<BatchNormForward> {
-        let _ = (x, weight, bias, dims, eps);
+        let _ = (x, weight, bias, dims, eps, relu);
         Err(unsupported(self.device(), "batch_norm"))
     }
-    /// Gradients of [`NormOps::batch_norm_train`] given the saved mean and invstd.
+    /// Gradients of [`NormOps::batch_norm_train`] given the saved mean and invstd. For the
+    /// fused BN + ReLU, `relu_out` is its output: dy counts as 0 where it is ≤ 0 (PyTorch's
+    /// `threshold_backward`).
     #[allow(clippy::too_many_arguments)]
     fn batch_norm_backward(
         &self,
@@ -53,8 +57,9 @@ pub trait NormOps: BackendDevice {
         mean: &StorageRef,
         invstd: &StorageRef,
         dims: (usize, usize, usize),
+        relu_out: Option<&StorageRef>,
     ) -> Result<BatchNormBackward> {
-        let _ = (dy, x, weight, mean, invstd, dims);
+        let _ = (dy, x, weight, mean, invstd, dims, relu_out);
         Err(unsupported(self.device(), "batch_norm_backward"))
     }
 }

@@ -73,6 +73,7 @@ pub(crate) fn batch_norm_train(
     bias: &StorageRef,
     dims: (usize, usize, usize),
     eps: f64,
+    relu: bool,
 ) -> Result<BatchNormForward> {
     const OP: &str = "batch_norm";
     let (n, c, s) = dims;
@@ -104,7 +105,8 @@ pub(crate) fn batch_norm_train(
             let scale = invstd[ch] * wv[ch];
             let shift = bv[ch] - stats[ch].0 * scale;
             for (o, &xi) in out.iter_mut().zip(&xv[row * s..]) {
-                *o = xi * scale + shift;
+                let v = xi * scale + shift;
+                *o = if relu && v <= 0.0 { 0.0 } else { v };
             }
         });
     Ok(BatchNormForward {
@@ -116,7 +118,8 @@ pub(crate) fn batch_norm_train(
 }
 
 /// Backward of [`batch_norm_train`]: `dx = w·invstd/M · (M·dy − Σdy − x̂·Σ(dy·x̂))`,
-/// `dweight = Σ(dy·x̂)`, `dbias = Σdy`.
+/// `dweight = Σ(dy·x̂)`, `dbias = Σdy`; with `relu_out`, dy is 0 where the ReLU output is ≤ 0.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn batch_norm_backward(
     dy: &StorageRef,
     x: &StorageRef,
@@ -124,10 +127,18 @@ pub(crate) fn batch_norm_backward(
     mean: &StorageRef,
     invstd: &StorageRef,
     dims: (usize, usize, usize),
+    relu_out: Option<&StorageRef>,
 ) -> Result<BatchNormBackward> {
     const OP: &str = "batch_norm_backward";
     let (n, c, s) = dims;
-    let (dyv, _) = wide(OP, dy, n * c * s, "grad_output")?;
+    let (mut dyv, _) = wide(OP, dy, n * c * s, "grad_output")?;
+    if let Some(z) = relu_out {
+        let (zv, _) = wide(OP, z, n * c * s, "the ReLU output")?;
+        dyv.iter_mut()
+            .zip(zv)
+            .filter(|(_, z)| *z <= 0.0)
+            .for_each(|(g, _)| *g = 0.0);
+    }
     let (xv, xdt) = wide(OP, x, n * c * s, "input")?;
     let (wv, wdt) = wide(OP, weight, c, "weight")?;
     let (mv, _) = wide(OP, mean, c, "mean")?;
@@ -171,8 +182,9 @@ impl crate::backend::NormOps for super::CpuBackend {
         bias: &StorageRef,
         dims: (usize, usize, usize),
         eps: f64,
+        relu: bool,
     ) -> Result<BatchNormForward> {
-        batch_norm_train(x, weight, bias, dims, eps)
+        batch_norm_train(x, weight, bias, dims, eps, relu)
     }
 
     fn batch_norm_backward(
@@ -183,7 +195,8 @@ impl crate::backend::NormOps for super::CpuBackend {
         mean: &StorageRef,
         invstd: &StorageRef,
         dims: (usize, usize, usize),
+        relu_out: Option<&StorageRef>,
     ) -> Result<BatchNormBackward> {
-        batch_norm_backward(dy, x, weight, mean, invstd, dims)
+        batch_norm_backward(dy, x, weight, mean, invstd, dims, relu_out)
     }
 }

@@ -46,8 +46,14 @@ impl BatchNorm2d {
     }
 }
 
-impl Module for BatchNorm2d {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl BatchNorm2d {
+    /// `relu(self.forward(x))` through the fused [`Tensor::batch_norm_relu`] (same values and
+    /// gradients, one pass over the activation fewer each way); what ResNet's blocks call.
+    pub fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
+        self.run(x, true)
+    }
+
+    fn run(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         if x.rank() != 4 {
             return Err(Error::shape(
                 "BatchNorm2d",
@@ -59,13 +65,13 @@ impl Module for BatchNorm2d {
             momentum: self.momentum,
             eps: self.eps,
         };
-        let y = x.batch_norm(
-            Some(&self.running_mean),
-            Some(&self.running_var),
-            Some(&self.weight),
-            Some(&self.bias),
-            p,
-        )?;
+        let stats = (Some(&self.running_mean), Some(&self.running_var));
+        let affine = (Some(&self.weight), Some(&self.bias));
+        let y = if relu {
+            x.batch_norm_relu(stats.0, stats.1, affine.0, affine.1, p)?
+        } else {
+            x.batch_norm(stats.0, stats.1, affine.0, affine.1, p)?
+        };
         if self.training {
             // The int64 counter is incremented on the host (8 bytes each way on a GPU: device
             // backends have no int64 arithmetic) and written back in place.
@@ -80,6 +86,12 @@ impl Module for BatchNorm2d {
             counter.assign(&n)?;
         }
         Ok(y)
+    }
+}
+
+impl Module for BatchNorm2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.run(x, false)
     }
     fn visit_parameters(&self, prefix: &str, f: &mut Visitor<'_>) {
         f(&join(prefix, "weight"), &self.weight);

@@ -52,7 +52,7 @@ impl BasicBlock {
 
 impl Module for BasicBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let out = self.bn1.forward(&self.conv1.forward(x)?)?.relu()?;
+        let out = self.bn1.forward_relu(&self.conv1.forward(x)?)?;
         let out = self.bn2.forward(&self.conv2.forward(&out)?)?;
         let identity = match &self.downsample {
             Some((c, b)) => b.forward(&c.forward(x)?)?,
@@ -149,7 +149,7 @@ impl Module for ResNet {
         }
         let mut h = self
             .maxpool
-            .forward(&self.bn1.forward(&self.conv1.forward(x)?)?.relu()?)?;
+            .forward(&self.bn1.forward_relu(&self.conv1.forward(x)?)?)?;
         for block in self.layers.iter().flatten() {
             h = block.forward(&h)?;
         }

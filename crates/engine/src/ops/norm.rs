@@ -57,6 +57,41 @@ impl Tensor {
         bias: Option<&Tensor>,
         p: BatchNormParams,
     ) -> Result<Tensor> {
+        self.batch_norm_impl([running_mean, running_var, weight, bias], p, false)
+    }
+
+    /// `batch_norm(..).relu()` as one op: in training mode the backends clamp in the pass that
+    /// writes the output and apply the ReLU's mask as batch norm's backward reads the output
+    /// gradient (from the saved output), saving a read and a write of the activation in each
+    /// direction. Same values as the two ops (bit for bit: the clamp commutes with rounding);
+    /// the gradient where the output is 0 is 0, as PyTorch's `threshold_backward`. Eval mode
+    /// runs the two ops.
+    ///
+    /// ```
+    /// use hemi_engine::{BatchNormParams, DType, Device, Tensor};
+    /// let x = Tensor::randn([4, 3, 5, 5], DType::F32, Device::Cpu)?;
+    /// let fused = x.batch_norm_relu(None, None, None, None, BatchNormParams::default())?;
+    /// let two = x.batch_norm(None, None, None, None, BatchNormParams::default())?.relu()?;
+    /// assert_eq!(fused.to_vec::<f32>()?, two.to_vec::<f32>()?);
+    /// # Ok::<(), hemi_engine::Error>(())
+    /// ```
+    pub fn batch_norm_relu(
+        &self,
+        running_mean: Option<&Tensor>,
+        running_var: Option<&Tensor>,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        p: BatchNormParams,
+    ) -> Result<Tensor> {
+        self.batch_norm_impl([running_mean, running_var, weight, bias], p, true)
+    }
+
+    fn batch_norm_impl(
+        &self,
+        [running_mean, running_var, weight, bias]: [Option<&Tensor>; 4],
+        p: BatchNormParams,
+        relu: bool,
+    ) -> Result<Tensor> {
         const OP: &str = "batch_norm";
         float_only(OP, self)?;
         if self.rank() < 2 {
@@ -91,7 +126,8 @@ impl Tensor {
             None => Tensor::zeros([c], stat_dtype, self.device())?,
         };
         if !p.training {
-            return self.batch_norm_eval(running_mean, running_var, &w, &b, stat_dtype, p.eps);
+            let y = self.batch_norm_eval(running_mean, running_var, &w, &b, stat_dtype, p.eps)?;
+            return if relu { y.relu() } else { Ok(y) };
         }
         if n * s <= 1 {
             return Err(Error::invalid(
@@ -111,7 +147,8 @@ impl Tensor {
             MemoryFormat::Contiguous => (n, c, s),
         };
         let be = x.backend()?;
-        let fwd = be.batch_norm_train(&x.storage(), &w.storage(), &b.storage(), dims, p.eps)?;
+        let fwd =
+            be.batch_norm_train(&x.storage(), &w.storage(), &b.storage(), dims, p.eps, relu)?;
         let stat = |st| Tensor::contiguous_from(st, [c]);
         let (mean, var, invstd) = (stat(fwd.mean), stat(fwd.var), stat(fwd.invstd));
         {
@@ -132,9 +169,11 @@ impl Tensor {
         }
         let out = from_storage_in(fwd.y, self.shape().clone(), format);
         let (sx, sw) = (Saved::new(OP, &x), Saved::new(OP, &w));
+        let sz = relu.then(|| Saved::new(OP, &out));
         Ok(track(out, OP, &[&x, &w, &b], move |g| {
             let (sx, sw) = (sx.get()?, sw.get()?);
             let g = g.to_memory_format(format)?;
+            let z = sz.as_ref().map(Saved::get).transpose()?;
             let r = g.backend()?.batch_norm_backward(
                 &g.storage(),
                 &sx.storage(),
@@ -142,6 +181,7 @@ impl Tensor {
                 &mean.storage(),
                 &invstd.storage(),
                 dims,
+                z.map(|z| z.storage()).as_ref(),
             )?;
             Ok(vec![
                 Some(from_storage_in(r.dx, sx.shape().clone(), format)),
