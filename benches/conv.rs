@@ -1,7 +1,9 @@
 //! Convolution throughput in TFLOP/s: fprop, dgrad and wgrad of every distinct ResNet-18
 //! convolution (224×224 input), f16 / bf16 / f32, through the backend's `ConvOps` (criterion's
 //! throughput is the FLOP count 2·N·K·P·Q·C·R·S, so its `elem/s` column reads as FLOP/s).
-//! - On every CUDA GPU `hemi::cuda::init()` finds: batch 256. Without one it says so.
+//! - On every CUDA GPU `hemi::cuda::init()` finds: batch 256; f16/bf16 channels-last (the
+//!   Tensor-Core tier; the stem's C = 3 packed to 8 inside the timed call), f32 NCHW (SIMT).
+//!   Without a GPU it says so.
 //! - On the CPU, always: batch 8 (batch 256 would take minutes per sample), f32 and f16.
 //!
 //! Run: `cargo bench --features cuda --bench conv` (the CPU part also without the feature).
@@ -58,13 +60,20 @@ fn bench_device(c: &mut Criterion, group_name: &str, dev: Device, batch: usize, 
     let be = hemi::backend_for(dev).expect("backend");
     let mut g = Generator::new(1);
     for &(name, ci, k, h, ks, st, pad) in &LAYERS {
-        let s = spec(batch, (ci, k, h, ks, st, pad));
-        let (p, q) = (s.out_h(), s.out_w());
+        let s0 = spec(batch, (ci, k, h, ks, st, pad));
+        let (p, q) = (s0.out_h(), s0.out_w());
         let flops = 2 * batch * k * p * q * ci * ks * ks;
         group.throughput(Throughput::Elements(flops as u64));
         for &dt in dtypes {
+            let format = if dev != Device::Cpu && dt != DType::F32 {
+                MemoryFormat::ChannelsLast
+            } else {
+                MemoryFormat::Contiguous
+            };
+            let s = Conv2dSpec { format, ..s0 };
             let rand = |g: &mut Generator, dims: [usize; 4]| {
                 Tensor::uniform_with(g, dims, -1.0, 1.0, dt, dev)
+                    .and_then(|t| t.to_memory_format(format))
                     .expect("data")
                     .storage()
             };

@@ -8,13 +8,16 @@
 //! cargo run --release --example resnet18_amp -- --image-size 64 --batch-size 8
 //! cargo run --release --features cuda --example resnet18_amp -- --device cuda-sim \
 //!     --image-size 32 --batch-size 2 --epochs 3                    # ~25 s a step, emulated
+//! cargo run --release --features cuda --example resnet18_amp -- --device cuda --channels-last
 //! ```
 
 use clap::Parser;
 use hemi::amp::{autocast, GradScaler, GradScalerConfig};
 use hemi::nn::{resnet18, Module};
 use hemi::optim::{Adam, AdamConfig, Optimizer};
-use hemi::{manual_seed, memory_stats, CrossEntropySpec, DType, Device, Error, Result, Tensor};
+use hemi::{
+    manual_seed, memory_stats, CrossEntropySpec, DType, Device, Error, MemoryFormat, Result, Tensor,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -48,6 +51,10 @@ struct Args {
     /// no scaler) or `off` (fp32).
     #[arg(long, default_value = "fp16")]
     amp: String,
+    /// Run the model channels-last (`Module::to_memory_format`): NHWC activations, the layout
+    /// of the Tensor-Core convolutions (as `model.to(memory_format=torch.channels_last)`).
+    #[arg(long)]
+    channels_last: bool,
 }
 
 fn parse_amp(s: &str) -> Result<Option<DType>> {
@@ -104,7 +111,10 @@ fn run(args: &Args) -> Result<()> {
     let device = parse_device(&args.device)?;
     let amp = parse_amp(&args.amp)?;
     manual_seed(args.seed);
-    let model = resnet18(args.num_classes, device)?;
+    let mut model = resnet18(args.num_classes, device)?;
+    if args.channels_last {
+        model.to_memory_format(MemoryFormat::ChannelsLast);
+    }
     let fused = amp.is_some();
     let mut opt = Adam::new(
         model.parameters(),
@@ -120,11 +130,16 @@ fn run(args: &Args) -> Result<()> {
     let data = Tensor::randn([b, 3, s, s], DType::F32, device)?;
     let target = Tensor::randint(0, args.num_classes as i64, [b], device)?;
     println!(
-        "resnet18: {} parameters, batch {b}x3x{s}x{s}, {} classes, {} epochs on {device}, amp {}",
+        "resnet18: {} parameters, batch {b}x3x{s}x{s}, {} classes, {} epochs on {device}, amp {}{}",
         model.num_parameters(),
         args.num_classes,
         args.epochs,
-        amp.map_or("off (fp32)".to_string(), |d| d.to_string())
+        amp.map_or("off (fp32)".to_string(), |d| d.to_string()),
+        if args.channels_last {
+            ", channels-last"
+        } else {
+            ""
+        }
     );
     let bar = ProgressBar::new(args.epochs as u64);
     bar.set_style(

@@ -42,7 +42,9 @@ echo "== conv bench (brief)"
 echo "== ResNet-18 steps, batch 256, 224 px"
 : > steps.txt
 for amp in off fp16; do
-    line=$(./examples/resnet18_amp --device cuda --batch-size 256 --image-size 224 --epochs 3 --amp $amp 2>&1 | tee -a steps.log | grep "^done:")
+    # AMP runs channels-last (the Tensor-Core convolutions, as PyTorch's baseline); fp32 NCHW.
+    cl=$([[ $amp == off ]] && echo "" || echo "--channels-last")
+    line=$(./examples/resnet18_amp --device cuda --batch-size 256 --image-size 224 --epochs 3 --amp $amp $cl 2>&1 | tee -a steps.log | grep "^done:")
     ips=$(echo "$line" | sed -n 's/.* \([0-9.]*\) images\/s.*/\1/p')
     mib=$(echo "$line" | sed -n 's/.*peak memory \([0-9.]*\) MiB.*/\1/p')
     name=$([[ $amp == off ]] && echo hemi_fp32_step || echo hemi_amp_step)

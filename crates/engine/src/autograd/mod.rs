@@ -17,6 +17,8 @@ pub(crate) type BackwardFn = dyn Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + Se
 /// A recorded op.
 pub(crate) struct Node {
     pub(crate) name: &'static str,
+    /// The inputs' graph handles (`Tensor::graph_handle`): leaves that require grad, and
+    /// data-less handles of everything else, so the graph alone keeps no activation alive.
     pub(crate) inputs: Vec<Tensor>,
     pub(crate) backward: Box<BackwardFn>,
 }
@@ -131,7 +133,7 @@ where
     out.set_requires_grad_flag(true);
     *out.node() = NodeState::Op(Arc::new(Node {
         name,
-        inputs: inputs.iter().map(|&t| t.clone()).collect(),
+        inputs: inputs.iter().map(|&t| t.graph_handle()).collect(),
         backward: Box::new(backward),
     }));
     out

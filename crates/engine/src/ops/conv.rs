@@ -110,10 +110,19 @@ impl Tensor {
         let (xc, wc) = (x.to_memory_format(format)?, w.to_memory_format(format)?);
         let s = x.backend()?.conv2d(&xc.storage(), &wc.storage(), &spec)?;
         let out = from_storage_in(s, spec.output_dims().into(), format);
-        let (sx, sw) = (Saved::new(OP, &xc), Saved::new(OP, &wc));
-        let in_dtype = x.dtype();
+        // Under autocast `wc` is a rounded copy of a parameter: save the parameter instead and
+        // round it again in backward (the same values), rather than keep the copy alive from
+        // forward to backward.
+        let recast = weight.is_leaf() && weight.dtype() != wc.dtype();
+        let sw = Saved::new(OP, if recast { weight } else { &wc });
+        let sx = Saved::new(OP, &xc);
+        let (in_dtype, w_dtype) = (x.dtype(), wc.dtype());
         let y = track(out, OP, &[&xc, &wc], move |g| {
-            let (sx, sw) = (sx.get()?, sw.get()?);
+            let sx = sx.get()?;
+            let sw = match recast {
+                true => sw.get()?.to_dtype(w_dtype)?.to_memory_format(format)?,
+                false => sw.get()?,
+            };
             let g = g.to_dtype(in_dtype)?.to_memory_format(format)?;
             let be = g.backend()?;
             let spec = Conv2dSpec {

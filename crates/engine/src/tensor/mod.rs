@@ -33,7 +33,8 @@ pub(crate) struct TensorImpl {
     dtype: DType,
     device: Device,
     requires_grad: AtomicBool,
-    pub(crate) node: Mutex<NodeState>,
+    /// Shared with the tensor's graph handles ([`Tensor::graph_handle`]).
+    pub(crate) node: Arc<Mutex<NodeState>>,
     grad: Mutex<Option<Tensor>>,
 }
 
@@ -63,7 +64,7 @@ impl Tensor {
             dtype,
             device,
             requires_grad: AtomicBool::new(false),
-            node: Mutex::new(NodeState::Leaf),
+            node: Arc::new(Mutex::new(NodeState::Leaf)),
             grad: Mutex::new(None),
         }))
     }
@@ -161,6 +162,30 @@ impl Tensor {
     /// True when a backward pass has freed the graph node that produced this tensor.
     pub fn graph_freed(&self) -> bool {
         matches!(*self.node(), NodeState::Freed(_))
+    }
+    /// What a graph node keeps of this tensor as one of its inputs: a leaf that requires grad
+    /// itself (its gradient accumulates there); any other tensor a handle with the same id,
+    /// shape, dtype, device, grad flag and graph node but no data, so that an intermediate
+    /// result that no backward function saved is freed as soon as the user drops it — as in
+    /// PyTorch, whose graph links nodes, not tensors.
+    pub(crate) fn graph_handle(&self) -> Tensor {
+        if self.requires_grad() && self.is_leaf() {
+            return self.clone();
+        }
+        static EMPTY: std::sync::OnceLock<StorageRef> = std::sync::OnceLock::new();
+        let empty = EMPTY
+            .get_or_init(|| crate::cpu::wrap(CpuStorage::F32(Vec::new())))
+            .clone();
+        Tensor(Arc::new(TensorImpl {
+            id: self.0.id,
+            storage: RwLock::new(empty),
+            layout: self.0.layout.clone(),
+            dtype: self.0.dtype,
+            device: self.0.device,
+            requires_grad: AtomicBool::new(self.requires_grad()),
+            node: Arc::clone(&self.0.node),
+            grad: Mutex::new(None),
+        }))
     }
     pub(crate) fn node(&self) -> MutexGuard<'_, NodeState> {
         self.0.node.lock().unwrap_or_else(|e| e.into_inner())
