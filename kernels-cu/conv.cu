@@ -201,17 +201,24 @@ __device__ void conv_simt(const ConvArgs& g) {
             sb[kk][rr] = (c < gn && k < kend) ? conv_load_b<MODE, T>(g, k, c) : 0.0f;
         }
         prim::sync_threads();
+        #pragma unroll
         for (int kk = 0; kk < CONV_K; ++kk) {
             float av[4], bv[4];
+            #pragma unroll
             for (int i = 0; i < 4; ++i) av[i] = sa[kk][ty * 4 + i];
+            #pragma unroll
             for (int j = 0; j < 4; ++j) bv[j] = sb[kk][tx * 4 + j];
+            #pragma unroll
             for (int i = 0; i < 4; ++i)
+                #pragma unroll
                 for (int j = 0; j < 4; ++j) acc[i][j] += av[i] * bv[j];
         }
         prim::sync_threads();
     }
     float* ws = reinterpret_cast<float*>(g.ws) + (long long)blockIdx.z * gm * gn;
+    #pragma unroll
     for (int i = 0; i < 4; ++i)
+        #pragma unroll
         for (int j = 0; j < 4; ++j) {
             long long r = row0 + ty * 4 + i, c = col0 + tx * 4 + j;
             if (r >= gm || c >= gn) continue;
