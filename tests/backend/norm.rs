@@ -105,3 +105,83 @@ backend_test!(fused_batch_norm_relu_equals_batch_norm_then_relu, |dev| {
     }
     Ok(())
 });
+
+backend_test!(
+    channels_last_batch_norm_matches_f64_with_split_rows,
+    |dev| {
+        // 40 channels (two blocks of 32, the second ragged) over 3·9·7 = 189 rows (two row
+        // splits on the CUDA side's channels-last kernels).
+        let mut g = Generator::new(17);
+        let (n, c, h, w) = (3, 40, 9, 7);
+        let x = Tensor::uniform_with(&mut g, [n, c, h, w], -2.0, 3.0, DType::F32, dev)?
+            .to_memory_format(MemoryFormat::ChannelsLast)?
+            .detach()
+            .requires_grad_(true)?;
+        let wt =
+            Tensor::uniform_with(&mut g, [c], 0.5, 1.5, DType::F32, dev)?.requires_grad_(true)?;
+        let b =
+            Tensor::uniform_with(&mut g, [c], -0.5, 0.5, DType::F32, dev)?.requires_grad_(true)?;
+        let y = x.batch_norm(None, None, Some(&wt), Some(&b), BatchNormParams::default())?;
+        assert!(y.is_contiguous_for(MemoryFormat::ChannelsLast));
+        let dy = Tensor::uniform_with(&mut g, [n, c, h, w], -1.0, 1.0, DType::F32, dev)?;
+        y.mul(&dy)?.sum_all()?.backward()?;
+        let (xv, wv, bv, gv) = (
+            x.to_f64_vec()?,
+            wt.to_f64_vec()?,
+            b.to_f64_vec()?,
+            dy.to_f64_vec()?,
+        );
+        let (m, hw) = ((n * h * w) as f64, h * w);
+        let at = |i: usize, ch: usize, s: usize| (i * c + ch) * hw + s;
+        let (mut want_y, mut want_dx) = (vec![0.0; xv.len()], vec![0.0; xv.len()]);
+        let (mut want_dw, mut want_db) = (vec![0.0; c], vec![0.0; c]);
+        for ch in 0..c {
+            let idx: Vec<usize> = (0..n)
+                .flat_map(|i| (0..hw).map(move |s| at(i, ch, s)))
+                .collect();
+            let mean = idx.iter().map(|&i| xv[i]).sum::<f64>() / m;
+            let var = idx.iter().map(|&i| (xv[i] - mean).powi(2)).sum::<f64>() / m;
+            let is = 1.0 / (var + 1e-5).sqrt();
+            let (sd, sdx) = idx.iter().fold((0.0, 0.0), |(a, b), &i| {
+                (a + gv[i], b + gv[i] * (xv[i] - mean) * is)
+            });
+            want_dw[ch] = sdx;
+            want_db[ch] = sd;
+            for &i in &idx {
+                let xhat = (xv[i] - mean) * is;
+                want_y[i] = xhat * wv[ch] + bv[ch];
+                want_dx[i] = wv[ch] * is / m * (m * gv[i] - sd - xhat * sdx);
+            }
+        }
+        close(
+            &y.to_f64_vec()?,
+            &want_y,
+            1e-5,
+            "channels-last batch_norm output",
+        );
+        let gx = x.grad().expect("dx");
+        assert!(
+            gx.is_contiguous_for(MemoryFormat::ChannelsLast),
+            "dx stays channels-last"
+        );
+        close(
+            &gx.to_f64_vec()?,
+            &want_dx,
+            1e-4,
+            "channels-last batch_norm dx",
+        );
+        close(
+            &wt.grad().expect("dw").to_f64_vec()?,
+            &want_dw,
+            1e-5,
+            "dweight",
+        );
+        close(
+            &b.grad().expect("db").to_f64_vec()?,
+            &want_db,
+            1e-5,
+            "dbias",
+        );
+        Ok(())
+    }
+);
