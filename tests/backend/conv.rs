@@ -106,9 +106,9 @@ fn check_conv(
         (n, c, h, wd, k, ks, st, pad, dil)
     );
     assert_eq!(y.dtype(), out_dt, "{what}");
-    assert_eq!(
-        y.suggest_memory_format(),
-        x.suggest_memory_format(),
+    // (A 1x1 output is in both formats at once.)
+    assert!(
+        y.is_contiguous_for(x.suggest_memory_format()),
         "{what}: y keeps x's format"
     );
     let (xv, wv) = (x.to_f64_vec()?, w.to_f64_vec()?);
