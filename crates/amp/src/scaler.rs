@@ -42,7 +42,11 @@ pub struct GradScalerConfig {
     pub growth_interval: u64,
     /// When false every method is a pass-through (`scale` returns the loss unchanged).
     pub enabled: bool,
-    /// Lower bound of the scale after a backoff (none by default).
+    /// Lower bound of the scale after a backoff (none by default, as PyTorch). Without it, a
+    /// long overflow storm halves the scale to a subnormal after about 143 consecutive
+    /// overflows and to exactly 0 after about 166; from then on every step is skipped (a scale
+    /// whose inverse is not finite counts as an overflow, so nothing is written) and the scale
+    /// never recovers. Set e.g. `Some(1.0)` to keep training through such storms.
     pub min_scale: Option<f64>,
     /// Upper bound of the scale after a growth (none by default).
     pub max_scale: Option<f64>,
@@ -157,6 +161,13 @@ impl GradScaler {
         }
         if c.growth_interval == 0 || c.hysteresis == 0 {
             return Err(invalid("growth_interval and hysteresis must be at least 1"));
+        }
+        for (what, v) in [("min_scale", c.min_scale), ("max_scale", c.max_scale)] {
+            if let Some(v) = v.filter(|v| !(v.is_finite() && *v > 0.0)) {
+                return Err(invalid(format!(
+                    "{what} must be finite and positive, got {v}"
+                )));
+            }
         }
         if let (Some(lo), Some(hi)) = (c.min_scale, c.max_scale) {
             if lo > hi {
@@ -324,6 +335,9 @@ impl GradScaler {
             scale.recip()?
         };
         let found = self.check_grads(opt, &inv, true)?;
+        if let Some(f) = &found {
+            flag_unusable_scale(f, &inv)?;
+        }
         let rec = self.record(opt);
         rec.found_inf = found;
         rec.stage = Stage::Unscaled;
@@ -347,7 +361,12 @@ impl GradScaler {
             let found = match stage {
                 Stage::Ready => {
                     let one = self.existing_state("step")?.one.clone();
-                    self.check_grads(opt, &one, false)?
+                    let found = self.check_grads(opt, &one, false)?;
+                    if let Some(f) = &found {
+                        let _g = no_grad();
+                        flag_unusable_scale(f, &scale.recip()?)?;
+                    }
+                    found
                 }
                 _ => self.record(opt).found_inf.clone(),
             };
@@ -559,4 +578,16 @@ impl GradScaler {
         }
         Ok(())
     }
+}
+
+/// Sets `found` (as an overflow) when `inv`, 1/scale, is not finite — a scale that underflowed
+/// to 0 in a long overflow storm (after about 166 consecutive halvings from 65536): unscaling by
+/// it would write inf/NaN into every gradient, and a fused step into every parameter. Decided on
+/// the device, no sync. The step is skipped and the scale stays 0; `min_scale` in the config
+/// keeps the scale from getting there.
+fn flag_unusable_scale(found: &Tensor, inv: &Tensor) -> Result<()> {
+    let _g = no_grad();
+    let d = inv.sub(inv)?; // 0 when finite, NaN otherwise
+    let bad = d.eq_mask(&d)?.affine(-1.0, 1.0)?; // 1 when not finite
+    found.assign(&found.maximum(&bad.reshape(found.shape().clone())?)?)
 }

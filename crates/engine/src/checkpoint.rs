@@ -89,7 +89,9 @@ impl View for &HostView {
     }
 }
 
-/// Writes named tensors to `path` atomically (temporary file, sync, rename).
+/// Writes named tensors to `path` atomically: a temporary `.NAME.tmp-PID` beside it, synced,
+/// renamed over it, and the directory synced; temporaries that killed saves of the same path
+/// left behind are deleted first.
 pub fn save_tensors(tensors: &[(String, Tensor)], path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
     let views: Vec<(String, HostView)> = tensors
@@ -106,11 +108,13 @@ pub fn save_tensors(tensors: &[(String, Tensor)], path: impl AsRef<Path>) -> Res
         file_name.to_string_lossy(),
         std::process::id()
     ));
+    remove_stale_temporaries(path, file_name);
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        sync_dir(path)
     };
     write().map_err(|e| {
         std::fs::remove_file(&tmp).ok();
@@ -118,10 +122,92 @@ pub fn save_tensors(tensors: &[(String, Tensor)], path: impl AsRef<Path>) -> Res
     })
 }
 
+/// Deletes the `.NAME.tmp-PID` files that killed saves of `path` left behind: those of
+/// processes that no longer run (Linux's `/proc`; elsewhere only this process's own).
+fn remove_stale_temporaries(path: &Path, file_name: &std::ffi::OsStr) {
+    let prefix = format!(".{}.tmp-", file_name.to_string_lossy());
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let me = std::process::id().to_string();
+    let proc_fs = Path::new("/proc/self").exists();
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let alive = pid != me && (!proc_fs || Path::new("/proc").join(pid).exists());
+        if !alive && pid.bytes().all(|b| b.is_ascii_digit()) {
+            std::fs::remove_file(e.path()).ok();
+        }
+    }
+}
+
+/// Flushes the directory entry of a rename to disk (Unix), so a power loss cannot leave the
+/// new name pointing at nothing.
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    if let Some(d) = path.parent() {
+        let d = if d.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            d
+        };
+        std::fs::File::open(d)?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// Errs when the JSON header of a safetensors file names a tensor twice.
+fn reject_duplicate_names(path: &Path, bytes: &[u8]) -> Result<()> {
+    use serde::de::{Deserializer, Error as _, IgnoredAny, MapAccess, Visitor};
+    struct Unique;
+    impl<'de> Visitor<'de> for Unique {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if !seen.insert(key.clone()) {
+                    return Err(A::Error::custom(format!(
+                        "tensor name {key:?} appears twice"
+                    )));
+                }
+                map.next_value::<IgnoredAny>()?;
+            }
+            Ok(())
+        }
+    }
+    let Some(len) = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+    else {
+        return Ok(()); // too short: the safetensors parser reports it
+    };
+    let Some(header) = usize::try_from(len)
+        .ok()
+        .and_then(|n| bytes.get(8..8usize.checked_add(n)?))
+    else {
+        return Ok(());
+    };
+    serde_json::Deserializer::from_slice(header)
+        .deserialize_map(Unique)
+        .map_err(|e| io_err(path, format!("not a valid safetensors file: {e}")))
+}
+
 /// Reads every tensor of a safetensors file onto `device`.
 pub fn load_tensors(path: impl AsRef<Path>, device: Device) -> Result<BTreeMap<String, Tensor>> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
+    reject_duplicate_names(path, &bytes)?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| io_err(path, format!("not a valid safetensors file: {e}")))?;
     let mut out = BTreeMap::new();

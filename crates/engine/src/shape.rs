@@ -24,6 +24,21 @@ impl Shape {
     pub fn elem_count(&self) -> usize {
         self.0.iter().product()
     }
+    /// The number of elements, or an error naming `op` when the product of the dims does not
+    /// fit in a `usize` (or exceeds `isize::MAX`, the most elements any buffer can index) —
+    /// where [`Shape::elem_count`] would wrap.
+    pub fn checked_elem_count(&self, op: &'static str) -> Result<usize> {
+        self.0
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .filter(|&n| n <= isize::MAX as usize)
+            .ok_or_else(|| {
+                Error::shape(
+                    op,
+                    format!("shape {self:?} has more elements than a buffer can hold"),
+                )
+            })
+    }
     /// Row-major strides of a contiguous tensor of this shape.
     pub fn contiguous_strides(&self) -> Vec<usize> {
         let mut strides = vec![0; self.0.len()];
@@ -36,9 +51,10 @@ impl Shape {
     }
     /// Resolves a possibly negative dim index (`-1` = last) against this rank.
     pub fn dim_index(&self, op: &'static str, dim: isize) -> Result<usize> {
-        let rank = self.rank() as isize;
+        // A 0-d tensor answers to dims 0 and -1, as in PyTorch.
+        let rank = (self.rank() as isize).max(1);
         let d = if dim < 0 { dim + rank } else { dim };
-        if d < 0 || d >= rank.max(1) || (rank == 0 && d != 0) {
+        if d < 0 || d >= rank {
             return Err(Error::invalid(
                 op,
                 format!("dim {dim} out of range for shape {self:?}"),

@@ -64,15 +64,41 @@ impl Conv2dSpec {
                 "kernel and channel sizes must be positive",
             ));
         }
-        let eff_h = dilation.0 * (self.kh - 1) + 1;
-        let eff_w = dilation.1 * (self.kw - 1) + 1;
-        if self.h + 2 * self.padding.0 < eff_h || self.w + 2 * self.padding.1 < eff_w {
+        // Every size below must fit a usize (huge images or paddings would wrap).
+        let fits = |dims: &[usize]| {
+            dims.iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .is_some()
+        };
+        let padded = |size: usize, pad: usize| pad.checked_mul(2).and_then(|p| size.checked_add(p));
+        let eff = |k: usize, d: usize| d.checked_mul(k - 1).and_then(|v| v.checked_add(1));
+        let (Some(ph), Some(pw), Some(eff_h), Some(eff_w)) = (
+            padded(self.h, self.padding.0),
+            padded(self.w, self.padding.1),
+            eff(self.kh, dilation.0),
+            eff(self.kw, dilation.1),
+        ) else {
+            return Err(Error::invalid(op, format!("geometry {self:?} overflows")));
+        };
+        if ph < eff_h || pw < eff_w {
             return Err(Error::invalid(
                 op,
                 format!(
                     "input {}x{} with padding {:?} is smaller than the dilated kernel {eff_h}x{eff_w}",
                     self.h, self.w, self.padding
                 ),
+            ));
+        }
+        let (oh, ow) = ((ph - eff_h) / stride.0 + 1, (pw - eff_w) / stride.1 + 1);
+        let sizes: [&[usize]; 3] = [
+            &[self.n, self.c_in, self.h, self.w],
+            &[self.c_out, self.c_in, self.kh, self.kw],
+            &[self.n, self.c_out, oh, ow],
+        ];
+        if !sizes.iter().all(|d| fits(d)) {
+            return Err(Error::invalid(
+                op,
+                format!("geometry {self:?} has more elements than a buffer can hold"),
             ));
         }
         Ok(())

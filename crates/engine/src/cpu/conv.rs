@@ -110,6 +110,9 @@ fn forward<T: Float + Send + Sync + 'static>(x: &[T], w: &[T], g: &Geometry) -> 
     let img_in = s.c_in * s.h * s.w;
     let img_out = s.c_out * g.p;
     let mut out = vec![T::zero(); s.n * img_out];
+    if img_out == 0 {
+        return out;
+    }
     let serial = s.n < rayon::current_num_threads();
     let run = |(img, dst): (usize, &mut [T])| {
         let mut col = vec![T::zero(); g.k * g.p];
@@ -140,6 +143,10 @@ fn backward_input<T: Float + Send + Sync + 'static>(dy: &[T], w: &[T], g: &Geome
     let img_in = s.c_in * s.h * s.w;
     let img_out = s.c_out * g.p;
     let mut dx = vec![T::zero(); s.n * img_in];
+    if img_in == 0 {
+        // An empty input (H or W of 0 under padding) has an empty gradient.
+        return dx;
+    }
     let serial = s.n < rayon::current_num_threads();
     let run = |(img, dst): (usize, &mut [T])| {
         let mut col = vec![T::zero(); g.k * g.p];

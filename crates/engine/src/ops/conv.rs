@@ -107,7 +107,7 @@ impl Tensor {
             ));
         }
         spec.validate(OP)?;
-        let (xc, wc) = (x.to_memory_format(format)?, w.to_memory_format(format)?);
+        let (xc, wc) = (x.to_dense_buffer(format)?, w.to_dense_buffer(format)?);
         let s = x.backend()?.conv2d(&xc.storage(), &wc.storage(), &spec)?;
         let out = from_storage_in(s, spec.output_dims().into(), format);
         // Under autocast `wc` is a rounded copy of a parameter: save the parameter instead and
@@ -120,10 +120,10 @@ impl Tensor {
         let y = track(out, OP, &[&xc, &wc], move |g| {
             let sx = sx.get()?;
             let sw = match recast {
-                true => sw.get()?.to_dtype(w_dtype)?.to_memory_format(format)?,
+                true => sw.get()?.to_dtype(w_dtype)?.to_dense_buffer(format)?,
                 false => sw.get()?,
             };
-            let g = g.to_dtype(in_dtype)?.to_memory_format(format)?;
+            let g = g.to_dtype(in_dtype)?.to_dense_buffer(format)?;
             let be = g.backend()?;
             let spec = Conv2dSpec {
                 out_dtype: None,

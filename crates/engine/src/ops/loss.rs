@@ -4,7 +4,7 @@ use super::{expect_rank, float_only, same_device};
 use crate::autograd::{track, Saved};
 use crate::backend::{CrossEntropySpec, Reduction};
 use crate::cast_policy::AutocastOp;
-use crate::{DType, Error, Result, Tensor};
+use crate::{DType, Error, MemoryFormat, Result, Tensor};
 
 impl Tensor {
     fn softmax_impl(&self, op: &'static str, dim: isize, log: bool) -> Result<Tensor> {
@@ -15,7 +15,8 @@ impl Tensor {
         } else {
             AutocastOp::Softmax
         };
-        let x = crate::cast_policy::cast_inputs(ac, &[self])?[0].contiguous()?;
+        let x = crate::cast_policy::cast_inputs(ac, &[self])?[0]
+            .to_dense_buffer(MemoryFormat::Contiguous)?;
         let dims = x.dims();
         let three = if dims.is_empty() {
             (1, 1, 1)
@@ -31,7 +32,7 @@ impl Tensor {
         let y = Saved::new(op, &out);
         Ok(track(out, op, &[&x], move |g| {
             let y = y.get()?;
-            let g = g.contiguous()?;
+            let g = g.to_dense_buffer(MemoryFormat::Contiguous)?;
             let dx = g
                 .backend()?
                 .softmax_backward(&y.storage(), &g.storage(), three, log)?;
@@ -69,6 +70,12 @@ impl Tensor {
             ));
         }
         let (n, c) = (self.dims()[0], self.dims()[1]);
+        if c == 0 && n > 0 {
+            return Err(Error::invalid(
+                OP,
+                format!("logits {:?} have no classes for {n} targets", self.shape()),
+            ));
+        }
         if targets.dims() != [n] {
             return Err(Error::shape(
                 OP,
@@ -79,9 +86,9 @@ impl Tensor {
                 ),
             ));
         }
-        let x =
-            crate::cast_policy::cast_inputs(AutocastOp::CrossEntropy, &[self])?[0].contiguous()?;
-        let t = targets.contiguous()?;
+        let x = crate::cast_policy::cast_inputs(AutocastOp::CrossEntropy, &[self])?[0]
+            .to_dense_buffer(MemoryFormat::Contiguous)?;
+        let t = targets.to_dense_buffer(MemoryFormat::Contiguous)?;
         let s = x
             .backend()?
             .cross_entropy(&x.storage(), &t.storage(), (n, c), &spec)?;
@@ -94,7 +101,7 @@ impl Tensor {
         let (sx, st) = (Saved::new(OP, &x), Saved::new(OP, &t));
         Ok(track(out, OP, &[&x], move |g| {
             let (sx, st) = (sx.get()?, st.get()?);
-            let g = g.contiguous()?;
+            let g = g.to_dense_buffer(MemoryFormat::Contiguous)?;
             let dx = g.backend()?.cross_entropy_backward(
                 &sx.storage(),
                 &st.storage(),

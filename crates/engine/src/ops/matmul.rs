@@ -46,7 +46,9 @@ fn batched_spec(op: &'static str, a: &Tensor, b: &Tensor) -> Result<MatmulSpec> 
         ));
     }
     Ok(MatmulSpec {
-        batch: ab.max(bb),
+        // Broadcasting: a batch of 1 takes the other's, also 0 (max would read past an empty
+        // operand).
+        batch: if ab == 1 { bb } else { ab },
         m,
         n,
         k,
@@ -183,7 +185,10 @@ impl Tensor {
             None => None,
         };
         let bias = match &o.bias {
-            Some(b) => Some(b.contiguous()?.storage()),
+            Some(b) => Some(
+                b.to_dense_buffer(crate::MemoryFormat::Contiguous)?
+                    .storage(),
+            ),
             None => None,
         };
         let ep = GemmEpilogue {

@@ -141,7 +141,7 @@ impl Tensor {
         // Channels-last storage is [N·H·W, C] row-major: the backends' [N, C, S] layout with
         // N·H·W rows and S = 1, so the same kernels keep the format.
         let format = self.suggest_memory_format();
-        let x = self.to_memory_format(format)?;
+        let x = self.to_dense_buffer(format)?;
         let dims = match format {
             MemoryFormat::ChannelsLast => (n * s, c, 1),
             MemoryFormat::Contiguous => (n, c, s),
@@ -172,7 +172,7 @@ impl Tensor {
         let sz = relu.then(|| Saved::new(OP, &out));
         Ok(track(out, OP, &[&x, &w, &b], move |g| {
             let (sx, sw) = (sx.get()?, sw.get()?);
-            let g = g.to_memory_format(format)?;
+            let g = g.to_dense_buffer(format)?;
             let z = sz.as_ref().map(Saved::get).transpose()?;
             let r = g.backend()?.batch_norm_backward(
                 &g.storage(),

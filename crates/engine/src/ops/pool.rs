@@ -85,11 +85,11 @@ impl Tensor {
     pub fn max_pool2d(&self, p: MaxPool2dParams) -> Result<Tensor> {
         const OP: &str = "max_pool2d";
         let spec = self.pool_spec(OP, p.kernel, p.stride, p.padding, p.dilation, false)?;
-        let x = self.to_memory_format(spec.format)?;
+        let x = self.to_dense_buffer(spec.format)?;
         let (y, idx) = x.backend()?.max_pool2d(&x.storage(), &spec)?;
         let out = from_storage_in(y, spec.output_dims().into(), spec.format);
         Ok(track(out, OP, &[&x], move |g| {
-            let g = g.to_memory_format(spec.format)?;
+            let g = g.to_dense_buffer(spec.format)?;
             let dx = g
                 .backend()?
                 .max_pool2d_backward(&g.storage(), &idx, &spec)?;
@@ -112,11 +112,11 @@ impl Tensor {
             (1, 1),
             p.count_include_pad,
         )?;
-        let x = self.to_memory_format(spec.format)?;
+        let x = self.to_dense_buffer(spec.format)?;
         let y = x.backend()?.avg_pool2d(&x.storage(), &spec)?;
         let out = from_storage_in(y, spec.output_dims().into(), spec.format);
         Ok(track(out, OP, &[&x], move |g| {
-            let g = g.to_memory_format(spec.format)?;
+            let g = g.to_dense_buffer(spec.format)?;
             let dx = g.backend()?.avg_pool2d_backward(&g.storage(), &spec)?;
             Ok(vec![Some(from_storage_in(
                 dx,
@@ -138,7 +138,7 @@ impl Tensor {
             ));
         }
         let format = self.suggest_memory_format();
-        let x = self.to_memory_format(format)?;
+        let x = self.to_dense_buffer(format)?;
         let d = x.dims();
         let dims = [d[0], d[1], d[2], d[3]];
         let y = x
@@ -147,7 +147,7 @@ impl Tensor {
         let odims = [dims[0], dims[1], out_hw.0, out_hw.1];
         let out = from_storage_in(y, odims.into(), format);
         Ok(track(out, OP, &[&x], move |g| {
-            let g = g.to_memory_format(format)?;
+            let g = g.to_dense_buffer(format)?;
             let dx =
                 g.backend()?
                     .adaptive_avg_pool2d_backward(&g.storage(), dims, out_hw, format)?;

@@ -91,7 +91,8 @@ impl AdamConfig {
 
     /// PyTorch's checks, with its messages.
     fn validate(&self, kind: &'static str) -> Result<()> {
-        let non_negative = |x: f64| (0.0..=f64::INFINITY).contains(&x);
+        // Finite and >= 0 (PyTorch also takes inf, which only trains to NaN).
+        let non_negative = |x: f64| x.is_finite() && x >= 0.0;
         let (b1, b2) = self.betas;
         ensure(kind, non_negative(self.lr), || {
             format!("Invalid learning rate: {}", self.lr)

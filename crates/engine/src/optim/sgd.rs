@@ -71,7 +71,8 @@ impl SgdConfig {
 
     /// PyTorch's checks, with its messages.
     fn validate(&self) -> Result<()> {
-        let non_negative = |x: f64| (0.0..=f64::INFINITY).contains(&x);
+        // Finite and >= 0 (PyTorch also takes inf, which only trains to NaN).
+        let non_negative = |x: f64| x.is_finite() && x >= 0.0;
         ensure(KIND, non_negative(self.lr), || {
             format!("Invalid learning rate: {}", self.lr)
         })?;

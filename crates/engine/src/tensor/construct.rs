@@ -13,7 +13,8 @@ impl Tensor {
         device: Device,
     ) -> Result<Tensor> {
         let shape = shape.into();
-        let s = backend_for(device)?.full(dtype, shape.elem_count(), value)?;
+        let n = shape.checked_elem_count("full")?;
+        let s = backend_for(device)?.full(dtype, n, value)?;
         Ok(Tensor::contiguous_from(s, shape))
     }
     /// A tensor of zeros.
@@ -43,14 +44,11 @@ impl Tensor {
         device: Device,
     ) -> Result<Tensor> {
         let shape = shape.into();
-        if data.len() != shape.elem_count() {
+        let n = shape.checked_elem_count("from_vec")?;
+        if data.len() != n {
             return Err(Error::shape(
                 "from_vec",
-                format!(
-                    "{} elements for shape {shape:?} ({} elements)",
-                    data.len(),
-                    shape.elem_count()
-                ),
+                format!("{} elements for shape {shape:?} ({n} elements)", data.len()),
             ));
         }
         Tensor::from_host(CpuStorage::from_vec(data), shape, device)
@@ -66,7 +64,7 @@ impl Tensor {
     /// A tensor from host storage with the given shape; the length must match.
     pub fn from_host(data: CpuStorage, shape: impl Into<Shape>, device: Device) -> Result<Tensor> {
         let shape = shape.into();
-        if data.len() != shape.elem_count() {
+        if data.len() != shape.checked_elem_count("from_host")? {
             return Err(Error::shape(
                 "from_host",
                 format!("{} elements for shape {shape:?}", data.len()),

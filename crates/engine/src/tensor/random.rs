@@ -73,7 +73,9 @@ impl Tensor {
         device: Device,
     ) -> Result<Tensor> {
         let shape = shape.into();
-        let v = (0..shape.elem_count()).map(|_| gen.normal()).collect();
+        let v = (0..shape.checked_elem_count("randn")?)
+            .map(|_| gen.normal())
+            .collect();
         float_tensor("randn", v, shape, dtype, device)
     }
     /// Uniform samples in `[0, 1)` from `gen`.
@@ -101,7 +103,7 @@ impl Tensor {
             ));
         }
         let shape = shape.into();
-        let v = (0..shape.elem_count())
+        let v = (0..shape.checked_elem_count("uniform")?)
             .map(|_| gen.uniform(lo, hi))
             .collect();
         float_tensor("uniform", v, shape, dtype, device)
@@ -121,7 +123,9 @@ impl Tensor {
             ));
         }
         let shape = shape.into();
-        let v = (0..shape.elem_count()).map(|_| gen.int(lo, hi)).collect();
+        let v = (0..shape.checked_elem_count("randint")?)
+            .map(|_| gen.int(lo, hi))
+            .collect();
         Tensor::from_host(CpuStorage::I64(v), shape, device)
     }
     /// Standard normal samples from the thread's default generator (see [`manual_seed`]).

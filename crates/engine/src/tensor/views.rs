@@ -15,7 +15,7 @@ impl Tensor {
     /// contiguous, else a copy.
     pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();
-        if shape.elem_count() != self.elem_count() {
+        if shape.checked_elem_count("reshape")? != self.elem_count() {
             return Err(Error::shape(
                 "reshape",
                 format!(
@@ -36,13 +36,14 @@ impl Tensor {
 
     /// Merges dims `start..=end` into one (negative indices count from the end).
     pub fn flatten(&self, start: isize, end: isize) -> Result<Tensor> {
-        if self.rank() == 0 {
-            return self.reshape([1]);
-        }
         let (s, e) = (
             self.shape().dim_index("flatten", start)?,
             self.shape().dim_index("flatten", end)?,
         );
+        if self.rank() == 0 {
+            // Only dims 0 and -1 exist (checked above), as in PyTorch.
+            return self.reshape([1]);
+        }
         if s > e {
             return Err(Error::invalid(
                 "flatten",
@@ -160,6 +161,23 @@ impl Tensor {
         }
     }
 
+    /// The values as a tensor dense in `format` that starts at element 0 of a storage holding
+    /// exactly its elements — what the ops that hand a bare storage to a backend need. The same
+    /// tensor when it already is; a differentiable copy for a strided view, or for a dense
+    /// window of a larger buffer (e.g. narrowed along dim 0).
+    pub(crate) fn to_dense_buffer(&self, format: MemoryFormat) -> Result<Tensor> {
+        let t = self.to_memory_format(format)?;
+        if t.layout().offset() == 0 && t.storage().len() == t.elem_count() {
+            return Ok(t);
+        }
+        let l = crate::ops::in_memory_order(t.layout(), format);
+        let s = t.backend()?.copy_strided(&t.storage(), &l)?;
+        let out = crate::ops::from_storage_in(s, t.shape().clone(), format);
+        Ok(track(out, "contiguous", &[&t], |g| {
+            Ok(vec![Some(g.clone())])
+        }))
+    }
+
     /// True when the elements lie densely in `format`'s order (`torch.Tensor.is_contiguous(
     /// memory_format=...)`); see [`Layout::is_contiguous_for`].
     pub fn is_contiguous_for(&self, format: MemoryFormat) -> bool {
@@ -247,14 +265,19 @@ impl Tensor {
 impl Tensor {
     /// The slice `start..start + len` of dim `dim` (a view).
     pub fn narrow(&self, dim: isize, start: usize, len: usize) -> Result<Tensor> {
+        if self.rank() == 0 {
+            return Err(Error::invalid(
+                "narrow",
+                "narrow() cannot be applied to a 0-dim tensor",
+            ));
+        }
         let d = self.shape().dim_index("narrow", dim)?;
-        let size = self.dims().get(d).copied().unwrap_or(1);
-        if start + len > size {
+        let size = self.dims()[d];
+        if start.checked_add(len).map_or(true, |end| end > size) {
             return Err(Error::invalid(
                 "narrow",
                 format!(
-                    "range {start}..{} out of dim {d} of {:?}",
-                    start + len,
+                    "start {start} + length {len} exceeds dim {d} (size {size}) of {:?}",
                     self.shape()
                 ),
             ));
@@ -303,6 +326,12 @@ impl Tensor {
             .iter()
             .map(|t| t.to_dtype(dtype))
             .collect::<Result<Vec<_>>>()?;
+        if let Some(i) = tensors.iter().position(|t| t.rank() == 0) {
+            return Err(Error::invalid(
+                "cat",
+                format!("zero-dimensional tensor (at position {i}) cannot be concatenated"),
+            ));
+        }
         let d = first.shape().dim_index("cat", dim)?;
         let mut total = 0;
         for t in &ins {
