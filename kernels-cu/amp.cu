@@ -21,6 +21,12 @@ extern "C" __global__ void non_finite_check_and_unscale(const TensorRef* tensors
                                                         const float* inv_scale) {
     TensorRef t = tensors[blockIdx.y];
     float inv = *inv_scale;
+    // A scale that underflowed to 0 (inverse inf) or is NaN counts as an overflow; nothing is
+    // written.
+    if (!(inv - inv == 0.0f)) {
+        if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) *found_inf = 1.0f;
+        return;
+    }
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < t.len; i += (long long)gridDim.x * blockDim.x) {
         float v = load_coded(t.ptr, t.dtype, i);
         if (!(v - v == 0.0f)) *found_inf = 1.0f;  // inf - inf and NaN - NaN are NaN

@@ -25,11 +25,19 @@ static_assert(sizeof(AdamHyper) == 32 && offsetof(AdamHyper, amsgrad) == 20, "Ad
 
 __device__ __forceinline__ bool overflowed(const float* found_inf) { return found_inf != nullptr && *found_inf != 0.0f; }
 
+/// A grad scale whose inverse is not finite (it underflowed to 0, or is NaN) counts as an
+/// overflow: unscaling by it would write inf/NaN into every gradient and parameter.
+__device__ __forceinline__ bool unusable_scale(const float* grad_scale) {
+    if (grad_scale == nullptr) return false;
+    float inv = 1.0f / *grad_scale;
+    return !(inv - inv == 0.0f);
+}
+
 /// The update, in the order of operations of the CPU implementation; the unscaled gradient
 /// is written back when a scale is given.
 extern "C" __global__ void fused_adam(const AdamRef* params, AdamHyper h, const float* grad_scale,
                                       const float* found_inf) {
-    if (overflowed(found_inf)) return;
+    if (overflowed(found_inf) || (h.has_scale && unusable_scale(grad_scale))) return;
     AdamRef a = params[blockIdx.y];
     float* p = reinterpret_cast<float*>(a.p);
     float* m = reinterpret_cast<float*>(a.m);
@@ -64,9 +72,11 @@ extern "C" __global__ void fused_adam(const AdamRef* params, AdamHyper h, const 
 }
 HEMI_KERNEL(fused_adam)
 
-/// Adds one to each parameter's step count (thread i = parameter i) unless overflowed.
-extern "C" __global__ void adam_step_counts(const AdamRef* params, long long count, const float* found_inf) {
-    if (overflowed(found_inf)) return;
+/// Adds one to each parameter's step count (thread i = parameter i) unless overflowed (or
+/// the grad scale, when given, is unusable).
+extern "C" __global__ void adam_step_counts(const AdamRef* params, long long count, const float* found_inf,
+                                            const float* grad_scale) {
+    if (overflowed(found_inf) || unusable_scale(grad_scale)) return;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (long long)gridDim.x * blockDim.x) {
         float* step = reinterpret_cast<float*>(params[i].step);
         *step = *step + 1.0f;

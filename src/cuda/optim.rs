@@ -185,10 +185,11 @@ impl OptimOps for CudaBackend {
         // record's buffers were checked above (f32 state of `len` elements, a grad of `len`
         // elements of its dtype code, a one-element step); null scale/flag are allowed.
         unsafe { launch(self.driver(), "fused_adam", cfg, &mut a) }?;
-        let (mut r, mut count, mut f) = (table.ptr, refs.len() as i64, found);
-        let mut a = kernel_args![r, count, f];
+        let (mut r, mut count, mut f, mut s) = (table.ptr, refs.len() as i64, found, scale);
+        let mut a = kernel_args![r, count, f, s];
         let cfg = super::driver::LaunchConfig::linear(refs.len(), THREADS, 64);
-        // SAFETY: adam_step_counts(const AdamRef*, long long, const float*); `count` records.
+        // SAFETY: adam_step_counts(const AdamRef*, long long, const float*, const float*);
+        // `count` records; null flag/scale allowed, else one f32 each (checked above).
         unsafe { launch(self.driver(), "adam_step_counts", cfg, &mut a) }
     }
 

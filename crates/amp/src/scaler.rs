@@ -335,9 +335,6 @@ impl GradScaler {
             scale.recip()?
         };
         let found = self.check_grads(opt, &inv, true)?;
-        if let Some(f) = &found {
-            flag_unusable_scale(f, &inv)?;
-        }
         let rec = self.record(opt);
         rec.found_inf = found;
         rec.stage = Stage::Unscaled;
@@ -361,12 +358,7 @@ impl GradScaler {
             let found = match stage {
                 Stage::Ready => {
                     let one = self.existing_state("step")?.one.clone();
-                    let found = self.check_grads(opt, &one, false)?;
-                    if let Some(f) = &found {
-                        let _g = no_grad();
-                        flag_unusable_scale(f, &scale.recip()?)?;
-                    }
-                    found
+                    self.check_grads(opt, &one, false)?
                 }
                 _ => self.record(opt).found_inf.clone(),
             };
@@ -578,16 +570,4 @@ impl GradScaler {
         }
         Ok(())
     }
-}
-
-/// Sets `found` (as an overflow) when `inv`, 1/scale, is not finite — a scale that underflowed
-/// to 0 in a long overflow storm (after about 166 consecutive halvings from 65536): unscaling by
-/// it would write inf/NaN into every gradient, and a fused step into every parameter. Decided on
-/// the device, no sync. The step is skipped and the scale stays 0; `min_scale` in the config
-/// keeps the scale from getting there.
-fn flag_unusable_scale(found: &Tensor, inv: &Tensor) -> Result<()> {
-    let _g = no_grad();
-    let d = inv.sub(inv)?; // 0 when finite, NaN otherwise
-    let bad = d.eq_mask(&d)?.affine(-1.0, 1.0)?; // 1 when not finite
-    found.assign(&found.maximum(&bad.reshape(found.shape().clone())?)?)
 }

@@ -123,8 +123,10 @@ impl AmpOps for CpuBackend {
             ));
         }
         let inv = read_scalar(OP, inv_scale)? as f32;
-        let mut found = false;
-        for g in grads {
+        // A scale that underflowed to 0 (inverse inf) or is NaN counts as an overflow: the step
+        // is skipped and nothing is written (unscaling would write inf/NaN everywhere).
+        let mut found = !inv.is_finite();
+        for g in grads.iter().filter(|_| inv.is_finite()) {
             found |= unscale_one(OP, g, inv)?;
         }
         if found {

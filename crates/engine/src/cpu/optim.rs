@@ -373,6 +373,11 @@ impl OptimOps for CpuBackend {
         let gs = grad_scale
             .map(|s| read_scalar("adam_step", s))
             .transpose()?;
+        // A scale whose inverse is not finite (it underflowed to 0) counts as an overflow:
+        // nothing changes, as in the kernels' check (computed in f32, as they read it).
+        if gs.is_some_and(|g| !(1.0 / g as f32).is_finite()) {
+            return Ok(());
+        }
         tensors.iter().try_for_each(|t| adam_one(t, spec, gs))
     }
 
