@@ -78,12 +78,21 @@ __device__ __forceinline__ long long filter_index(const ConvArgs& g, long long k
     return g.channels_last ? ((k * g.r + r) * g.s + s) * g.c + c : ((k * g.c + c) * g.r + r) * g.s + s;
 }
 
+/// Input row y = p·sh − ph + r·dh and column x = q·sw − pw + s·dw under filter tap (r, s) of
+/// output (p, q); false when they fall in the padding.
+__device__ __forceinline__ bool conv_tap(const ConvArgs& g, long long p, long long q, long long r, long long s,
+                                         long long& y, long long& x) {
+    y = p * g.stride_h - g.pad_h + r * g.dil_h;
+    x = q * g.stride_w - g.pad_w + s * g.dil_w;
+    return y >= 0 && y < g.h && x >= 0 && x < g.w;
+}
+
 /// Input element x[n, c, p·sh − ph + r·dh, q·sw − pw + s·dw], or 0 in the padding.
 template <typename T>
 __device__ __forceinline__ float conv_input_at(const ConvArgs& g, const T* x, long long n, long long c, long long p,
                                                long long q, long long r, long long s) {
-    long long y = p * g.stride_h - g.pad_h + r * g.dil_h, xx = q * g.stride_w - g.pad_w + s * g.dil_w;
-    if (y < 0 || y >= g.h || xx < 0 || xx >= g.w) return 0.0f;
+    long long y, xx;
+    if (!conv_tap(g, p, q, r, s, y, xx)) return 0.0f;
     return to_f32(x[act_index(g, n, c, y, xx, g.c, g.h, g.w)]);
 }
 
@@ -247,6 +256,20 @@ __device__ void conv_splitk_reduce(const ConvArgs& g) {
 /// Issues the cp.async copies of K-tile `kt` of both implicit-GEMM operands (NHWC / KRSC,
 /// C % 8 == 0, K % 8 == 0; the GEMM's K ordered (r, s, channel)). A chunk outside the image
 /// (padding, or a dgrad tap no output reaches) or outside the GEMM is zero-filled.
+/// The Tensor-Core tier's input chunk: the 8 NHWC channels at output pixel `pix` = (n, p, q)
+/// under filter tap `tap` = (r, s, c) (c a multiple of 8) — their address in `x` into `src`,
+/// or false when the tap falls in the padding.
+template <typename T>
+__device__ __forceinline__ bool nhwc_input_chunk(const ConvArgs& g, const T* x, long long pix, long long tap,
+                                                 const T*& src) {
+    long long n, p, q, r, s, c, y, xx;
+    split3(pix, g.p, g.q, n, p, q);
+    split3(tap, g.s, g.c, r, s, c);
+    if (!conv_tap(g, p, q, r, s, y, xx)) return false;
+    src = x + ((n * g.h + y) * g.w + xx) * g.c + c;
+    return true;
+}
+
 template <int MODE, typename T>
 __device__ void conv_mma_load(const ConvArgs& g, long long gm, long long gn, long long gk, long long row0,
                               long long col0, long long kt, unsigned short* sa, unsigned short* sb) {
@@ -259,15 +282,8 @@ __device__ void conv_mma_load(const ConvArgs& g, long long gm, long long gn, lon
         bool ok;
         if (MODE == FPROP) {  // A[(n, p, q)][(r, s, c)] = x[n, p·sh − ph + r·dh, q·sw − pw + s·dw, c]
             mma_chunk_kcontig(q, r, k, slot);
-            long long m = row0 + r, kk = k0 + k, n, p, qq, fr, fs, c;
-            ok = m < gm && kk < gk;
-            if (ok) {
-                split3(m, g.p, g.q, n, p, qq);
-                split3(kk, g.s, g.c, fr, fs, c);
-                long long y = p * g.stride_h - g.pad_h + fr * g.dil_h, x = qq * g.stride_w - g.pad_w + fs * g.dil_w;
-                ok = y >= 0 && y < g.h && x >= 0 && x < g.w;
-                src = a + ((n * g.h + y) * g.w + x) * g.c + c;
-            }
+            long long m = row0 + r, kk = k0 + k;
+            ok = m < gm && kk < gk && nhwc_input_chunk(g, a, m, kk, src);
         } else if (MODE == DGRAD) {  // A[(n, h, w)][(r, s, k)] = dy[n, (h + ph − r·dh)/sh, ·, k]
             mma_chunk_kcontig(q, r, k, slot);
             long long m = row0 + r, kk = k0 + k, n, h, w, fr, fs, ko;
@@ -303,15 +319,8 @@ __device__ void conv_mma_load(const ConvArgs& g, long long gm, long long gn, lon
             }
         } else {  // B[(n, p, q)][(r, s, c)] = x[n, p·sh − ph + r·dh, q·sw − pw + s·dw, c]
             mma_chunk_mcontig(q, k, r, slot);
-            long long kk = k0 + k, col = col0 + r, n, p, qq, fr, fs, c;
-            ok = kk < gk && col < gn;
-            if (ok) {
-                split3(kk, g.p, g.q, n, p, qq);
-                split3(col, g.s, g.c, fr, fs, c);
-                long long y = p * g.stride_h - g.pad_h + fr * g.dil_h, x = qq * g.stride_w - g.pad_w + fs * g.dil_w;
-                ok = y >= 0 && y < g.h && x >= 0 && x < g.w;
-                src = b + ((n * g.h + y) * g.w + x) * g.c + c;
-            }
+            long long kk = k0 + k, col = col0 + r;
+            ok = kk < gk && col < gn && nhwc_input_chunk(g, b, kk, col, src);
         }
         prim::cp_async_16(&sb[slot], ok ? src : b, ok);
     }

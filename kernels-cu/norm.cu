@@ -13,6 +13,31 @@
 
 constexpr int NORM_THREADS = 256;
 
+/// Stores channel `ch`'s mean `mu`, biased variance `v` and invstd (dtype `sdt`), and its affine
+/// map scale = w·invstd, shift = b − mean·scale into `affine` (f32 [2C]).
+__device__ __forceinline__ void bn_store_stats(unsigned long long w, unsigned long long b, int sdt, long long c,
+                                               long long ch, float eps, float mu, float v, unsigned long long mean,
+                                               unsigned long long var, unsigned long long invstd, float* affine) {
+    float is = 1.0f / sqrtf(v + eps);
+    store_coded(mean, sdt, ch, mu);
+    store_coded(var, sdt, ch, v);
+    store_coded(invstd, sdt, ch, is);
+    float scale = load_coded(w, sdt, ch) * is;
+    affine[ch] = scale;
+    affine[c + ch] = load_coded(b, sdt, ch) - mu * scale;
+}
+
+/// Stores channel `ch`'s backward sums Σdy (`a`) and Σdy·x̂ (`bsum`): f32 into `sums` [2C], and
+/// as dbias / dweight in dtype `sdt`.
+__device__ __forceinline__ void bn_store_grad_sums(long long c, long long ch, float a, float bsum, int sdt,
+                                                   unsigned long long dweight, unsigned long long dbias,
+                                                   float* sums) {
+    sums[ch] = a;
+    sums[c + ch] = bsum;
+    store_coded(dbias, sdt, ch, a);
+    store_coded(dweight, sdt, ch, bsum);
+}
+
 /// Per-channel statistics: mean, biased variance, invstd (dtype `sdt`) and, in `affine`
 /// (f32 [2C]), scale = w·invstd and shift = b − mean·scale. One block per channel.
 template <typename T>
@@ -30,15 +55,7 @@ __device__ void bn_stats(const T* x, unsigned long long w, unsigned long long b,
         sq.add(d * d);
     }
     float v = block_sum(sq.sum, scratch) / (float)m;
-    if (threadIdx.x == 0) {
-        float is = 1.0f / sqrtf(v + eps);
-        store_coded(mean, sdt, ch, mu);
-        store_coded(var, sdt, ch, v);
-        store_coded(invstd, sdt, ch, is);
-        float scale = load_coded(w, sdt, ch) * is;
-        affine[ch] = scale;
-        affine[c + ch] = load_coded(b, sdt, ch) - mu * scale;
-    }
+    if (threadIdx.x == 0) bn_store_stats(w, b, sdt, c, ch, eps, mu, v, mean, var, invstd, affine);
 }
 
 /// y = x·scale[ch] + shift[ch] over [N, C, S]; with `relu`, max(y, 0) (NaN kept), the fused
@@ -79,12 +96,7 @@ __device__ void bn_backward_sums(const T* dy, unsigned long long z, const T* x, 
     }
     float a = block_sum(sd.sum, scratch);
     float bsum = block_sum(sdx.sum, scratch);
-    if (threadIdx.x == 0) {
-        sums[ch] = a;
-        sums[c + ch] = bsum;
-        store_coded(dbias, sdt, ch, a);
-        store_coded(dweight, sdt, ch, bsum);
-    }
+    if (threadIdx.x == 0) bn_store_grad_sums(c, ch, a, bsum, sdt, dweight, dbias, sums);
 }
 
 /// dx = w·invstd/M · (M·dy − Σdy − x̂·Σdy·x̂).
@@ -172,13 +184,7 @@ __device__ void bn_nhwc_finish(unsigned long long w, unsigned long long b, int s
                                unsigned long long invstd, float* affine, const float* scratch) {
     for (long long ch = grid_start(); ch < c; ch += grid_step()) {
         float mu = scratch[2 * (long long)splits * c + ch], v = nhwc_total(scratch, 1, splits, c, ch) / (float)m;
-        float is = 1.0f / sqrtf(v + eps);
-        store_coded(mean, sdt, ch, mu);
-        store_coded(var, sdt, ch, v);
-        store_coded(invstd, sdt, ch, is);
-        float scale = load_coded(w, sdt, ch) * is;
-        affine[ch] = scale;
-        affine[c + ch] = load_coded(b, sdt, ch) - mu * scale;
+        bn_store_stats(w, b, sdt, c, ch, eps, mu, v, mean, var, invstd, affine);
     }
 }
 
@@ -200,10 +206,7 @@ __device__ void bn_nhwc_backward_sums(long long c, int splits, int sdt, unsigned
                                       unsigned long long dbias, float* sums, const float* scratch) {
     for (long long ch = grid_start(); ch < c; ch += grid_step()) {
         float a = nhwc_total(scratch, 0, splits, c, ch), bsum = nhwc_total(scratch, 1, splits, c, ch);
-        sums[ch] = a;
-        sums[c + ch] = bsum;
-        store_coded(dbias, sdt, ch, a);
-        store_coded(dweight, sdt, ch, bsum);
+        bn_store_grad_sums(c, ch, a, bsum, sdt, dweight, dbias, sums);
     }
 }
 

@@ -141,22 +141,66 @@ fn compare(what: &str, got: &Named, want: &Named, tol: f64) {
     }
 }
 
+/// The fp32 criterion: loss, gradients, updated parameters and buffers of `got` each within
+/// `tol` of `want`'s largest magnitude.
+fn compare_step(what: &str, got: &Step, want: &Step, tol: f64) {
+    assert!(got.loss.is_finite() && want.loss.is_finite());
+    assert!(
+        (got.loss - want.loss).abs() <= tol * want.loss.abs(),
+        "{what} loss: {} vs {}",
+        got.loss,
+        want.loss
+    );
+    compare(&format!("{what} gradient"), &got.grads, &want.grads, tol);
+    compare(
+        &format!("{what} updated parameter"),
+        &got.params,
+        &want.params,
+        tol,
+    );
+    compare(&format!("{what} buffer"), &got.buffers, &want.buffers, tol);
+}
+
+/// The AMP criterion of the module docs for a device step `sim` against the CPU's AMP step
+/// `cpu` and fp32 step `fp32`: the loss, the GradScaler decision and every tensor.
+fn compare_amp_step(what: &str, sim: &Step, cpu: &Step, fp32: &Step) {
+    assert!(sim.loss.is_finite());
+    let allowed = 2.0 * (cpu.loss - fp32.loss).abs() + 1e-3 * cpu.loss.abs();
+    assert!(
+        (sim.loss - cpu.loss).abs() <= allowed,
+        "{what} loss: cuda-sim {} vs cpu {} (fp32 {})",
+        sim.loss,
+        cpu.loss,
+        fp32.loss
+    );
+    assert_eq!(sim.scale, cpu.scale, "{what}: the same GradScaler decision");
+    // Gradients are scaled by the loss scale under AMP: compare with fp32's times the scale.
+    let scaled: Named = fp32
+        .grads
+        .iter()
+        .map(|(n, g)| (n.clone(), g.iter().map(|v| v * 1024.0).collect()))
+        .collect();
+    compare_amp(&format!("{what} gradient"), &sim.grads, &cpu.grads, &scaled);
+    compare_amp(
+        &format!("{what} updated parameter"),
+        &sim.params,
+        &cpu.params,
+        &fp32.params,
+    );
+    compare_amp(
+        &format!("{what} buffer"),
+        &sim.buffers,
+        &cpu.buffers,
+        &fp32.buffers,
+    );
+}
+
 #[test]
 fn one_resnet18_step_on_cuda_sim_matches_the_cpu_in_fp32() -> Result<()> {
     hemi::cuda::init();
     let cpu = step(Device::Cpu, false)?;
     let sim = step(Device::CudaSim, false)?;
-    assert!(cpu.loss.is_finite() && sim.loss.is_finite());
-    let tol = 1e-3;
-    assert!(
-        (sim.loss - cpu.loss).abs() <= tol * cpu.loss.abs(),
-        "loss: cuda-sim {} vs cpu {}",
-        sim.loss,
-        cpu.loss
-    );
-    compare("gradient", &sim.grads, &cpu.grads, tol);
-    compare("updated parameter", &sim.params, &cpu.params, tol);
-    compare("buffer", &sim.buffers, &cpu.buffers, tol);
+    compare_step("cuda-sim", &sim, &cpu, 1e-3);
     Ok(())
 }
 
@@ -166,25 +210,7 @@ fn one_resnet18_step_on_cuda_sim_matches_the_cpu_under_fp16_amp() -> Result<()> 
     let fp32 = step(Device::Cpu, false)?;
     let cpu = step(Device::Cpu, true)?;
     let sim = step(Device::CudaSim, true)?;
-    assert!(sim.loss.is_finite());
-    let allowed = 2.0 * (cpu.loss - fp32.loss).abs() + 1e-3 * cpu.loss.abs();
-    assert!(
-        (sim.loss - cpu.loss).abs() <= allowed,
-        "loss: cuda-sim {} vs cpu {} (fp32 {})",
-        sim.loss,
-        cpu.loss,
-        fp32.loss
-    );
-    assert_eq!(sim.scale, cpu.scale, "the same GradScaler decision");
-    // Gradients are scaled by the loss scale under AMP: compare with fp32's times the scale.
-    let scaled: Named = fp32
-        .grads
-        .iter()
-        .map(|(n, g)| (n.clone(), g.iter().map(|v| v * 1024.0).collect()))
-        .collect();
-    compare_amp("gradient", &sim.grads, &cpu.grads, &scaled);
-    compare_amp("updated parameter", &sim.params, &cpu.params, &fp32.params);
-    compare_amp("buffer", &sim.buffers, &cpu.buffers, &fp32.buffers);
+    compare_amp_step("amp", &sim, &cpu, &fp32);
     Ok(())
 }
 
@@ -196,53 +222,9 @@ fn one_channels_last_resnet18_step_matches_row_major() -> Result<()> {
     hemi::cuda::init();
     let fp32 = step(Device::Cpu, false)?;
     let fp32_cl = step_in(Device::Cpu, false, MemoryFormat::ChannelsLast)?;
-    assert!((fp32_cl.loss - fp32.loss).abs() <= 1e-3 * fp32.loss.abs());
-    compare(
-        "channels-last cpu gradient",
-        &fp32_cl.grads,
-        &fp32.grads,
-        1e-3,
-    );
-    compare(
-        "channels-last cpu parameter",
-        &fp32_cl.params,
-        &fp32.params,
-        1e-3,
-    );
-    compare(
-        "channels-last cpu buffer",
-        &fp32_cl.buffers,
-        &fp32.buffers,
-        1e-3,
-    );
+    compare_step("channels-last cpu", &fp32_cl, &fp32, 1e-3);
     let cpu = step(Device::Cpu, true)?;
     let sim = step_in(Device::CudaSim, true, MemoryFormat::ChannelsLast)?;
-    let allowed = 2.0 * (cpu.loss - fp32.loss).abs() + 1e-3 * cpu.loss.abs();
-    assert!(
-        (sim.loss - cpu.loss).abs() <= allowed,
-        "loss: channels-last cuda-sim {} vs cpu {} (fp32 {})",
-        sim.loss,
-        cpu.loss,
-        fp32.loss
-    );
-    assert_eq!(sim.scale, cpu.scale, "the same GradScaler decision");
-    let scaled: Named = fp32
-        .grads
-        .iter()
-        .map(|(n, g)| (n.clone(), g.iter().map(|v| v * 1024.0).collect()))
-        .collect();
-    compare_amp("channels-last gradient", &sim.grads, &cpu.grads, &scaled);
-    compare_amp(
-        "channels-last parameter",
-        &sim.params,
-        &cpu.params,
-        &fp32.params,
-    );
-    compare_amp(
-        "channels-last buffer",
-        &sim.buffers,
-        &cpu.buffers,
-        &fp32.buffers,
-    );
+    compare_amp_step("channels-last amp", &sim, &cpu, &fp32);
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The convolution family (a device may lack it: the default bodies say `Unsupported`).
 
 use super::{unsupported, BackendDevice};
-use crate::{DType, Error, MemoryFormat, Result, StorageRef};
+use crate::{DType, Error, MemoryFormat, Result, Shape, StorageRef};
 
 /// Geometry of a 2-D convolution over input `[n, c_in, h, w]` with weight
 /// `[c_out, c_in / groups, kh, kw]`; output `[n, c_out, out_h, out_w]`. Every activation,
@@ -65,11 +65,6 @@ impl Conv2dSpec {
             ));
         }
         // Every size below must fit a usize (huge images or paddings would wrap).
-        let fits = |dims: &[usize]| {
-            dims.iter()
-                .try_fold(1usize, |a, &d| a.checked_mul(d))
-                .is_some()
-        };
         let padded = |size: usize, pad: usize| pad.checked_mul(2).and_then(|p| size.checked_add(p));
         let eff = |k: usize, d: usize| d.checked_mul(k - 1).and_then(|v| v.checked_add(1));
         let (Some(ph), Some(pw), Some(eff_h), Some(eff_w)) = (
@@ -90,16 +85,12 @@ impl Conv2dSpec {
             ));
         }
         let (oh, ow) = ((ph - eff_h) / stride.0 + 1, (pw - eff_w) / stride.1 + 1);
-        let sizes: [&[usize]; 3] = [
-            &[self.n, self.c_in, self.h, self.w],
-            &[self.c_out, self.c_in, self.kh, self.kw],
-            &[self.n, self.c_out, oh, ow],
-        ];
-        if !sizes.iter().all(|d| fits(d)) {
-            return Err(Error::invalid(
-                op,
-                format!("geometry {self:?} has more elements than a buffer can hold"),
-            ));
+        for dims in [
+            [self.n, self.c_in, self.h, self.w],
+            [self.c_out, self.c_in, self.kh, self.kw],
+            [self.n, self.c_out, oh, ow],
+        ] {
+            Shape::new(dims).checked_elem_count(op)?;
         }
         Ok(())
     }

@@ -126,8 +126,10 @@ impl AmpOps for CpuBackend {
         // A scale that underflowed to 0 (inverse inf) or is NaN counts as an overflow: the step
         // is skipped and nothing is written (unscaling would write inf/NaN everywhere).
         let mut found = !inv.is_finite();
-        for g in grads.iter().filter(|_| inv.is_finite()) {
-            found |= unscale_one(OP, g, inv)?;
+        if !found {
+            for g in grads {
+                found |= unscale_one(OP, g, inv)?;
+            }
         }
         if found {
             write_scalar(OP, found_inf, 1.0)?;

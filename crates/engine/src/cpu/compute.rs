@@ -222,20 +222,28 @@ pub(crate) fn to_nchw(
     Ok(super::wrap(gather_same(&h, &layout)))
 }
 
+/// The gather that reorders row-major NCHW data of `dims` into `format`'s storage order, or
+/// `None` when `format` is row-major.
+pub(crate) fn nchw_to_format_gather(
+    dims: [usize; 4],
+    format: crate::MemoryFormat,
+) -> Option<Layout> {
+    match format.dim_order(4) {
+        Some(order) if format != crate::MemoryFormat::Contiguous => {
+            Some(Layout::contiguous(dims).permute(&order))
+        }
+        _ => None,
+    }
+}
+
 /// A row-major NCHW storage of `dims`, stored in `format`.
 pub(crate) fn from_nchw(
     s: StorageRef,
     dims: [usize; 4],
     format: crate::MemoryFormat,
 ) -> Result<StorageRef> {
-    match format.dim_order(4) {
-        Some(order) if format != crate::MemoryFormat::Contiguous => {
-            let h = host("from_nchw", &s)?;
-            Ok(super::wrap(gather_same(
-                &h,
-                &Layout::contiguous(dims).permute(&order),
-            )))
-        }
-        _ => Ok(s),
+    match nchw_to_format_gather(dims, format) {
+        Some(l) => Ok(super::wrap(gather_same(&*host("from_nchw", &s)?, &l))),
+        None => Ok(s),
     }
 }

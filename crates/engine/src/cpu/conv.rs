@@ -4,11 +4,11 @@
 //! the result scattered back to NHWC on the way out (two extra passes over memory: the CPU
 //! accepts both formats; a native NHWC path is CPU-speed work).
 
-use super::compute::{gather_same, host, to_compute, Compute};
+use super::compute::{gather_same, host, nchw_to_format_gather, to_compute, Compute};
 use super::matmul::gemm_strided;
 use super::wrap;
 use crate::backend::Conv2dSpec;
-use crate::{CpuStorage, DType, Error, Layout, MemoryFormat, Result, StorageRef};
+use crate::{CpuStorage, DType, Error, Layout, Result, StorageRef};
 use num_traits::Float;
 use rayon::prelude::*;
 
@@ -257,11 +257,9 @@ fn pair(
 /// Rounds a result in logical order into `dtype`, stored in `spec.format`.
 fn output(c: Compute, dims: [usize; 4], dtype: DType, spec: &Conv2dSpec) -> CpuStorage {
     let s = c.into_storage(dtype);
-    match spec.format.dim_order(4) {
-        Some(order) if spec.format != MemoryFormat::Contiguous => {
-            gather_same(&s, &Layout::contiguous(dims).permute(&order))
-        }
-        _ => s,
+    match nchw_to_format_gather(dims, spec.format) {
+        Some(l) => gather_same(&s, &l),
+        None => s,
     }
 }
 

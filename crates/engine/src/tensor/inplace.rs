@@ -33,9 +33,7 @@ impl Tensor {
     /// Whether this tensor is a contiguous view of its entire storage (what the in-place
     /// training updates write into).
     pub fn owns_whole_buffer(&self) -> bool {
-        self.layout().is_contiguous()
-            && self.layout().offset() == 0
-            && self.elem_count() == self.storage().len()
+        self.layout().is_contiguous() && self.densely_owns_buffer()
     }
 
     /// Whether this tensor densely covers its entire storage in some memory format (row-major
