@@ -100,7 +100,44 @@ fn parse_device(s: &str) -> Result<Device> {
     }
 }
 
+impl Args {
+    /// Rejects flags no run can use, naming the flag (huge sizes pass: they end in
+    /// `Err(OutOfMemory)` when the first tensor is allocated, not in an abort).
+    fn validate(&self) -> Result<()> {
+        let positive = [
+            ("--batch-size", self.batch_size),
+            ("--image-size", self.image_size),
+            ("--num-classes", self.num_classes),
+        ];
+        for (flag, v) in positive {
+            if v == 0 {
+                return Err(Error::invalid(
+                    "resnet18_amp",
+                    format!("{flag} must be at least 1"),
+                ));
+            }
+        }
+        if i64::try_from(self.num_classes).is_err() {
+            return Err(Error::invalid(
+                "resnet18_amp",
+                format!(
+                    "--num-classes {} is beyond int64 class indices",
+                    self.num_classes
+                ),
+            ));
+        }
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            return Err(Error::invalid(
+                "resnet18_amp",
+                format!("--lr {} must be finite and non-negative", self.lr),
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn run(args: &Args) -> Result<()> {
+    args.validate()?;
     #[cfg(feature = "cuda")]
     if args.device != "cpu" {
         let status = hemi::cuda::init();
@@ -171,7 +208,7 @@ fn run(args: &Args) -> Result<()> {
     let mem = memory_stats(device);
     println!(
         "done: {total:.2}s total, {:.1} images/s, peak memory {:.1} MiB on {device}, {} skipped steps, final scale {}",
-        (b * args.epochs) as f64 / total,
+        b as f64 * args.epochs as f64 / total,
         mem.peak as f64 / (1 << 20) as f64,
         scaler.skipped_steps()?,
         scaler.get_scale()?
@@ -190,5 +227,59 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(flags: &[&str]) -> Args {
+        let argv = std::iter::once("resnet18_amp").chain(flags.iter().copied());
+        Args::try_parse_from(argv).expect("flags parse")
+    }
+
+    fn fails_with(flags: &[&str], words: &[&str]) {
+        let err = run(&args(flags))
+            .expect_err("the run must fail")
+            .to_string();
+        for w in words {
+            assert!(err.contains(w), "{err:?} should mention {w:?}");
+        }
+    }
+
+    #[test]
+    fn flags_no_run_can_use_are_errors_naming_the_flag() {
+        fails_with(&["--batch-size", "0"], &["--batch-size"]);
+        fails_with(&["--image-size", "0"], &["--image-size"]);
+        fails_with(&["--num-classes", "0"], &["--num-classes"]);
+        fails_with(
+            &["--num-classes", &u64::MAX.to_string()],
+            &["--num-classes"],
+        );
+        for lr in ["--lr=inf", "--lr=NaN", "--lr=-0.1"] {
+            fails_with(&[lr], &["--lr"]);
+        }
+    }
+
+    /// Sizes too large for memory end in `Err(OutOfMemory)` or an overflow error, not in an
+    /// abort or a panic (each would kill this test process).
+    #[test]
+    fn huge_sizes_are_errors_not_aborts() {
+        fn with<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+            [&["--epochs", "1", "--amp", "off"][..], extra].concat()
+        }
+        fails_with(
+            &with(&["--batch-size", "1099511627776", "--image-size", "8"]),
+            &["out of memory"],
+        );
+        fails_with(
+            &with(&["--image-size", "4294967296", "--batch-size", "1"]),
+            &["more elements than a buffer can hold"],
+        );
+        fails_with(
+            &with(&["--num-classes", "1000000000000"]),
+            &["out of memory"],
+        );
     }
 }

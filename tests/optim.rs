@@ -425,7 +425,7 @@ fn load_state_dict_restores_hyper_parameters() {
     let mut gen = Generator::new(14);
     let params = random_params(&mut gen);
     let mut opt = Adam::new(params.clone(), AdamConfig::default()).expect("adam");
-    opt.set_lr(0.5);
+    opt.set_lr(0.5).expect("a valid rate");
     assert_eq!(opt.lr(), 0.5);
     let saved = opt.state_dict();
     assert_eq!(saved.hyper_params["lr"], 0.5);

@@ -272,3 +272,59 @@ fn conv_geometry_that_overflows_is_an_error() -> Result<()> {
     }
     Ok(())
 }
+
+/// Pooling of an empty batch is empty both ways; no channels or an empty plane (even one that
+/// padding would give an output) is an error forward, as in PyTorch — it used to pass forward
+/// and fail in backward on an argmax outside the empty plane. On every device.
+#[test]
+fn pooling_of_empty_batches_is_empty_and_of_empty_planes_an_error() -> Result<()> {
+    for device in common::devices() {
+        for dims in [[0, 3, 4, 4], [0, 2, 3, 5]] {
+            let x = Tensor::randn(dims, DType::F32, device)?.requires_grad_(true)?;
+            let max = x.max_pool2d(MaxPool2dParams::new(2, 2, 0))?;
+            let avg = x.avg_pool2d(AvgPool2dParams::new(2, 2, 0))?;
+            assert_eq!(max.elem_count(), 0);
+            max.add(&avg)?.sum_all()?.backward()?;
+            let g = x.grad().expect("x has a gradient");
+            assert_eq!(g.dims(), &dims, "{device}");
+        }
+        let plane = Tensor::randn([1, 1, 0, 4], DType::F32, device)?;
+        err_mentions(
+            plane.max_pool2d(MaxPool2dParams::new(2, 2, 0)),
+            &["max_pool2d"],
+        );
+    }
+    Ok(())
+}
+
+/// Host allocations larger than memory are `Err(OutOfMemory)` naming the bytes — from
+/// constructors, from ops whose output dwarfs their input (a broadcast made dense, a reduction
+/// over an empty dim, a cast, a matmul of broadcast views), on every device
+/// — not a process abort (which would kill this test binary).
+#[test]
+fn host_allocations_larger_than_memory_are_errors() -> Result<()> {
+    let huge = 1usize << 40;
+    let oom = |r: Result<Tensor>| {
+        let e = r.expect_err("expected out of memory");
+        assert!(
+            matches!(e, hemi::Error::OutOfMemory { requested, .. } if requested >= huge),
+            "{e}"
+        );
+    };
+    oom(Tensor::zeros([huge, 4], DType::F32, Device::Cpu));
+    oom(Tensor::randn([huge, 4], DType::F32, Device::Cpu));
+    oom(Tensor::randint(0, 9, [huge, 4], Device::Cpu));
+    for device in common::devices() {
+        let one = Tensor::ones([1, 1], DType::F16, device)?;
+        let wide = one.broadcast_as([huge, 8])?;
+        oom(wide.contiguous());
+        oom(wide.to_dtype(DType::F32));
+        oom(wide.relu());
+        oom(wide.add(&wide));
+        let empty = Tensor::zeros([huge, 0], DType::F32, device)?;
+        oom(empty.sum(1, false));
+        let m = Tensor::ones([1, 1, 1], DType::F32, device)?.broadcast_as([huge, 1, 1])?;
+        oom(m.matmul(&m));
+    }
+    Ok(())
+}

@@ -8,7 +8,7 @@ use super::loss::launch as softmax;
 use super::operand::Span;
 use super::storage::{cuda_buffer, CudaBuffer};
 use hemi_engine::backend::{BackendDevice, CrossEntropySpec};
-use hemi_engine::{BackendStorage, CpuStorage, DType, Device, Error, Result, StorageRef};
+use hemi_engine::{BackendStorage, DType, Device, Error, Result, StorageRef};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The CUDA backend of one device (a GPU or the emulator).
@@ -125,11 +125,14 @@ impl CudaBackend {
 
 /// The bit pattern of `value` rounded to `dtype` (as the CPU backend rounds it).
 pub(crate) fn value_bits(dtype: DType, value: f64) -> u64 {
-    let one = CpuStorage::full(dtype, 1, value);
-    let mut bits = [0u8; 8];
-    let b = one.as_bytes();
-    bits[..b.len()].copy_from_slice(b);
-    u64::from_le_bytes(bits)
+    use hemi_engine::{bf16, f16};
+    match dtype {
+        DType::F16 => u64::from(f16::from_f64(value).to_bits()),
+        DType::BF16 => u64::from(bf16::from_f64(value).to_bits()),
+        DType::F32 => u64::from((value as f32).to_bits()),
+        DType::F64 => value.to_bits(),
+        DType::I64 => (value as i64) as u64,
+    }
 }
 
 impl BackendDevice for CudaBackend {

@@ -21,11 +21,10 @@
 //! ```
 
 use crate::nn::Module;
-use crate::{CpuStorage, DType, Device, Error, Result, Tensor};
-use safetensors::{Dtype, SafeTensors, View};
+use crate::{CpuStorage, DType, Device, Error, Result, Shape, Tensor};
+use safetensors::{Dtype, View};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 
 fn io_err(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -56,50 +55,58 @@ fn from_st(dt: Dtype) -> Option<DType> {
     })
 }
 
-/// A tensor's host bytes (little-endian) ready for safetensors.
-struct HostView {
-    dtype: DType,
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
+/// A tensor to be written: its bytes are fetched to the host only when safetensors writes it
+/// (one tensor's host copy at a time). A failed fetch is kept and reported after the write, so
+/// the half-written temporary is deleted rather than renamed.
+struct LazyView<'a> {
+    tensor: &'a Tensor,
+    failed: &'a std::cell::RefCell<Option<Error>>,
 }
 
-impl HostView {
-    fn new(t: &Tensor) -> Result<Self> {
-        let bytes = t.to_host()?.as_bytes().to_vec();
-        Ok(HostView {
-            dtype: t.dtype(),
-            shape: t.dims().to_vec(),
-            bytes,
-        })
-    }
-}
-
-impl View for &HostView {
+impl View for &LazyView<'_> {
     fn dtype(&self) -> Dtype {
-        to_st(self.dtype)
+        to_st(self.tensor.dtype())
     }
     fn shape(&self) -> &[usize] {
-        &self.shape
+        self.tensor.dims()
     }
     fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.bytes)
+        match self
+            .tensor
+            .to_host()
+            .and_then(|h| crate::alloc::copy_of(h.as_bytes()))
+        {
+            Ok(bytes) => Cow::Owned(bytes),
+            Err(e) => {
+                self.failed.borrow_mut().get_or_insert(e);
+                Cow::Owned(Vec::new())
+            }
+        }
     }
     fn data_len(&self) -> usize {
-        self.bytes.len()
+        self.tensor.elem_count() * self.tensor.dtype().size_in_bytes()
     }
 }
 
 /// Writes named tensors to `path` atomically: a temporary `.NAME.tmp-PID` beside it, synced,
 /// renamed over it, and the directory synced; temporaries that killed saves of the same path
-/// left behind are deleted first.
+/// left behind are deleted first. Tensors are fetched to the host one at a time while the
+/// file is written, so the extra memory is one tensor's bytes.
 pub fn save_tensors(tensors: &[(String, Tensor)], path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
-    let views: Vec<(String, HostView)> = tensors
+    let failed = std::cell::RefCell::new(None);
+    let views: Vec<(&str, LazyView<'_>)> = tensors
         .iter()
-        .map(|(n, t)| Ok((n.clone(), HostView::new(t)?)))
-        .collect::<Result<_>>()?;
-    let bytes = safetensors::serialize(views.iter().map(|(n, v)| (n.as_str(), v)), None)
-        .map_err(|e| io_err(path, e))?;
+        .map(|(n, t)| {
+            (
+                n.as_str(),
+                LazyView {
+                    tensor: t,
+                    failed: &failed,
+                },
+            )
+        })
+        .collect();
     let file_name = path
         .file_name()
         .ok_or_else(|| io_err(path, "not a file path"))?;
@@ -109,17 +116,21 @@ pub fn save_tensors(tensors: &[(String, Tensor)], path: impl AsRef<Path>) -> Res
         std::process::id()
     ));
     remove_stale_temporaries(path, file_name);
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
+    let cleanup = |e: Error| {
+        std::fs::remove_file(&tmp).ok();
+        e
+    };
+    safetensors::serialize_to_file(views.iter().map(|(n, v)| (*n, v)), None, &tmp)
+        .map_err(|e| cleanup(io_err(path, e)))?;
+    if let Some(e) = failed.into_inner() {
+        return Err(cleanup(e));
+    }
+    let commit = || -> std::io::Result<()> {
+        std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, path)?;
         sync_dir(path)
     };
-    write().map_err(|e| {
-        std::fs::remove_file(&tmp).ok();
-        io_err(path, e)
-    })
+    commit().map_err(|e| cleanup(io_err(path, e)))
 }
 
 /// Deletes the `.NAME.tmp-PID` files that killed saves of `path` left behind: those of
@@ -164,8 +175,8 @@ fn sync_dir(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Errs when the JSON header of a safetensors file names a tensor twice.
-fn reject_duplicate_names(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Errs when a safetensors JSON header names a tensor twice.
+fn reject_duplicate_names(path: &Path, header: &[u8]) -> Result<()> {
     use serde::de::{Deserializer, Error as _, IgnoredAny, MapAccess, Visitor};
     struct Unique;
     impl<'de> Visitor<'de> for Unique {
@@ -186,44 +197,118 @@ fn reject_duplicate_names(path: &Path, bytes: &[u8]) -> Result<()> {
             Ok(())
         }
     }
-    let Some(len) = bytes
-        .get(..8)
-        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
-    else {
-        return Ok(()); // too short: the safetensors parser reports it
-    };
-    let Some(header) = usize::try_from(len)
-        .ok()
-        .and_then(|n| bytes.get(8..8usize.checked_add(n)?))
-    else {
-        return Ok(());
-    };
     serde_json::Deserializer::from_slice(header)
         .deserialize_map(Unique)
-        .map_err(|e| io_err(path, format!("not a valid safetensors file: {e}")))
+        .map_err(|e| invalid_file(path, e))
 }
 
-/// Reads every tensor of a safetensors file onto `device`.
-pub fn load_tensors(path: impl AsRef<Path>, device: Device) -> Result<BTreeMap<String, Tensor>> {
-    let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
-    reject_duplicate_names(path, &bytes)?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| io_err(path, format!("not a valid safetensors file: {e}")))?;
-    let mut out = BTreeMap::new();
-    for (name, view) in st.tensors() {
-        let dtype = from_st(view.dtype()).ok_or_else(|| {
-            io_err(
+fn invalid_file(path: &Path, e: impl std::fmt::Display) -> Error {
+    io_err(path, format!("not a valid safetensors file: {e}"))
+}
+
+/// The safetensors header limit (the format's own: larger headers are refused).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// One tensor of a checkpoint file: where its bytes lie.
+struct Entry {
+    name: String,
+    dtype: DType,
+    shape: Vec<usize>,
+    /// Absolute byte offset of the data in the file.
+    start: u64,
+}
+
+/// An open checkpoint whose header is parsed and checked against the file's length; tensors
+/// are read one at a time ([`Index::read`]), so loading never holds the whole file.
+struct Index {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+    /// In file order.
+    entries: Vec<Entry>,
+}
+
+impl Index {
+    fn open(path: &Path) -> Result<Index> {
+        use std::io::Read;
+        let mut file = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
+        let file_len = file.metadata().map_err(|e| io_err(path, e))?.len();
+        let mut len8 = [0u8; 8];
+        file.read_exact(&mut len8)
+            .map_err(|_| invalid_file(path, "shorter than its 8-byte header length"))?;
+        let n = u64::from_le_bytes(len8);
+        if n > MAX_HEADER_BYTES || n > file_len - 8 {
+            return Err(invalid_file(
                 path,
-                format!("tensor {name}: unsupported dtype {:?}", view.dtype()),
-            )
-        })?;
-        let host = CpuStorage::from_bytes(dtype, view.data())
-            .map_err(|e| io_err(path, format!("tensor {name}: {e}")))?;
-        out.insert(
-            name,
-            Tensor::from_host(host, view.shape().to_vec(), device)?,
-        );
+                format!("header of {n} bytes in a file of {file_len}"),
+            ));
+        }
+        let mut header = crate::alloc::filled(n as usize, 0u8)?;
+        file.read_exact(&mut header).map_err(|e| io_err(path, e))?;
+        reject_duplicate_names(path, &header)?;
+        let meta: safetensors::tensor::Metadata =
+            serde_json::from_slice(&header).map_err(|e| invalid_file(path, e))?;
+        let data_start = 8 + n;
+        let mut entries = Vec::new();
+        let mut end = 0usize;
+        for name in meta.offset_keys() {
+            let Some(info) = meta.info(&name) else {
+                continue;
+            };
+            let dtype = from_st(info.dtype).ok_or_else(|| {
+                io_err(
+                    path,
+                    format!("tensor {name}: unsupported dtype {:?}", info.dtype),
+                )
+            })?;
+            // The parser checked that offsets tile the data section and match the shapes.
+            end = end.max(info.data_offsets.1);
+            entries.push(Entry {
+                start: data_start + info.data_offsets.0 as u64,
+                dtype,
+                shape: info.shape.clone(),
+                name,
+            });
+        }
+        if data_start + end as u64 != file_len {
+            return Err(invalid_file(
+                path,
+                format!(
+                    "{} bytes of tensor data, the file holds {}",
+                    end,
+                    file_len - data_start
+                ),
+            ));
+        }
+        Ok(Index {
+            path: path.to_path_buf(),
+            file,
+            entries,
+        })
+    }
+
+    /// Reads entry `i` into one host buffer and places it on `device`.
+    fn read(&mut self, i: usize, device: Device) -> Result<Tensor> {
+        use std::io::{Read, Seek, SeekFrom};
+        let e = &self.entries[i];
+        let n = Shape::from(e.shape.clone()).checked_elem_count("load")?;
+        let mut host = CpuStorage::full(e.dtype, n, 0.0)?;
+        let path = &self.path;
+        self.file
+            .seek(SeekFrom::Start(e.start))
+            .and_then(|_| self.file.read_exact(host.as_bytes_mut()))
+            .map_err(|err| io_err(path, format!("tensor {}: {err}", e.name)))?;
+        Tensor::from_host(host, e.shape.clone(), device)
+    }
+}
+
+/// Reads every tensor of a safetensors file onto `device`, one tensor's bytes at a time (the
+/// result holds them all; peak extra host memory is one tensor).
+pub fn load_tensors(path: impl AsRef<Path>, device: Device) -> Result<BTreeMap<String, Tensor>> {
+    let mut index = Index::open(path.as_ref())?;
+    let mut out = BTreeMap::new();
+    for i in 0..index.entries.len() {
+        let t = index.read(i, device)?;
+        out.insert(index.entries[i].name.clone(), t);
     }
     Ok(out)
 }
@@ -235,30 +320,45 @@ pub fn save(module: &dyn Module, path: impl AsRef<Path>) -> Result<()> {
 
 /// Loads a checkpoint into a module in place. Every expected name must be present with the
 /// same shape and dtype, and no extra names may exist; otherwise nothing is changed and the
-/// error lists every mismatch.
+/// error lists every mismatch. The header is checked against the module and the file's length
+/// first; then tensors are read and copied in one at a time, so the extra host memory is one
+/// tensor. Only an I/O error while reading the data (after all checks passed) can leave the
+/// module partly loaded.
 pub fn load(module: &dyn Module, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
-    let mut file = load_tensors(path, Device::Cpu)?;
+    let mut index = Index::open(path)?;
+    let mut in_file: BTreeMap<&str, usize> = index
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.name.as_str(), i))
+        .collect();
     let expected = module.state_dict();
     let mut problems = Vec::new();
     let mut pairs = Vec::new();
     for (name, t) in &expected {
-        match file.remove(name) {
-            None => problems.push(format!("missing {name} ({} {:?})", t.dtype(), t.shape())),
-            Some(src) if src.shape() != t.shape() => problems.push(format!(
+        let Some(i) = in_file.remove(name.as_str()) else {
+            problems.push(format!("missing {name} ({} {:?})", t.dtype(), t.shape()));
+            continue;
+        };
+        let src = &index.entries[i];
+        if src.shape != t.dims() {
+            problems.push(format!(
                 "{name}: shape {:?} in file, model has {:?}",
-                src.shape(),
+                Shape::from(src.shape.clone()),
                 t.shape()
-            )),
-            Some(src) if src.dtype() != t.dtype() => problems.push(format!(
+            ));
+        } else if src.dtype != t.dtype() {
+            problems.push(format!(
                 "{name}: dtype {} in file, model has {}",
-                src.dtype(),
+                src.dtype,
                 t.dtype()
-            )),
-            Some(src) => pairs.push((t.clone(), src)),
+            ));
+        } else {
+            pairs.push((t.clone(), i));
         }
     }
-    problems.extend(file.keys().map(|k| format!("unexpected {k}")));
+    problems.extend(in_file.keys().map(|k| format!("unexpected {k}")));
     if !problems.is_empty() {
         return Err(Error::Checkpoint {
             path: path.display().to_string(),
@@ -266,7 +366,9 @@ pub fn load(module: &dyn Module, path: impl AsRef<Path>) -> Result<()> {
         });
     }
     let _g = crate::no_grad();
-    pairs
-        .into_iter()
-        .try_for_each(|(dst, src)| dst.assign(&src))
+    for (dst, i) in pairs {
+        let src = index.read(i, Device::Cpu)?;
+        dst.assign(&src)?;
+    }
+    Ok(())
 }

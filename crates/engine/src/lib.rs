@@ -13,6 +13,7 @@
 //! # Ok::<(), hemi_engine::Error>(())
 //! ```
 
+mod alloc;
 pub mod autograd;
 pub mod backend;
 pub mod cast_policy;

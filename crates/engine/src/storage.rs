@@ -86,15 +86,28 @@ impl CpuStorage {
     pub fn from_vec<T: Element>(v: Vec<T>) -> CpuStorage {
         T::into_storage(v)
     }
-    /// `n` copies of `value`, rounded to `dtype`.
-    pub fn full(dtype: DType, n: usize, value: f64) -> CpuStorage {
-        match dtype {
-            DType::F16 => CpuStorage::F16(vec![f16::from_f64(value); n]),
-            DType::BF16 => CpuStorage::BF16(vec![bf16::from_f64(value); n]),
-            DType::F32 => CpuStorage::F32(vec![value as f32; n]),
-            DType::F64 => CpuStorage::F64(vec![value; n]),
-            DType::I64 => CpuStorage::I64(vec![value as i64; n]),
-        }
+    /// `n` copies of `value`, rounded to `dtype`; `Err(OutOfMemory)` when the host cannot
+    /// hold them.
+    pub fn full(dtype: DType, n: usize, value: f64) -> Result<CpuStorage> {
+        use crate::alloc::filled;
+        Ok(match dtype {
+            DType::F16 => CpuStorage::F16(filled(n, f16::from_f64(value))?),
+            DType::BF16 => CpuStorage::BF16(filled(n, bf16::from_f64(value))?),
+            DType::F32 => CpuStorage::F32(filled(n, value as f32)?),
+            DType::F64 => CpuStorage::F64(filled(n, value)?),
+            DType::I64 => CpuStorage::I64(filled(n, value as i64)?),
+        })
+    }
+    /// A copy, or `Err(OutOfMemory)` when the host cannot hold it (`clone` aborts instead).
+    pub fn try_clone(&self) -> Result<CpuStorage> {
+        use crate::alloc::copy_of;
+        Ok(match self {
+            CpuStorage::F16(v) => CpuStorage::F16(copy_of(v)?),
+            CpuStorage::BF16(v) => CpuStorage::BF16(copy_of(v)?),
+            CpuStorage::F32(v) => CpuStorage::F32(copy_of(v)?),
+            CpuStorage::F64(v) => CpuStorage::F64(copy_of(v)?),
+            CpuStorage::I64(v) => CpuStorage::I64(copy_of(v)?),
+        })
     }
     /// Borrows the elements as `T`; errors when `T` is not this storage's dtype.
     pub fn as_slice<T: Element>(&self) -> Result<&[T]> {
@@ -117,8 +130,18 @@ impl CpuStorage {
             CpuStorage::I64(v) => bytemuck::cast_slice(v),
         }
     }
+    /// The elements as mutable little-endian bytes (to fill a buffer from a device or a file).
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            CpuStorage::F16(v) => bytemuck::cast_slice_mut(v),
+            CpuStorage::BF16(v) => bytemuck::cast_slice_mut(v),
+            CpuStorage::F32(v) => bytemuck::cast_slice_mut(v),
+            CpuStorage::F64(v) => bytemuck::cast_slice_mut(v),
+            CpuStorage::I64(v) => bytemuck::cast_slice_mut(v),
+        }
+    }
     /// Elements of `dtype` from little-endian bytes (any alignment; a trailing partial
-    /// element is an error).
+    /// element is an error; `Err(OutOfMemory)` when the host cannot hold the copy).
     pub fn from_bytes(dtype: DType, b: &[u8]) -> Result<CpuStorage> {
         if b.len() % dtype.size_in_bytes() != 0 {
             return Err(Error::InvalidArgument {
@@ -130,13 +153,21 @@ impl CpuStorage {
             });
         }
         Ok(match dtype {
-            DType::F16 => CpuStorage::F16(bytemuck::pod_collect_to_vec(b)),
-            DType::BF16 => CpuStorage::BF16(bytemuck::pod_collect_to_vec(b)),
-            DType::F32 => CpuStorage::F32(bytemuck::pod_collect_to_vec(b)),
-            DType::F64 => CpuStorage::F64(bytemuck::pod_collect_to_vec(b)),
-            DType::I64 => CpuStorage::I64(bytemuck::pod_collect_to_vec(b)),
+            DType::F16 => CpuStorage::F16(pod_vec(b)?),
+            DType::BF16 => CpuStorage::BF16(pod_vec(b)?),
+            DType::F32 => CpuStorage::F32(pod_vec(b)?),
+            DType::F64 => CpuStorage::F64(pod_vec(b)?),
+            DType::I64 => CpuStorage::I64(pod_vec(b)?),
         })
     }
+}
+
+/// `b` reinterpreted as `T`s (`b.len()` a multiple of `T`'s size) in a fresh, aligned vector.
+fn pod_vec<T: bytemuck::Pod>(b: &[u8]) -> Result<Vec<T>> {
+    let n = b.len() / std::mem::size_of::<T>();
+    let mut v = crate::alloc::filled(n, T::zeroed())?;
+    bytemuck::cast_slice_mut::<T, u8>(&mut v).copy_from_slice(b);
+    Ok(v)
 }
 
 /// Conversion between typed vectors and [`CpuStorage`]; implemented for every [`Element`].
@@ -145,6 +176,8 @@ pub trait StorageElement: Sized {
     fn into_storage(v: Vec<Self>) -> CpuStorage;
     /// Borrows the vector if the dtype matches.
     fn slice_of(s: &CpuStorage) -> Option<&[Self]>;
+    /// Takes the vector out if the dtype matches (no copy).
+    fn from_storage(s: CpuStorage) -> Option<Vec<Self>>;
 }
 
 macro_rules! storage_element {
@@ -154,6 +187,12 @@ macro_rules! storage_element {
                 CpuStorage::$v(v)
             }
             fn slice_of(s: &CpuStorage) -> Option<&[Self]> {
+                match s {
+                    CpuStorage::$v(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn from_storage(s: CpuStorage) -> Option<Vec<Self>> {
                 match s {
                     CpuStorage::$v(v) => Some(v),
                     _ => None,

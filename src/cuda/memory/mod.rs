@@ -21,11 +21,13 @@ impl MemoryOps for CudaBackend {
         check_bounds("to_host", s, layout)?;
         let contiguous = self.copy_strided(s, layout)?;
         let buf = self.get("to_host", &contiguous)?;
-        let mut bytes = vec![0u8; buf.bytes()];
-        if !bytes.is_empty() {
-            buf.read_bytes(0, &mut bytes)?;
+        // One host allocation, read into directly (fallible: a device tensor larger than host
+        // memory is `Err(OutOfMemory)` on the CPU).
+        let mut out = CpuStorage::full(buf.dtype(), buf.len(), 0.0)?;
+        if !out.is_empty() {
+            buf.read_bytes(0, out.as_bytes_mut())?;
         }
-        CpuStorage::from_bytes(buf.dtype(), &bytes)
+        Ok(out)
     }
 
     fn full(&self, dtype: DType, n: usize, value: f64) -> Result<StorageRef> {

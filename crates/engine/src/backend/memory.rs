@@ -33,6 +33,11 @@ pub fn check_copy_into(
 pub trait MemoryOps: BackendDevice {
     /// Copies host data to a new device buffer.
     fn upload(&self, data: &CpuStorage) -> Result<StorageRef>;
+    /// Moves host data into a new device buffer; the default uploads a copy, the CPU backend
+    /// keeps the vector itself (no second host buffer).
+    fn upload_owned(&self, data: CpuStorage) -> Result<StorageRef> {
+        self.upload(&data)
+    }
     /// Copies the elements of `layout` (in logical order) back to the host.
     fn to_host(&self, s: &StorageRef, layout: &Layout) -> Result<CpuStorage>;
     /// A buffer of `n` elements, all `value` rounded to `dtype`.

@@ -24,9 +24,21 @@ pub struct Pool2dSpec {
 }
 
 impl Pool2dSpec {
-    /// Checks the geometry with PyTorch's rules (padding at most half the kernel).
+    /// Checks the geometry with PyTorch's rules (channels and planes not empty, padding at
+    /// most half the kernel).
     pub fn validate(&self, op: &'static str) -> Result<()> {
         let (k, s, p, d) = (self.kernel, self.stride, self.padding, self.dilation);
+        if self.c == 0 || self.h == 0 || self.w == 0 {
+            // PyTorch's rule: only the batch may be empty (a window over an empty plane would
+            // have no element to take the max or the mean of).
+            return Err(Error::shape(
+                op,
+                format!(
+                    "expected a 4-D input with an optional 0 batch size, got {:?}",
+                    self.input_dims()
+                ),
+            ));
+        }
         if k.0 == 0 || k.1 == 0 || s.0 == 0 || s.1 == 0 || d.0 == 0 || d.1 == 0 {
             return Err(Error::invalid(
                 op,

@@ -18,7 +18,7 @@ pub(crate) fn read_scalar(op: &'static str, s: &StorageRef) -> Result<f64> {
             format!("expected one element, got {}", h.len()),
         ));
     }
-    Ok(to_f64_vec(&h, &Layout::contiguous([1]))[0])
+    Ok(to_f64_vec(&h, &Layout::contiguous([1]))?[0])
 }
 
 /// Overwrites a one-element storage with `v` (rounded to its dtype).

@@ -2,7 +2,7 @@
 //! (F16, BF16, F32) or f64 (F64) vectors in logical order, computes there, and rounds once
 //! into the output dtype.
 
-use crate::{CpuStorage, DType, Device, Element, Error, Layout, Result, StorageRef};
+use crate::{alloc, CpuStorage, DType, Device, Element, Error, Layout, Result, StorageRef};
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use num_traits::Float;
@@ -38,62 +38,69 @@ pub(crate) fn host<'a>(
     Ok(buffer(op, s)?.read())
 }
 
+/// Maps `v` element-wise into a new vector (in parallel when long).
+pub(crate) fn map_slice<T: Copy + Send + Sync, U: Send>(
+    v: &[T],
+    f: impl Fn(T) -> U + Sync + Send,
+) -> Result<Vec<U>> {
+    if v.len() >= PAR_THRESHOLD {
+        alloc::par_collect(v.par_iter().map(|&x| f(x)))
+    } else {
+        alloc::collect(v.len(), v.iter().map(|&x| f(x)))
+    }
+}
+
 fn gather<T: Copy + Send + Sync, U: Send>(
     v: &[T],
     layout: &Layout,
     f: impl Fn(T) -> U + Sync + Send,
-) -> Vec<U> {
+) -> Result<Vec<U>> {
     if let Some(start) = layout.contiguous_start() {
-        let src = &v[start..start + layout.elem_count()];
-        if src.len() >= PAR_THRESHOLD {
-            src.par_iter().map(|&x| f(x)).collect()
-        } else {
-            src.iter().map(|&x| f(x)).collect()
-        }
+        map_slice(&v[start..start + layout.elem_count()], f)
     } else {
-        layout.offsets().map(|o| f(v[o])).collect()
+        alloc::collect(layout.elem_count(), layout.offsets().map(|o| f(v[o])))
     }
 }
 
 /// Copies the elements of `layout` in logical order (same dtype).
-pub(crate) fn gather_same(s: &CpuStorage, layout: &Layout) -> CpuStorage {
-    match s {
-        CpuStorage::F16(v) => CpuStorage::F16(gather(v, layout, |x| x)),
-        CpuStorage::BF16(v) => CpuStorage::BF16(gather(v, layout, |x| x)),
-        CpuStorage::F32(v) => CpuStorage::F32(gather(v, layout, |x| x)),
-        CpuStorage::F64(v) => CpuStorage::F64(gather(v, layout, |x| x)),
-        CpuStorage::I64(v) => CpuStorage::I64(gather(v, layout, |x| x)),
-    }
+pub(crate) fn gather_same(s: &CpuStorage, layout: &Layout) -> Result<CpuStorage> {
+    Ok(match s {
+        CpuStorage::F16(v) => CpuStorage::F16(gather(v, layout, |x| x)?),
+        CpuStorage::BF16(v) => CpuStorage::BF16(gather(v, layout, |x| x)?),
+        CpuStorage::F32(v) => CpuStorage::F32(gather(v, layout, |x| x)?),
+        CpuStorage::F64(v) => CpuStorage::F64(gather(v, layout, |x| x)?),
+        CpuStorage::I64(v) => CpuStorage::I64(gather(v, layout, |x| x)?),
+    })
 }
 
 /// f16 → f32 of a contiguous slice with the `half` crate's SIMD (F16C) slice conversion.
-fn widen_f16(src: &[f16]) -> Vec<f32> {
-    let mut out = vec![0f32; src.len()];
+fn widen_f16(src: &[f16]) -> Result<Vec<f32>> {
+    let mut out = alloc::filled(src.len(), 0f32)?;
     out.par_chunks_mut(PAR_THRESHOLD)
         .zip(src.par_chunks(PAR_THRESHOLD))
         .for_each(|(o, s)| s.convert_to_f32_slice(o));
-    out
+    Ok(out)
 }
 
 /// f32 → f16 (round to nearest even) with the `half` crate's SIMD slice conversion.
-fn narrow_f16(src: &[f32]) -> Vec<f16> {
-    let mut out = vec![f16::ZERO; src.len()];
+fn narrow_f16(src: &[f32]) -> Result<Vec<f16>> {
+    let mut out = alloc::filled(src.len(), f16::ZERO)?;
     out.par_chunks_mut(PAR_THRESHOLD)
         .zip(src.par_chunks(PAR_THRESHOLD))
         .for_each(|(o, s)| o.convert_from_f32_slice(s));
-    out
+    Ok(out)
 }
 
 /// Gathers a float view into its compute type; I64 is an error naming `op`.
 pub(crate) fn to_compute(op: &'static str, s: &CpuStorage, layout: &Layout) -> Result<Compute> {
     Ok(match s {
         CpuStorage::F16(v) => Compute::F32(match layout.contiguous_start() {
-            Some(start) => widen_f16(&v[start..start + layout.elem_count()]),
-            None => gather(v, layout, f16::to_f32),
+            Some(start) => widen_f16(&v[start..start + layout.elem_count()])?,
+            None => gather(v, layout, f16::to_f32)?,
         }),
-        CpuStorage::BF16(v) => Compute::F32(gather(v, layout, bf16::to_f32)),
-        CpuStorage::F32(v) => Compute::F32(gather(v, layout, |x| x)),
-        CpuStorage::F64(v) => Compute::F64(gather(v, layout, |x| x)),
+        CpuStorage::BF16(v) => Compute::F32(gather(v, layout, bf16::to_f32)?),
+        CpuStorage::F32(v) => Compute::F32(gather(v, layout, |x| x)?),
+        CpuStorage::F64(v) => Compute::F64(gather(v, layout, |x| x)?),
         CpuStorage::I64(_) => {
             return Err(Error::dtype(op, "expected a float tensor, got int64"));
         }
@@ -106,7 +113,7 @@ pub(crate) fn all_to_compute(op: &'static str, s: &CpuStorage) -> Result<Compute
 }
 
 /// Gathers any view into f64 (used for indices and mixed-dtype paths).
-pub(crate) fn to_f64_vec(s: &CpuStorage, layout: &Layout) -> Vec<f64> {
+pub(crate) fn to_f64_vec(s: &CpuStorage, layout: &Layout) -> Result<Vec<f64>> {
     match s {
         CpuStorage::F16(v) => gather(v, layout, f16::to_f64),
         CpuStorage::BF16(v) => gather(v, layout, bf16::to_f64),
@@ -119,39 +126,35 @@ pub(crate) fn to_f64_vec(s: &CpuStorage, layout: &Layout) -> Vec<f64> {
 fn round_vec<T: Float + Send + Sync, E: Element>(
     v: Vec<T>,
     f: impl Fn(T) -> E + Sync + Send,
-) -> Vec<E> {
-    if v.len() >= PAR_THRESHOLD {
-        v.into_par_iter().map(f).collect()
-    } else {
-        v.into_iter().map(f).collect()
-    }
+) -> Result<Vec<E>> {
+    map_slice(&v, f)
 }
 
 /// Rounds f32 values once into `dtype`.
-pub(crate) fn from_f32(v: Vec<f32>, dtype: DType) -> CpuStorage {
-    match dtype {
-        DType::F16 => CpuStorage::F16(narrow_f16(&v)),
-        DType::BF16 => CpuStorage::BF16(round_vec(v, bf16::from_f32)),
+pub(crate) fn from_f32(v: Vec<f32>, dtype: DType) -> Result<CpuStorage> {
+    Ok(match dtype {
+        DType::F16 => CpuStorage::F16(narrow_f16(&v)?),
+        DType::BF16 => CpuStorage::BF16(round_vec(v, bf16::from_f32)?),
         DType::F32 => CpuStorage::F32(v),
-        DType::F64 => CpuStorage::F64(round_vec(v, |x| x as f64)),
-        DType::I64 => CpuStorage::I64(round_vec(v, |x| x as i64)),
-    }
+        DType::F64 => CpuStorage::F64(round_vec(v, |x| x as f64)?),
+        DType::I64 => CpuStorage::I64(round_vec(v, |x| x as i64)?),
+    })
 }
 
 /// Rounds f64 values once into `dtype`.
-pub(crate) fn from_f64(v: Vec<f64>, dtype: DType) -> CpuStorage {
-    match dtype {
-        DType::F16 => CpuStorage::F16(round_vec(v, f16::from_f64)),
-        DType::BF16 => CpuStorage::BF16(round_vec(v, bf16::from_f64)),
-        DType::F32 => CpuStorage::F32(round_vec(v, |x| x as f32)),
+pub(crate) fn from_f64(v: Vec<f64>, dtype: DType) -> Result<CpuStorage> {
+    Ok(match dtype {
+        DType::F16 => CpuStorage::F16(round_vec(v, f16::from_f64)?),
+        DType::BF16 => CpuStorage::BF16(round_vec(v, bf16::from_f64)?),
+        DType::F32 => CpuStorage::F32(round_vec(v, |x| x as f32)?),
         DType::F64 => CpuStorage::F64(v),
-        DType::I64 => CpuStorage::I64(round_vec(v, |x| x as i64)),
-    }
+        DType::I64 => CpuStorage::I64(round_vec(v, |x| x as i64)?),
+    })
 }
 
 impl Compute {
     /// Rounds into `dtype`.
-    pub(crate) fn into_storage(self, dtype: DType) -> CpuStorage {
+    pub(crate) fn into_storage(self, dtype: DType) -> Result<CpuStorage> {
         match self {
             Compute::F32(v) => from_f32(v, dtype),
             Compute::F64(v) => from_f64(v, dtype),
@@ -219,7 +222,7 @@ pub(crate) fn to_nchw(
         dims.iter().product(),
     )?;
     let layout = Layout::dense(dims, format).unwrap_or_else(|| Layout::contiguous(dims));
-    Ok(super::wrap(gather_same(&h, &layout)))
+    Ok(super::wrap(gather_same(&h, &layout)?))
 }
 
 /// The gather that reorders row-major NCHW data of `dims` into `format`'s storage order, or
@@ -243,7 +246,7 @@ pub(crate) fn from_nchw(
     format: crate::MemoryFormat,
 ) -> Result<StorageRef> {
     match nchw_to_format_gather(dims, format) {
-        Some(l) => Ok(super::wrap(gather_same(&*host("from_nchw", &s)?, &l))),
+        Some(l) => Ok(super::wrap(gather_same(&*host("from_nchw", &s)?, &l)?)),
         None => Ok(s),
     }
 }

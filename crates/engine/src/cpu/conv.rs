@@ -105,17 +105,17 @@ impl Geometry {
     }
 }
 
-fn forward<T: Float + Send + Sync + 'static>(x: &[T], w: &[T], g: &Geometry) -> Vec<T> {
+fn forward<T: Float + Send + Sync + 'static>(x: &[T], w: &[T], g: &Geometry) -> Result<Vec<T>> {
     let s = &g.s;
     let img_in = s.c_in * s.h * s.w;
     let img_out = s.c_out * g.p;
-    let mut out = vec![T::zero(); s.n * img_out];
+    let mut out = crate::alloc::filled(s.n * img_out, T::zero())?;
     if img_out == 0 {
-        return out;
+        return Ok(out);
     }
     let serial = s.n < rayon::current_num_threads();
     let run = |(img, dst): (usize, &mut [T])| {
-        let mut col = vec![T::zero(); g.k * g.p];
+        let mut col = crate::alloc::filled(g.k * g.p, T::zero())?;
         for grp in 0..s.groups {
             g.im2col(&x[img * img_in..][..img_in], grp, &mut col);
             gemm_strided(
@@ -129,27 +129,32 @@ fn forward<T: Float + Send + Sync + 'static>(x: &[T], w: &[T], g: &Geometry) -> 
                 serial,
             );
         }
+        Ok(())
     };
     if serial {
-        out.chunks_mut(img_out).enumerate().for_each(run);
+        out.chunks_mut(img_out).enumerate().try_for_each(run)?;
     } else {
-        out.par_chunks_mut(img_out).enumerate().for_each(run);
+        out.par_chunks_mut(img_out).enumerate().try_for_each(run)?;
     }
-    out
+    Ok(out)
 }
 
-fn backward_input<T: Float + Send + Sync + 'static>(dy: &[T], w: &[T], g: &Geometry) -> Vec<T> {
+fn backward_input<T: Float + Send + Sync + 'static>(
+    dy: &[T],
+    w: &[T],
+    g: &Geometry,
+) -> Result<Vec<T>> {
     let s = &g.s;
     let img_in = s.c_in * s.h * s.w;
     let img_out = s.c_out * g.p;
-    let mut dx = vec![T::zero(); s.n * img_in];
+    let mut dx = crate::alloc::filled(s.n * img_in, T::zero())?;
     if img_in == 0 {
         // An empty input (H or W of 0 under padding) has an empty gradient.
-        return dx;
+        return Ok(dx);
     }
     let serial = s.n < rayon::current_num_threads();
     let run = |(img, dst): (usize, &mut [T])| {
-        let mut col = vec![T::zero(); g.k * g.p];
+        let mut col = crate::alloc::filled(g.k * g.p, T::zero())?;
         for grp in 0..s.groups {
             // dcol [K, P] = W_g^T [K, cout_g] · dy_g [cout_g, P]
             gemm_strided(
@@ -164,23 +169,29 @@ fn backward_input<T: Float + Send + Sync + 'static>(dy: &[T], w: &[T], g: &Geome
             );
             g.col2im(&col, grp, dst);
         }
+        Ok(())
     };
     if serial {
-        dx.chunks_mut(img_in).enumerate().for_each(run);
+        dx.chunks_mut(img_in).enumerate().try_for_each(run)?;
     } else {
-        dx.par_chunks_mut(img_in).enumerate().for_each(run);
+        dx.par_chunks_mut(img_in).enumerate().try_for_each(run)?;
     }
-    dx
+    Ok(dx)
 }
 
-fn backward_weight<T: Float + Send + Sync + 'static>(x: &[T], dy: &[T], g: &Geometry) -> Vec<T> {
+fn backward_weight<T: Float + Send + Sync + 'static>(
+    x: &[T],
+    dy: &[T],
+    g: &Geometry,
+) -> Result<Vec<T>> {
     let s = &g.s;
     let img_in = s.c_in * s.h * s.w;
     let img_out = s.c_out * g.p;
     let wlen = s.c_out * g.k;
     let serial = s.n < rayon::current_num_threads();
-    let accumulate_image = |mut acc: Vec<T>, img: usize| {
-        let mut col = vec![T::zero(); g.k * g.p];
+    let accumulate_image = |acc: Result<Vec<T>>, img: usize| {
+        let mut acc = acc?;
+        let mut col = crate::alloc::filled(g.k * g.p, T::zero())?;
         for grp in 0..s.groups {
             g.im2col(&x[img * img_in..][..img_in], grp, &mut col);
             // dW_g [cout_g, K] += dy_g [cout_g, P] · col^T [P, K]
@@ -195,21 +206,23 @@ fn backward_weight<T: Float + Send + Sync + 'static>(x: &[T], dy: &[T], g: &Geom
                 serial,
             );
         }
-        acc
+        Ok(acc)
     };
+    let zeros = || crate::alloc::filled(wlen, T::zero());
     if serial {
-        (0..s.n).fold(vec![T::zero(); wlen], accumulate_image)
+        (0..s.n).fold(zeros(), accumulate_image)
     } else {
         (0..s.n)
             .into_par_iter()
-            .fold(|| vec![T::zero(); wlen], accumulate_image)
-            .reduce(
-                || vec![T::zero(); wlen],
-                |mut a, b| {
-                    a.iter_mut().zip(b).for_each(|(x, y)| *x = *x + y);
-                    a
-                },
-            )
+            .fold(zeros, accumulate_image)
+            // Every fold result has `wlen` elements; the identity is empty (no allocation).
+            .try_reduce(Vec::new, |mut a, b| {
+                if a.is_empty() {
+                    return Ok(b);
+                }
+                a.iter_mut().zip(b).for_each(|(x, y)| *x = *x + y);
+                Ok(a)
+            })
     }
 }
 
@@ -255,19 +268,19 @@ fn pair(
 }
 
 /// Rounds a result in logical order into `dtype`, stored in `spec.format`.
-fn output(c: Compute, dims: [usize; 4], dtype: DType, spec: &Conv2dSpec) -> CpuStorage {
-    let s = c.into_storage(dtype);
+fn output(c: Compute, dims: [usize; 4], dtype: DType, spec: &Conv2dSpec) -> Result<CpuStorage> {
+    let s = c.into_storage(dtype)?;
     match nchw_to_format_gather(dims, spec.format) {
         Some(l) => gather_same(&s, &l),
-        None => s,
+        None => Ok(s),
     }
 }
 
 macro_rules! dispatch {
     ($op:expr, $a:expr, $b:expr, $f:ident, $g:expr) => {
         match ($a, $b) {
-            (Compute::F32(a), Compute::F32(b)) => Compute::F32($f(&a, &b, $g)),
-            (Compute::F64(a), Compute::F64(b)) => Compute::F64($f(&a, &b, $g)),
+            (Compute::F32(a), Compute::F32(b)) => Compute::F32($f(&a, &b, $g)?),
+            (Compute::F64(a), Compute::F64(b)) => Compute::F64($f(&a, &b, $g)?),
             _ => return Err(Error::dtype($op, "mixed compute types")),
         }
     };
@@ -288,7 +301,7 @@ pub(crate) fn conv2d(x: &StorageRef, w: &StorageRef, spec: &Conv2dSpec) -> Resul
     check_len(OP, "weight", w.len(), spec.c_out * g.k, spec)?;
     let (a, b, dtype) = pair(OP, (x, spec.input_dims()), (w, spec.weight_dims()), spec)?;
     let y = dispatch!(OP, a, b, forward, &g);
-    Ok(output(y, spec.output_dims(), dtype, spec))
+    output(y, spec.output_dims(), dtype, spec)
 }
 
 /// Input gradient of [`conv2d`] from `dy [n, c_out, oh, ow]`.
@@ -304,7 +317,7 @@ pub(crate) fn conv2d_backward_input(
     check_len(OP, "weight", w.len(), spec.c_out * g.k, spec)?;
     let (a, b, dtype) = pair(OP, (dy, spec.output_dims()), (w, spec.weight_dims()), spec)?;
     let dx = dispatch!(OP, a, b, backward_input, &g);
-    Ok(output(dx, spec.input_dims(), dtype, spec))
+    output(dx, spec.input_dims(), dtype, spec)
 }
 
 /// Weight gradient of [`conv2d`] from the input `x` and `dy`.
@@ -326,7 +339,7 @@ pub(crate) fn conv2d_backward_weight(
     check_len(OP, "grad_output", dy.len(), spec.n * spec.c_out * g.p, spec)?;
     let (a, b, dtype) = pair(OP, (x, spec.input_dims()), (dy, spec.output_dims()), spec)?;
     let dw = dispatch!(OP, a, b, backward_weight, &g);
-    Ok(output(dw, spec.weight_dims(), dtype, spec))
+    output(dw, spec.weight_dims(), dtype, spec)
 }
 
 impl crate::backend::ConvOps for super::CpuBackend {

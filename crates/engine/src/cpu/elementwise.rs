@@ -11,12 +11,14 @@ use num_traits::Float;
 use rayon::prelude::*;
 use std::sync::Arc;
 
-fn map_par<T: Float + Send + Sync>(v: Vec<T>, f: impl Fn(T) -> T + Sync + Send) -> Vec<T> {
+/// `f` applied to every element of `v`, in place (no second buffer).
+fn map_par<T: Float + Send + Sync>(mut v: Vec<T>, f: impl Fn(T) -> T + Sync + Send) -> Vec<T> {
     if v.len() >= PAR_THRESHOLD {
-        v.into_par_iter().map(f).collect()
+        v.par_iter_mut().for_each(|x| *x = f(*x));
     } else {
-        v.into_iter().map(f).collect()
+        v.iter_mut().for_each(|x| *x = f(*x));
     }
+    v
 }
 
 fn unary_fn<T: Float>(op: UnaryOp) -> impl Fn(T) -> T + Sync + Send {
@@ -63,7 +65,7 @@ fn unary_fn<T: Float>(op: UnaryOp) -> impl Fn(T) -> T + Sync + Send {
 pub(crate) fn unary(op: UnaryOp, s: &CpuStorage, layout: &Layout) -> Result<CpuStorage> {
     let c = to_compute("unary", s, layout)?;
     let out = map_compute!(c, |v: T| map_par(v, unary_fn::<T>(op)));
-    Ok(out.into_storage(s.dtype()))
+    out.into_storage(s.dtype())
 }
 
 fn binary_fn<T: Float>(op: BinaryOp) -> impl Fn(T, T) -> T + Sync + Send {
@@ -96,19 +98,20 @@ fn binary_fn<T: Float>(op: BinaryOp) -> impl Fn(T, T) -> T + Sync + Send {
     }
 }
 
+/// `a[i] = f(a[i], b[i])`, in place in `a` (no third buffer).
 fn zip_par<T: Float + Send + Sync>(
-    a: Vec<T>,
+    mut a: Vec<T>,
     b: &[T],
     f: impl Fn(T, T) -> T + Sync + Send,
 ) -> Vec<T> {
     if a.len() >= PAR_THRESHOLD {
-        a.into_par_iter()
+        a.par_iter_mut()
             .zip(b.par_iter())
-            .map(|(x, &y)| f(x, y))
-            .collect()
+            .for_each(|(x, &y)| *x = f(*x, y));
     } else {
-        a.into_iter().zip(b).map(|(x, &y)| f(x, y)).collect()
+        a.iter_mut().zip(b).for_each(|(x, &y)| *x = f(*x, y));
     }
+    a
 }
 
 /// Elementwise op of two float views of equal shape and dtype.
@@ -142,36 +145,30 @@ pub(crate) fn binary(
         (Compute::F64(a), Compute::F64(b)) => Compute::F64(zip_par(a, &b, binary_fn(op))),
         _ => return Err(Error::dtype("binary", "compute types differ")),
     };
-    Ok(out.into_storage(lhs.dtype()))
+    out.into_storage(lhs.dtype())
 }
 
 /// Converts a view to `dtype`: floats round to nearest even (bit-exact with `half`), floats
 /// to I64 truncate toward zero.
-pub(crate) fn cast(s: &CpuStorage, layout: &Layout, dtype: DType) -> CpuStorage {
-    use super::compute::gather_same;
-    let src = gather_same(s, layout);
+pub(crate) fn cast(s: &CpuStorage, layout: &Layout, dtype: DType) -> Result<CpuStorage> {
+    use super::compute::{from_f32, from_f64, gather_same, map_slice};
+    let src = gather_same(s, layout)?;
     if src.dtype() == dtype {
-        return src;
+        return Ok(src);
     }
     match (src, dtype) {
         // f16 <-> bf16 goes through f32, which holds both exactly.
-        (CpuStorage::F16(v), DType::BF16) => {
-            CpuStorage::BF16(v.into_iter().map(|x| bf16::from_f32(x.to_f32())).collect())
-        }
-        (CpuStorage::BF16(v), DType::F16) => {
-            CpuStorage::F16(v.into_iter().map(|x| f16::from_f32(x.to_f32())).collect())
-        }
-        (CpuStorage::F16(v), _) => {
-            super::compute::from_f32(v.into_iter().map(f16::to_f32).collect(), dtype)
-        }
-        (CpuStorage::BF16(v), _) => {
-            super::compute::from_f32(v.into_iter().map(bf16::to_f32).collect(), dtype)
-        }
-        (CpuStorage::F32(v), _) => super::compute::from_f32(v, dtype),
-        (CpuStorage::F64(v), _) => super::compute::from_f64(v, dtype),
-        (CpuStorage::I64(v), _) => {
-            super::compute::from_f64(v.into_iter().map(|x| x as f64).collect(), dtype)
-        }
+        (CpuStorage::F16(v), DType::BF16) => Ok(CpuStorage::BF16(map_slice(&v, |x| {
+            bf16::from_f32(x.to_f32())
+        })?)),
+        (CpuStorage::BF16(v), DType::F16) => Ok(CpuStorage::F16(map_slice(&v, |x| {
+            f16::from_f32(x.to_f32())
+        })?)),
+        (CpuStorage::F16(v), _) => from_f32(map_slice(&v, f16::to_f32)?, dtype),
+        (CpuStorage::BF16(v), _) => from_f32(map_slice(&v, bf16::to_f32)?, dtype),
+        (CpuStorage::F32(v), _) => from_f32(v, dtype),
+        (CpuStorage::F64(v), _) => from_f64(v, dtype),
+        (CpuStorage::I64(v), _) => from_f64(map_slice(&v, |x| x as f64)?, dtype),
     }
 }
 
@@ -188,7 +185,7 @@ pub(crate) fn cat(parts: &[(CpuStorage, Vec<usize>)], dim: usize) -> Result<CpuS
         .collect();
     macro_rules! join {
         ($variant:ident) => {{
-            let mut out = Vec::with_capacity(blocks.iter().sum::<usize>() * outer);
+            let mut out = crate::alloc::with_capacity(blocks.iter().sum::<usize>() * outer)?;
             for o in 0..outer {
                 for ((p, _), &b) in parts.iter().zip(&blocks) {
                     let CpuStorage::$variant(v) = p else {
@@ -217,7 +214,7 @@ impl crate::backend::ElementwiseOps for super::CpuBackend {
             .map(|(s, l)| {
                 check_bounds("cat", s, l)?;
                 Ok((
-                    compute::gather_same(&*host("cat", s)?, l),
+                    compute::gather_same(&*host("cat", s)?, l)?,
                     l.dims().to_vec(),
                 ))
             })
@@ -256,7 +253,7 @@ impl crate::backend::ElementwiseOps for super::CpuBackend {
         // buffers alias), then added in place through the compute type.
         let owned = if src.dtype() != dst.dtype() || Arc::ptr_eq(dst, src) {
             let l = Layout::contiguous([src.len()]);
-            Some(cast(&*host(OP, src)?, &l, dst.dtype()))
+            Some(cast(&*host(OP, src)?, &l, dst.dtype())?)
         } else {
             None
         };

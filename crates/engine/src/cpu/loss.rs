@@ -58,7 +58,7 @@ pub(crate) fn softmax(
         });
         v
     });
-    Ok(out.into_storage(xh.dtype()))
+    out.into_storage(xh.dtype())
 }
 
 /// Gradient of softmax (`y·(dy − Σ dy·y)`) or log-softmax (`dy − e^y·Σ dy`) from output `y`.
@@ -75,10 +75,10 @@ pub(crate) fn softmax_backward(
     let block = (size * inner).max(1);
     let out = match (all_to_compute(OP, &yh)?, all_to_compute(OP, &gh)?) {
         (Compute::F32(y), Compute::F32(g)) => {
-            Compute::F32(softmax_grad(&y, &g, block, size, inner, log))
+            Compute::F32(softmax_grad(&y, &g, block, size, inner, log)?)
         }
         (Compute::F64(y), Compute::F64(g)) => {
-            Compute::F64(softmax_grad(&y, &g, block, size, inner, log))
+            Compute::F64(softmax_grad(&y, &g, block, size, inner, log)?)
         }
         _ => {
             return Err(Error::dtype(
@@ -87,7 +87,7 @@ pub(crate) fn softmax_backward(
             ))
         }
     };
-    Ok(out.into_storage(gh.dtype()))
+    out.into_storage(gh.dtype())
 }
 
 fn softmax_grad<T: Float + Send + Sync>(
@@ -97,8 +97,8 @@ fn softmax_grad<T: Float + Send + Sync>(
     size: usize,
     inner: usize,
     log: bool,
-) -> Vec<T> {
-    let mut dx = vec![T::zero(); y.len()];
+) -> Result<Vec<T>> {
+    let mut dx = crate::alloc::filled(y.len(), T::zero())?;
     dx.par_chunks_mut(block).enumerate().for_each(|(b, d)| {
         let (yb, gb) = (&y[b * block..][..d.len()], &g[b * block..][..d.len()]);
         for i in 0..inner {
@@ -112,7 +112,7 @@ fn softmax_grad<T: Float + Send + Sync>(
             }
         }
     });
-    dx
+    Ok(dx)
 }
 
 /// Validated targets: `None` for ignored samples, else the class.
@@ -171,25 +171,28 @@ fn row_max<T: Float>(row: &[T]) -> T {
 }
 
 /// Per-sample loss `−(1−ε)·logp[y] − ε/C·Σ_c logp[c]` (0 for ignored samples).
-fn per_sample<T: Float + Send + Sync>(x: &[T], tg: &[Option<usize>], c: usize, eps: f64) -> Vec<T> {
+fn per_sample<T: Float + Send + Sync>(
+    x: &[T],
+    tg: &[Option<usize>],
+    c: usize,
+    eps: f64,
+) -> Result<Vec<T>> {
     let (eps, cf) = (scalar::<T>(eps), count::<T>(c));
-    x.par_chunks(c.max(1))
-        .zip(tg.par_iter())
-        .map(|(row, t)| {
-            let Some(t) = *t else { return T::zero() };
-            let max = row_max(row);
-            // Both terms relative to the max: nothing large is added and subtracted again.
-            let lse = pairwise_sum_by(row.len(), |j| (row[j] - max).exp()).ln();
-            let nll = lse - (row[t] - max);
-            if eps == T::zero() {
-                nll
-            } else {
-                // mean_c(lse − (x_c − m)) = lse − Σ(x_c − m)/C
-                let mean_nll = lse - pairwise_sum_by(row.len(), |j| row[j] - max) / cf;
-                (T::one() - eps) * nll + eps * mean_nll
-            }
-        })
-        .collect()
+    let rows = x.par_chunks(c.max(1)).zip(tg.par_iter()).map(|(row, t)| {
+        let Some(t) = *t else { return T::zero() };
+        let max = row_max(row);
+        // Both terms relative to the max: nothing large is added and subtracted again.
+        let lse = pairwise_sum_by(row.len(), |j| (row[j] - max).exp()).ln();
+        let nll = lse - (row[t] - max);
+        if eps == T::zero() {
+            nll
+        } else {
+            // mean_c(lse − (x_c − m)) = lse − Σ(x_c − m)/C
+            let mean_nll = lse - pairwise_sum_by(row.len(), |j| row[j] - max) / cf;
+            (T::one() - eps) * nll + eps * mean_nll
+        }
+    });
+    crate::alloc::par_collect(rows)
 }
 
 /// Fused cross-entropy of `[n, c]` logits against I64 targets (PyTorch semantics: the mean
@@ -207,14 +210,14 @@ pub(crate) fn cross_entropy(
     let tg = targets(OP, t, n, c, spec)?;
     let valid = tg.iter().filter(|t| t.is_some()).count();
     let out = map_compute!(all_to_compute(OP, &lh)?, |x: T| {
-        let l = per_sample(&x, &tg, c, spec.label_smoothing);
+        let l = per_sample(&x, &tg, c, spec.label_smoothing)?;
         match spec.reduction {
             Reduction::None => l,
             Reduction::Sum => vec![pairwise_sum(&l)],
             Reduction::Mean => vec![pairwise_sum(&l) / count::<T>(valid)],
         }
     });
-    Ok(out.into_storage(lh.dtype()))
+    out.into_storage(lh.dtype())
 }
 
 /// Gradient of [`cross_entropy`]: `(softmax − ((1−ε)·onehot + ε/C)) · g_i` per sample.
@@ -238,14 +241,14 @@ pub(crate) fn cross_entropy_backward(
         1
     };
     check_len(OP, "grad_output", gh.len(), want)?;
-    let g = super::compute::to_f64_vec(&gh, &crate::Layout::contiguous([want]));
+    let g = super::compute::to_f64_vec(&gh, &crate::Layout::contiguous([want]))?;
     let weight = |i: usize| match spec.reduction {
         Reduction::None => g[i],
         Reduction::Sum => g[0],
         Reduction::Mean => g[0] / valid as f64,
     };
     let out = map_compute!(all_to_compute(OP, &lh)?, |x: T| {
-        let mut dx = vec![T::zero(); x.len()];
+        let mut dx = crate::alloc::filled(x.len(), T::zero())?;
         let (eps, cf) = (scalar::<T>(spec.label_smoothing), count::<T>(c));
         dx.par_chunks_mut(c.max(1)).enumerate().for_each(|(i, d)| {
             let Some(t) = tg[i] else { return };
@@ -261,7 +264,7 @@ pub(crate) fn cross_entropy_backward(
         });
         dx
     });
-    Ok(out.into_storage(lh.dtype()))
+    out.into_storage(lh.dtype())
 }
 
 impl crate::backend::LossOps for super::CpuBackend {

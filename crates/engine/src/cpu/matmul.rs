@@ -77,9 +77,9 @@ fn batched<T: 'static + Copy + num_traits::Zero + num_traits::One + Send + Sync>
     rhs: &[T],
     rl: &Layout,
     spec: &MatmulSpec,
-) -> Vec<T> {
+) -> Result<Vec<T>> {
     let MatmulSpec { batch, m, n, k } = *spec;
-    let mut out = vec![T::zero(); batch * m * n];
+    let mut out = crate::alloc::filled(batch * m * n, T::zero())?;
     let (ls, rs) = (ll.strides(), rl.strides());
     for (b, dst) in out.chunks_mut((m * n).max(1)).enumerate().take(batch) {
         let lo = ll.offset() + b * ls[0];
@@ -95,7 +95,7 @@ fn batched<T: 'static + Copy + num_traits::Zero + num_traits::One + Send + Sync>
             true,
         );
     }
-    out
+    Ok(out)
 }
 
 /// Batched product in the compute type (f32, or f64 for F64), not yet rounded.
@@ -114,8 +114,8 @@ fn accumulate(
         ));
     }
     Ok(match (&*a, &*b) {
-        (CpuStorage::F32(x), CpuStorage::F32(y)) => Compute::F32(batched(x, ll, y, rl, spec)),
-        (CpuStorage::F64(x), CpuStorage::F64(y)) => Compute::F64(batched(x, ll, y, rl, spec)),
+        (CpuStorage::F32(x), CpuStorage::F32(y)) => Compute::F32(batched(x, ll, y, rl, spec)?),
+        (CpuStorage::F64(x), CpuStorage::F64(y)) => Compute::F64(batched(x, ll, y, rl, spec)?),
         (CpuStorage::I64(_), _) => return Err(Error::dtype("matmul", "int64 operands")),
         _ => {
             let wide_a = super::compute::to_compute("matmul", &a, ll)?;
@@ -128,7 +128,7 @@ fn accumulate(
                 Layout::contiguous([spec.batch, spec.m, spec.k]),
                 Layout::contiguous([spec.batch, spec.k, spec.n]),
             );
-            Compute::F32(batched(&x, &la, &y, &lb, spec))
+            Compute::F32(batched(&x, &la, &y, &lb, spec)?)
         }
     })
 }
@@ -167,7 +167,7 @@ impl crate::backend::MatmulOps for super::CpuBackend {
         check_matmul(lhs, lhs_layout, rhs, rhs_layout, spec)?;
         let dtype = lhs.dtype();
         Ok(wrap(
-            accumulate(lhs, lhs_layout, rhs, rhs_layout, spec)?.into_storage(dtype),
+            accumulate(lhs, lhs_layout, rhs, rhs_layout, spec)?.into_storage(dtype)?,
         ))
     }
 
@@ -183,14 +183,14 @@ impl crate::backend::MatmulOps for super::CpuBackend {
     ) -> Result<StorageRef> {
         check_gemm(lhs, lhs_layout, rhs, rhs_layout, spec, ep)?;
         let c = match &ep.c {
-            Some((c, cl)) => Some(to_f64_vec(&*host("gemm", c)?, cl)),
+            Some((c, cl)) => Some(to_f64_vec(&*host("gemm", c)?, cl)?),
             None => None,
         };
         let bias = match &ep.bias {
             Some(b) => Some(to_f64_vec(
                 &*host("gemm", b)?,
                 &Layout::contiguous([b.len()]),
-            )),
+            )?),
             None => None,
         };
         let (c, bias) = (c.as_deref().filter(|_| ep.beta != 0.0), bias.as_deref());
@@ -200,6 +200,6 @@ impl crate::backend::MatmulOps for super::CpuBackend {
             apply_epilogue(&mut v, spec.n, ep, c, bias);
             v
         });
-        Ok(wrap(out.into_storage(ep.out_dtype)))
+        Ok(wrap(out.into_storage(ep.out_dtype)?))
     }
 }

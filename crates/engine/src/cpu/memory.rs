@@ -8,21 +8,25 @@ use crate::{CpuStorage, DType, Error, Layout, Result, StorageRef};
 
 impl crate::backend::MemoryOps for super::CpuBackend {
     fn upload(&self, data: &CpuStorage) -> Result<StorageRef> {
-        Ok(wrap(data.clone()))
+        Ok(wrap(data.try_clone()?))
+    }
+
+    fn upload_owned(&self, data: CpuStorage) -> Result<StorageRef> {
+        Ok(wrap(data))
     }
 
     fn to_host(&self, s: &StorageRef, layout: &Layout) -> Result<CpuStorage> {
         check_bounds("to_host", s, layout)?;
-        Ok(gather_same(&*host("to_host", s)?, layout))
+        gather_same(&*host("to_host", s)?, layout)
     }
 
     fn full(&self, dtype: DType, n: usize, value: f64) -> Result<StorageRef> {
-        Ok(wrap(CpuStorage::full(dtype, n, value)))
+        Ok(wrap(CpuStorage::full(dtype, n, value)?))
     }
 
     fn copy_strided(&self, s: &StorageRef, layout: &Layout) -> Result<StorageRef> {
         check_bounds("contiguous", s, layout)?;
-        Ok(wrap(gather_same(&*host("contiguous", s)?, layout)))
+        Ok(wrap(gather_same(&*host("contiguous", s)?, layout)?))
     }
 
     fn cast(&self, s: &StorageRef, layout: &Layout, dtype: DType) -> Result<StorageRef> {
@@ -31,7 +35,7 @@ impl crate::backend::MemoryOps for super::CpuBackend {
             &*host("to_dtype", s)?,
             layout,
             dtype,
-        )))
+        )?))
     }
 
     fn copy_into(
@@ -45,7 +49,7 @@ impl crate::backend::MemoryOps for super::CpuBackend {
         check_copy_into(dst, dst_offset, src, src_layout)?;
         let dbuf = buffer(OP, dst)?;
         // Gathered (and rounded to dst's dtype) before the write lock: `src` may be `dst`.
-        let vals = super::elementwise::cast(&*host(OP, src)?, src_layout, dst.dtype());
+        let vals = super::elementwise::cast(&*host(OP, src)?, src_layout, dst.dtype())?;
         write_range(&mut dbuf.write(), dst_offset, &vals)
     }
 }

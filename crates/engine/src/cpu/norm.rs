@@ -19,17 +19,15 @@ fn wide(op: &'static str, s: &StorageRef, want: usize, what: &str) -> Result<(Ve
             format!("{what} has {} elements, expected {want}", h.len()),
         ));
     }
-    Ok((to_f64_vec(&h, &Layout::contiguous([h.len()])), h.dtype()))
+    Ok((to_f64_vec(&h, &Layout::contiguous([h.len()]))?, h.dtype()))
 }
 
 /// Rounds like the compute type would (f32 unless F64 is involved), then into `dtype`.
-fn store(v: Vec<f64>, compute_f64: bool, dtype: DType) -> StorageRef {
-    let v = if compute_f64 {
-        v
-    } else {
-        v.into_iter().map(|x| x as f32 as f64).collect()
-    };
-    super::wrap(super::compute::from_f64(v, dtype))
+fn store(mut v: Vec<f64>, compute_f64: bool, dtype: DType) -> Result<StorageRef> {
+    if !compute_f64 {
+        v.iter_mut().for_each(|x| *x = *x as f32 as f64);
+    }
+    Ok(super::wrap(super::compute::from_f64(v, dtype)?))
 }
 
 /// Two f64 sums carried through one pairwise pass (component-wise addition).
@@ -97,7 +95,7 @@ pub(crate) fn batch_norm_train(
         })
         .collect();
     let invstd: Vec<f64> = stats.iter().map(|&(_, v)| 1.0 / (v + eps).sqrt()).collect();
-    let mut y = vec![0.0; xv.len()];
+    let mut y = crate::alloc::filled(xv.len(), 0.0)?;
     y.par_chunks_mut(s.max(1))
         .enumerate()
         .for_each(|(row, out)| {
@@ -110,10 +108,10 @@ pub(crate) fn batch_norm_train(
             }
         });
     Ok(BatchNormForward {
-        y: store(y, f64c, xdt),
-        mean: store(stats.iter().map(|s| s.0).collect(), f64c, wdt),
-        var: store(stats.iter().map(|s| s.1).collect(), f64c, wdt),
-        invstd: store(invstd, f64c, wdt),
+        y: store(y, f64c, xdt)?,
+        mean: store(stats.iter().map(|s| s.0).collect(), f64c, wdt)?,
+        var: store(stats.iter().map(|s| s.1).collect(), f64c, wdt)?,
+        invstd: store(invstd, f64c, wdt)?,
     })
 }
 
@@ -154,7 +152,7 @@ pub(crate) fn batch_norm_backward(
             (sd, sdx)
         })
         .collect();
-    let mut dx = vec![0.0; xv.len()];
+    let mut dx = crate::alloc::filled(xv.len(), 0.0)?;
     dx.par_chunks_mut(s.max(1))
         .enumerate()
         .for_each(|(row, out)| {
@@ -168,9 +166,9 @@ pub(crate) fn batch_norm_backward(
             }
         });
     Ok(BatchNormBackward {
-        dx: store(dx, f64c, xdt),
-        dweight: store(sums.iter().map(|s| s.1).collect(), f64c, wdt),
-        dbias: store(sums.iter().map(|s| s.0).collect(), f64c, wdt),
+        dx: store(dx, f64c, xdt)?,
+        dweight: store(sums.iter().map(|s| s.1).collect(), f64c, wdt)?,
+        dbias: store(sums.iter().map(|s| s.0).collect(), f64c, wdt)?,
     })
 }
 

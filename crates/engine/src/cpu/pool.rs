@@ -76,17 +76,17 @@ pub(crate) fn max_pool2d(x: &StorageRef, s: &Pool2dSpec) -> Result<(CpuStorage, 
     let xh = host(OP, x)?;
     check_len(OP, "input", xh.len(), s.n * s.c * s.h * s.w)?;
     let (plane_in, plane_out) = (s.h * s.w, s.out_h() * s.out_w());
-    let mut idx = vec![0i64; s.n * s.c * plane_out];
+    let mut idx = crate::alloc::filled(s.n * s.c * plane_out, 0i64)?;
     let c = all_to_compute(OP, &xh)?;
     let out = map_compute!(c, |v: T| {
-        let mut out = vec![T::zero(); s.n * s.c * plane_out];
+        let mut out = crate::alloc::filled(s.n * s.c * plane_out, T::zero())?;
         out.par_chunks_mut(plane_out.max(1))
             .zip(idx.par_chunks_mut(plane_out.max(1)))
             .enumerate()
             .for_each(|(p, (o, i))| max_plane(&v[p * plane_in..][..plane_in], s, o, i));
         out
     });
-    Ok((out.into_storage(xh.dtype()), CpuStorage::I64(idx)))
+    Ok((out.into_storage(xh.dtype())?, CpuStorage::I64(idx)))
 }
 
 /// Scatters `dy` into the argmax positions of each plane (accumulating on overlaps).
@@ -111,7 +111,7 @@ pub(crate) fn max_pool2d_backward(
     }
     let c = all_to_compute(OP, &dyh)?;
     let out = map_compute!(c, |g: T| {
-        let mut dx = vec![T::zero(); s.n * s.c * plane_in];
+        let mut dx = crate::alloc::filled(s.n * s.c * plane_in, T::zero())?;
         dx.par_chunks_mut(plane_in.max(1))
             .enumerate()
             .for_each(|(p, d)| {
@@ -125,7 +125,7 @@ pub(crate) fn max_pool2d_backward(
             });
         dx
     });
-    Ok(out.into_storage(dyh.dtype()))
+    out.into_storage(dyh.dtype())
 }
 
 /// The divisor of average-pooling output `(oy, ox)`.
@@ -163,7 +163,7 @@ pub(crate) fn avg_pool2d(x: &StorageRef, s: &Pool2dSpec) -> Result<CpuStorage> {
     let (plane_in, plane_out) = (s.h * s.w, oh * ow);
     let c = all_to_compute(OP, &xh)?;
     let out = map_compute!(c, |v: T| {
-        let mut out = vec![T::zero(); s.n * s.c * plane_out];
+        let mut out = crate::alloc::filled(s.n * s.c * plane_out, T::zero())?;
         out.par_chunks_mut(plane_out.max(1))
             .enumerate()
             .for_each(|(p, o)| {
@@ -180,7 +180,7 @@ pub(crate) fn avg_pool2d(x: &StorageRef, s: &Pool2dSpec) -> Result<CpuStorage> {
             });
         out
     });
-    Ok(out.into_storage(xh.dtype()))
+    out.into_storage(xh.dtype())
 }
 
 /// Gradient of [`avg_pool2d`].
@@ -193,7 +193,7 @@ pub(crate) fn avg_pool2d_backward(dy: &StorageRef, s: &Pool2dSpec) -> Result<Cpu
     check_len(OP, "grad_output", dyh.len(), s.n * s.c * plane_out)?;
     let c = all_to_compute(OP, &dyh)?;
     let out = map_compute!(c, |g: T| {
-        let mut dx = vec![T::zero(); s.n * s.c * plane_in];
+        let mut dx = crate::alloc::filled(s.n * s.c * plane_in, T::zero())?;
         dx.par_chunks_mut(plane_in.max(1))
             .enumerate()
             .for_each(|(p, d)| {
@@ -211,7 +211,7 @@ pub(crate) fn avg_pool2d_backward(dy: &StorageRef, s: &Pool2dSpec) -> Result<Cpu
             });
         dx
     });
-    Ok(out.into_storage(dyh.dtype()))
+    out.into_storage(dyh.dtype())
 }
 
 /// PyTorch's adaptive window along one axis: `floor(i*in/out) .. ceil((i+1)*in/out)`.
@@ -243,7 +243,7 @@ pub(crate) fn adaptive_avg_pool2d(
     let (plane_in, plane_out) = (h * w, out.0 * out.1);
     let comp = all_to_compute(OP, &xh)?;
     let res = map_compute!(comp, |v: T| {
-        let mut o = vec![T::zero(); n * c * plane_out];
+        let mut o = crate::alloc::filled(n * c * plane_out, T::zero())?;
         o.par_chunks_mut(plane_out).enumerate().for_each(|(p, op)| {
             let x = &v[p * plane_in..][..plane_in];
             for oy in 0..out.0 {
@@ -258,7 +258,7 @@ pub(crate) fn adaptive_avg_pool2d(
         });
         o
     });
-    Ok(res.into_storage(xh.dtype()))
+    res.into_storage(xh.dtype())
 }
 
 /// Gradient of [`adaptive_avg_pool2d`].
@@ -275,7 +275,7 @@ pub(crate) fn adaptive_avg_pool2d_backward(
     check_len(OP, "grad_output", dyh.len(), n * c * plane_out)?;
     let comp = all_to_compute(OP, &dyh)?;
     let res = map_compute!(comp, |g: T| {
-        let mut dx = vec![T::zero(); n * c * plane_in];
+        let mut dx = crate::alloc::filled(n * c * plane_in, T::zero())?;
         dx.par_chunks_mut(plane_in).enumerate().for_each(|(p, d)| {
             let gp = &g[p * plane_out..][..plane_out];
             for oy in 0..out.0 {
@@ -293,7 +293,7 @@ pub(crate) fn adaptive_avg_pool2d_backward(
         });
         dx
     });
-    Ok(res.into_storage(dyh.dtype()))
+    res.into_storage(dyh.dtype())
 }
 
 /// The CPU kernels pool NCHW planes; channels-last calls are gathered into NCHW and

@@ -50,14 +50,14 @@ pub(crate) fn reduce(
     let c = to_compute("reduce", s, &permuted)?;
     let out = map_compute!(c, |v: T| {
         if chunk == 0 {
-            vec![reduce_chunk::<T>(op, &[]); outer]
+            crate::alloc::filled(outer, reduce_chunk::<T>(op, &[]))?
         } else if v.len() >= PAR_THRESHOLD && outer > 1 {
-            v.par_chunks(chunk).map(|c| reduce_chunk(op, c)).collect()
+            crate::alloc::par_collect(v.par_chunks(chunk).map(|c| reduce_chunk(op, c)))?
         } else {
-            v.chunks(chunk).map(|c| reduce_chunk(op, c)).collect()
+            crate::alloc::collect(outer, v.chunks(chunk).map(|c| reduce_chunk(op, c)))?
         }
     });
-    Ok(out.into_storage(s.dtype()))
+    out.into_storage(s.dtype())
 }
 
 impl crate::backend::ReduceOps for super::CpuBackend {

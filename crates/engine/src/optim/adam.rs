@@ -360,8 +360,10 @@ macro_rules! adam_optimizer {
             fn lr(&self) -> f64 {
                 self.0.config.lr
             }
-            fn set_lr(&mut self, lr: f64) {
+            fn set_lr(&mut self, lr: f64) -> Result<()> {
+                super::check_lr("set_lr", lr)?;
                 self.0.config.lr = lr;
+                Ok(())
             }
             fn params(&self) -> &[Tensor] {
                 &self.0.params

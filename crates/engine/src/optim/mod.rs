@@ -43,8 +43,9 @@ pub trait Optimizer {
     fn zero_grad(&self);
     /// The learning rate.
     fn lr(&self) -> f64;
-    /// Sets the learning rate used by the following steps (for schedulers).
-    fn set_lr(&mut self, lr: f64);
+    /// Sets the learning rate used by the following steps (for schedulers). A negative, NaN
+    /// or infinite rate is an `Err(InvalidArgument)` and leaves the rate unchanged.
+    fn set_lr(&mut self, lr: f64) -> Result<()>;
     /// The parameters, in the order they were given.
     fn params(&self) -> &[Tensor];
     /// The hyper-parameters and per-parameter state. The tensors are shared with the
@@ -143,6 +144,13 @@ fn check_params(op: &'static str, params: &[Tensor]) -> Result<()> {
 }
 
 /// `Err(InvalidArgument)` with PyTorch's message when `ok` is false.
+/// Errs unless `lr` is finite and non-negative (PyTorch's message).
+fn check_lr(op: &'static str, lr: f64) -> Result<()> {
+    ensure(op, lr.is_finite() && lr >= 0.0, || {
+        format!("Invalid learning rate: {lr}")
+    })
+}
+
 fn ensure(op: &'static str, ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
     if ok {
         Ok(())

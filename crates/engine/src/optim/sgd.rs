@@ -228,8 +228,10 @@ impl Optimizer for Sgd {
         self.config.lr
     }
 
-    fn set_lr(&mut self, lr: f64) {
+    fn set_lr(&mut self, lr: f64) -> Result<()> {
+        super::check_lr("set_lr", lr)?;
         self.config.lr = lr;
+        Ok(())
     }
 
     fn params(&self) -> &[Tensor] {

@@ -59,7 +59,7 @@ impl Tensor {
         shape: impl Into<Shape>,
         device: Device,
     ) -> Result<Tensor> {
-        Tensor::from_vec(data.to_vec(), shape, device)
+        Tensor::from_vec(crate::alloc::copy_of(data)?, shape, device)
     }
     /// A tensor from host storage with the given shape; the length must match.
     pub fn from_host(data: CpuStorage, shape: impl Into<Shape>, device: Device) -> Result<Tensor> {
@@ -70,7 +70,8 @@ impl Tensor {
                 format!("{} elements for shape {shape:?}", data.len()),
             ));
         }
-        let s = backend_for(device)?.upload(&data)?;
+        // Host data becomes a CPU tensor's storage as it is (no copy); other devices upload it.
+        let s = backend_for(device)?.upload_owned(data)?;
         Ok(Tensor::contiguous_from(s, shape))
     }
 }

@@ -232,7 +232,10 @@ impl Tensor {
                 actual: self.dtype(),
             });
         }
-        Ok(self.to_host()?.as_slice::<T>()?.to_vec())
+        T::from_storage(self.to_host()?).ok_or(Error::ReadBack {
+            requested: T::DTYPE,
+            actual: self.dtype(),
+        })
     }
     /// The single element of a one-element tensor; `T` must match the dtype.
     pub fn to_scalar<T: Element>(&self) -> Result<T> {
@@ -261,15 +264,12 @@ impl Tensor {
             ));
         }
         let h = self.to_host()?;
-        Ok(crate::cpu::compute::to_f64_vec(&h, &Layout::contiguous([1]))[0])
+        Ok(crate::cpu::compute::to_f64_vec(&h, &Layout::contiguous([1]))?[0])
     }
     /// All elements converted to f64, in logical order (any dtype).
     pub fn to_f64_vec(&self) -> Result<Vec<f64>> {
         let h = self.to_host()?;
-        Ok(crate::cpu::compute::to_f64_vec(
-            &h,
-            &Layout::contiguous([h.len()]),
-        ))
+        crate::cpu::compute::to_f64_vec(&h, &Layout::contiguous([h.len()]))
     }
 
     /// Copies the tensor to another device (a no-op handle clone on the same device).

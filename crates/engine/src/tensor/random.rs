@@ -60,7 +60,7 @@ fn float_tensor(
             format!("needs a float dtype, got {dtype}"),
         ));
     }
-    let host = crate::cpu::compute::from_f64(values, dtype);
+    let host = crate::cpu::compute::from_f64(values, dtype)?;
     Tensor::from_host(host, shape, device)
 }
 
@@ -73,9 +73,8 @@ impl Tensor {
         device: Device,
     ) -> Result<Tensor> {
         let shape = shape.into();
-        let v = (0..shape.checked_elem_count("randn")?)
-            .map(|_| gen.normal())
-            .collect();
+        let n = shape.checked_elem_count("randn")?;
+        let v = crate::alloc::collect(n, (0..n).map(|_| gen.normal()))?;
         float_tensor("randn", v, shape, dtype, device)
     }
     /// Uniform samples in `[0, 1)` from `gen`.
@@ -103,9 +102,8 @@ impl Tensor {
             ));
         }
         let shape = shape.into();
-        let v = (0..shape.checked_elem_count("uniform")?)
-            .map(|_| gen.uniform(lo, hi))
-            .collect();
+        let n = shape.checked_elem_count("uniform")?;
+        let v = crate::alloc::collect(n, (0..n).map(|_| gen.uniform(lo, hi)))?;
         float_tensor("uniform", v, shape, dtype, device)
     }
     /// I64 samples in `[lo, hi)` from `gen`.
@@ -123,9 +121,8 @@ impl Tensor {
             ));
         }
         let shape = shape.into();
-        let v = (0..shape.checked_elem_count("randint")?)
-            .map(|_| gen.int(lo, hi))
-            .collect();
+        let n = shape.checked_elem_count("randint")?;
+        let v = crate::alloc::collect(n, (0..n).map(|_| gen.int(lo, hi)))?;
         Tensor::from_host(CpuStorage::I64(v), shape, device)
     }
     /// Standard normal samples from the thread's default generator (see [`manual_seed`]).

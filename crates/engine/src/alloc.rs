@@ -1,0 +1,89 @@
+//! Fallible host allocation. Every host buffer whose size follows from a caller's shapes is
+//! reserved with `try_reserve_exact` here, so a request the allocator refuses (larger than
+//! memory) is `Err(OutOfMemory { device: Cpu, .. })` naming the bytes, never a process abort
+//! (`vec![..; n]` and `collect()` abort on allocation failure).
+//!
+//! Small bookkeeping vectors (dims, strides, per-tensor lists) still use the infallible
+//! constructors: their sizes are bounded by ranks and tensor counts, not element counts.
+
+use crate::{Device, Error, Result};
+use rayon::prelude::*;
+
+/// The error for a refused request of `n` elements of `T`.
+pub(crate) fn out_of_memory<T>(n: usize) -> Error {
+    Error::OutOfMemory {
+        device: Device::Cpu,
+        requested: n.saturating_mul(std::mem::size_of::<T>()),
+    }
+}
+
+/// An empty vector with room for exactly `n` elements, or `Err(OutOfMemory)`.
+pub(crate) fn with_capacity<T>(n: usize) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| out_of_memory::<T>(n))?;
+    Ok(v)
+}
+
+/// `n` copies of `value` (`vec![value; n]` without the abort).
+pub(crate) fn filled<T: Clone>(n: usize, value: T) -> Result<Vec<T>> {
+    let mut v = with_capacity(n)?;
+    v.resize(n, value);
+    Ok(v)
+}
+
+/// The first `n` items of `items` (which yields at least that many: an iterator over a layout or
+/// a slice of known length), in one reserved allocation.
+pub(crate) fn collect<T>(n: usize, items: impl Iterator<Item = T>) -> Result<Vec<T>> {
+    let mut v = with_capacity(n)?;
+    v.extend(items.take(n));
+    Ok(v)
+}
+
+/// A parallel iterator's items in order, in one reserved allocation.
+pub(crate) fn par_collect<T: Send>(
+    items: impl IndexedParallelIterator<Item = T>,
+) -> Result<Vec<T>> {
+    let mut v = with_capacity(items.len())?;
+    // `collect_into_vec` reserves `len` more than it keeps (0 after its truncate): no reallocation.
+    items.collect_into_vec(&mut v);
+    Ok(v)
+}
+
+/// A copy of `src` (`to_vec` without the abort).
+pub(crate) fn copy_of<T: Clone>(src: &[T]) -> Result<Vec<T>> {
+    let mut v = with_capacity(src.len())?;
+    v.extend_from_slice(src);
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_request_is_an_error_naming_its_bytes() {
+        let n = usize::MAX / 16;
+        match filled(n, 0f64) {
+            Err(Error::OutOfMemory { device, requested }) => {
+                assert_eq!(device, Device::Cpu);
+                assert_eq!(requested, n * 8);
+            }
+            other => panic!("expected OutOfMemory, got {:?}", other.map(|v| v.len())),
+        }
+        assert!(matches!(
+            collect(n, std::iter::repeat(1u8)),
+            Err(Error::OutOfMemory { .. })
+        ));
+    }
+
+    #[test]
+    fn granted_requests_hold_exactly_what_was_asked() -> Result<()> {
+        assert_eq!(filled(3, 7i64)?, vec![7, 7, 7]);
+        assert_eq!(collect(2, [1, 2, 3].into_iter())?, vec![1, 2]);
+        let v = par_collect((0..100_000u32).into_par_iter().map(|x| x * 2))?;
+        assert_eq!(v.len(), 100_000);
+        assert_eq!(v[99_999], 199_998);
+        assert_eq!(copy_of(&[1.5f32, 2.5])?, vec![1.5, 2.5]);
+        Ok(())
+    }
+}
