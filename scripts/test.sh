@@ -20,3 +20,12 @@ HEMI_SIM_ASAN=1 \
     CARGO_TARGET_DIR=target/asan \
     CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/scripts/asan-runner.sh" \
     cargo test --features cuda --test cuda_sim
+# The fuzz slice (random op programs on the CPU and the emulator, random checkpoint bytes)
+# under the same AddressSanitizer build; it requests allocations larger than memory on purpose
+# (they must come back as `Err(OutOfMemory)`), which ASan must answer with null, not a report.
+HEMI_SIM_ASAN=1 \
+    ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 \
+    RUSTFLAGS="-Clink-arg=-fsanitize=address -Clink-arg=-lasan" \
+    CARGO_TARGET_DIR=target/asan \
+    CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/scripts/asan-runner.sh" \
+    cargo test -p hemi-fuzz --features cuda --test slice

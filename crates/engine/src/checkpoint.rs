@@ -218,32 +218,46 @@ struct Entry {
     start: u64,
 }
 
-/// An open checkpoint whose header is parsed and checked against the file's length; tensors
-/// are read one at a time ([`Index::read`]), so loading never holds the whole file.
-struct Index {
+/// An open checkpoint whose header is parsed and checked against the source's length;
+/// tensors are read one at a time ([`Index::read`]), so loading never holds the whole file.
+struct Index<R> {
+    /// The file's path (or a description of the reader), for messages.
     path: std::path::PathBuf,
-    file: std::fs::File,
+    reader: R,
     /// In file order.
     entries: Vec<Entry>,
 }
 
-impl Index {
-    fn open(path: &Path) -> Result<Index> {
-        use std::io::Read;
-        let mut file = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
-        let file_len = file.metadata().map_err(|e| io_err(path, e))?.len();
+impl Index<std::fs::File> {
+    fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
+        Index::new(path, file)
+    }
+}
+
+impl<R: std::io::Read + std::io::Seek> Index<R> {
+    /// Parses the header of the safetensors data `reader` holds (from its start to its end).
+    fn new(path: &Path, mut reader: R) -> Result<Self> {
+        use std::io::SeekFrom;
+        let len = reader
+            .seek(SeekFrom::End(0))
+            .and_then(|len| reader.seek(SeekFrom::Start(0)).map(|_| len))
+            .map_err(|e| io_err(path, e))?;
         let mut len8 = [0u8; 8];
-        file.read_exact(&mut len8)
+        reader
+            .read_exact(&mut len8)
             .map_err(|_| invalid_file(path, "shorter than its 8-byte header length"))?;
         let n = u64::from_le_bytes(len8);
-        if n > MAX_HEADER_BYTES || n > file_len - 8 {
+        if n > MAX_HEADER_BYTES || n > len - 8 {
             return Err(invalid_file(
                 path,
-                format!("header of {n} bytes in a file of {file_len}"),
+                format!("header of {n} bytes in a file of {len}"),
             ));
         }
         let mut header = crate::alloc::filled(n as usize, 0u8)?;
-        file.read_exact(&mut header).map_err(|e| io_err(path, e))?;
+        reader
+            .read_exact(&mut header)
+            .map_err(|e| io_err(path, e))?;
         reject_duplicate_names(path, &header)?;
         let meta: safetensors::tensor::Metadata =
             serde_json::from_slice(&header).map_err(|e| invalid_file(path, e))?;
@@ -269,48 +283,69 @@ impl Index {
                 name,
             });
         }
-        if data_start + end as u64 != file_len {
+        if u64::try_from(end).map_or(true, |end| end != len - data_start) {
             return Err(invalid_file(
                 path,
                 format!(
-                    "{} bytes of tensor data, the file holds {}",
-                    end,
-                    file_len - data_start
+                    "{end} bytes of tensor data, the file holds {}",
+                    len - data_start
                 ),
             ));
         }
         Ok(Index {
             path: path.to_path_buf(),
-            file,
+            reader,
             entries,
         })
     }
 
     /// Reads entry `i` into one host buffer and places it on `device`.
     fn read(&mut self, i: usize, device: Device) -> Result<Tensor> {
-        use std::io::{Read, Seek, SeekFrom};
+        use std::io::SeekFrom;
         let e = &self.entries[i];
         let n = Shape::from(e.shape.clone()).checked_elem_count("load")?;
         let mut host = CpuStorage::full(e.dtype, n, 0.0)?;
         let path = &self.path;
-        self.file
+        self.reader
             .seek(SeekFrom::Start(e.start))
-            .and_then(|_| self.file.read_exact(host.as_bytes_mut()))
+            .and_then(|_| self.reader.read_exact(host.as_bytes_mut()))
             .map_err(|err| io_err(path, format!("tensor {}: {err}", e.name)))?;
         Tensor::from_host(host, e.shape.clone(), device)
+    }
+
+    /// Every tensor, read one at a time.
+    fn read_all(mut self, device: Device) -> Result<BTreeMap<String, Tensor>> {
+        let mut out = BTreeMap::new();
+        for i in 0..self.entries.len() {
+            let t = self.read(i, device)?;
+            out.insert(std::mem::take(&mut self.entries[i].name), t);
+        }
+        Ok(out)
     }
 }
 
 /// Reads every tensor of a safetensors file onto `device`, one tensor's bytes at a time (the
-/// result holds them all; peak extra host memory is one tensor).
+/// result holds them all; peak extra host memory is one tensor). A malformed file — bad
+/// header, unsupported dtype, offsets that do not tile the data, a duplicate name, a length
+/// that does not match — is an `Err` naming the path.
 pub fn load_tensors(path: impl AsRef<Path>, device: Device) -> Result<BTreeMap<String, Tensor>> {
-    let mut index = Index::open(path.as_ref())?;
-    let mut out = BTreeMap::new();
-    for i in 0..index.entries.len() {
-        let t = index.read(i, device)?;
-        out.insert(index.entries[i].name.clone(), t);
-    }
-    Ok(out)
+    Index::open(path.as_ref())?.read_all(device)
+}
+
+/// [`load_tensors`] from any seekable reader holding a safetensors file (an in-memory buffer:
+/// `std::io::Cursor::new(bytes)`); `name` stands for the path in messages.
+///
+/// ```
+/// use hemi_engine::{checkpoint, Device};
+/// let err = checkpoint::load_tensors_from("bytes", std::io::Cursor::new(b"not a checkpoint"), Device::Cpu);
+/// assert!(err.unwrap_err().to_string().contains("not a valid safetensors file"));
+/// ```
+pub fn load_tensors_from(
+    name: &str,
+    reader: impl std::io::Read + std::io::Seek,
+    device: Device,
+) -> Result<BTreeMap<String, Tensor>> {
+    Index::new(Path::new(name), reader)?.read_all(device)
 }
 
 /// Saves a module's parameters and buffers (its [`Module::state_dict`]).

@@ -24,28 +24,37 @@ impl Shape {
     pub fn elem_count(&self) -> usize {
         self.0.iter().product()
     }
-    /// The number of elements, or an error naming `op` when the product of the dims does not
-    /// fit in a `usize` (or exceeds `isize::MAX`, the most elements any buffer can index) —
-    /// where [`Shape::elem_count`] would wrap.
+    /// The number of elements, or an error naming `op` when the product of the non-zero dims
+    /// exceeds `isize::MAX` (the most elements any buffer can index) — where
+    /// [`Shape::elem_count`] would wrap. Zero dims are left out of the check so that, for
+    /// every accepted shape, *every* partial product of its dims (the row counts, plane sizes
+    /// and strides ops compute) fits too: `[0, 2^62, 4]` is refused although it holds no
+    /// element.
     pub fn checked_elem_count(&self, op: &'static str) -> Result<usize> {
-        self.0
+        let nonzero = self
+            .0
             .iter()
+            .filter(|&&d| d != 0)
             .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-            .filter(|&n| n <= isize::MAX as usize)
-            .ok_or_else(|| {
-                Error::shape(
-                    op,
-                    format!("shape {self:?} has more elements than a buffer can hold"),
-                )
-            })
+            .filter(|&n| n <= isize::MAX as usize);
+        match nonzero {
+            Some(_) if self.0.contains(&0) => Ok(0),
+            Some(n) => Ok(n),
+            None => Err(Error::shape(
+                op,
+                format!("shape {self:?} has more elements than a buffer can hold"),
+            )),
+        }
     }
-    /// Row-major strides of a contiguous tensor of this shape.
+    /// Row-major strides of a contiguous tensor of this shape. A shape with no elements may
+    /// have dims whose product overflows (`[0, 2^62, 4]`): its strides saturate at
+    /// `usize::MAX`, which no element is ever addressed with.
     pub fn contiguous_strides(&self) -> Vec<usize> {
         let mut strides = vec![0; self.0.len()];
-        let mut acc = 1;
+        let mut acc = 1usize;
         for (s, d) in strides.iter_mut().zip(&self.0).rev() {
             *s = acc;
-            acc *= *d;
+            acc = acc.saturating_mul(*d);
         }
         strides
     }
@@ -81,7 +90,9 @@ impl Shape {
                 }
             };
         }
-        Ok(Shape(out))
+        let out = Shape(out);
+        out.checked_elem_count(op)?;
+        Ok(out)
     }
 }
 
@@ -200,12 +211,12 @@ impl Layout {
     }
     /// True when the elements are row-major and dense (dims of size 1 may have any stride).
     pub fn is_contiguous(&self) -> bool {
-        let mut acc = 1;
+        let mut acc = 1usize;
         for (&d, &s) in self.dims().iter().zip(&self.strides).rev() {
             if d != 1 && s != acc {
                 return false;
             }
-            acc *= d;
+            acc = acc.saturating_mul(d);
         }
         true
     }
@@ -215,10 +226,10 @@ impl Layout {
         let shape = shape.into();
         let order = format.dim_order(shape.rank())?;
         let mut strides = vec![0; shape.rank()];
-        let mut acc = 1;
+        let mut acc = 1usize;
         for &d in order.iter().rev() {
             strides[d] = acc;
-            acc *= shape.dims()[d];
+            acc = acc.saturating_mul(shape.dims()[d]);
         }
         Some(Layout::new(shape, strides, 0))
     }
@@ -229,13 +240,13 @@ impl Layout {
         let Some(order) = format.dim_order(self.shape.rank()) else {
             return false;
         };
-        let mut acc = 1;
+        let mut acc = 1usize;
         for &d in order.iter().rev() {
             let n = self.dims()[d];
             if n != 1 && self.strides[d] != acc {
                 return false;
             }
-            acc *= n;
+            acc = acc.saturating_mul(n);
         }
         true
     }
@@ -262,6 +273,7 @@ impl Layout {
     }
     /// Views this layout as the broadcast shape `to` (stride 0 on stretched dims).
     pub fn broadcast_as(&self, op: &'static str, to: &Shape) -> Result<Layout> {
+        to.checked_elem_count(op)?;
         let rank = to.rank();
         if self.shape.rank() > rank {
             return Err(Error::shape(

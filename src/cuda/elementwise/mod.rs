@@ -23,6 +23,9 @@ impl ElementwiseOps for CudaBackend {
         dims[dim] = inputs.iter().map(|(_, l)| l.dims()[dim]).sum();
         let out_layout = Layout::contiguous(dims);
         let buf = self.buffer(dtype, out_layout.elem_count())?;
+        if out_layout.elem_count() == 0 {
+            return Ok(Arc::new(buf)); // nothing to copy (strides may be saturated)
+        }
         let stride = out_layout.strides()[dim];
         let mut start = 0;
         for (s, l) in inputs {

@@ -1,7 +1,7 @@
 //! The pooling family (a device may lack it: the default bodies say `Unsupported`).
 
 use super::{unsupported, BackendDevice};
-use crate::{Error, MemoryFormat, Result, StorageRef};
+use crate::{Error, MemoryFormat, Result, Shape, StorageRef};
 
 /// Geometry of a 2-D max or average pooling over `[n, c, h, w]`; input, output and
 /// gradients are dense in `format` (NCHW or channels-last NHWC).
@@ -45,14 +45,27 @@ impl Pool2dSpec {
                 format!("kernel {k:?}, stride {s:?} and dilation {d:?} must be positive"),
             ));
         }
-        if 2 * p.0 > k.0 || 2 * p.1 > k.1 {
+        if p.0 > k.0 / 2 || p.1 > k.1 / 2 {
             return Err(Error::invalid(
                 op,
                 format!("padding {p:?} must be at most half the kernel {k:?}"),
             ));
         }
-        let eff = (d.0 * (k.0 - 1) + 1, d.1 * (k.1 - 1) + 1);
-        if self.h + 2 * p.0 < eff.0 || self.w + 2 * p.1 < eff.1 {
+        // The dilated window and the padded input, without wrapping.
+        let span = |d: usize, k: usize| d.checked_mul(k - 1).and_then(|x| x.checked_add(1));
+        let padded = |n: usize, p: usize| p.checked_mul(2).and_then(|x| x.checked_add(n));
+        let (Some(e0), Some(e1), Some(h), Some(w)) = (
+            span(d.0, k.0),
+            span(d.1, k.1),
+            padded(self.h, p.0),
+            padded(self.w, p.1),
+        ) else {
+            return Err(Error::invalid(
+                op,
+                format!("kernel {k:?}, dilation {d:?} and padding {p:?} overflow"),
+            ));
+        };
+        if h < e0 || w < e1 {
             return Err(Error::invalid(
                 op,
                 format!(
@@ -61,6 +74,7 @@ impl Pool2dSpec {
                 ),
             ));
         }
+        Shape::new(self.output_dims()).checked_elem_count(op)?;
         Ok(())
     }
     /// Input dims `[n, c, h, w]`.

@@ -178,11 +178,16 @@ pub(crate) fn cat(parts: &[(CpuStorage, Vec<usize>)], dim: usize) -> Result<CpuS
     let Some((first, first_dims)) = parts.first() else {
         return Err(Error::invalid("cat", "needs at least one tensor"));
     };
-    let outer: usize = first_dims[..dim].iter().product();
     let blocks: Vec<usize> = parts
         .iter()
         .map(|(_, d)| d[dim..].iter().product())
         .collect();
+    // With nothing to copy, `outer` may be huge (`[2^62, 0]`): do not loop over it.
+    let outer: usize = if blocks.iter().all(|&b| b == 0) {
+        0
+    } else {
+        first_dims[..dim].iter().product()
+    };
     macro_rules! join {
         ($variant:ident) => {{
             let mut out = crate::alloc::with_capacity(blocks.iter().sum::<usize>() * outer)?;

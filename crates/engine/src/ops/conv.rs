@@ -93,7 +93,7 @@ impl Tensor {
             dilation: p.dilation,
             groups: p.groups,
         };
-        if p.groups == 0 || wd[1] * p.groups != xd[1] {
+        if p.groups == 0 || wd[1].checked_mul(p.groups) != Some(xd[1]) {
             return Err(Error::shape(
                 OP,
                 format!(
@@ -102,7 +102,7 @@ impl Tensor {
                     xd[1],
                     w.shape(),
                     p.groups,
-                    wd[1] * p.groups
+                    wd[1].saturating_mul(p.groups)
                 ),
             ));
         }

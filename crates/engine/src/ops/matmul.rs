@@ -45,14 +45,16 @@ fn batched_spec(op: &'static str, a: &Tensor, b: &Tensor) -> Result<MatmulSpec> 
             ),
         ));
     }
-    Ok(MatmulSpec {
+    let spec = MatmulSpec {
         // Broadcasting: a batch of 1 takes the other's, also 0 (max would read past an empty
         // operand).
         batch: if ab == 1 { bb } else { ab },
         m,
         n,
         k,
-    })
+    };
+    crate::Shape::new([spec.batch, m, n]).checked_elem_count(op)?;
+    Ok(spec)
 }
 
 impl Tensor {

@@ -137,6 +137,8 @@ impl Tensor {
                 format!("output size {out_hw:?} must be positive"),
             ));
         }
+        let d = self.dims();
+        crate::Shape::new([d[0], d[1], out_hw.0, out_hw.1]).checked_elem_count(OP)?;
         let format = self.suggest_memory_format();
         let x = self.to_dense_buffer(format)?;
         let d = x.dims();

@@ -352,15 +352,18 @@ impl Tensor {
                     ),
                 ));
             }
-            total += t.dims()[d];
+            total = usize::checked_add(total, t.dims()[d]).ok_or_else(|| {
+                Error::shape("cat", format!("dim {d} sizes overflow at {:?}", t.shape()))
+            })?;
         }
+        let mut dims = first.dims().to_vec();
+        dims[d] = total;
+        crate::Shape::new(dims.clone()).checked_elem_count("cat")?;
         let parts: Vec<(crate::StorageRef, Layout)> = ins
             .iter()
             .map(|t| (t.storage(), t.layout().clone()))
             .collect();
         let s = first.backend()?.cat(&parts, d)?;
-        let mut dims = first.dims().to_vec();
-        dims[d] = total;
         let out = Tensor::contiguous_from(s, dims);
         let sizes: Vec<usize> = ins.iter().map(|t| t.dims()[d]).collect();
         let refs: Vec<&Tensor> = ins.iter().collect();
