@@ -328,3 +328,23 @@ fn host_allocations_larger_than_memory_are_errors() -> Result<()> {
     }
     Ok(())
 }
+
+/// Batched products whose operands are empty views with non-zero batch strides (found by the
+/// fuzz harness: the CPU indexed past an empty buffer): an empty M gives an empty result, an
+/// empty K gives zeros — through matmul and gemm, on every device.
+#[test]
+fn batched_products_of_empty_strided_operands() -> Result<()> {
+    for device in common::devices() {
+        let empty_m = Tensor::zeros([0, 2, 1], DType::F32, device)?.permute(&[1, 0, 2])?;
+        let b = Tensor::ones([2, 1, 3], DType::F32, device)?;
+        assert_eq!(empty_m.matmul(&b)?.dims(), &[2, 0, 3]);
+        let empty_k = Tensor::zeros([0, 2, 3], DType::F32, device)?.permute(&[1, 2, 0])?;
+        let rhs = Tensor::zeros([0, 2, 4], DType::F32, device)?.permute(&[1, 0, 2])?;
+        let y = empty_k.matmul(&rhs)?;
+        assert_eq!(y.dims(), &[2, 3, 4]);
+        assert_eq!(y.to_vec::<f32>()?, vec![0.0; 24], "{device}");
+        let g = Tensor::gemm(&empty_k, &rhs, &hemi::GemmOptions::new(DType::F32))?;
+        assert_eq!(g.to_vec::<f32>()?, vec![0.0; 24], "{device}");
+    }
+    Ok(())
+}

@@ -80,6 +80,11 @@ fn batched<T: 'static + Copy + num_traits::Zero + num_traits::One + Send + Sync>
 ) -> Result<Vec<T>> {
     let MatmulSpec { batch, m, n, k } = *spec;
     let mut out = crate::alloc::filled(batch * m * n, T::zero())?;
+    if m == 0 || n == 0 || k == 0 {
+        // Nothing to multiply (an empty K sums to zero): the operands may be empty buffers that
+        // the batch offsets below would index past.
+        return Ok(out);
+    }
     let (ls, rs) = (ll.strides(), rl.strides());
     for (b, dst) in out.chunks_mut((m * n).max(1)).enumerate().take(batch) {
         let lo = ll.offset() + b * ls[0];
