@@ -217,7 +217,7 @@ fn scratch_dir(name: &str) -> std::path::PathBuf {
 fn a_checkpoint_naming_a_tensor_twice_is_rejected() {
     let header = br#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
     let mut h = header.to_vec();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut bytes = (h.len() as u64).to_le_bytes().to_vec();

@@ -68,7 +68,7 @@ impl CudaBackend {
     pub(crate) fn upload_table<T: bytemuck::Pod>(&self, records: &[T]) -> Result<Table<'_>> {
         let bytes: &[u8] = bytemuck::cast_slice(records);
         let mut guard = self.tables.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.as_ref().map_or(true, |b| b.bytes() < bytes.len()) {
+        if guard.as_ref().is_none_or(|b| b.bytes() < bytes.len()) {
             *guard = None;
             *guard = Some(self.buffer(DType::F32, bytes.len().div_ceil(4).max(64))?);
         }

@@ -33,7 +33,7 @@ impl<'a> Span<'a> {
 
     /// Elements `offset .. offset + len` of `buf`; an error naming `op` unless they fit.
     pub fn new(op: &'static str, buf: &'a CudaBuffer, offset: usize, len: usize) -> Result<Self> {
-        if offset.checked_add(len).map_or(true, |end| end > buf.len()) {
+        if offset.checked_add(len).is_none_or(|end| end > buf.len()) {
             return Err(Error::shape(
                 op,
                 format!(

@@ -52,10 +52,7 @@ impl CudaBuffer {
     }
     /// Errors unless `offset .. offset + len` bytes lie inside the buffer.
     fn check_range(&self, op: &'static str, offset: usize, len: usize) -> Result<()> {
-        if offset
-            .checked_add(len)
-            .map_or(true, |end| end > self.bytes())
-        {
+        if offset.checked_add(len).is_none_or(|end| end > self.bytes()) {
             return Err(Error::ShapeMismatch {
                 op,
                 msg: format!("bytes {offset}..+{len} of a {}-byte buffer", self.bytes()),

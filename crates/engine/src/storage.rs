@@ -143,7 +143,7 @@ impl CpuStorage {
     /// Elements of `dtype` from little-endian bytes (any alignment; a trailing partial
     /// element is an error; `Err(OutOfMemory)` when the host cannot hold the copy).
     pub fn from_bytes(dtype: DType, b: &[u8]) -> Result<CpuStorage> {
-        if b.len() % dtype.size_in_bytes() != 0 {
+        if !b.len().is_multiple_of(dtype.size_in_bytes()) {
             return Err(Error::InvalidArgument {
                 op: "from_bytes",
                 msg: format!(

@@ -186,8 +186,8 @@ pub fn conv(
     if tier == Tier::Mma {
         let ok = matches!(a.dtype(), DType::F16 | DType::BF16)
             && spec.format == MemoryFormat::ChannelsLast
-            && spec.c_in % 8 == 0
-            && spec.c_out % 8 == 0;
+            && spec.c_in.is_multiple_of(8)
+            && spec.c_out.is_multiple_of(8);
         if !ok {
             return Err(Error::invalid(
                 op,

@@ -89,7 +89,7 @@ impl CudaBackend {
         spec.validate(op)?;
         let (a, b) = (self.get(op, a)?, self.get(op, b)?);
         let tensor_cores = matches!(a.dtype(), DType::F16 | DType::BF16)
-            && spec.c_out % 8 == 0
+            && spec.c_out.is_multiple_of(8)
             && spec.groups == 1;
         if !tensor_cores {
             return Ok(Arc::new(self.conv_tier(mode, Tier::Simt, spec, a, b)?));

@@ -49,7 +49,7 @@ fn unary_code(device: hemi_engine::Device, op: UnaryOp) -> Result<(i32, f32, f32
 /// Whether the view is contiguous from a 16-byte-aligned first element (the vectorized
 /// kernels' precondition).
 fn vectorizable(x: &View<'_>) -> bool {
-    x.layout().is_contiguous() && x.start() % 16 == 0
+    x.layout().is_contiguous() && x.start().is_multiple_of(16)
 }
 
 /// `y = op(x)` elementwise over the view `x` into contiguous `y` of the same dtype and element
@@ -68,7 +68,7 @@ pub fn unary(op: UnaryOp, x: &View<'_>, y: &Span<'_>) -> Result<()> {
         return Ok(());
     }
     let mut count = n as i64;
-    if vectorizable(x) && y.ptr() % 16 == 0 {
+    if vectorizable(x) && y.ptr().is_multiple_of(16) {
         let (mut code, mut sa, mut sb, mut xp, mut yp) = (code, sa, sb, x.start(), y.ptr());
         let mut a = kernel_args![code, sa, sb, xp, yp, count];
         // SAFETY: unary_vec_T(int, float, float, const T*, T*, long long); `x` is n contiguous
@@ -122,7 +122,7 @@ pub fn binary(op: BinaryOp, x: &View<'_>, z: &View<'_>, y: &Span<'_>) -> Result<
         return Ok(());
     }
     let code = binary_code(d.device(), op)?;
-    if vectorizable(x) && vectorizable(z) && y.ptr() % 16 == 0 {
+    if vectorizable(x) && vectorizable(z) && y.ptr().is_multiple_of(16) {
         let (mut code, mut xp, mut zp, mut yp, mut count) =
             (code, x.start(), z.start(), y.ptr(), n as i64);
         let mut a = kernel_args![code, xp, zp, yp, count];

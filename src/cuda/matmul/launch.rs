@@ -170,7 +170,7 @@ pub enum GemmKernel {
 /// B k-contiguous (or n-contiguous with N % 8 == 0), 16-byte aligned rows and bases, K a
 /// multiple of 8, 2-byte elements. Returns the kernel's `(a_kcontig, b_kcontig)` flags.
 pub fn mma_layout(args: &GemmArgs, elem_bytes: u64) -> Option<(i32, i32)> {
-    let aligned = |o: &Operand| o.ptr % 16 == 0 && o.batch_stride % 8 == 0;
+    let aligned = |o: &Operand| o.ptr.is_multiple_of(16) && o.batch_stride % 8 == 0;
     let (a, b) = (&args.a, &args.b);
     if elem_bytes != 2 || args.k % 8 != 0 || !aligned(a) || !aligned(b) {
         return None;

@@ -49,7 +49,7 @@ impl Conv2dSpec {
                 format!("dilation {dilation:?} must be positive"),
             ));
         }
-        if groups == 0 || self.c_in % groups != 0 || self.c_out % groups != 0 {
+        if groups == 0 || !self.c_in.is_multiple_of(groups) || !self.c_out.is_multiple_of(groups) {
             return Err(Error::invalid(
                 op,
                 format!(

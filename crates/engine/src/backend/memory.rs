@@ -14,10 +14,7 @@ pub fn check_copy_into(
 ) -> Result<()> {
     check_bounds("copy_into", src, src_layout)?;
     let n = src_layout.elem_count();
-    if dst_offset
-        .checked_add(n)
-        .map_or(true, |end| end > dst.len())
-    {
+    if dst_offset.checked_add(n).is_none_or(|end| end > dst.len()) {
         return Err(Error::shape(
             "copy_into",
             format!(

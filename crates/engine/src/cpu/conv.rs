@@ -1,5 +1,6 @@
-//! CPU 2-D convolution (NCHW input, OIHW weight) by im2col + GEMM per image and group,
-//! parallel over the batch. Computes in f32 (f64 for F64) and rounds once at the output, into
+//! CPU 2-D convolution (NCHW input, OIHW weight) by im2col + GEMM per group over chunks of
+//! images (as many images per GEMM as make its N = images × pixels ≥ 256 wide), parallel over
+//! the chunks (or inside the GEMMs when there are fewer chunks than threads). Computes in f32 (f64 for F64) and rounds once at the output, into
 //! `spec.out_dtype`. Channels-last operands are gathered into NCHW order on the way in and
 //! the result scattered back to NHWC on the way out (two extra passes over memory: the CPU
 //! accepts both formats; a native NHWC path is CPU-speed work).
@@ -53,15 +54,16 @@ impl Geometry {
             .filter(|&i| i < size)
     }
 
-    /// Fills `col [K, P]` from channels of group `g` of one image `x [c_in, h, w]`.
-    fn im2col<T: Float>(&self, x: &[T], g: usize, col: &mut [T]) {
+    /// Fills `col [K, P]` (rows `ld` apart) from channels of group `g` of one image
+    /// `x [c_in, h, w]`.
+    fn im2col<T: Float>(&self, x: &[T], g: usize, col: &mut [T], ld: usize) {
         let s = &self.s;
         for ci in 0..self.cin_g {
             let plane = &x[(g * self.cin_g + ci) * s.h * s.w..][..s.h * s.w];
             for ki in 0..s.kh {
                 for kj in 0..s.kw {
                     let row = (ci * s.kh + ki) * s.kw + kj;
-                    let dst = &mut col[row * self.p..][..self.p];
+                    let dst = &mut col[row * ld..][..self.p];
                     for oy in 0..self.oh {
                         let iy = Self::src(oy, ki, s.stride.0, s.padding.0, s.dilation.0, s.h);
                         for ox in 0..self.ow {
@@ -77,15 +79,16 @@ impl Geometry {
         }
     }
 
-    /// Adds `col [K, P]` back into channels of group `g` of one image gradient `dx`.
-    fn col2im<T: Float>(&self, col: &[T], g: usize, dx: &mut [T]) {
+    /// Adds `col [K, P]` (rows `ld` apart) back into channels of group `g` of one image
+    /// gradient `dx`.
+    fn col2im<T: Float>(&self, col: &[T], ld: usize, g: usize, dx: &mut [T]) {
         let s = &self.s;
         for ci in 0..self.cin_g {
             let plane = &mut dx[(g * self.cin_g + ci) * s.h * s.w..][..s.h * s.w];
             for ki in 0..s.kh {
                 for kj in 0..s.kw {
                     let row = (ci * s.kh + ki) * s.kw + kj;
-                    let src = &col[row * self.p..][..self.p];
+                    let src = &col[row * ld..][..self.p];
                     for oy in 0..self.oh {
                         let Some(y) = Self::src(oy, ki, s.stride.0, s.padding.0, s.dilation.0, s.h)
                         else {
@@ -105,6 +108,63 @@ impl Geometry {
     }
 }
 
+impl Geometry {
+    /// Images per GEMM: enough that its N = images × P is at least 256 columns wide (late
+    /// layers have few pixels: per image, 512 × 4 × 4608 runs at a third of the speed of a
+    /// wide product), at most the batch.
+    fn chunk_images(&self) -> usize {
+        256usize.div_ceil(self.p.max(1)).clamp(1, self.s.n.max(1))
+    }
+}
+
+/// Row `r` of image `j` in a wide `[rows, imgs·P]` matrix (rows `imgs·P` apart) sits at
+/// `images[j·img + (r0 + r)·P ..][..P]` of the per-image NCHW blocks (`img` elements each).
+/// `scatter_rows` copies wide → images, `gather_rows` images → wide.
+fn scatter_rows<T: Copy>(
+    wide: &[T],
+    images: &mut [T],
+    (rows, p, imgs, img, r0): (usize, usize, usize, usize, usize),
+) {
+    for r in 0..rows {
+        for j in 0..imgs {
+            images[j * img + (r0 + r) * p..][..p].copy_from_slice(&wide[(r * imgs + j) * p..][..p]);
+        }
+    }
+}
+
+/// The inverse of [`scatter_rows`].
+fn gather_rows<T: Copy>(
+    wide: &mut [T],
+    images: &[T],
+    (rows, p, imgs, img, r0): (usize, usize, usize, usize, usize),
+) {
+    for r in 0..rows {
+        for j in 0..imgs {
+            wide[(r * imgs + j) * p..][..p].copy_from_slice(&images[j * img + (r0 + r) * p..][..p]);
+        }
+    }
+}
+
+/// Runs `f(chunk index, chunk)` over `chunk`-sized pieces of `data`, in parallel when there are
+/// at least as many pieces as threads (each piece's GEMMs then run serially), else serially
+/// with parallel GEMMs. `f` gets `serial_gemm`.
+fn over_chunks<T: Send>(
+    data: &mut [T],
+    chunk: usize,
+    f: impl Fn(usize, &mut [T], bool) -> Result<()> + Sync + Send,
+) -> Result<()> {
+    let pieces = data.len().div_ceil(chunk);
+    if pieces >= rayon::current_num_threads() {
+        data.par_chunks_mut(chunk)
+            .enumerate()
+            .try_for_each(|(i, d)| f(i, d, true))
+    } else {
+        data.chunks_mut(chunk)
+            .enumerate()
+            .try_for_each(|(i, d)| f(i, d, false))
+    }
+}
+
 fn forward<T: Float + Send + Sync + 'static>(x: &[T], w: &[T], g: &Geometry) -> Result<Vec<T>> {
     let s = &g.s;
     let img_in = s.c_in * s.h * s.w;
@@ -113,29 +173,44 @@ fn forward<T: Float + Send + Sync + 'static>(x: &[T], w: &[T], g: &Geometry) -> 
     if img_out == 0 {
         return Ok(out);
     }
-    let serial = s.n < rayon::current_num_threads();
-    let run = |(img, dst): (usize, &mut [T])| {
-        let mut col = crate::alloc::filled(g.k * g.p, T::zero())?;
+    let per = g.chunk_images();
+    over_chunks(&mut out, per * img_out, |c, dst, serial| {
+        let imgs = dst.len() / img_out;
+        let ld = imgs * g.p;
+        let mut col = crate::alloc::filled(g.k * ld, T::zero())?;
+        let mut wide = if imgs > 1 {
+            crate::alloc::filled(g.cout_g * ld, T::zero())?
+        } else {
+            Vec::new()
+        };
         for grp in 0..s.groups {
-            g.im2col(&x[img * img_in..][..img_in], grp, &mut col);
+            for j in 0..imgs {
+                let img = c * per + j;
+                g.im2col(&x[img * img_in..][..img_in], grp, &mut col[j * g.p..], ld);
+            }
+            let w_g = &w[grp * g.cout_g * g.k..];
+            let y: &mut [T] = if imgs > 1 {
+                &mut wide
+            } else {
+                &mut dst[grp * g.cout_g * g.p..]
+            };
             gemm_strided(
-                (g.cout_g, g.p, g.k),
-                &mut dst[grp * g.cout_g * g.p..],
-                &w[grp * g.cout_g * g.k..],
+                (g.cout_g, ld, g.k),
+                y,
+                w_g,
                 (g.k, 1),
                 &col,
-                (g.p, 1),
+                (ld, 1),
                 false,
-                serial,
+                !serial,
             );
+            if imgs > 1 {
+                let shape = (g.cout_g, g.p, imgs, img_out, grp * g.cout_g);
+                scatter_rows(&wide, dst, shape);
+            }
         }
         Ok(())
-    };
-    if serial {
-        out.chunks_mut(img_out).enumerate().try_for_each(run)?;
-    } else {
-        out.par_chunks_mut(img_out).enumerate().try_for_each(run)?;
-    }
+    })?;
     Ok(out)
 }
 
@@ -152,30 +227,43 @@ fn backward_input<T: Float + Send + Sync + 'static>(
         // An empty input (H or W of 0 under padding) has an empty gradient.
         return Ok(dx);
     }
-    let serial = s.n < rayon::current_num_threads();
-    let run = |(img, dst): (usize, &mut [T])| {
-        let mut col = crate::alloc::filled(g.k * g.p, T::zero())?;
+    let per = g.chunk_images();
+    over_chunks(&mut dx, per * img_in, |c, dst, serial| {
+        let imgs = dst.len() / img_in;
+        let ld = imgs * g.p;
+        let dy_c = &dy[c * per * img_out..][..imgs * img_out];
+        let mut dcol = crate::alloc::filled(g.k * ld, T::zero())?;
+        let mut wide = if imgs > 1 {
+            crate::alloc::filled(g.cout_g * ld, T::zero())?
+        } else {
+            Vec::new()
+        };
         for grp in 0..s.groups {
-            // dcol [K, P] = W_g^T [K, cout_g] · dy_g [cout_g, P]
+            // dcol [K, imgs·P] = W_g^T [K, cout_g] · dy_g [cout_g, imgs·P]
+            let dy_g: &[T] = if imgs > 1 {
+                let shape = (g.cout_g, g.p, imgs, img_out, grp * g.cout_g);
+                gather_rows(&mut wide, dy_c, shape);
+                &wide
+            } else {
+                &dy_c[grp * g.cout_g * g.p..]
+            };
+            let w_g = &w[grp * g.cout_g * g.k..];
             gemm_strided(
-                (g.k, g.p, g.cout_g),
-                &mut col,
-                &w[grp * g.cout_g * g.k..],
+                (g.k, ld, g.cout_g),
+                &mut dcol,
+                w_g,
                 (1, g.k),
-                &dy[img * img_out + grp * g.cout_g * g.p..],
-                (g.p, 1),
+                dy_g,
+                (ld, 1),
                 false,
-                serial,
+                !serial,
             );
-            g.col2im(&col, grp, dst);
+            for j in 0..imgs {
+                g.col2im(&dcol[j * g.p..], ld, grp, &mut dst[j * img_in..][..img_in]);
+            }
         }
         Ok(())
-    };
-    if serial {
-        dx.chunks_mut(img_in).enumerate().try_for_each(run)?;
-    } else {
-        dx.par_chunks_mut(img_in).enumerate().try_for_each(run)?;
-    }
+    })?;
     Ok(dx)
 }
 
@@ -188,20 +276,32 @@ fn backward_weight<T: Float + Send + Sync + 'static>(
     let img_in = s.c_in * s.h * s.w;
     let img_out = s.c_out * g.p;
     let wlen = s.c_out * g.k;
-    let serial = s.n < rayon::current_num_threads();
-    let accumulate_image = |acc: Result<Vec<T>>, img: usize| {
+    let per = g.chunk_images();
+    let chunks = s.n.div_ceil(per);
+    let threads = rayon::current_num_threads();
+    let serial = chunks < threads;
+    // dW_g [cout_g, K] += dy_g [cout_g, imgs·P] · col^T [imgs·P, K], chunk by chunk.
+    let accumulate_chunk = |acc: Result<Vec<T>>, c: usize| {
         let mut acc = acc?;
-        let mut col = crate::alloc::filled(g.k * g.p, T::zero())?;
+        let imgs = per.min(s.n - c * per);
+        let ld = imgs * g.p;
+        let mut col = crate::alloc::filled(g.k * ld, T::zero())?;
+        let mut wide = crate::alloc::filled(g.cout_g * ld, T::zero())?;
+        let dy_c = &dy[c * per * img_out..][..imgs * img_out];
         for grp in 0..s.groups {
-            g.im2col(&x[img * img_in..][..img_in], grp, &mut col);
-            // dW_g [cout_g, K] += dy_g [cout_g, P] · col^T [P, K]
+            for j in 0..imgs {
+                let img = c * per + j;
+                g.im2col(&x[img * img_in..][..img_in], grp, &mut col[j * g.p..], ld);
+            }
+            let shape = (g.cout_g, g.p, imgs, img_out, grp * g.cout_g);
+            gather_rows(&mut wide, dy_c, shape);
             gemm_strided(
-                (g.cout_g, g.k, g.p),
+                (g.cout_g, g.k, ld),
                 &mut acc[grp * g.cout_g * g.k..],
-                &dy[img * img_out + grp * g.cout_g * g.p..],
-                (g.p, 1),
+                &wide,
+                (ld, 1),
                 &col,
-                (1, g.p),
+                (1, ld),
                 true,
                 serial,
             );
@@ -210,11 +310,13 @@ fn backward_weight<T: Float + Send + Sync + 'static>(
     };
     let zeros = || crate::alloc::filled(wlen, T::zero());
     if serial {
-        (0..s.n).fold(zeros(), accumulate_image)
+        (0..chunks).fold(zeros(), accumulate_chunk)
     } else {
-        (0..s.n)
+        // At most one accumulator per thread.
+        (0..chunks)
             .into_par_iter()
-            .fold(zeros, accumulate_image)
+            .with_min_len(chunks.div_ceil(threads))
+            .fold(zeros, accumulate_chunk)
             // Every fold result has `wlen` elements; the identity is empty (no allocation).
             .try_reduce(Vec::new, |mut a, b| {
                 if a.is_empty() {

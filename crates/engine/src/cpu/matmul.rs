@@ -39,6 +39,21 @@ pub(crate) fn gemm_strided<T: 'static + Copy + num_traits::Zero + num_traits::On
         rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs,
         "gemm_strided: rhs too small"
     );
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && super::sgemm::suits((m, n), rhs_cs)
+    {
+        // SAFETY: `T` is `f32` (same TypeId), so these are the same slices retyped.
+        let (dst, lhs, rhs) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<f32>(), dst.len()),
+                std::slice::from_raw_parts(lhs.as_ptr().cast::<f32>(), lhs.len()),
+                std::slice::from_raw_parts(rhs.as_ptr().cast::<f32>(), rhs.len()),
+            )
+        };
+        let (ls, rs) = ((lhs_rs, lhs_cs), (rhs_rs, rhs_cs));
+        super::sgemm::sgemm((m, n, k), dst, lhs, ls, rhs, rs, accumulate, parallel);
+        return;
+    }
     let par = if parallel && m * n * k >= 1 << 18 {
         Parallelism::Rayon(rayon::current_num_threads())
     } else {

@@ -15,6 +15,7 @@ mod norm;
 mod optim;
 mod pool;
 mod reduce;
+mod sgemm;
 mod sum;
 
 use crate::{CpuStorage, Device, StorageRef};

@@ -55,7 +55,7 @@ impl Conv2d {
                 "channels, kernel and groups must be positive",
             ));
         }
-        if in_channels % g != 0 || out_channels % g != 0 {
+        if !in_channels.is_multiple_of(g) || !out_channels.is_multiple_of(g) {
             return Err(Error::invalid(
                 "Conv2d",
                 format!("groups {g} must divide in {in_channels} and out {out_channels} channels"),

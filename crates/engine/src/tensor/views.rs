@@ -273,7 +273,7 @@ impl Tensor {
         }
         let d = self.shape().dim_index("narrow", dim)?;
         let size = self.dims()[d];
-        if start.checked_add(len).map_or(true, |end| end > size) {
+        if start.checked_add(len).is_none_or(|end| end > size) {
             return Err(Error::invalid(
                 "narrow",
                 format!(

@@ -1,0 +1,325 @@
+//! f32 GEMM with an AVX-512 microkernel, chosen at run time where the CPU has AVX-512F (the
+//! `gemm` crate's AVX-512 kernels need a nightly compiler; on stable it runs AVX2 only). Other
+//! CPUs, and f64, keep the `gemm` crate.
+//!
+//! The shapes hemi multiplies on the CPU are mostly small (one image of a convolution:
+//! `C_out × (H·W) × (C_in·9)`), so packing must cost little: A is packed `KC` deep into
+//! `MR`-row slivers (zero-padded), B is read in place when its rows are contiguous (else copied
+//! row-major once), and a `MR × NR = 12 × 32` register tile (24 zmm accumulators, A broadcast
+//! from the sliver) runs `KC` fused multiply-adds per element, masked loads and stores at the
+//! column edge. C is accumulated across `KC` passes in memory. Every element is a sum of f32
+//! FMAs in `k` order, so the error bound is DESIGN.md's GEMM bound (`K · 2^-24 · |A||B|`,
+//! within the stated `K · 2^-23`).
+//!
+//! Prediction (roofline of one core): 2 FMA units × 16 lanes × 2 flops = 64 flop/cycle; the
+//! kernel issues 24 FMAs per 2 loads + 12 broadcasts per k step, so it is FMA-bound at about
+//! 90% of that; the `gemm` crate's AVX2 kernel peaks at half of it (8 lanes).
+
+/// Rows of the register tile.
+pub(crate) const MR: usize = 12;
+/// Columns of the register tile (two zmm vectors).
+pub(crate) const NR: usize = 32;
+/// Depth of one pass over k (A and B slivers of this depth stay in L1).
+const KC: usize = 256;
+
+/// Whether this CPU runs the AVX-512 kernel (detected once; `HEMI_CPU_NO_AVX512` turns it off
+/// for comparisons).
+pub(crate) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            std::env::var_os("HEMI_CPU_NO_AVX512").is_none()
+                && std::arch::is_x86_feature_detected!("avx512f")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether the AVX-512 kernel beats the `gemm` crate for an `m × n` product whose B has column
+/// stride `rhs_cs`: it needs wide rows of C and B read in place. Measured per ResNet shape
+/// (one core, a throwaway timing loop over both kernels; `cargo bench --bench cpu_ops` shows the
+/// conv-level effect): 64×256×576 108 vs 79 GFLOP/s, 64×3136×576 94 vs 77; but
+/// 256×16×2304 36 vs 95 and 512×4×4608 9 vs 28 (most of each 32-wide tile masked off), and a
+/// transposed B (a weight gradient, 64×576×256) 63 vs 82 (the copy) — those stay with the crate.
+pub(crate) fn suits((m, n): (usize, usize), rhs_cs: usize) -> bool {
+    available() && rhs_cs == 1 && n >= 64 && m >= 16
+}
+
+thread_local! {
+    /// Packing buffers reused across calls on this thread (no allocation or zero-fill per call).
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Packs rows `0..m` × cols `k0..k0+kc` of A (element `(r, c)` at `a[r*rs + c*cs]`) into
+/// `MR`-row slivers: sliver `s` holds `kc` groups of `MR` values; rows past `m` are 0.
+fn pack_a(
+    a: &[f32],
+    (rs, cs): (usize, usize),
+    m: usize,
+    (k0, kc): (usize, usize),
+    out: &mut Vec<f32>,
+) {
+    let slivers = m.div_ceil(MR);
+    out.resize(slivers * kc * MR, 0.0);
+    for s in 0..slivers {
+        let dst = &mut out[s * kc * MR..][..kc * MR];
+        let rows = (m - s * MR).min(MR);
+        for i in 0..MR {
+            if i >= rows {
+                (0..kc).for_each(|p| dst[p * MR + i] = 0.0);
+                continue;
+            }
+            let r = s * MR + i;
+            if cs == 1 {
+                for (p, &v) in a[r * rs + k0..][..kc].iter().enumerate() {
+                    dst[p * MR + i] = v;
+                }
+            } else {
+                for p in 0..kc {
+                    dst[p * MR + i] = a[r * rs + (k0 + p) * cs];
+                }
+            }
+        }
+    }
+}
+
+/// Copies B (`k × n`, element `(r, c)` at `b[r*rs + c*cs]`) into row-major `out`.
+fn pack_b_rows(b: &[f32], (rs, cs): (usize, usize), (k, n): (usize, usize), out: &mut Vec<f32>) {
+    out.resize(k * n, 0.0);
+    for r in 0..k {
+        let dst = &mut out[r * n..][..n];
+        for (c, v) in dst.iter_mut().enumerate() {
+            *v = b[r * rs + c * cs];
+        }
+    }
+}
+
+/// One register tile: `C[rows × cols] (+)= A_sliver · B[kc × cols]`, where the A sliver holds
+/// `kc` groups of `MR` values, B rows start `b_rs` apart, C rows `c_rs` apart; `mask0/1` select
+/// the valid columns of the two 16-lane halves.
+///
+/// # Safety
+/// The CPU has AVX-512F; `a` is valid for `kc * MR` reads; for `p < kc`, the `cols` floats at
+/// `b + p*b_rs` are readable; for `i < rows`, the `cols` floats at `c + i*c_rs` are writable.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    b_rs: usize,
+    c: *mut f32,
+    c_rs: usize,
+    rows: usize,
+    (mask0, mask1): (u16, u16),
+    load_c: bool,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    if load_c {
+        for (i, row) in acc.iter_mut().enumerate() {
+            if i < rows {
+                // SAFETY: row i < rows of C is writable (so readable) for the masked columns.
+                unsafe {
+                    row[0] = _mm512_maskz_loadu_ps(mask0, c.add(i * c_rs));
+                    row[1] = _mm512_maskz_loadu_ps(mask1, c.add(i * c_rs + 16));
+                }
+            }
+        }
+    }
+    for p in 0..kc {
+        // SAFETY: B row p is readable for the masked columns; A holds kc * MR values.
+        unsafe {
+            let bp = b.add(p * b_rs);
+            let b0 = _mm512_maskz_loadu_ps(mask0, bp);
+            let b1 = _mm512_maskz_loadu_ps(mask1, bp.add(16));
+            let ap = a.add(p * MR);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = _mm512_set1_ps(*ap.add(i));
+                row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
+                row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        if i < rows {
+            // SAFETY: row i < rows of C is writable for the masked columns.
+            unsafe {
+                _mm512_mask_storeu_ps(c.add(i * c_rs), mask0, row[0]);
+                _mm512_mask_storeu_ps(c.add(i * c_rs + 16), mask1, row[1]);
+            }
+        }
+    }
+}
+
+/// The lane masks of the first `cols` (≤ 32) columns.
+fn masks(cols: usize) -> (u16, u16) {
+    let m = if cols >= 32 {
+        u32::MAX
+    } else {
+        (1u32 << cols) - 1
+    };
+    (m as u16, (m >> 16) as u16)
+}
+
+/// `dst[m × n] (+)= A · B` serially; B is row-contiguous (`b_rs` apart).
+fn gemm_serial(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    a: (&[f32], (usize, usize)),
+    (b, b_rs): (&[f32], usize),
+    accumulate: bool,
+    pa: &mut Vec<f32>,
+) {
+    assert!(dst.len() >= m * n && b.len() > (k - 1) * b_rs + n - 1);
+    for pc in (0..k).step_by(KC) {
+        let kc = KC.min(k - pc);
+        pack_a(a.0, a.1, m, (pc, kc), pa);
+        let load_c = accumulate || pc > 0;
+        for j0 in (0..n).step_by(NR) {
+            let cols = NR.min(n - j0);
+            for (s, i0) in (0..m).step_by(MR).enumerate() {
+                let rows = MR.min(m - i0);
+                // SAFETY: `available()` was checked by the caller; the A sliver holds kc * MR
+                // values; B rows pc..pc+kc have `cols` readable columns from j0 (asserted
+                // extent); C rows i0..i0+rows have `cols` writable columns from j0 (dst holds
+                // m * n).
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    kernel(
+                        kc,
+                        pa.as_ptr().add(s * kc * MR),
+                        b.as_ptr().add(pc * b_rs + j0),
+                        b_rs,
+                        dst.as_mut_ptr().add(i0 * n + j0),
+                        n,
+                        rows,
+                        masks(cols),
+                        load_c,
+                    )
+                };
+            }
+        }
+    }
+}
+
+/// `dst[m, n] (+)= lhs[m, k] · rhs[k, n]` with element strides (row, col) per operand; `dst`
+/// contiguous, `m, n, k > 0`. Callers check `available()` and the slice extents (as for
+/// `gemm_strided`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sgemm(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+    accumulate: bool,
+    parallel: bool,
+) {
+    use rayon::prelude::*;
+    // The buffers are taken out for the call (a nested call on this thread, e.g. from a job
+    // rayon runs while this one waits, simply finds empty ones).
+    let (mut pa, mut pb) = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    {
+        let (pa, pb) = (&mut pa, &mut pb);
+        // A row-contiguous B is read in place; any other layout is copied row-major once.
+        let b: (&[f32], usize) = if rhs_cs == 1 {
+            (rhs, rhs_rs)
+        } else {
+            pack_b_rows(rhs, (rhs_rs, rhs_cs), (k, n), pb);
+            (&pb[..], n)
+        };
+        let threads = rayon::current_num_threads();
+        if parallel && threads > 1 && m >= 2 * MR && m * n * k >= 1 << 20 {
+            // Row blocks across threads, each packing its own A.
+            let rows = m.div_ceil(threads).next_multiple_of(MR);
+            dst[..m * n]
+                .par_chunks_mut(rows * n)
+                .enumerate()
+                .for_each(|(i, d)| {
+                    let a = (&lhs[i * rows * lhs_rs..], (lhs_rs, lhs_cs));
+                    let mut pa = Vec::new();
+                    gemm_serial((d.len() / n, n, k), d, a, b, accumulate, &mut pa);
+                });
+        } else {
+            let a = (lhs, (lhs_rs, lhs_cs));
+            gemm_serial((m, n, k), dst, a, b, accumulate, pa);
+        }
+    }
+    SCRATCH.with(|s| *s.borrow_mut() = (pa, pb));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Odd sizes across every blocking edge, both operand layouts, overwrite and accumulate,
+    /// against an f64 reference within the GEMM bound.
+    #[test]
+    fn matches_f64_reference_at_odd_sizes() {
+        if !available() {
+            println!("skipped: this CPU has no AVX-512F (the gemm crate serves it)");
+            return;
+        }
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut rnd = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (13, 33, 7),
+            (37, 65, 300),
+            (200, 1030, 513),
+            (12, 32, 256),
+        ] {
+            for trans in [false, true] {
+                for accumulate in [false, true] {
+                    let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
+                    let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
+                    let c0: Vec<f32> = (0..m * n).map(|_| rnd()).collect();
+                    // trans: A stored column-major (k-contiguous columns), B row-major
+                    let (ars, acs) = if trans { (1, m) } else { (k, 1) };
+                    let mut c = c0.clone();
+                    sgemm(
+                        (m, n, k),
+                        &mut c,
+                        &a,
+                        (ars, acs),
+                        &b,
+                        (n, 1),
+                        accumulate,
+                        true,
+                    );
+                    for i in 0..m {
+                        for j in 0..n {
+                            let (mut r, mut mag) = (0f64, 0f64);
+                            for p in 0..k {
+                                let x = a[i * ars + p * acs] as f64 * b[p * n + j] as f64;
+                                r += x;
+                                mag += x.abs();
+                            }
+                            if accumulate {
+                                r += c0[i * n + j] as f64;
+                                mag += (c0[i * n + j] as f64).abs();
+                            }
+                            let bound = (k + 1) as f64 * 2f64.powi(-23) * mag + 1e-30;
+                            let got = c[i * n + j] as f64;
+                            assert!(
+                                (got - r).abs() <= bound,
+                                "({m},{n},{k}) trans {trans} acc {accumulate} at ({i},{j}): {got} vs {r}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
