@@ -54,24 +54,49 @@ impl Geometry {
             .filter(|&i| i < size)
     }
 
+    /// The outputs `ox` whose input column `ox·stride + kj·dilation − padding` lies inside
+    /// `0..w`: a contiguous range, and that first input column.
+    fn valid_cols(&self, kj: usize) -> (std::ops::Range<usize>, usize) {
+        let s = &self.s;
+        let (st, tap, pad) = (s.stride.1, kj * s.dilation.1, s.padding.1);
+        let lo = pad.saturating_sub(tap).div_ceil(st);
+        let hi = match (s.w + pad).checked_sub(tap + 1) {
+            Some(last) => (last / st + 1).min(self.ow),
+            None => 0,
+        };
+        let lo = lo.min(hi);
+        (lo..hi, (lo * st + tap).saturating_sub(pad))
+    }
+
     /// Fills `col [K, P]` (rows `ld` apart) from channels of group `g` of one image
-    /// `x [c_in, h, w]`.
+    /// `x [c_in, h, w]`: per output row, zeros left and right of the valid run and the run
+    /// itself copied (contiguous for stride 1).
     fn im2col<T: Float>(&self, x: &[T], g: usize, col: &mut [T], ld: usize) {
         let s = &self.s;
+        let st = s.stride.1;
         for ci in 0..self.cin_g {
             let plane = &x[(g * self.cin_g + ci) * s.h * s.w..][..s.h * s.w];
             for ki in 0..s.kh {
                 for kj in 0..s.kw {
                     let row = (ci * s.kh + ki) * s.kw + kj;
                     let dst = &mut col[row * ld..][..self.p];
-                    for oy in 0..self.oh {
+                    let (run, ix0) = self.valid_cols(kj);
+                    for (oy, out) in dst.chunks_exact_mut(self.ow.max(1)).enumerate() {
                         let iy = Self::src(oy, ki, s.stride.0, s.padding.0, s.dilation.0, s.h);
-                        for ox in 0..self.ow {
-                            let ix = Self::src(ox, kj, s.stride.1, s.padding.1, s.dilation.1, s.w);
-                            dst[oy * self.ow + ox] = match (iy, ix) {
-                                (Some(y), Some(x)) => plane[y * s.w + x],
-                                _ => T::zero(),
-                            };
+                        let Some(iy) = iy.filter(|_| !run.is_empty()) else {
+                            out.fill(T::zero());
+                            continue;
+                        };
+                        out[..run.start].fill(T::zero());
+                        out[run.end..].fill(T::zero());
+                        let src = &plane[iy * s.w + ix0..];
+                        let out = &mut out[run.clone()];
+                        if st == 1 {
+                            out.copy_from_slice(&src[..out.len()]);
+                        } else {
+                            for (o, v) in out.iter_mut().zip(src.iter().step_by(st)) {
+                                *o = *v;
+                            }
                         }
                     }
                 }
@@ -80,25 +105,34 @@ impl Geometry {
     }
 
     /// Adds `col [K, P]` (rows `ld` apart) back into channels of group `g` of one image
-    /// gradient `dx`.
+    /// gradient `dx` (the valid run of each output row only).
     fn col2im<T: Float>(&self, col: &[T], ld: usize, g: usize, dx: &mut [T]) {
         let s = &self.s;
+        let st = s.stride.1;
         for ci in 0..self.cin_g {
             let plane = &mut dx[(g * self.cin_g + ci) * s.h * s.w..][..s.h * s.w];
             for ki in 0..s.kh {
                 for kj in 0..s.kw {
                     let row = (ci * s.kh + ki) * s.kw + kj;
                     let src = &col[row * ld..][..self.p];
-                    for oy in 0..self.oh {
-                        let Some(y) = Self::src(oy, ki, s.stride.0, s.padding.0, s.dilation.0, s.h)
-                        else {
+                    let (run, ix0) = self.valid_cols(kj);
+                    if run.is_empty() {
+                        continue;
+                    }
+                    for (oy, from) in src.chunks_exact(self.ow.max(1)).enumerate() {
+                        let iy = Self::src(oy, ki, s.stride.0, s.padding.0, s.dilation.0, s.h);
+                        let Some(iy) = iy else {
                             continue;
                         };
-                        for ox in 0..self.ow {
-                            if let Some(x) =
-                                Self::src(ox, kj, s.stride.1, s.padding.1, s.dilation.1, s.w)
-                            {
-                                plane[y * s.w + x] = plane[y * s.w + x] + src[oy * self.ow + ox];
+                        let to = &mut plane[iy * s.w + ix0..];
+                        let from = &from[run.clone()];
+                        if st == 1 {
+                            for (d, &v) in to.iter_mut().zip(from) {
+                                *d = *d + v;
+                            }
+                        } else {
+                            for (d, &v) in to.iter_mut().step_by(st).zip(from) {
+                                *d = *d + v;
                             }
                         }
                     }
