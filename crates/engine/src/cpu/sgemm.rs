@@ -86,13 +86,18 @@ fn pack_a(
     }
 }
 
-/// Copies B (`k × n`, element `(r, c)` at `b[r*rs + c*cs]`) into row-major `out`.
+/// Copies B (`k × n`, element `(r, c)` at `b[r*rs + c*cs]`) into row-major `out`, in 32 × 32
+/// tiles (a transposed B is read along its contiguous columns; the tile's rows stay in L1).
 fn pack_b_rows(b: &[f32], (rs, cs): (usize, usize), (k, n): (usize, usize), out: &mut Vec<f32>) {
+    const T: usize = 32;
     out.resize(k * n, 0.0);
-    for r in 0..k {
-        let dst = &mut out[r * n..][..n];
-        for (c, v) in dst.iter_mut().enumerate() {
-            *v = b[r * rs + c * cs];
+    for r0 in (0..k).step_by(T) {
+        for c0 in (0..n).step_by(T) {
+            for c in c0..(c0 + T).min(n) {
+                for r in r0..(r0 + T).min(k) {
+                    out[r * n + c] = b[r * rs + c * cs];
+                }
+            }
         }
     }
 }
