@@ -21,7 +21,6 @@ struct Geometry {
     cout_g: usize,
     k: usize,
     p: usize,
-    oh: usize,
     ow: usize,
 }
 
@@ -35,7 +34,6 @@ impl Geometry {
             cout_g: s.c_out / s.groups,
             k: cin_g * s.kh * s.kw,
             p: oh * ow,
-            oh,
             ow,
         }
     }

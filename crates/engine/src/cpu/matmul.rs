@@ -39,9 +39,7 @@ pub(crate) fn gemm_strided<T: 'static + Copy + num_traits::Zero + num_traits::On
         rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs,
         "gemm_strided: rhs too small"
     );
-    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-        && super::sgemm::suits((m, n), rhs_cs)
-    {
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && super::sgemm::suits((m, n)) {
         // SAFETY: `T` is `f32` (same TypeId), so these are the same slices retyped.
         let (dst, lhs, rhs) = unsafe {
             (

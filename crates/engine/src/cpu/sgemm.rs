@@ -4,10 +4,10 @@
 //!
 //! The shapes hemi multiplies on the CPU are mostly small (one image of a convolution:
 //! `C_out × (H·W) × (C_in·9)`), so packing must cost little: A is packed `KC` deep into
-//! `MR`-row slivers (zero-padded), B is read in place when its rows are contiguous (else copied
-//! row-major once), and a `MR × NR = 12 × 32` register tile (24 zmm accumulators, A broadcast
-//! from the sliver) runs `KC` fused multiply-adds per element, masked loads and stores at the
-//! column edge. C is accumulated across `KC` passes in memory. Every element is a sum of f32
+//! `MR`-row slivers (zero-padded), each `KC × NR` sliver of B (any strides: the weight gradient
+//! reads a transposed one) is packed once and used by every row tile, and a `MR × NR = 12 × 32`
+//! register tile (24 zmm accumulators, A broadcast from the sliver) runs `KC` fused
+//! multiply-adds per element, with masked stores at the column edge. C is accumulated across `KC` passes in memory. Every element is a sum of f32
 //! FMAs in `k` order, so the error bound is DESIGN.md's GEMM bound (`K · 2^-24 · |A||B|`,
 //! within the stated `K · 2^-23`).
 //!
@@ -37,14 +37,13 @@ pub(crate) fn available() -> bool {
     false
 }
 
-/// Whether the AVX-512 kernel beats the `gemm` crate for an `m × n` product whose B has column
-/// stride `rhs_cs`: it needs wide rows of C and B read in place. Measured per ResNet shape
-/// (one core, a throwaway timing loop over both kernels; `cargo bench --bench cpu_ops` shows the
-/// conv-level effect): 64×256×576 108 vs 79 GFLOP/s, 64×3136×576 94 vs 77; but
-/// 256×16×2304 36 vs 95 and 512×4×4608 9 vs 28 (most of each 32-wide tile masked off), and a
-/// transposed B (a weight gradient, 64×576×256) 63 vs 82 (the copy) — those stay with the crate.
-pub(crate) fn suits((m, n): (usize, usize), rhs_cs: usize) -> bool {
-    available() && rhs_cs == 1 && n >= 64 && m >= 16
+/// Whether the AVX-512 kernel beats the `gemm` crate for an `m × n` product: it needs wide rows
+/// of C. Measured per ResNet shape (one core, a throwaway timing loop over both kernels; the
+/// train-step bench shows the effect): 64×256×576 108 vs 79 GFLOP/s, 64×3136×576 94 vs 77; but
+/// 256×16×2304 36 vs 95 and 512×4×4608 9 vs 28 (most of each 32-wide tile masked off) — narrow
+/// products stay with the crate (the convolutions now batch images so N ≥ 256).
+pub(crate) fn suits((m, n): (usize, usize)) -> bool {
+    available() && n >= 64 && m >= 16
 }
 
 thread_local! {
@@ -80,22 +79,6 @@ fn pack_a(
             } else {
                 for p in 0..kc {
                     dst[p * MR + i] = a[r * rs + (k0 + p) * cs];
-                }
-            }
-        }
-    }
-}
-
-/// Copies B (`k × n`, element `(r, c)` at `b[r*rs + c*cs]`) into row-major `out`, in 32 × 32
-/// tiles (a transposed B is read along its contiguous columns; the tile's rows stay in L1).
-fn pack_b_rows(b: &[f32], (rs, cs): (usize, usize), (k, n): (usize, usize), out: &mut Vec<f32>) {
-    const T: usize = 32;
-    out.resize(k * n, 0.0);
-    for r0 in (0..k).step_by(T) {
-        for c0 in (0..n).step_by(T) {
-            for c in c0..(c0 + T).min(n) {
-                for r in r0..(r0 + T).min(k) {
-                    out[r * n + c] = b[r * rs + c * cs];
                 }
             }
         }
@@ -171,35 +154,66 @@ fn masks(cols: usize) -> (u16, u16) {
     (m as u16, (m >> 16) as u16)
 }
 
-/// `dst[m × n] (+)= A · B` serially; B is row-contiguous (`b_rs` apart).
+/// Copies columns `j0..j0+cols` of rows `p0..p0+kc` of B (element `(r, c)` at
+/// `b[r*rs + c*cs]`) into a `kc × NR` sliver, zero-padded past `cols`. B's own rows are often a
+/// power-of-two bytes apart, which would map a whole sliver onto a few L1 sets; packed, it is
+/// one sequential stream. A transposed B (`rs == 1`) is read along its contiguous columns.
+fn pack_b_sliver(
+    (b, (rs, cs)): (&[f32], (usize, usize)),
+    (p0, kc): (usize, usize),
+    (j0, cols): (usize, usize),
+    out: &mut Vec<f32>,
+) {
+    out.resize(kc * NR, 0.0);
+    if cs == 1 {
+        for (p, row) in out.chunks_exact_mut(NR).enumerate() {
+            row[..cols].copy_from_slice(&b[(p0 + p) * rs + j0..][..cols]);
+            row[cols..].fill(0.0);
+        }
+    } else {
+        for j in 0..NR {
+            if j < cols {
+                let col = &b[p0 * rs + (j0 + j) * cs..];
+                for p in 0..kc {
+                    out[p * NR + j] = col[p * rs];
+                }
+            } else {
+                (0..kc).for_each(|p| out[p * NR + j] = 0.0);
+            }
+        }
+    }
+}
+
+/// `dst[m × n] (+)= A · B` serially.
 fn gemm_serial(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     a: (&[f32], (usize, usize)),
-    (b, b_rs): (&[f32], usize),
+    b: (&[f32], (usize, usize)),
     accumulate: bool,
-    pa: &mut Vec<f32>,
+    (pa, pb): (&mut Vec<f32>, &mut Vec<f32>),
 ) {
-    assert!(dst.len() >= m * n && b.len() > (k - 1) * b_rs + n - 1);
+    let (rs, cs) = b.1;
+    assert!(dst.len() >= m * n && b.0.len() > (k - 1) * rs + (n - 1) * cs);
     for pc in (0..k).step_by(KC) {
         let kc = KC.min(k - pc);
         pack_a(a.0, a.1, m, (pc, kc), pa);
         let load_c = accumulate || pc > 0;
         for j0 in (0..n).step_by(NR) {
             let cols = NR.min(n - j0);
+            pack_b_sliver(b, (pc, kc), (j0, cols), pb);
             for (s, i0) in (0..m).step_by(MR).enumerate() {
                 let rows = MR.min(m - i0);
                 // SAFETY: `available()` was checked by the caller; the A sliver holds kc * MR
-                // values; B rows pc..pc+kc have `cols` readable columns from j0 (asserted
-                // extent); C rows i0..i0+rows have `cols` writable columns from j0 (dst holds
-                // m * n).
+                // values and the B sliver kc * NR; C rows i0..i0+rows have `cols` writable
+                // columns from j0 (dst holds m * n).
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
                     kernel(
                         kc,
                         pa.as_ptr().add(s * kc * MR),
-                        b.as_ptr().add(pc * b_rs + j0),
-                        b_rs,
+                        pb.as_ptr(),
+                        NR,
                         dst.as_mut_ptr().add(i0 * n + j0),
                         n,
                         rows,
@@ -232,13 +246,7 @@ pub(crate) fn sgemm(
     let (mut pa, mut pb) = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
     {
         let (pa, pb) = (&mut pa, &mut pb);
-        // A row-contiguous B is read in place; any other layout is copied row-major once.
-        let b: (&[f32], usize) = if rhs_cs == 1 {
-            (rhs, rhs_rs)
-        } else {
-            pack_b_rows(rhs, (rhs_rs, rhs_cs), (k, n), pb);
-            (&pb[..], n)
-        };
+        let b = (rhs, (rhs_rs, rhs_cs));
         let threads = rayon::current_num_threads();
         if parallel && threads > 1 && m >= 2 * MR && m * n * k >= 1 << 20 {
             // Row blocks across threads, each packing its own A.
@@ -248,12 +256,12 @@ pub(crate) fn sgemm(
                 .enumerate()
                 .for_each(|(i, d)| {
                     let a = (&lhs[i * rows * lhs_rs..], (lhs_rs, lhs_cs));
-                    let mut pa = Vec::new();
-                    gemm_serial((d.len() / n, n, k), d, a, b, accumulate, &mut pa);
+                    let (mut pa, mut pb) = (Vec::new(), Vec::new());
+                    gemm_serial((d.len() / n, n, k), d, a, b, accumulate, (&mut pa, &mut pb));
                 });
         } else {
             let a = (lhs, (lhs_rs, lhs_cs));
-            gemm_serial((m, n, k), dst, a, b, accumulate, pa);
+            gemm_serial((m, n, k), dst, a, b, accumulate, (pa, pb));
         }
     }
     SCRATCH.with(|s| *s.borrow_mut() = (pa, pb));
@@ -290,8 +298,9 @@ mod tests {
                     let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
                     let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
                     let c0: Vec<f32> = (0..m * n).map(|_| rnd()).collect();
-                    // trans: A stored column-major (k-contiguous columns), B row-major
+                    // trans: A and B stored column-major (the conv backward passes' layouts)
                     let (ars, acs) = if trans { (1, m) } else { (k, 1) };
+                    let (brs, bcs) = if trans { (1, k) } else { (n, 1) };
                     let mut c = c0.clone();
                     sgemm(
                         (m, n, k),
@@ -299,7 +308,7 @@ mod tests {
                         &a,
                         (ars, acs),
                         &b,
-                        (n, 1),
+                        (brs, bcs),
                         accumulate,
                         true,
                     );
@@ -307,7 +316,7 @@ mod tests {
                         for j in 0..n {
                             let (mut r, mut mag) = (0f64, 0f64);
                             for p in 0..k {
-                                let x = a[i * ars + p * acs] as f64 * b[p * n + j] as f64;
+                                let x = a[i * ars + p * acs] as f64 * b[p * brs + j * bcs] as f64;
                                 r += x;
                                 mag += x.abs();
                             }
