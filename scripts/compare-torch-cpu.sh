@@ -30,7 +30,7 @@ for cfg in $CONFIGS; do
         RAYON_NUM_THREADS=$THREADS "$BIN" --batch "$b" --image "$s" --steps "$STEPS" --amp "$amp" >>"$out"
     done
     for amp in off bf16; do
-        OMP_NUM_THREADS=$THREADS "$VENV/bin/python" scripts/torch_cpu_step.py \
+        CUDA_VISIBLE_DEVICES= PYTHONWARNINGS=ignore OMP_NUM_THREADS=$THREADS "$VENV/bin/python" scripts/torch_cpu_step.py \
             --batch "$b" --image "$s" --steps "$STEPS" --amp "$amp" --threads "$THREADS" >>"$out"
     done
 done

@@ -3,6 +3,9 @@ scripts/compare-torch-cpu.sh): torchvision's resnet18 (1000 classes), Adam, cros
 random batch, optionally under bf16/fp16 autocast (fp16 with a GradScaler). Prints
 `RESULT torch BxS AMP img_per_s` (median of the timed steps after one warm-up step)."""
 import argparse
+import warnings
+
+warnings.filterwarnings("ignore")
 import statistics
 import time
 
