@@ -1,8 +1,10 @@
 //! One ResNet-18 training step (forward, cross-entropy, backward, Adam) on the CPU at small
-//! image sizes. Criterion's throughput is the batch size, so `elem/s` reads as images/s.
-//! Run: `cargo bench --bench train_step`.
+//! image sizes, in fp32 and under bf16 autocast. Criterion's throughput is the batch size, so
+//! `elem/s` reads as images/s. Run: `cargo bench --bench train_step`
+//! (`scripts/compare-torch-cpu.sh` runs the same step against PyTorch).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use hemi::amp::autocast;
 use hemi::nn::{resnet18, Module};
 use hemi::optim::{Adam, AdamConfig, Optimizer};
 use hemi::{manual_seed, CrossEntropySpec, DType, Device, Tensor};
@@ -20,21 +22,27 @@ fn train_step(c: &mut Criterion) {
         let x = Tensor::randn([batch, 3, size, size], DType::F32, Device::Cpu).expect("x");
         let y = Tensor::randint(0, 1000, [batch], Device::Cpu).expect("y");
         group.throughput(Throughput::Elements(batch as u64));
-        group.bench_with_input(
-            BenchmarkId::new("f32", format!("{batch}x3x{size}x{size}")),
-            &size,
-            |b, _| {
-                b.iter(|| {
-                    opt.zero_grad();
-                    let loss = model
-                        .forward(&x)
-                        .and_then(|l| l.cross_entropy(&y, CrossEntropySpec::default()))
-                        .expect("forward");
-                    loss.backward().expect("backward");
-                    opt.step().expect("step");
-                })
-            },
-        );
+        for amp in [None, Some(DType::BF16)] {
+            let name = amp.map_or("f32".to_string(), |d| format!("{d}_autocast"));
+            group.bench_with_input(
+                BenchmarkId::new(name, format!("{batch}x3x{size}x{size}")),
+                &size,
+                |b, _| {
+                    b.iter(|| {
+                        opt.zero_grad();
+                        let loss = {
+                            let _region = amp.map(autocast).transpose().expect("autocast");
+                            model
+                                .forward(&x)
+                                .and_then(|l| l.cross_entropy(&y, CrossEntropySpec::default()))
+                                .expect("forward")
+                        };
+                        loss.backward().expect("backward");
+                        opt.step().expect("step");
+                    })
+                },
+            );
+        }
     }
     group.finish();
 }
