@@ -348,3 +348,36 @@ fn batched_products_of_empty_strided_operands() -> Result<()> {
     }
     Ok(())
 }
+
+/// Convolutions with a stride of `usize::MAX` (one output per axis) compute that output and its
+/// gradients on the CPU: its im2col used to overflow finding the valid input run (found by the
+/// fuzz harness, seed 7). The CUDA backend refuses strides beyond its 32-bit kernel parameters
+/// with an error naming conv2d.
+#[test]
+fn convolution_with_a_huge_stride_has_one_output_per_axis() -> Result<()> {
+    for device in common::devices() {
+        let x = Tensor::randn([1, 2, 5, 5], DType::F32, device)?.requires_grad_(true)?;
+        let w = Tensor::randn([3, 2, 3, 3], DType::F32, device)?.requires_grad_(true)?;
+        let p = Conv2dParams::new(usize::MAX, 2);
+        if device != Device::Cpu {
+            err_mentions(x.conv2d(&w, None, p), &["conv2d", "stride"]);
+            continue;
+        }
+        let y = x.conv2d(&w, None, p)?;
+        assert_eq!(y.dims(), &[1, 3, 1, 1]);
+        // Output (0, 0) sees input pixel (0, 0) only, under tap (2, 2) (padding 2).
+        let (xv, wv, yv) = (x.to_vec::<f32>()?, w.to_vec::<f32>()?, y.to_vec::<f32>()?);
+        for co in 0..3 {
+            let want = wv[co * 18 + 8] * xv[0] + wv[co * 18 + 9 + 8] * xv[25];
+            assert!((yv[co] - want).abs() <= 1e-5 * (1.0 + want.abs()));
+        }
+        y.sum_all()?.backward()?;
+        let dx = x.grad().expect("dx").to_vec::<f32>()?;
+        assert_eq!(
+            dx.iter().filter(|&&g| g != 0.0).count(),
+            2,
+            "only pixel (0, 0) of each channel"
+        );
+    }
+    Ok(())
+}

@@ -55,15 +55,19 @@ impl Geometry {
     /// The outputs `ox` whose input column `ox·stride + kj·dilation − padding` lies inside
     /// `0..w`: a contiguous range, and that first input column.
     fn valid_cols(&self, kj: usize) -> (std::ops::Range<usize>, usize) {
+        // In u128: with a huge stride or padding the intermediate terms exceed usize (found
+        // by the fuzz harness); every result that is used lies inside the image.
         let s = &self.s;
-        let (st, tap, pad) = (s.stride.1, kj * s.dilation.1, s.padding.1);
+        let (st, pad, w) = (s.stride.1 as u128, s.padding.1 as u128, s.w as u128);
+        let tap = kj as u128 * s.dilation.1 as u128;
         let lo = pad.saturating_sub(tap).div_ceil(st);
-        let hi = match (s.w + pad).checked_sub(tap + 1) {
-            Some(last) => (last / st + 1).min(self.ow),
+        let hi = match (w + pad).checked_sub(tap + 1) {
+            Some(last) => (last / st + 1).min(self.ow as u128),
             None => 0,
         };
         let lo = lo.min(hi);
-        (lo..hi, (lo * st + tap).saturating_sub(pad))
+        let first = (lo * st + tap).saturating_sub(pad).min(w);
+        (lo as usize..hi as usize, first as usize)
     }
 
     /// Fills `col [K, P]` (rows `ld` apart) from channels of group `g` of one image
