@@ -67,6 +67,24 @@ pub struct Report {
     pub seconds: f64,
 }
 
+impl Report {
+    /// One line of counts: `seed S on [devices]: N op calls in P programs, ...`.
+    pub fn summary(&self, cfg: &Config) -> String {
+        format!(
+            "seed {} on {:?}: {} op calls in {} programs, {} checkpoint inputs ({} loaded), {} \
+             findings, {:.1} s",
+            cfg.seed,
+            cfg.devices,
+            self.op_calls,
+            self.programs,
+            self.checkpoint_inputs,
+            self.checkpoints_loaded,
+            self.findings.len(),
+            self.seconds
+        )
+    }
+}
+
 static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);
 
 /// Replaces the panic hook with one that records the message (any thread) instead of printing

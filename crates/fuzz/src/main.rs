@@ -83,18 +83,7 @@ fn main() -> ExitCode {
             f.kind, f.index, f.message, f.input
         );
     }
-    println!(
-        "hemi-fuzz seed {} on {:?}: {} op calls in {} programs, {} checkpoint inputs ({} loaded), \
-         {} findings, {:.1} s",
-        a.seed,
-        devs,
-        r.op_calls,
-        r.programs,
-        r.checkpoint_inputs,
-        r.checkpoints_loaded,
-        r.findings.len(),
-        r.seconds
-    );
+    println!("hemi-fuzz {}", r.summary(&cfg));
     if r.findings.is_empty() {
         ExitCode::SUCCESS
     } else {

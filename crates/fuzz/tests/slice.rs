@@ -32,18 +32,7 @@ fn a_slice_of_random_op_programs_and_checkpoints_finds_nothing() {
         first_program: 0,
     };
     let r = run(&cfg);
-    println!(
-        "fuzz slice, seed {} on {:?}: {} op calls in {} programs, {} checkpoint inputs ({} \
-         loaded), {} findings, {:.1} s",
-        cfg.seed,
-        cfg.devices,
-        r.op_calls,
-        r.programs,
-        r.checkpoint_inputs,
-        r.checkpoints_loaded,
-        r.findings.len(),
-        r.seconds
-    );
+    println!("fuzz slice, {}", r.summary(&cfg));
     for f in &r.findings {
         println!(
             "FINDING ({} input {}): {}\n{}",

@@ -181,6 +181,32 @@ fn gather_rows<T: Copy>(
     }
 }
 
+/// The `[rows, imgs·P]` scratch a chunk of several images needs (none for one image, whose
+/// NCHW block already is that matrix).
+fn wide_buffer<T: Float>(imgs: usize, rows: usize, ld: usize) -> Result<Vec<T>> {
+    if imgs > 1 {
+        crate::alloc::filled(rows * ld, T::zero())
+    } else {
+        Ok(Vec::new())
+    }
+}
+
+/// Rows `r0..r0+rows` of every image of `images` as one `[rows, imgs·P]` matrix: the images'
+/// own memory for one image, else gathered into `wide`.
+fn rows_of<'a, T: Copy>(
+    wide: &'a mut [T],
+    images: &'a [T],
+    shape: (usize, usize, usize, usize, usize),
+) -> &'a [T] {
+    let (_, p, imgs, _, r0) = shape;
+    if imgs > 1 {
+        gather_rows(wide, images, shape);
+        wide
+    } else {
+        &images[r0 * p..]
+    }
+}
+
 /// Runs `f(chunk index, chunk)` over `chunk`-sized pieces of `data`, in parallel when there are
 /// at least as many pieces as threads (each piece's GEMMs then run serially), else serially
 /// with parallel GEMMs. `f` gets `serial_gemm`.
@@ -214,11 +240,7 @@ fn forward<T: Float + Send + Sync + 'static>(x: &[T], w: &[T], g: &Geometry) -> 
         let imgs = dst.len() / img_out;
         let ld = imgs * g.p;
         let mut col = crate::alloc::filled(g.k * ld, T::zero())?;
-        let mut wide = if imgs > 1 {
-            crate::alloc::filled(g.cout_g * ld, T::zero())?
-        } else {
-            Vec::new()
-        };
+        let mut wide = wide_buffer(imgs, g.cout_g, ld)?;
         for grp in 0..s.groups {
             for j in 0..imgs {
                 let img = c * per + j;
@@ -269,20 +291,11 @@ fn backward_input<T: Float + Send + Sync + 'static>(
         let ld = imgs * g.p;
         let dy_c = &dy[c * per * img_out..][..imgs * img_out];
         let mut dcol = crate::alloc::filled(g.k * ld, T::zero())?;
-        let mut wide = if imgs > 1 {
-            crate::alloc::filled(g.cout_g * ld, T::zero())?
-        } else {
-            Vec::new()
-        };
+        let mut wide = wide_buffer(imgs, g.cout_g, ld)?;
         for grp in 0..s.groups {
             // dcol [K, imgs·P] = W_g^T [K, cout_g] · dy_g [cout_g, imgs·P]
-            let dy_g: &[T] = if imgs > 1 {
-                let shape = (g.cout_g, g.p, imgs, img_out, grp * g.cout_g);
-                gather_rows(&mut wide, dy_c, shape);
-                &wide
-            } else {
-                &dy_c[grp * g.cout_g * g.p..]
-            };
+            let shape = (g.cout_g, g.p, imgs, img_out, grp * g.cout_g);
+            let dy_g = rows_of(&mut wide, dy_c, shape);
             let w_g = &w[grp * g.cout_g * g.k..];
             gemm_strided(
                 (g.k, ld, g.cout_g),
@@ -322,7 +335,7 @@ fn backward_weight<T: Float + Send + Sync + 'static>(
         let imgs = per.min(s.n - c * per);
         let ld = imgs * g.p;
         let mut col = crate::alloc::filled(g.k * ld, T::zero())?;
-        let mut wide = crate::alloc::filled(g.cout_g * ld, T::zero())?;
+        let mut wide = wide_buffer(imgs, g.cout_g, ld)?;
         let dy_c = &dy[c * per * img_out..][..imgs * img_out];
         for grp in 0..s.groups {
             for j in 0..imgs {
@@ -330,11 +343,11 @@ fn backward_weight<T: Float + Send + Sync + 'static>(
                 g.im2col(&x[img * img_in..][..img_in], grp, &mut col[j * g.p..], ld);
             }
             let shape = (g.cout_g, g.p, imgs, img_out, grp * g.cout_g);
-            gather_rows(&mut wide, dy_c, shape);
+            let dy_g = rows_of(&mut wide, dy_c, shape);
             gemm_strided(
                 (g.cout_g, g.k, ld),
                 &mut acc[grp * g.cout_g * g.k..],
-                &wide,
+                dy_g,
                 (ld, 1),
                 &col,
                 (1, ld),
