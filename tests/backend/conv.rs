@@ -270,3 +270,69 @@ backend_test!(conv2d_rejects_bad_geometry_without_panicking, |dev| {
     assert!(!matches!(e, Error::Unsupported { .. }), "{e}");
     Ok(())
 });
+
+/// Grouped convolution on the CPU (the CUDA backend refuses groups): output and both
+/// gradients equal the per-group convolutions of the channel slices, concatenated — for one
+/// image (the chunk's im2col/col2im run parallel over channels), several small images in one
+/// GEMM, and images wide enough to be one GEMM each.
+#[test]
+fn grouped_convolution_equals_its_groups_on_the_cpu() -> Result<()> {
+    let mut g = Generator::new(77);
+    for (n, hw, groups, cg, og, st) in
+        [(1, 19, 3, 2, 3, 1), (3, 7, 2, 3, 5, 2), (3, 21, 2, 4, 3, 1)]
+    {
+        let dev = Device::Cpu;
+        let x = Tensor::uniform_with(
+            &mut g,
+            [n, groups * cg, hw, hw + 2],
+            -1.0,
+            1.0,
+            DType::F32,
+            dev,
+        )?;
+        let w = Tensor::uniform_with(&mut g, [groups * og, cg, 3, 3], -1.0, 1.0, DType::F32, dev)?;
+        let p = Conv2dParams {
+            stride: (st, st),
+            padding: (1, 1),
+            groups,
+            ..Conv2dParams::default()
+        };
+        let (xa, wa) = (
+            x.detach().requires_grad_(true)?,
+            w.detach().requires_grad_(true)?,
+        );
+        let y = xa.conv2d(&wa, None, p)?;
+        let dy = Tensor::uniform_with(&mut g, y.shape().clone(), -1.0, 1.0, DType::F32, dev)?;
+        y.mul(&dy)?.sum_all()?.backward()?;
+        let (xb, wb) = (
+            x.detach().requires_grad_(true)?,
+            w.detach().requires_grad_(true)?,
+        );
+        let parts = (0..groups)
+            .map(|i| {
+                xb.narrow(1, i * cg, cg)?.conv2d(
+                    &wb.narrow(0, i * og, og)?,
+                    None,
+                    Conv2dParams { groups: 1, ..p },
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let y_split = Tensor::cat(&parts.iter().collect::<Vec<_>>(), 1)?;
+        y_split.mul(&dy)?.sum_all()?.backward()?;
+        let close = |a: &Tensor, b: &Tensor, what: &str| -> Result<()> {
+            let (a, b) = (a.to_f64_vec()?, b.to_f64_vec()?);
+            assert_eq!(a.len(), b.len(), "{what}");
+            for (i, (u, v)) in a.iter().zip(&b).enumerate() {
+                assert!(
+                    (u - v).abs() <= 1e-5 * (1.0 + v.abs()),
+                    "{what} [{i}]: {u} vs {v} (n={n}, {hw}px, groups={groups})"
+                );
+            }
+            Ok(())
+        };
+        close(&y, &y_split, "y")?;
+        close(&xa.grad().expect("dx"), &xb.grad().expect("dx"), "dx")?;
+        close(&wa.grad().expect("dw"), &wb.grad().expect("dw"), "dw")?;
+    }
+    Ok(())
+}

@@ -24,11 +24,38 @@ pub(crate) fn with_capacity<T>(n: usize) -> Result<Vec<T>> {
     Ok(v)
 }
 
-/// `n` copies of `value` (`vec![value; n]` without the abort).
-pub(crate) fn filled<T: Clone>(n: usize, value: T) -> Result<Vec<T>> {
+/// `n` copies of `value` (`vec![value; n]` without the abort). An all-zero-bits `value`
+/// (the usual case: fresh outputs and scratch) takes zeroed memory from the allocator instead
+/// of writing it: large blocks come from the OS already zero, so there is no serial memset
+/// and the pages are faulted in by whichever thread first writes them.
+pub(crate) fn filled<T: bytemuck::Pod>(n: usize, value: T) -> Result<Vec<T>> {
+    if bytemuck::bytes_of(&value).iter().all(|&b| b == 0) {
+        return zeroed(n);
+    }
     let mut v = with_capacity(n)?;
     v.resize(n, value);
     Ok(v)
+}
+
+/// `n` all-zero-bits elements, from `alloc_zeroed` (`calloc`).
+fn zeroed<T: bytemuck::Zeroable>(n: usize) -> Result<Vec<T>> {
+    use std::alloc::{alloc_zeroed, Layout};
+    let layout = Layout::array::<T>(n).map_err(|_| out_of_memory::<T>(n))?;
+    if layout.size() == 0 {
+        let mut v = Vec::new();
+        // Zero-sized elements, or `n == 0`: no allocation.
+        v.resize_with(n, T::zeroed);
+        return Ok(v);
+    }
+    // SAFETY: `layout` has a non-zero size.
+    let ptr = unsafe { alloc_zeroed(layout) } as *mut T;
+    if ptr.is_null() {
+        return Err(out_of_memory::<T>(n));
+    }
+    // SAFETY: `ptr` was allocated by the global allocator with `Layout::array::<T>(n)` (the
+    // layout `Vec<T>` uses for capacity `n`), and all-zero bits are a valid `T` (`Zeroable`),
+    // so all `n` elements are initialized.
+    Ok(unsafe { Vec::from_raw_parts(ptr, n, n) })
 }
 
 /// The first `n` items of `items` (which yields at least that many: an iterator over a layout or
@@ -84,6 +111,12 @@ mod tests {
         assert_eq!(v.len(), 100_000);
         assert_eq!(v[99_999], 199_998);
         assert_eq!(copy_of(&[1.5f32, 2.5])?, vec![1.5, 2.5]);
+        // Zero bits come from `alloc_zeroed`; -0.0 is not zero bits and is written.
+        let z = filled(3 << 20, 0f32)?;
+        assert!(z.len() == 3 << 20 && z.iter().all(|v| v.to_bits() == 0));
+        let nz = filled(5, -0f64)?;
+        assert!(nz.iter().all(|v| v.to_bits() == (-0f64).to_bits()));
+        assert!(filled(0, 0u8)?.is_empty());
         Ok(())
     }
 }

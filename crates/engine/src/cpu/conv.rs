@@ -70,35 +70,31 @@ impl Geometry {
         (lo as usize..hi as usize, first as usize)
     }
 
-    /// Fills `col [K, P]` (rows `ld` apart) from channels of group `g` of one image
-    /// `x [c_in, h, w]`: per output row, zeros left and right of the valid run and the run
-    /// itself copied (contiguous for stride 1).
-    fn im2col<T: Float>(&self, x: &[T], g: usize, col: &mut [T], ld: usize) {
+    /// Fills the `kh·kw` rows of `col` (`ld` apart, `P` long) that belong to one input channel
+    /// `plane [h, w]` of one image: per output row, zeros left and right of the valid run and
+    /// the run itself copied (contiguous for stride 1).
+    fn im2col_channel<T: Float>(&self, plane: &[T], col: &mut [T], ld: usize) {
         let s = &self.s;
         let st = s.stride.1;
-        for ci in 0..self.cin_g {
-            let plane = &x[(g * self.cin_g + ci) * s.h * s.w..][..s.h * s.w];
-            for ki in 0..s.kh {
-                for kj in 0..s.kw {
-                    let row = (ci * s.kh + ki) * s.kw + kj;
-                    let dst = &mut col[row * ld..][..self.p];
-                    let (run, ix0) = self.valid_cols(kj);
-                    for (oy, out) in dst.chunks_exact_mut(self.ow.max(1)).enumerate() {
-                        let iy = Self::src(oy, ki, s.stride.0, s.padding.0, s.dilation.0, s.h);
-                        let Some(iy) = iy.filter(|_| !run.is_empty()) else {
-                            out.fill(T::zero());
-                            continue;
-                        };
-                        out[..run.start].fill(T::zero());
-                        out[run.end..].fill(T::zero());
-                        let src = &plane[iy * s.w + ix0..];
-                        let out = &mut out[run.clone()];
-                        if st == 1 {
-                            out.copy_from_slice(&src[..out.len()]);
-                        } else {
-                            for (o, v) in out.iter_mut().zip(src.iter().step_by(st)) {
-                                *o = *v;
-                            }
+        for ki in 0..s.kh {
+            for kj in 0..s.kw {
+                let dst = &mut col[(ki * s.kw + kj) * ld..][..self.p];
+                let (run, ix0) = self.valid_cols(kj);
+                for (oy, out) in dst.chunks_exact_mut(self.ow.max(1)).enumerate() {
+                    let iy = Self::src(oy, ki, s.stride.0, s.padding.0, s.dilation.0, s.h);
+                    let Some(iy) = iy.filter(|_| !run.is_empty()) else {
+                        out.fill(T::zero());
+                        continue;
+                    };
+                    out[..run.start].fill(T::zero());
+                    out[run.end..].fill(T::zero());
+                    let src = &plane[iy * s.w + ix0..];
+                    let out = &mut out[run.clone()];
+                    if st == 1 {
+                        out.copy_from_slice(&src[..out.len()]);
+                    } else {
+                        for (o, v) in out.iter_mut().zip(src.iter().step_by(st)) {
+                            *o = *v;
                         }
                     }
                 }
@@ -106,38 +102,103 @@ impl Geometry {
         }
     }
 
-    /// Adds `col [K, P]` (rows `ld` apart) back into channels of group `g` of one image
-    /// gradient `dx` (the valid run of each output row only).
-    fn col2im<T: Float>(&self, col: &[T], ld: usize, g: usize, dx: &mut [T]) {
+    /// Adds the `kh·kw` rows of `col` (`ld` apart) of one input channel back into that
+    /// channel's gradient `plane [h, w]` of one image (the valid run of each output row only).
+    fn col2im_channel<T: Float>(&self, col: &[T], ld: usize, plane: &mut [T]) {
         let s = &self.s;
         let st = s.stride.1;
-        for ci in 0..self.cin_g {
-            let plane = &mut dx[(g * self.cin_g + ci) * s.h * s.w..][..s.h * s.w];
-            for ki in 0..s.kh {
-                for kj in 0..s.kw {
-                    let row = (ci * s.kh + ki) * s.kw + kj;
-                    let src = &col[row * ld..][..self.p];
-                    let (run, ix0) = self.valid_cols(kj);
-                    if run.is_empty() {
+        for ki in 0..s.kh {
+            for kj in 0..s.kw {
+                let src = &col[(ki * s.kw + kj) * ld..][..self.p];
+                let (run, ix0) = self.valid_cols(kj);
+                if run.is_empty() {
+                    continue;
+                }
+                for (oy, from) in src.chunks_exact(self.ow.max(1)).enumerate() {
+                    let iy = Self::src(oy, ki, s.stride.0, s.padding.0, s.dilation.0, s.h);
+                    let Some(iy) = iy else {
                         continue;
-                    }
-                    for (oy, from) in src.chunks_exact(self.ow.max(1)).enumerate() {
-                        let iy = Self::src(oy, ki, s.stride.0, s.padding.0, s.dilation.0, s.h);
-                        let Some(iy) = iy else {
-                            continue;
-                        };
-                        let to = &mut plane[iy * s.w + ix0..];
-                        let from = &from[run.clone()];
-                        if st == 1 {
-                            for (d, &v) in to.iter_mut().zip(from) {
-                                *d = *d + v;
-                            }
-                        } else {
-                            for (d, &v) in to.iter_mut().step_by(st).zip(from) {
-                                *d = *d + v;
-                            }
+                    };
+                    let to = &mut plane[iy * s.w + ix0..];
+                    let from = &from[run.clone()];
+                    if st == 1 {
+                        for (d, &v) in to.iter_mut().zip(from) {
+                            *d = *d + v;
+                        }
+                    } else {
+                        for (d, &v) in to.iter_mut().step_by(st).zip(from) {
+                            *d = *d + v;
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// Fills `col [K, imgs·P]` (rows `ld` apart) from the channels of group `g` of the images
+    /// `x [imgs, c_in, h, w]`, image `j` in columns `j·P..`; in parallel over channels when
+    /// `parallel` (the chunk's GEMM is parallel too: there are fewer chunks than threads).
+    fn im2col<T: Float + Send + Sync>(
+        &self,
+        (x, imgs): (&[T], usize),
+        g: usize,
+        col: &mut [T],
+        parallel: bool,
+    ) {
+        let s = &self.s;
+        let (plane, img_in) = (s.h * s.w, s.c_in * s.h * s.w);
+        let ld = imgs * self.p;
+        let block = s.kh * s.kw * ld;
+        let channel = |(ci, rows): (usize, &mut [T])| {
+            for j in 0..imgs {
+                let src = &x[j * img_in + (g * self.cin_g + ci) * plane..][..plane];
+                self.im2col_channel(src, &mut rows[j * self.p..], ld);
+            }
+        };
+        let col = &mut col[..self.cin_g * block];
+        if parallel && block > 0 {
+            col.par_chunks_mut(block).enumerate().for_each(channel);
+        } else if block > 0 {
+            col.chunks_mut(block).enumerate().for_each(channel);
+        }
+    }
+
+    /// Adds `col [K, imgs·P]` (rows `ld = imgs·P` apart) back into the channels of group `g`
+    /// of the image gradients `dx [imgs, c_in, h, w]`; in parallel over (image, channel) when
+    /// `parallel`.
+    fn col2im<T: Float + Send + Sync>(
+        &self,
+        col: &[T],
+        g: usize,
+        (dx, imgs): (&mut [T], usize),
+        parallel: bool,
+    ) {
+        let s = &self.s;
+        let (plane, img_in) = (s.h * s.w, s.c_in * s.h * s.w);
+        if plane == 0 {
+            // Nothing to add to (the caller skips empty inputs).
+            return;
+        }
+        let ld = imgs * self.p;
+        let block = s.kh * s.kw * ld;
+        let group = g * self.cin_g * plane..(g + 1) * self.cin_g * plane;
+        let channel = |j: usize, ci: usize, to: &mut [T]| {
+            self.col2im_channel(&col[ci * block + j * self.p..], ld, to);
+        };
+        if parallel {
+            dx.par_chunks_mut(img_in)
+                .enumerate()
+                .flat_map(|(j, img)| {
+                    img[group.clone()]
+                        .par_chunks_mut(plane)
+                        .enumerate()
+                        .map(move |(ci, to)| (j, ci, to))
+                })
+                .for_each(|(j, ci, to)| channel(j, ci, to));
+        } else {
+            for (j, img) in dx.chunks_mut(img_in).enumerate() {
+                for (ci, to) in img[group.clone()].chunks_mut(plane).enumerate() {
+                    channel(j, ci, to);
                 }
             }
         }
@@ -183,7 +244,7 @@ fn gather_rows<T: Copy>(
 
 /// The `[rows, imgs·P]` scratch a chunk of several images needs (none for one image, whose
 /// NCHW block already is that matrix).
-fn wide_buffer<T: Float>(imgs: usize, rows: usize, ld: usize) -> Result<Vec<T>> {
+fn wide_buffer<T: Float + bytemuck::Pod>(imgs: usize, rows: usize, ld: usize) -> Result<Vec<T>> {
     if imgs > 1 {
         crate::alloc::filled(rows * ld, T::zero())
     } else {
@@ -207,9 +268,10 @@ fn rows_of<'a, T: Copy>(
     }
 }
 
-/// Runs `f(chunk index, chunk)` over `chunk`-sized pieces of `data`, in parallel when there are
-/// at least as many pieces as threads (each piece's GEMMs then run serially), else serially
-/// with parallel GEMMs. `f` gets `serial_gemm`.
+/// Runs `f(chunk index, chunk, serial)` over `chunk`-sized pieces of `data`, in parallel when
+/// there are at least as many pieces as threads (`serial`: each piece's work then runs serially
+/// inside), else one piece after another with `serial == false` (the GEMMs, im2col and col2im
+/// parallel inside).
 fn over_chunks<T: Send>(
     data: &mut [T],
     chunk: usize,
@@ -227,7 +289,11 @@ fn over_chunks<T: Send>(
     }
 }
 
-fn forward<T: Float + Send + Sync + 'static>(x: &[T], w: &[T], g: &Geometry) -> Result<Vec<T>> {
+fn forward<T: Float + bytemuck::Pod + Send + Sync + 'static>(
+    x: &[T],
+    w: &[T],
+    g: &Geometry,
+) -> Result<Vec<T>> {
     let s = &g.s;
     let img_in = s.c_in * s.h * s.w;
     let img_out = s.c_out * g.p;
@@ -241,11 +307,9 @@ fn forward<T: Float + Send + Sync + 'static>(x: &[T], w: &[T], g: &Geometry) -> 
         let ld = imgs * g.p;
         let mut col = crate::alloc::filled(g.k * ld, T::zero())?;
         let mut wide = wide_buffer(imgs, g.cout_g, ld)?;
+        let x_c = &x[c * per * img_in..][..imgs * img_in];
         for grp in 0..s.groups {
-            for j in 0..imgs {
-                let img = c * per + j;
-                g.im2col(&x[img * img_in..][..img_in], grp, &mut col[j * g.p..], ld);
-            }
+            g.im2col((x_c, imgs), grp, &mut col, !serial);
             let w_g = &w[grp * g.cout_g * g.k..];
             let y: &mut [T] = if imgs > 1 {
                 &mut wide
@@ -272,7 +336,7 @@ fn forward<T: Float + Send + Sync + 'static>(x: &[T], w: &[T], g: &Geometry) -> 
     Ok(out)
 }
 
-fn backward_input<T: Float + Send + Sync + 'static>(
+fn backward_input<T: Float + bytemuck::Pod + Send + Sync + 'static>(
     dy: &[T],
     w: &[T],
     g: &Geometry,
@@ -307,16 +371,14 @@ fn backward_input<T: Float + Send + Sync + 'static>(
                 false,
                 !serial,
             );
-            for j in 0..imgs {
-                g.col2im(&dcol[j * g.p..], ld, grp, &mut dst[j * img_in..][..img_in]);
-            }
+            g.col2im(&dcol, grp, (dst, imgs), !serial);
         }
         Ok(())
     })?;
     Ok(dx)
 }
 
-fn backward_weight<T: Float + Send + Sync + 'static>(
+fn backward_weight<T: Float + bytemuck::Pod + Send + Sync + 'static>(
     x: &[T],
     dy: &[T],
     g: &Geometry,
@@ -328,7 +390,8 @@ fn backward_weight<T: Float + Send + Sync + 'static>(
     let per = g.chunk_images();
     let chunks = s.n.div_ceil(per);
     let threads = rayon::current_num_threads();
-    let serial = chunks < threads;
+    // Fewer chunks than threads: the chunks run one after another, each parallel inside.
+    let few_chunks = chunks < threads;
     // dW_g [cout_g, K] += dy_g [cout_g, imgs·P] · col^T [imgs·P, K], chunk by chunk.
     let accumulate_chunk = |acc: Result<Vec<T>>, c: usize| {
         let mut acc = acc?;
@@ -337,11 +400,9 @@ fn backward_weight<T: Float + Send + Sync + 'static>(
         let mut col = crate::alloc::filled(g.k * ld, T::zero())?;
         let mut wide = wide_buffer(imgs, g.cout_g, ld)?;
         let dy_c = &dy[c * per * img_out..][..imgs * img_out];
+        let x_c = &x[c * per * img_in..][..imgs * img_in];
         for grp in 0..s.groups {
-            for j in 0..imgs {
-                let img = c * per + j;
-                g.im2col(&x[img * img_in..][..img_in], grp, &mut col[j * g.p..], ld);
-            }
+            g.im2col((x_c, imgs), grp, &mut col, few_chunks);
             let shape = (g.cout_g, g.p, imgs, img_out, grp * g.cout_g);
             let dy_g = rows_of(&mut wide, dy_c, shape);
             gemm_strided(
@@ -352,13 +413,13 @@ fn backward_weight<T: Float + Send + Sync + 'static>(
                 &col,
                 (1, ld),
                 true,
-                serial,
+                few_chunks,
             );
         }
         Ok(acc)
     };
     let zeros = || crate::alloc::filled(wlen, T::zero());
-    if serial {
+    if few_chunks {
         (0..chunks).fold(zeros(), accumulate_chunk)
     } else {
         // At most one accumulator per thread.

@@ -90,7 +90,7 @@ pub(crate) fn softmax_backward(
     out.into_storage(gh.dtype())
 }
 
-fn softmax_grad<T: Float + Send + Sync>(
+fn softmax_grad<T: Float + bytemuck::Pod + Send + Sync>(
     y: &[T],
     g: &[T],
     block: usize,

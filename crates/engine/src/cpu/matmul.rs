@@ -84,7 +84,7 @@ pub(crate) fn gemm_strided<T: 'static + Copy + num_traits::Zero + num_traits::On
     }
 }
 
-fn batched<T: 'static + Copy + num_traits::Zero + num_traits::One + Send + Sync>(
+fn batched<T: 'static + bytemuck::Pod + num_traits::Zero + num_traits::One + Send + Sync>(
     lhs: &[T],
     ll: &Layout,
     rhs: &[T],

@@ -1,15 +1,20 @@
 //! CPU batch normalization over `[N, C, S]` (S = product of spatial dims), training mode.
 //! Statistics are accumulated in f64, pairwise, and stored in the weight's dtype; the output is computed
-//! in f32 (f64 when any operand is F64) and rounded once into the input's dtype.
+//! in f64 and rounded once to f32 (kept in f64 when any operand is F64), then into the input's
+//! dtype.
+//!
+//! F16, BF16 and F32 inputs are read as f32 (exact), F32 ones in place; only the per-channel
+//! vectors are widened to f64, and every pass over the elements runs in parallel.
 
-use super::compute::{host, to_f64_vec};
+use super::compute::{host, to_f64_vec, PAR_THRESHOLD};
 use super::sum::pairwise_sum_by;
 use crate::backend::{BatchNormBackward, BatchNormForward};
-use crate::{DType, Error, Layout, Result, StorageRef};
+use crate::{alloc, CpuStorage, DType, Error, Layout, Result, StorageRef};
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
+use std::borrow::Cow;
 
-fn wide(op: &'static str, s: &StorageRef, want: usize, what: &str) -> Result<(Vec<f64>, DType)> {
-    let h = host(op, s)?;
+fn check_float(op: &'static str, h: &CpuStorage, want: usize, what: &str) -> Result<()> {
     if h.dtype() == DType::I64 {
         return Err(Error::dtype(op, format!("{what} must be a float tensor")));
     }
@@ -19,7 +24,35 @@ fn wide(op: &'static str, s: &StorageRef, want: usize, what: &str) -> Result<(Ve
             format!("{what} has {} elements, expected {want}", h.len()),
         ));
     }
+    Ok(())
+}
+
+/// A per-channel (or any small) operand widened to f64, with its dtype.
+fn wide(op: &'static str, s: &StorageRef, want: usize, what: &str) -> Result<(Vec<f64>, DType)> {
+    let h = host(op, s)?;
+    check_float(op, &h, want, what)?;
     Ok((to_f64_vec(&h, &Layout::contiguous([h.len()]))?, h.dtype()))
+}
+
+/// The elements of a non-F64 float storage as f32 (exact; F32 borrowed), or `None` for F64.
+fn as_f32(h: &CpuStorage) -> Result<Option<Cow<'_, [f32]>>> {
+    let widen = |n: usize, f: &(dyn Fn(&mut [f32], usize) + Sync)| -> Result<Vec<f32>> {
+        let mut out = alloc::filled(n, 0f32)?;
+        out.par_chunks_mut(PAR_THRESHOLD)
+            .enumerate()
+            .for_each(|(i, o)| f(o, i * PAR_THRESHOLD));
+        Ok(out)
+    };
+    Ok(match h {
+        CpuStorage::F32(v) => Some(Cow::Borrowed(v)),
+        CpuStorage::F16(v) => Some(Cow::Owned(widen(v.len(), &|o, at| {
+            v[at..at + o.len()].convert_to_f32_slice(o)
+        })?)),
+        CpuStorage::BF16(v) => Some(Cow::Owned(widen(v.len(), &|o, at| {
+            v[at..at + o.len()].convert_to_f32_slice(o)
+        })?)),
+        CpuStorage::F64(_) | CpuStorage::I64(_) => None,
+    })
 }
 
 /// Rounds like the compute type would (f32 unless F64 is involved), then into `dtype`.
@@ -64,6 +97,89 @@ fn channel_sum<T: num_traits::Zero + Copy + Send>(
     })
 }
 
+/// An element type the statistics read (f32 or f64) and the output type it is rounded to.
+trait Elem: bytemuck::Pod + Send + Sync + Into<f64> {
+    /// `v` rounded into this type (f32: once, to nearest).
+    fn round(v: f64) -> Self;
+}
+
+impl Elem for f32 {
+    fn round(v: f64) -> f32 {
+        v as f32
+    }
+}
+
+impl Elem for f64 {
+    fn round(v: f64) -> f64 {
+        v
+    }
+}
+
+/// `out[i] = round(f(i))` over `[rows × s]` elements, one plane per task.
+fn per_plane<T: Elem>(
+    len: usize,
+    s: usize,
+    f: impl Fn(usize, usize) -> f64 + Sync,
+) -> Result<Vec<T>> {
+    let mut out = alloc::filled(len, T::round(0.0))?;
+    out.par_chunks_mut(s.max(1))
+        .enumerate()
+        .for_each(|(row, o)| {
+            for (j, v) in o.iter_mut().enumerate() {
+                *v = T::round(f(row, row * s + j));
+            }
+        });
+    Ok(out)
+}
+
+/// Per-channel parameters of the forward pass.
+struct Affine<'a> {
+    weight: &'a [f64],
+    bias: &'a [f64],
+    eps: f64,
+    relu: bool,
+}
+
+/// Forward over elements read as `T`: `(y, [(mean, var)], invstd)`.
+#[allow(clippy::type_complexity)]
+fn train_core<T: Elem>(
+    xv: &[T],
+    dims: (usize, usize, usize),
+    p: &Affine<'_>,
+) -> Result<(Vec<T>, Vec<(f64, f64)>, Vec<f64>)> {
+    let (n, c, s) = dims;
+    let m = (n * s) as f64;
+    let x = |i: usize| -> f64 { xv[i].into() };
+    let stats: Vec<(f64, f64)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let mean = channel_sum(dims, ch, x) / m;
+            let var = channel_sum(dims, ch, |i| (x(i) - mean).powi(2)) / m;
+            (mean, var)
+        })
+        .collect();
+    let invstd: Vec<f64> = stats
+        .iter()
+        .map(|&(_, v)| 1.0 / (v + p.eps).sqrt())
+        .collect();
+    let coef: Vec<(f64, f64)> = (0..c)
+        .map(|ch| {
+            let scale = invstd[ch] * p.weight[ch];
+            (scale, p.bias[ch] - stats[ch].0 * scale)
+        })
+        .collect();
+    let y = per_plane(xv.len(), s, |row, i| {
+        let (scale, shift) = coef[row % c];
+        let v = x(i) * scale + shift;
+        if p.relu && v <= 0.0 {
+            0.0
+        } else {
+            v
+        }
+    })?;
+    Ok((y, stats, invstd))
+}
+
 /// Training-mode forward: batch mean, biased variance, invstd and the normalized output.
 pub(crate) fn batch_norm_train(
     x: &StorageRef,
@@ -75,10 +191,17 @@ pub(crate) fn batch_norm_train(
 ) -> Result<BatchNormForward> {
     const OP: &str = "batch_norm";
     let (n, c, s) = dims;
-    let (xv, xdt) = wide(OP, x, n * c * s, "input")?;
     let (wv, wdt) = wide(OP, weight, c, "weight")?;
     let (bv, _) = wide(OP, bias, c, "bias")?;
-    let m = (n * s) as f64;
+    let p = Affine {
+        weight: &wv,
+        bias: &bv,
+        eps,
+        relu,
+    };
+    let xh = host(OP, x)?;
+    check_float(OP, &xh, n * c * s, "input")?;
+    let xdt = xh.dtype();
     if n * s == 0 {
         return Err(Error::invalid(
             OP,
@@ -86,33 +209,67 @@ pub(crate) fn batch_norm_train(
         ));
     }
     let f64c = xdt == DType::F64 || wdt == DType::F64;
-    let stats: Vec<(f64, f64)> = (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let mean = channel_sum(dims, ch, |i| xv[i]) / m;
-            let var = channel_sum(dims, ch, |i| (xv[i] - mean).powi(2)) / m;
-            (mean, var)
-        })
-        .collect();
-    let invstd: Vec<f64> = stats.iter().map(|&(_, v)| 1.0 / (v + eps).sqrt()).collect();
-    let mut y = crate::alloc::filled(xv.len(), 0.0)?;
-    y.par_chunks_mut(s.max(1))
-        .enumerate()
-        .for_each(|(row, out)| {
-            let ch = row % c;
-            let scale = invstd[ch] * wv[ch];
-            let shift = bv[ch] - stats[ch].0 * scale;
-            for (o, &xi) in out.iter_mut().zip(&xv[row * s..]) {
-                let v = xi * scale + shift;
-                *o = if relu && v <= 0.0 { 0.0 } else { v };
-            }
-        });
+    let (y, stats, invstd) = match as_f32(&xh)? {
+        Some(xv) if !f64c => {
+            let (y, stats, invstd) = train_core(&xv, dims, &p)?;
+            let y = super::wrap(super::compute::from_f32(y, xdt)?);
+            (y, stats, invstd)
+        }
+        _ => {
+            let xv = to_f64_vec(&xh, &Layout::contiguous([xh.len()]))?;
+            let (y, stats, invstd) = train_core(&xv, dims, &p)?;
+            (store(y, f64c, xdt)?, stats, invstd)
+        }
+    };
     Ok(BatchNormForward {
-        y: store(y, f64c, xdt)?,
+        y,
         mean: store(stats.iter().map(|s| s.0).collect(), f64c, wdt)?,
         var: store(stats.iter().map(|s| s.1).collect(), f64c, wdt)?,
         invstd: store(invstd, f64c, wdt)?,
     })
+}
+
+/// Per-channel values of the backward pass.
+struct Saved<'a> {
+    weight: &'a [f64],
+    mean: &'a [f64],
+    invstd: &'a [f64],
+}
+
+/// Backward over elements read as `T` (`relu` = the forward's fused ReLU output, whose
+/// non-positive entries zero dy): `(dx, [(Σdy, Σdy·x̂)])`.
+fn backward_core<T: Elem>(
+    (dyv, xv, relu): (&[T], &[T], Option<&[T]>),
+    dims: (usize, usize, usize),
+    p: &Saved<'_>,
+) -> Result<(Vec<T>, Vec<(f64, f64)>)> {
+    let (n, c, s) = dims;
+    let m = (n * s) as f64;
+    let dy = |i: usize| -> f64 {
+        match relu {
+            Some(z) if z[i].into() <= 0.0 => 0.0,
+            _ => dyv[i].into(),
+        }
+    };
+    let x = |i: usize| -> f64 { xv[i].into() };
+    let sums: Vec<(f64, f64)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let Pair(sd, sdx) = channel_sum(dims, ch, |i| {
+                let g = dy(i);
+                Pair(g, g * (x(i) - p.mean[ch]) * p.invstd[ch])
+            });
+            (sd, sdx)
+        })
+        .collect();
+    let dx = per_plane(xv.len(), s, |row, i| {
+        let ch = row % c;
+        let (sd, sdx) = sums[ch];
+        let k = p.weight[ch] * p.invstd[ch] / m;
+        let xhat = (x(i) - p.mean[ch]) * p.invstd[ch];
+        k * (m * dy(i) - sd - xhat * sdx)
+    })?;
+    Ok((dx, sums))
 }
 
 /// Backward of [`batch_norm_train`]: `dx = w·invstd/M · (M·dy − Σdy − x̂·Σ(dy·x̂))`,
@@ -129,44 +286,56 @@ pub(crate) fn batch_norm_backward(
 ) -> Result<BatchNormBackward> {
     const OP: &str = "batch_norm_backward";
     let (n, c, s) = dims;
-    let (mut dyv, _) = wide(OP, dy, n * c * s, "grad_output")?;
-    if let Some(z) = relu_out {
-        let (zv, _) = wide(OP, z, n * c * s, "the ReLU output")?;
-        dyv.iter_mut()
-            .zip(zv)
-            .filter(|(_, z)| *z <= 0.0)
-            .for_each(|(g, _)| *g = 0.0);
+    let len = n * c * s;
+    let dyh = host(OP, dy)?;
+    check_float(OP, &dyh, len, "grad_output")?;
+    let zh = relu_out.map(|z| host(OP, z)).transpose()?;
+    if let Some(z) = &zh {
+        check_float(OP, z, len, "the ReLU output")?;
     }
-    let (xv, xdt) = wide(OP, x, n * c * s, "input")?;
+    let xh = host(OP, x)?;
+    check_float(OP, &xh, len, "input")?;
+    let xdt = xh.dtype();
     let (wv, wdt) = wide(OP, weight, c, "weight")?;
     let (mv, _) = wide(OP, mean, c, "mean")?;
     let (iv, _) = wide(OP, invstd, c, "invstd")?;
+    let p = Saved {
+        weight: &wv,
+        mean: &mv,
+        invstd: &iv,
+    };
     let f64c = xdt == DType::F64 || wdt == DType::F64;
-    let m = (n * s) as f64;
-    let sums: Vec<(f64, f64)> = (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let Pair(sd, sdx) = channel_sum(dims, ch, |i| {
-                Pair(dyv[i], dyv[i] * (xv[i] - mv[ch]) * iv[ch])
-            });
-            (sd, sdx)
-        })
-        .collect();
-    let mut dx = crate::alloc::filled(xv.len(), 0.0)?;
-    dx.par_chunks_mut(s.max(1))
-        .enumerate()
-        .for_each(|(row, out)| {
-            let ch = row % c;
-            let (sd, sdx) = sums[ch];
-            let k = wv[ch] * iv[ch] / m;
-            for (j, o) in out.iter_mut().enumerate() {
-                let i = row * s + j;
-                let xhat = (xv[i] - mv[ch]) * iv[ch];
-                *o = k * (m * dyv[i] - sd - xhat * sdx);
-            }
-        });
+    let narrow = if f64c || dyh.dtype() == DType::F64 {
+        None
+    } else {
+        let z = match &zh {
+            Some(z) => match as_f32(z)? {
+                Some(z) => Some(Some(z)),
+                None => None,
+            },
+            None => Some(None),
+        };
+        match (as_f32(&dyh)?, as_f32(&xh)?, z) {
+            (Some(d), Some(xv), Some(z)) => Some((d, xv, z)),
+            _ => None,
+        }
+    };
+    let (dx, sums) = match narrow {
+        Some((d, xv, z)) => {
+            let (dx, sums) = backward_core((&d, &xv, z.as_deref()), dims, &p)?;
+            (super::wrap(super::compute::from_f32(dx, xdt)?), sums)
+        }
+        None => {
+            let all = Layout::contiguous([len]);
+            let d = to_f64_vec(&dyh, &all)?;
+            let xv = to_f64_vec(&xh, &all)?;
+            let z = zh.as_ref().map(|z| to_f64_vec(z, &all)).transpose()?;
+            let (dx, sums) = backward_core((&d, &xv, z.as_deref()), dims, &p)?;
+            (store(dx, f64c, xdt)?, sums)
+        }
+    };
     Ok(BatchNormBackward {
-        dx: store(dx, f64c, xdt)?,
+        dx,
         dweight: store(sums.iter().map(|s| s.1).collect(), f64c, wdt)?,
         dbias: store(sums.iter().map(|s| s.0).collect(), f64c, wdt)?,
     })
