@@ -97,6 +97,9 @@ fn channel_sum<T: num_traits::Zero + Copy + Send>(
     })
 }
 
+/// Per-channel pairs of f64 sums: (mean, var) forward, (Σdy, Σdy·x̂) backward.
+type ChannelPairs = Vec<(f64, f64)>;
+
 /// An element type the statistics read (f32 or f64) and the output type it is rounded to.
 trait Elem: bytemuck::Pod + Send + Sync + Into<f64> {
     /// `v` rounded into this type (f32: once, to nearest).
@@ -141,12 +144,11 @@ struct Affine<'a> {
 }
 
 /// Forward over elements read as `T`: `(y, [(mean, var)], invstd)`.
-#[allow(clippy::type_complexity)]
 fn train_core<T: Elem>(
     xv: &[T],
     dims: (usize, usize, usize),
     p: &Affine<'_>,
-) -> Result<(Vec<T>, Vec<(f64, f64)>, Vec<f64>)> {
+) -> Result<(Vec<T>, ChannelPairs, Vec<f64>)> {
     let (n, c, s) = dims;
     let m = (n * s) as f64;
     let x = |i: usize| -> f64 { xv[i].into() };
@@ -242,7 +244,7 @@ fn backward_core<T: Elem>(
     (dyv, xv, relu): (&[T], &[T], Option<&[T]>),
     dims: (usize, usize, usize),
     p: &Saved<'_>,
-) -> Result<(Vec<T>, Vec<(f64, f64)>)> {
+) -> Result<(Vec<T>, ChannelPairs)> {
     let (n, c, s) = dims;
     let m = (n * s) as f64;
     let dy = |i: usize| -> f64 {
@@ -309,10 +311,7 @@ pub(crate) fn batch_norm_backward(
         None
     } else {
         let z = match &zh {
-            Some(z) => match as_f32(z)? {
-                Some(z) => Some(Some(z)),
-                None => None,
-            },
+            Some(z) => as_f32(z)?.map(Some),
             None => Some(None),
         };
         match (as_f32(&dyh)?, as_f32(&xh)?, z) {
