@@ -37,6 +37,33 @@ fn current_and_peak_bytes_follow_allocations() -> hemi::Result<()> {
     Ok(())
 }
 
+/// A freed large CPU storage stays in the host cache (not counted as tensor memory) and serves
+/// the next request of its size class; `empty_host_cache` releases it. (An odd size no other
+/// test in this binary asks for, so nothing else takes the block meanwhile.)
+#[test]
+fn freed_large_cpu_buffers_are_cached_and_reused() -> hemi::Result<()> {
+    let n = 1_234_567;
+    let a = Tensor::ones([n], DType::F64, Device::Cpu)?;
+    let cached = hemi::host_cache_bytes();
+    let current = memory_stats(Device::Cpu).current;
+    drop(a);
+    assert!(
+        hemi::host_cache_bytes() >= cached + n * 8,
+        "the block is cached"
+    );
+    assert_eq!(memory_stats(Device::Cpu).current, current - n * 8);
+    // Same class (a few elements fewer): the cached block is reused and zeroed.
+    let b = Tensor::zeros([n - 5], DType::F64, Device::Cpu)?;
+    assert!(hemi::host_cache_bytes() < cached + n * 8, "taken back");
+    assert!(
+        b.to_vec::<f64>()?.iter().all(|&v| v == 0.0),
+        "zeroed on reuse"
+    );
+    drop(b);
+    assert!(hemi::empty_host_cache() >= n * 8, "released");
+    Ok(())
+}
+
 /// The emulated CUDA device's caching allocator reports rounded blocks.
 #[cfg(feature = "cuda")]
 #[test]

@@ -6,7 +6,7 @@
 //! Small bookkeeping vectors (dims, strides, per-tensor lists) still use the infallible
 //! constructors: their sizes are bounded by ranks and tensor counts, not element counts.
 
-use crate::{Device, Error, Result};
+use crate::{host_cache, Device, Error, Result};
 use rayon::prelude::*;
 
 /// The error for a refused request of `n` elements of `T`.
@@ -17,11 +17,21 @@ pub(crate) fn out_of_memory<T>(n: usize) -> Error {
     }
 }
 
-/// An empty vector with room for exactly `n` elements, or `Err(OutOfMemory)`.
+/// An empty vector with room for `n` elements, or `Err(OutOfMemory)`. Large requests get
+/// their whole size class ([`host_cache`]), from a cached block when there is one.
 pub(crate) fn with_capacity<T>(n: usize) -> Result<Vec<T>> {
+    if let Some(v) = host_cache::take::<T>(n) {
+        return Ok(v);
+    }
     let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| out_of_memory::<T>(n))?;
+    v.try_reserve_exact(host_cache::capacity_for::<T>(n))
+        .map_err(|_| out_of_memory::<T>(n))?;
     Ok(v)
+}
+
+/// Hands a scratch vector's block back to the host cache (or frees it).
+pub(crate) fn recycle<T: bytemuck::Pod>(v: Vec<T>) {
+    host_cache::give(v)
 }
 
 /// `n` copies of `value` (`vec![value; n]` without the abort). An all-zero-bits `value`
@@ -37,10 +47,32 @@ pub(crate) fn filled<T: bytemuck::Pod>(n: usize, value: T) -> Result<Vec<T>> {
     Ok(v)
 }
 
-/// `n` all-zero-bits elements, from `alloc_zeroed` (`calloc`).
+/// `n` all-zero-bits elements: a cached block zeroed in parallel, else `alloc_zeroed`
+/// (`calloc`: fresh pages from the OS are already zero).
 fn zeroed<T: bytemuck::Zeroable>(n: usize) -> Result<Vec<T>> {
     use std::alloc::{alloc_zeroed, Layout};
-    let layout = Layout::array::<T>(n).map_err(|_| out_of_memory::<T>(n))?;
+    if let Some(mut v) = host_cache::take::<T>(n) {
+        let spare = &mut v.spare_capacity_mut()[..n];
+        let len = std::mem::size_of_val(spare);
+        // SAFETY: the same memory as `spare`, as bytes that may be uninitialized.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(
+                spare.as_mut_ptr().cast::<std::mem::MaybeUninit<u8>>(),
+                len,
+            )
+        };
+        let zero = |c: &mut [std::mem::MaybeUninit<u8>]| c.fill(std::mem::MaybeUninit::new(0));
+        if len >= 1 << 20 {
+            bytes.par_chunks_mut(1 << 16).for_each(zero);
+        } else {
+            zero(bytes);
+        }
+        // SAFETY: the first `n` elements were just zeroed, a valid `T` (`Zeroable`).
+        unsafe { v.set_len(n) };
+        return Ok(v);
+    }
+    let cap = host_cache::capacity_for::<T>(n);
+    let layout = Layout::array::<T>(cap).map_err(|_| out_of_memory::<T>(n))?;
     if layout.size() == 0 {
         let mut v = Vec::new();
         // Zero-sized elements, or `n == 0`: no allocation.
@@ -52,10 +84,10 @@ fn zeroed<T: bytemuck::Zeroable>(n: usize) -> Result<Vec<T>> {
     if ptr.is_null() {
         return Err(out_of_memory::<T>(n));
     }
-    // SAFETY: `ptr` was allocated by the global allocator with `Layout::array::<T>(n)` (the
-    // layout `Vec<T>` uses for capacity `n`), and all-zero bits are a valid `T` (`Zeroable`),
-    // so all `n` elements are initialized.
-    Ok(unsafe { Vec::from_raw_parts(ptr, n, n) })
+    // SAFETY: `ptr` was allocated by the global allocator with `Layout::array::<T>(cap)` (the
+    // layout `Vec<T>` uses for capacity `cap`), and all-zero bits are a valid `T` (`Zeroable`),
+    // so the first `n ≤ cap` elements are initialized.
+    Ok(unsafe { Vec::from_raw_parts(ptr, n, cap) })
 }
 
 /// The first `n` items of `items` (which yields at least that many: an iterator over a layout or

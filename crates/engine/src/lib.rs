@@ -22,6 +22,7 @@ pub mod cpu;
 mod device;
 mod dtype;
 mod error;
+mod host_cache;
 pub mod memory;
 pub mod nn;
 mod ops;
@@ -36,7 +37,9 @@ pub use backend::{Backend, CrossEntropySpec, GemmAlgo, Reduction};
 pub use device::Device;
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
-pub use memory::{memory_stats, reset_peak_memory, MemoryStats};
+pub use memory::{
+    empty_host_cache, host_cache_bytes, memory_stats, reset_peak_memory, MemoryStats,
+};
 pub use ops::{
     AdamParam, AvgPool2dParams, BatchNormParams, Conv2dParams, GemmOptions, MaxPool2dParams,
     SgdParam,

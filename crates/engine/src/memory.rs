@@ -53,3 +53,15 @@ pub fn memory_stats(device: Device) -> MemoryStats {
 pub fn reset_peak_memory(device: Device) {
     with_stats(device, |s| s.peak = s.current)
 }
+
+/// Bytes of host memory the CPU backend keeps cached for reuse (freed large buffers, not
+/// counted in [`memory_stats`]; see `HEMI_CPU_CACHE_BYTES` in the README).
+pub fn host_cache_bytes() -> usize {
+    crate::host_cache::held()
+}
+
+/// Returns every cached host block to the allocator (like `torch.cuda.empty_cache` for the
+/// CPU backend's cache); returns the bytes released.
+pub fn empty_host_cache() -> usize {
+    crate::host_cache::empty()
+}

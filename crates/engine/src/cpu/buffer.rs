@@ -41,6 +41,15 @@ impl CpuBuffer {
 impl Drop for CpuBuffer {
     fn drop(&mut self) {
         memory::record_free(Device::Cpu, self.len * self.dtype.size_in_bytes());
+        // Large blocks go back to the host cache for the next op of the same size.
+        let data = self.data.get_mut().unwrap_or_else(|e| e.into_inner());
+        match std::mem::replace(data, CpuStorage::F32(Vec::new())) {
+            CpuStorage::F16(v) => crate::alloc::recycle(v),
+            CpuStorage::BF16(v) => crate::alloc::recycle(v),
+            CpuStorage::F32(v) => crate::alloc::recycle(v),
+            CpuStorage::F64(v) => crate::alloc::recycle(v),
+            CpuStorage::I64(v) => crate::alloc::recycle(v),
+        }
     }
 }
 

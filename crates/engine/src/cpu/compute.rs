@@ -7,6 +7,7 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use num_traits::Float;
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::sync::RwLockReadGuard;
 
 /// Element count above which CPU loops go parallel.
@@ -107,6 +108,52 @@ pub(crate) fn to_compute(op: &'static str, s: &CpuStorage, layout: &Layout) -> R
     })
 }
 
+/// A float view in its compute type: borrowed when the storage already holds the compute
+/// type contiguously (F32, F64), else gathered (and widened) into a fresh vector.
+#[derive(Debug)]
+pub(crate) enum ComputeRef<'a> {
+    F32(Cow<'a, [f32]>),
+    F64(Cow<'a, [f64]>),
+}
+
+impl ComputeRef<'_> {
+    /// Hands a gathered copy's block back to the host cache (a borrow has none).
+    pub(crate) fn recycle(self) {
+        match self {
+            ComputeRef::F32(Cow::Owned(v)) => alloc::recycle(v),
+            ComputeRef::F64(Cow::Owned(v)) => alloc::recycle(v),
+            _ => {}
+        }
+    }
+}
+
+/// [`to_compute`] without the copy where none is needed (see [`ComputeRef`]).
+pub(crate) fn to_compute_ref<'a>(
+    op: &'static str,
+    s: &'a CpuStorage,
+    layout: &Layout,
+) -> Result<ComputeRef<'a>> {
+    let range = layout
+        .contiguous_start()
+        .map(|start| start..start + layout.elem_count());
+    Ok(match (s, range) {
+        (CpuStorage::F32(v), Some(r)) => ComputeRef::F32(Cow::Borrowed(&v[r])),
+        (CpuStorage::F64(v), Some(r)) => ComputeRef::F64(Cow::Borrowed(&v[r])),
+        _ => match to_compute(op, s, layout)? {
+            Compute::F32(v) => ComputeRef::F32(Cow::Owned(v)),
+            Compute::F64(v) => ComputeRef::F64(Cow::Owned(v)),
+        },
+    })
+}
+
+/// The whole storage as a [`ComputeRef`].
+pub(crate) fn all_to_compute_ref<'a>(
+    op: &'static str,
+    s: &'a CpuStorage,
+) -> Result<ComputeRef<'a>> {
+    to_compute_ref(op, s, &Layout::contiguous([s.len()]))
+}
+
 /// Whole contiguous storage into its compute type.
 pub(crate) fn all_to_compute(op: &'static str, s: &CpuStorage) -> Result<Compute> {
     to_compute(op, s, &Layout::contiguous([s.len()]))
@@ -181,6 +228,26 @@ macro_rules! map_compute {
     };
 }
 pub(crate) use map_compute;
+
+/// [`map_compute!`] over a [`ComputeRef`]: `$v` is a `Cow` slice of `$T`; the body returns the
+/// output vector, wrapped into a [`Compute`].
+macro_rules! map_compute_ref {
+    ($c:expr, |$v:ident : $T:ident| $body:expr) => {
+        match $c {
+            $crate::cpu::compute::ComputeRef::F32($v) => {
+                #[allow(dead_code)]
+                type $T = f32;
+                $crate::cpu::compute::Compute::F32($body)
+            }
+            $crate::cpu::compute::ComputeRef::F64($v) => {
+                #[allow(dead_code)]
+                type $T = f64;
+                $crate::cpu::compute::Compute::F64($body)
+            }
+        }
+    };
+}
+pub(crate) use map_compute_ref;
 
 /// Converts an f64 scalar to the compute type `T`.
 pub(crate) fn scalar<T: Float>(v: f64) -> T {

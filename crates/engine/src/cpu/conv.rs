@@ -5,7 +5,9 @@
 //! the result scattered back to NHWC on the way out (two extra passes over memory: the CPU
 //! accepts both formats; a native NHWC path is CPU-speed work).
 
-use super::compute::{gather_same, host, nchw_to_format_gather, to_compute, Compute};
+use super::compute::{
+    gather_same, host, nchw_to_format_gather, to_compute_ref, Compute, ComputeRef,
+};
 use super::matmul::gemm_strided;
 use super::wrap;
 use crate::backend::Conv2dSpec;
@@ -331,6 +333,8 @@ fn forward<T: Float + bytemuck::Pod + Send + Sync + 'static>(
                 scatter_rows(&wide, dst, shape);
             }
         }
+        crate::alloc::recycle(col);
+        crate::alloc::recycle(wide);
         Ok(())
     })?;
     Ok(out)
@@ -373,6 +377,8 @@ fn backward_input<T: Float + bytemuck::Pod + Send + Sync + 'static>(
             );
             g.col2im(&dcol, grp, (dst, imgs), !serial);
         }
+        crate::alloc::recycle(dcol);
+        crate::alloc::recycle(wide);
         Ok(())
     })?;
     Ok(dx)
@@ -416,6 +422,8 @@ fn backward_weight<T: Float + bytemuck::Pod + Send + Sync + 'static>(
                 few_chunks,
             );
         }
+        crate::alloc::recycle(col);
+        crate::alloc::recycle(wide);
         Ok(acc)
     };
     let zeros = || crate::alloc::filled(wlen, T::zero());
@@ -455,14 +463,14 @@ fn check_len(
 }
 
 /// Both operands (one dtype, dense in `spec.format`) in their compute type, in logical
-/// (row-major NCHW / KCRS) order; and the output dtype.
-fn pair(
+/// (row-major NCHW / KCRS) order (borrowed when they already are: F32/F64 NCHW), and the
+/// output dtype.
+fn pair<'a>(
     op: &'static str,
-    (a, a_dims): (&StorageRef, [usize; 4]),
-    (b, b_dims): (&StorageRef, [usize; 4]),
+    (ha, a_dims): (&'a CpuStorage, [usize; 4]),
+    (hb, b_dims): (&'a CpuStorage, [usize; 4]),
     spec: &Conv2dSpec,
-) -> Result<(Compute, Compute, DType)> {
-    let (ha, hb) = (host(op, a)?, host(op, b)?);
+) -> Result<(ComputeRef<'a>, ComputeRef<'a>, DType)> {
     if ha.dtype() != hb.dtype() {
         return Err(Error::dtype(
             op,
@@ -473,8 +481,8 @@ fn pair(
         Layout::dense(dims, spec.format).unwrap_or_else(|| Layout::contiguous(dims))
     };
     Ok((
-        to_compute(op, &ha, &view(a_dims))?,
-        to_compute(op, &hb, &view(b_dims))?,
+        to_compute_ref(op, ha, &view(a_dims))?,
+        to_compute_ref(op, hb, &view(b_dims))?,
         spec.out_dtype.unwrap_or(ha.dtype()),
     ))
 }
@@ -491,8 +499,13 @@ fn output(c: Compute, dims: [usize; 4], dtype: DType, spec: &Conv2dSpec) -> Resu
 macro_rules! dispatch {
     ($op:expr, $a:expr, $b:expr, $f:ident, $g:expr) => {
         match ($a, $b) {
-            (Compute::F32(a), Compute::F32(b)) => Compute::F32($f(&a, &b, $g)?),
-            (Compute::F64(a), Compute::F64(b)) => Compute::F64($f(&a, &b, $g)?),
+            (ComputeRef::F32(a), ComputeRef::F32(b)) => {
+                let out = $f(&a, &b, $g)?;
+                ComputeRef::F32(a).recycle();
+                ComputeRef::F32(b).recycle();
+                Compute::F32(out)
+            }
+            (ComputeRef::F64(a), ComputeRef::F64(b)) => Compute::F64($f(&a, &b, $g)?),
             _ => return Err(Error::dtype($op, "mixed compute types")),
         }
     };
@@ -511,7 +524,13 @@ pub(crate) fn conv2d(x: &StorageRef, w: &StorageRef, spec: &Conv2dSpec) -> Resul
         spec,
     )?;
     check_len(OP, "weight", w.len(), spec.c_out * g.k, spec)?;
-    let (a, b, dtype) = pair(OP, (x, spec.input_dims()), (w, spec.weight_dims()), spec)?;
+    let (ha, hb) = (host(OP, x)?, host(OP, w)?);
+    let (a, b, dtype) = pair(
+        OP,
+        (&ha, spec.input_dims()),
+        (&hb, spec.weight_dims()),
+        spec,
+    )?;
     let y = dispatch!(OP, a, b, forward, &g);
     output(y, spec.output_dims(), dtype, spec)
 }
@@ -527,7 +546,13 @@ pub(crate) fn conv2d_backward_input(
     let g = Geometry::new(spec);
     check_len(OP, "grad_output", dy.len(), spec.n * spec.c_out * g.p, spec)?;
     check_len(OP, "weight", w.len(), spec.c_out * g.k, spec)?;
-    let (a, b, dtype) = pair(OP, (dy, spec.output_dims()), (w, spec.weight_dims()), spec)?;
+    let (ha, hb) = (host(OP, dy)?, host(OP, w)?);
+    let (a, b, dtype) = pair(
+        OP,
+        (&ha, spec.output_dims()),
+        (&hb, spec.weight_dims()),
+        spec,
+    )?;
     let dx = dispatch!(OP, a, b, backward_input, &g);
     output(dx, spec.input_dims(), dtype, spec)
 }
@@ -549,7 +574,13 @@ pub(crate) fn conv2d_backward_weight(
         spec,
     )?;
     check_len(OP, "grad_output", dy.len(), spec.n * spec.c_out * g.p, spec)?;
-    let (a, b, dtype) = pair(OP, (x, spec.input_dims()), (dy, spec.output_dims()), spec)?;
+    let (ha, hb) = (host(OP, x)?, host(OP, dy)?);
+    let (a, b, dtype) = pair(
+        OP,
+        (&ha, spec.input_dims()),
+        (&hb, spec.output_dims()),
+        spec,
+    )?;
     let dw = dispatch!(OP, a, b, backward_weight, &g);
     output(dw, spec.weight_dims(), dtype, spec)
 }

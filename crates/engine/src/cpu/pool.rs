@@ -1,7 +1,9 @@
 //! CPU pooling over NCHW planes: max (with argmax indices), average and adaptive average,
 //! forward and backward, parallel over the `n * c` planes.
 
-use super::compute::{all_to_compute, check_len, count, from_nchw, host, map_compute, to_nchw};
+use super::compute::{
+    all_to_compute_ref, check_len, count, from_nchw, host, map_compute_ref, to_nchw,
+};
 use super::sum::{pairwise_sum, pairwise_sum_by};
 use super::wrap;
 use crate::backend::Pool2dSpec;
@@ -77,8 +79,8 @@ pub(crate) fn max_pool2d(x: &StorageRef, s: &Pool2dSpec) -> Result<(CpuStorage, 
     check_len(OP, "input", xh.len(), s.n * s.c * s.h * s.w)?;
     let (plane_in, plane_out) = (s.h * s.w, s.out_h() * s.out_w());
     let mut idx = crate::alloc::filled(s.n * s.c * plane_out, 0i64)?;
-    let c = all_to_compute(OP, &xh)?;
-    let out = map_compute!(c, |v: T| {
+    let c = all_to_compute_ref(OP, &xh)?;
+    let out = map_compute_ref!(c, |v: T| {
         let mut out = crate::alloc::filled(s.n * s.c * plane_out, T::zero())?;
         out.par_chunks_mut(plane_out.max(1))
             .zip(idx.par_chunks_mut(plane_out.max(1)))
@@ -109,8 +111,8 @@ pub(crate) fn max_pool2d_backward(
             format!("index {bad} outside a {}x{} plane", s.h, s.w),
         ));
     }
-    let c = all_to_compute(OP, &dyh)?;
-    let out = map_compute!(c, |g: T| {
+    let c = all_to_compute_ref(OP, &dyh)?;
+    let out = map_compute_ref!(c, |g: T| {
         let mut dx = crate::alloc::filled(s.n * s.c * plane_in, T::zero())?;
         dx.par_chunks_mut(plane_in.max(1))
             .enumerate()
@@ -161,8 +163,8 @@ pub(crate) fn avg_pool2d(x: &StorageRef, s: &Pool2dSpec) -> Result<CpuStorage> {
     check_len(OP, "input", xh.len(), s.n * s.c * s.h * s.w)?;
     let (oh, ow) = (s.out_h(), s.out_w());
     let (plane_in, plane_out) = (s.h * s.w, oh * ow);
-    let c = all_to_compute(OP, &xh)?;
-    let out = map_compute!(c, |v: T| {
+    let c = all_to_compute_ref(OP, &xh)?;
+    let out = map_compute_ref!(c, |v: T| {
         let mut out = crate::alloc::filled(s.n * s.c * plane_out, T::zero())?;
         out.par_chunks_mut(plane_out.max(1))
             .enumerate()
@@ -191,8 +193,8 @@ pub(crate) fn avg_pool2d_backward(dy: &StorageRef, s: &Pool2dSpec) -> Result<Cpu
     let (oh, ow) = (s.out_h(), s.out_w());
     let (plane_in, plane_out) = (s.h * s.w, oh * ow);
     check_len(OP, "grad_output", dyh.len(), s.n * s.c * plane_out)?;
-    let c = all_to_compute(OP, &dyh)?;
-    let out = map_compute!(c, |g: T| {
+    let c = all_to_compute_ref(OP, &dyh)?;
+    let out = map_compute_ref!(c, |g: T| {
         let mut dx = crate::alloc::filled(s.n * s.c * plane_in, T::zero())?;
         dx.par_chunks_mut(plane_in.max(1))
             .enumerate()
@@ -241,8 +243,8 @@ pub(crate) fn adaptive_avg_pool2d(
     let xh = host(OP, x)?;
     check_len(OP, "input", xh.len(), n * c * h * w)?;
     let (plane_in, plane_out) = (h * w, out.0 * out.1);
-    let comp = all_to_compute(OP, &xh)?;
-    let res = map_compute!(comp, |v: T| {
+    let comp = all_to_compute_ref(OP, &xh)?;
+    let res = map_compute_ref!(comp, |v: T| {
         let mut o = crate::alloc::filled(n * c * plane_out, T::zero())?;
         o.par_chunks_mut(plane_out).enumerate().for_each(|(p, op)| {
             let x = &v[p * plane_in..][..plane_in];
@@ -273,8 +275,8 @@ pub(crate) fn adaptive_avg_pool2d_backward(
     let dyh = host(OP, dy)?;
     let (plane_in, plane_out) = (h * w, out.0 * out.1);
     check_len(OP, "grad_output", dyh.len(), n * c * plane_out)?;
-    let comp = all_to_compute(OP, &dyh)?;
-    let res = map_compute!(comp, |g: T| {
+    let comp = all_to_compute_ref(OP, &dyh)?;
+    let res = map_compute_ref!(comp, |g: T| {
         let mut dx = crate::alloc::filled(n * c * plane_in, T::zero())?;
         dx.par_chunks_mut(plane_in).enumerate().for_each(|(p, d)| {
             let gp = &g[p * plane_out..][..plane_out];

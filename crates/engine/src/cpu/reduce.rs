@@ -3,7 +3,7 @@
 //! dtype (u = 2^-24 for F16/BF16/F32 inputs, 2^-53 for F64); a mean adds one more rounding
 //! for the division. Max and min are exact.
 
-use super::compute::{count, map_compute, to_compute, PAR_THRESHOLD};
+use super::compute::{count, map_compute_ref, to_compute_ref, PAR_THRESHOLD};
 use super::sum::pairwise_sum;
 use super::{compute::host, wrap};
 use crate::backend::ReduceOp;
@@ -47,8 +47,8 @@ pub(crate) fn reduce(
     let permuted = layout.permute(&perm);
     let chunk: usize = dims.iter().map(|&d| layout.dims()[d]).product();
     let outer: usize = kept.iter().map(|&d| layout.dims()[d]).product();
-    let c = to_compute("reduce", s, &permuted)?;
-    let out = map_compute!(c, |v: T| {
+    let c = to_compute_ref("reduce", s, &permuted)?;
+    let out = map_compute_ref!(c, |v: T| {
         if chunk == 0 {
             crate::alloc::filled(outer, reduce_chunk::<T>(op, &[]))?
         } else if v.len() >= PAR_THRESHOLD && outer > 1 {
