@@ -40,6 +40,8 @@ fn main() -> Result<()> {
     let x = Tensor::randn([batch, 3, image, image], DType::F32, Device::Cpu)?;
     let y = Tensor::randint(0, 1000, [batch], Device::Cpu)?;
     let mut times = Vec::new();
+    // Per-phase medians (forward, backward, optimizer step) with `--phases`.
+    let mut phases: [Vec<f64>; 3] = Default::default();
     for i in 0..=steps {
         let t0 = Instant::now();
         opt.zero_grad();
@@ -49,11 +51,22 @@ fn main() -> Result<()> {
                 .forward(&x)?
                 .cross_entropy(&y, CrossEntropySpec::default())?
         };
+        let t1 = Instant::now();
         scaler.scale(&loss)?.backward()?;
+        let t2 = Instant::now();
         scaler.step(&mut opt)?;
         scaler.update(None)?;
         if i > 0 {
             times.push(t0.elapsed().as_secs_f64());
+            phases[0].push((t1 - t0).as_secs_f64());
+            phases[1].push((t2 - t1).as_secs_f64());
+            phases[2].push(t2.elapsed().as_secs_f64());
+        }
+    }
+    if std::env::args().any(|a| a == "--phases") {
+        for (name, v) in ["forward", "backward", "step"].iter().zip(&mut phases) {
+            v.sort_by(f64::total_cmp);
+            eprintln!("{name}: {:.1} ms", 1e3 * v[v.len() / 2]);
         }
     }
     times.sort_by(f64::total_cmp);

@@ -12,8 +12,10 @@ use super::matmul::gemm_strided;
 use super::wrap;
 use crate::backend::Conv2dSpec;
 use crate::{CpuStorage, DType, Error, Layout, Result, StorageRef};
+use half::bf16;
 use num_traits::Float;
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 /// Sizes derived from a spec: per-group channels, patch length `K` and output pixels `P`.
 #[derive(Clone, Copy)]
@@ -75,7 +77,7 @@ impl Geometry {
     /// Fills the `kh·kw` rows of `col` (`ld` apart, `P` long) that belong to one input channel
     /// `plane [h, w]` of one image: per output row, zeros left and right of the valid run and
     /// the run itself copied (contiguous for stride 1).
-    fn im2col_channel<T: Float>(&self, plane: &[T], col: &mut [T], ld: usize) {
+    fn im2col_channel<T: bytemuck::Pod>(&self, plane: &[T], col: &mut [T], ld: usize) {
         let s = &self.s;
         let st = s.stride.1;
         for ki in 0..s.kh {
@@ -85,11 +87,11 @@ impl Geometry {
                 for (oy, out) in dst.chunks_exact_mut(self.ow.max(1)).enumerate() {
                     let iy = Self::src(oy, ki, s.stride.0, s.padding.0, s.dilation.0, s.h);
                     let Some(iy) = iy.filter(|_| !run.is_empty()) else {
-                        out.fill(T::zero());
+                        out.fill(T::zeroed());
                         continue;
                     };
-                    out[..run.start].fill(T::zero());
-                    out[run.end..].fill(T::zero());
+                    out[..run.start].fill(T::zeroed());
+                    out[run.end..].fill(T::zeroed());
                     let src = &plane[iy * s.w + ix0..];
                     let out = &mut out[run.clone()];
                     if st == 1 {
@@ -140,7 +142,7 @@ impl Geometry {
     /// Fills `col [K, imgs·P]` (rows `ld` apart) from the channels of group `g` of the images
     /// `x [imgs, c_in, h, w]`, image `j` in columns `j·P..`; in parallel over channels when
     /// `parallel` (the chunk's GEMM is parallel too: there are fewer chunks than threads).
-    fn im2col<T: Float + Send + Sync>(
+    fn im2col<T: bytemuck::Pod + Send + Sync>(
         &self,
         (x, imgs): (&[T], usize),
         g: usize,
@@ -246,9 +248,9 @@ fn gather_rows<T: Copy>(
 
 /// The `[rows, imgs·P]` scratch a chunk of several images needs (none for one image, whose
 /// NCHW block already is that matrix).
-fn wide_buffer<T: Float + bytemuck::Pod>(imgs: usize, rows: usize, ld: usize) -> Result<Vec<T>> {
+fn wide_buffer<T: bytemuck::Pod>(imgs: usize, rows: usize, ld: usize) -> Result<Vec<T>> {
     if imgs > 1 {
-        crate::alloc::filled(rows * ld, T::zero())
+        crate::alloc::filled(rows * ld, T::zeroed())
     } else {
         Ok(Vec::new())
     }
@@ -291,15 +293,85 @@ fn over_chunks<T: Send>(
     }
 }
 
-fn forward<T: Float + bytemuck::Pod + Send + Sync + 'static>(
-    x: &[T],
-    w: &[T],
-    g: &Geometry,
-) -> Result<Vec<T>> {
+/// An element type convolutions read, the type they accumulate and return in, and the GEMM
+/// between them: f32 → f32 and f64 → f64 (`gemm_strided`), bf16 → f32 on AMX tiles.
+trait ConvElem: bytemuck::Pod + Send + Sync + 'static {
+    type Acc: Float + bytemuck::Pod + Send + Sync + 'static;
+    /// `dst[m × n] (+)= A · B` (see `gemm_strided`).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        shape: (usize, usize, usize),
+        dst: &mut [Self::Acc],
+        a: &[Self],
+        a_strides: (usize, usize),
+        b: &[Self],
+        b_strides: (usize, usize),
+        accumulate: bool,
+        parallel: bool,
+    );
+}
+
+macro_rules! conv_elem_same {
+    ($t:ty) => {
+        impl ConvElem for $t {
+            type Acc = $t;
+            fn gemm(
+                shape: (usize, usize, usize),
+                dst: &mut [$t],
+                a: &[$t],
+                a_strides: (usize, usize),
+                b: &[$t],
+                b_strides: (usize, usize),
+                accumulate: bool,
+                parallel: bool,
+            ) {
+                gemm_strided(shape, dst, a, a_strides, b, b_strides, accumulate, parallel)
+            }
+        }
+    };
+}
+conv_elem_same!(f32);
+conv_elem_same!(f64);
+
+impl ConvElem for bf16 {
+    type Acc = f32;
+    fn gemm(
+        (m, n, k): (usize, usize, usize),
+        dst: &mut [f32],
+        a: &[bf16],
+        a_strides: (usize, usize),
+        b: &[bf16],
+        b_strides: (usize, usize),
+        accumulate: bool,
+        parallel: bool,
+    ) {
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            if !accumulate {
+                dst[..m * n].fill(0.0);
+            }
+            return;
+        }
+        super::amx::gemm_bf16(
+            (m, n, k),
+            dst,
+            a,
+            a_strides,
+            b,
+            b_strides,
+            accumulate,
+            parallel,
+        )
+    }
+}
+
+fn forward<T: ConvElem>(x: &[T], w: &[T], g: &Geometry) -> Result<Vec<T::Acc>> {
     let s = &g.s;
     let img_in = s.c_in * s.h * s.w;
     let img_out = s.c_out * g.p;
-    let mut out = crate::alloc::filled(s.n * img_out, T::zero())?;
+    let mut out = crate::alloc::filled(s.n * img_out, <T::Acc as bytemuck::Zeroable>::zeroed())?;
     if img_out == 0 {
         return Ok(out);
     }
@@ -307,18 +379,18 @@ fn forward<T: Float + bytemuck::Pod + Send + Sync + 'static>(
     over_chunks(&mut out, per * img_out, |c, dst, serial| {
         let imgs = dst.len() / img_out;
         let ld = imgs * g.p;
-        let mut col = crate::alloc::filled(g.k * ld, T::zero())?;
-        let mut wide = wide_buffer(imgs, g.cout_g, ld)?;
+        let mut col = crate::alloc::filled(g.k * ld, T::zeroed())?;
+        let mut wide = wide_buffer::<T::Acc>(imgs, g.cout_g, ld)?;
         let x_c = &x[c * per * img_in..][..imgs * img_in];
         for grp in 0..s.groups {
             g.im2col((x_c, imgs), grp, &mut col, !serial);
             let w_g = &w[grp * g.cout_g * g.k..];
-            let y: &mut [T] = if imgs > 1 {
+            let y: &mut [T::Acc] = if imgs > 1 {
                 &mut wide
             } else {
                 &mut dst[grp * g.cout_g * g.p..]
             };
-            gemm_strided(
+            T::gemm(
                 (g.cout_g, ld, g.k),
                 y,
                 w_g,
@@ -340,15 +412,11 @@ fn forward<T: Float + bytemuck::Pod + Send + Sync + 'static>(
     Ok(out)
 }
 
-fn backward_input<T: Float + bytemuck::Pod + Send + Sync + 'static>(
-    dy: &[T],
-    w: &[T],
-    g: &Geometry,
-) -> Result<Vec<T>> {
+fn backward_input<T: ConvElem>(dy: &[T], w: &[T], g: &Geometry) -> Result<Vec<T::Acc>> {
     let s = &g.s;
     let img_in = s.c_in * s.h * s.w;
     let img_out = s.c_out * g.p;
-    let mut dx = crate::alloc::filled(s.n * img_in, T::zero())?;
+    let mut dx = crate::alloc::filled(s.n * img_in, <T::Acc as bytemuck::Zeroable>::zeroed())?;
     if img_in == 0 {
         // An empty input (H or W of 0 under padding) has an empty gradient.
         return Ok(dx);
@@ -358,14 +426,14 @@ fn backward_input<T: Float + bytemuck::Pod + Send + Sync + 'static>(
         let imgs = dst.len() / img_in;
         let ld = imgs * g.p;
         let dy_c = &dy[c * per * img_out..][..imgs * img_out];
-        let mut dcol = crate::alloc::filled(g.k * ld, T::zero())?;
-        let mut wide = wide_buffer(imgs, g.cout_g, ld)?;
+        let mut dcol = crate::alloc::filled(g.k * ld, <T::Acc as bytemuck::Zeroable>::zeroed())?;
+        let mut wide = wide_buffer::<T>(imgs, g.cout_g, ld)?;
         for grp in 0..s.groups {
             // dcol [K, imgs·P] = W_g^T [K, cout_g] · dy_g [cout_g, imgs·P]
             let shape = (g.cout_g, g.p, imgs, img_out, grp * g.cout_g);
             let dy_g = rows_of(&mut wide, dy_c, shape);
             let w_g = &w[grp * g.cout_g * g.k..];
-            gemm_strided(
+            T::gemm(
                 (g.k, ld, g.cout_g),
                 &mut dcol,
                 w_g,
@@ -384,11 +452,7 @@ fn backward_input<T: Float + bytemuck::Pod + Send + Sync + 'static>(
     Ok(dx)
 }
 
-fn backward_weight<T: Float + bytemuck::Pod + Send + Sync + 'static>(
-    x: &[T],
-    dy: &[T],
-    g: &Geometry,
-) -> Result<Vec<T>> {
+fn backward_weight<T: ConvElem>(x: &[T], dy: &[T], g: &Geometry) -> Result<Vec<T::Acc>> {
     let s = &g.s;
     let img_in = s.c_in * s.h * s.w;
     let img_out = s.c_out * g.p;
@@ -399,19 +463,19 @@ fn backward_weight<T: Float + bytemuck::Pod + Send + Sync + 'static>(
     // Fewer chunks than threads: the chunks run one after another, each parallel inside.
     let few_chunks = chunks < threads;
     // dW_g [cout_g, K] += dy_g [cout_g, imgs·P] · col^T [imgs·P, K], chunk by chunk.
-    let accumulate_chunk = |acc: Result<Vec<T>>, c: usize| {
+    let accumulate_chunk = |acc: Result<Vec<T::Acc>>, c: usize| {
         let mut acc = acc?;
         let imgs = per.min(s.n - c * per);
         let ld = imgs * g.p;
-        let mut col = crate::alloc::filled(g.k * ld, T::zero())?;
-        let mut wide = wide_buffer(imgs, g.cout_g, ld)?;
+        let mut col = crate::alloc::filled(g.k * ld, T::zeroed())?;
+        let mut wide = wide_buffer::<T>(imgs, g.cout_g, ld)?;
         let dy_c = &dy[c * per * img_out..][..imgs * img_out];
         let x_c = &x[c * per * img_in..][..imgs * img_in];
         for grp in 0..s.groups {
             g.im2col((x_c, imgs), grp, &mut col, few_chunks);
             let shape = (g.cout_g, g.p, imgs, img_out, grp * g.cout_g);
             let dy_g = rows_of(&mut wide, dy_c, shape);
-            gemm_strided(
+            T::gemm(
                 (g.cout_g, g.k, ld),
                 &mut acc[grp * g.cout_g * g.k..],
                 dy_g,
@@ -426,7 +490,7 @@ fn backward_weight<T: Float + bytemuck::Pod + Send + Sync + 'static>(
         crate::alloc::recycle(wide);
         Ok(acc)
     };
-    let zeros = || crate::alloc::filled(wlen, T::zero());
+    let zeros = || crate::alloc::filled(wlen, <T::Acc as bytemuck::Zeroable>::zeroed());
     if few_chunks {
         (0..chunks).fold(zeros(), accumulate_chunk)
     } else {
@@ -496,19 +560,75 @@ fn output(c: Compute, dims: [usize; 4], dtype: DType, spec: &Conv2dSpec) -> Resu
     }
 }
 
-macro_rules! dispatch {
-    ($op:expr, $a:expr, $b:expr, $f:ident, $g:expr) => {
-        match ($a, $b) {
-            (ComputeRef::F32(a), ComputeRef::F32(b)) => {
-                let out = $f(&a, &b, $g)?;
-                ComputeRef::F32(a).recycle();
-                ComputeRef::F32(b).recycle();
+/// The three GEMM passes of a convolution.
+#[derive(Clone, Copy)]
+enum Pass {
+    /// `(x, w) → y`
+    Forward,
+    /// `(dy, w) → dx`
+    BackwardInput,
+    /// `(x, dy) → dw`
+    BackwardWeight,
+}
+
+fn run_pass<T: ConvElem>(p: Pass, a: &[T], b: &[T], g: &Geometry) -> Result<Vec<T::Acc>> {
+    match p {
+        Pass::Forward => forward(a, b, g),
+        Pass::BackwardInput => backward_input(a, b, g),
+        Pass::BackwardWeight => backward_weight(a, b, g),
+    }
+}
+
+/// A BF16 operand in NCHW order (borrowed when it already is).
+fn bf16_nchw<'a>(h: &'a CpuStorage, l: &Layout) -> Result<Cow<'a, [bf16]>> {
+    let v = h.as_slice::<bf16>()?;
+    Ok(match l.contiguous_start() {
+        Some(start) => Cow::Borrowed(&v[start..start + l.elem_count()]),
+        None => Cow::Owned(
+            <bf16 as crate::StorageElement>::from_storage(gather_same(h, l)?)
+                .ok_or_else(|| Error::dtype("conv2d", "a bf16 gather changed dtype"))?,
+        ),
+    })
+}
+
+/// Runs pass `p` on two operands of one dtype (dense in `spec.format`): BF16 pairs on AMX
+/// where the CPU has it (bf16 products, f32 accumulation), everything else in its compute type
+/// (f32; f64 for F64); the result rounded once into the output dtype, stored in
+/// `spec.format`.
+fn convolve(
+    op: &'static str,
+    p: Pass,
+    (a, a_dims): (&StorageRef, [usize; 4]),
+    (b, b_dims): (&StorageRef, [usize; 4]),
+    (g, out_dims): (&Geometry, [usize; 4]),
+) -> Result<CpuStorage> {
+    let spec = &g.s;
+    let (ha, hb) = (host(op, a)?, host(op, b)?);
+    let view = |dims: [usize; 4]| {
+        Layout::dense(dims, spec.format).unwrap_or_else(|| Layout::contiguous(dims))
+    };
+    let amx = ha.dtype() == DType::BF16 && hb.dtype() == DType::BF16 && super::amx::available();
+    let (out, dtype) = if amx {
+        let (x, y) = (
+            bf16_nchw(&ha, &view(a_dims))?,
+            bf16_nchw(&hb, &view(b_dims))?,
+        );
+        (Compute::F32(run_pass(p, &x, &y, g)?), DType::BF16)
+    } else {
+        let (x, y, dtype) = pair(op, (&ha, a_dims), (&hb, b_dims), spec)?;
+        let out = match (x, y) {
+            (ComputeRef::F32(x), ComputeRef::F32(y)) => {
+                let out = run_pass(p, &x, &y, g)?;
+                ComputeRef::F32(x).recycle();
+                ComputeRef::F32(y).recycle();
                 Compute::F32(out)
             }
-            (ComputeRef::F64(a), ComputeRef::F64(b)) => Compute::F64($f(&a, &b, $g)?),
-            _ => return Err(Error::dtype($op, "mixed compute types")),
-        }
+            (ComputeRef::F64(x), ComputeRef::F64(y)) => Compute::F64(run_pass(p, &x, &y, g)?),
+            _ => return Err(Error::dtype(op, "mixed compute types")),
+        };
+        (out, dtype)
     };
+    output(out, out_dims, spec.out_dtype.unwrap_or(dtype), spec)
 }
 
 /// Forward convolution of `x [n, c_in, h, w]` and `w [c_out, c_in/groups, kh, kw]`.
@@ -524,15 +644,13 @@ pub(crate) fn conv2d(x: &StorageRef, w: &StorageRef, spec: &Conv2dSpec) -> Resul
         spec,
     )?;
     check_len(OP, "weight", w.len(), spec.c_out * g.k, spec)?;
-    let (ha, hb) = (host(OP, x)?, host(OP, w)?);
-    let (a, b, dtype) = pair(
+    convolve(
         OP,
-        (&ha, spec.input_dims()),
-        (&hb, spec.weight_dims()),
-        spec,
-    )?;
-    let y = dispatch!(OP, a, b, forward, &g);
-    output(y, spec.output_dims(), dtype, spec)
+        Pass::Forward,
+        (x, spec.input_dims()),
+        (w, spec.weight_dims()),
+        (&g, spec.output_dims()),
+    )
 }
 
 /// Input gradient of [`conv2d`] from `dy [n, c_out, oh, ow]`.
@@ -546,15 +664,13 @@ pub(crate) fn conv2d_backward_input(
     let g = Geometry::new(spec);
     check_len(OP, "grad_output", dy.len(), spec.n * spec.c_out * g.p, spec)?;
     check_len(OP, "weight", w.len(), spec.c_out * g.k, spec)?;
-    let (ha, hb) = (host(OP, dy)?, host(OP, w)?);
-    let (a, b, dtype) = pair(
+    convolve(
         OP,
-        (&ha, spec.output_dims()),
-        (&hb, spec.weight_dims()),
-        spec,
-    )?;
-    let dx = dispatch!(OP, a, b, backward_input, &g);
-    output(dx, spec.input_dims(), dtype, spec)
+        Pass::BackwardInput,
+        (dy, spec.output_dims()),
+        (w, spec.weight_dims()),
+        (&g, spec.input_dims()),
+    )
 }
 
 /// Weight gradient of [`conv2d`] from the input `x` and `dy`.
@@ -574,15 +690,13 @@ pub(crate) fn conv2d_backward_weight(
         spec,
     )?;
     check_len(OP, "grad_output", dy.len(), spec.n * spec.c_out * g.p, spec)?;
-    let (ha, hb) = (host(OP, x)?, host(OP, dy)?);
-    let (a, b, dtype) = pair(
+    convolve(
         OP,
-        (&ha, spec.input_dims()),
-        (&hb, spec.output_dims()),
-        spec,
-    )?;
-    let dw = dispatch!(OP, a, b, backward_weight, &g);
-    output(dw, spec.weight_dims(), dtype, spec)
+        Pass::BackwardWeight,
+        (x, spec.input_dims()),
+        (dy, spec.output_dims()),
+        (&g, spec.weight_dims()),
+    )
 }
 
 impl crate::backend::ConvOps for super::CpuBackend {

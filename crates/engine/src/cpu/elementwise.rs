@@ -1,6 +1,7 @@
 //! CPU elementwise ops: unary, binary (broadcast by strides) and casts.
 
 use super::compute::{self, host, map_compute, scalar, to_compute, Compute, PAR_THRESHOLD};
+use super::half_blocks;
 use super::wrap;
 use crate::backend::check_bounds;
 use crate::backend::{BinaryOp, UnaryOp};
@@ -63,6 +64,20 @@ fn unary_fn<T: Float>(op: UnaryOp) -> impl Fn(T) -> T + Sync + Send {
 
 /// Elementwise op of one float view; output contiguous, same dtype.
 pub(crate) fn unary(op: UnaryOp, s: &CpuStorage, layout: &Layout) -> Result<CpuStorage> {
+    if let Some(r) = layout
+        .contiguous_start()
+        .map(|start| start..start + layout.elem_count())
+    {
+        match s {
+            CpuStorage::F16(v) => {
+                return Ok(CpuStorage::F16(half_blocks::unary(&v[r], unary_fn(op))?))
+            }
+            CpuStorage::BF16(v) => {
+                return Ok(CpuStorage::BF16(half_blocks::unary(&v[r], unary_fn(op))?))
+            }
+            _ => {}
+        }
+    }
     let c = to_compute("unary", s, layout)?;
     let out = map_compute!(c, |v: T| map_par(v, unary_fn::<T>(op)));
     out.into_storage(s.dtype())
@@ -137,6 +152,24 @@ pub(crate) fn binary(
                 rhs_layout.shape()
             ),
         ));
+    }
+    let contiguous = |l: &Layout| l.contiguous_start().map(|s| s..s + l.elem_count());
+    match (lhs, rhs, contiguous(lhs_layout), contiguous(rhs_layout)) {
+        (CpuStorage::F16(a), CpuStorage::F16(b), Some(ra), Some(rb)) => {
+            return Ok(CpuStorage::F16(half_blocks::binary(
+                &a[ra],
+                &b[rb],
+                binary_fn(op),
+            )?));
+        }
+        (CpuStorage::BF16(a), CpuStorage::BF16(b), Some(ra), Some(rb)) => {
+            return Ok(CpuStorage::BF16(half_blocks::binary(
+                &a[ra],
+                &b[rb],
+                binary_fn(op),
+            )?));
+        }
+        _ => {}
     }
     let a = to_compute("binary", lhs, lhs_layout)?;
     let b = to_compute("binary", rhs, rhs_layout)?;

@@ -4,10 +4,12 @@
 //! `conv.rs`, ...).
 
 mod amp;
+mod amx;
 mod buffer;
 pub(crate) mod compute;
 mod conv;
 mod elementwise;
+mod half_blocks;
 mod loss;
 mod matmul;
 mod memory;
