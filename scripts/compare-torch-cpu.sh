@@ -5,13 +5,17 @@
 # the ratios. Not part of CI (it downloads PyTorch: a few GB).
 #
 #   bash scripts/compare-torch-cpu.sh                 # the issue's three configs, 2 threads
-#   STEPS=6 THREADS=2 CONFIGS="8x64 4x32 2x224" bash scripts/compare-torch-cpu.sh
+#   STEPS=6 THREADS=2 ROUNDS=3 CONFIGS="8x64 4x32 2x224" bash scripts/compare-torch-cpu.sh
+#
+# Each cell is the median over ROUNDS rounds (this VM's throughput drifts by 2x between minutes,
+# for both engines: one round is not a measurement).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv-torch
 STEPS="${STEPS:-6}"
 THREADS="${THREADS:-2}"
 CONFIGS="${CONFIGS:-8x64 4x32 2x224}"
+ROUNDS="${ROUNDS:-3}"
 
 # torch + torchvision from PyPI into an ignored venv (idempotent).
 if ! "$VENV/bin/python" -c "import torch, torchvision" >/dev/null 2>&1; then
@@ -24,31 +28,34 @@ cargo build --release -q --bench train_step_compare
 BIN=$(ls -t target/release/deps/train_step_compare-* | grep -v '\.d$' | head -1)
 
 out=$(mktemp)
-for cfg in $CONFIGS; do
-    b=${cfg%x*}; s=${cfg#*x}
-    for amp in off bf16 fp16; do
-        RAYON_NUM_THREADS=$THREADS "$BIN" --batch "$b" --image "$s" --steps "$STEPS" --amp "$amp" >>"$out"
-    done
-    for amp in off bf16; do
-        CUDA_VISIBLE_DEVICES= PYTHONWARNINGS=ignore OMP_NUM_THREADS=$THREADS "$VENV/bin/python" scripts/torch_cpu_step.py \
-            --batch "$b" --image "$s" --steps "$STEPS" --amp "$amp" --threads "$THREADS" >>"$out"
+for round in $(seq "$ROUNDS"); do
+    for cfg in $CONFIGS; do
+        b=${cfg%x*}; s=${cfg#*x}
+        for amp in off bf16 fp16; do
+            RAYON_NUM_THREADS=$THREADS "$BIN" --batch "$b" --image "$s" --steps "$STEPS" --amp "$amp" >>"$out"
+            if [ "$amp" != fp16 ]; then
+                CUDA_VISIBLE_DEVICES= PYTHONWARNINGS=ignore OMP_NUM_THREADS=$THREADS "$VENV/bin/python" scripts/torch_cpu_step.py \
+                    --batch "$b" --image "$s" --steps "$STEPS" --amp "$amp" --threads "$THREADS" >>"$out"
+            fi
+        done
     done
 done
 python3 - "$out" <<'PY'
-import sys
-rows = {}
+import statistics, sys
+runs = {}
 for line in open(sys.argv[1]):
     # "RESULT engine config amp img_per_s"
     p = line.split()
     if len(p) == 5 and p[0] == "RESULT":
-        rows[(p[1], p[2], p[3])] = float(p[4])
-cfgs = sorted({k[1] for k in rows}, key=lambda c: -int(c.split("x")[0]) * 0 + list(dict.fromkeys(k[1] for k in rows)).index(c))
+        runs.setdefault((p[1], p[2], p[3]), []).append(float(p[4]))
+rows = {k: statistics.median(v) for k, v in runs.items()}
+cfgs = list(dict.fromkeys(k[1] for k in runs))  # in the order they ran
 print(f"| config (batch x px) | hemi fp32 | hemi bf16 | hemi fp16 | torch fp32 | torch bf16 | hemi/torch fp32 | hemi bf16/fp32 | hemi fp16/fp32 |")
 print("|---|---|---|---|---|---|---|---|---|")
 for c in cfgs:
     g = lambda e, a: rows.get((e, c, a), float("nan"))
     hf, hb, hh, tf, tb = g("hemi", "off"), g("hemi", "bf16"), g("hemi", "fp16"), g("torch", "off"), g("torch", "bf16")
     print(f"| {c} | {hf:.2f} | {hb:.2f} | {hh:.2f} | {tf:.2f} | {tb:.2f} | {hf/tf:.2f}x | {hb/hf:.2f}x | {hh/hf:.2f}x |")
-print("(images/s, median of the timed steps after one warm-up step)")
+print(f"(images/s: per run the median of the timed steps after one warm-up step; per cell the median of {max(len(v) for v in runs.values())} interleaved runs)")
 PY
 rm -f "$out"
