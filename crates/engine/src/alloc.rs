@@ -20,7 +20,7 @@ pub(crate) fn out_of_memory<T>(n: usize) -> Error {
 /// An empty vector with room for `n` elements, or `Err(OutOfMemory)`. Large requests get
 /// their whole size class ([`host_cache`]), from a cached block when there is one.
 pub(crate) fn with_capacity<T>(n: usize) -> Result<Vec<T>> {
-    if let Some(v) = host_cache::take::<T>(n) {
+    if let Some((v, _)) = host_cache::take::<T>(n) {
         return Ok(v);
     }
     let mut v = Vec::new();
@@ -51,22 +51,8 @@ pub(crate) fn filled<T: bytemuck::Pod>(n: usize, value: T) -> Result<Vec<T>> {
 /// (`calloc`: fresh pages from the OS are already zero).
 fn zeroed<T: bytemuck::Zeroable>(n: usize) -> Result<Vec<T>> {
     use std::alloc::{alloc_zeroed, Layout};
-    if let Some(mut v) = host_cache::take::<T>(n) {
-        let spare = &mut v.spare_capacity_mut()[..n];
-        let len = std::mem::size_of_val(spare);
-        // SAFETY: the same memory as `spare`, as bytes that may be uninitialized.
-        let bytes = unsafe {
-            std::slice::from_raw_parts_mut(
-                spare.as_mut_ptr().cast::<std::mem::MaybeUninit<u8>>(),
-                len,
-            )
-        };
-        let zero = |c: &mut [std::mem::MaybeUninit<u8>]| c.fill(std::mem::MaybeUninit::new(0));
-        if len >= 1 << 20 {
-            bytes.par_chunks_mut(1 << 16).for_each(zero);
-        } else {
-            zero(bytes);
-        }
+    if let Some((mut v, _)) = host_cache::take::<T>(n) {
+        zero_spare(&mut v, 0..n);
         // SAFETY: the first `n` elements were just zeroed, a valid `T` (`Zeroable`).
         unsafe { v.set_len(n) };
         return Ok(v);
@@ -88,6 +74,38 @@ fn zeroed<T: bytemuck::Zeroable>(n: usize) -> Result<Vec<T>> {
     // layout `Vec<T>` uses for capacity `cap`), and all-zero bits are a valid `T` (`Zeroable`),
     // so the first `n ≤ cap` elements are initialized.
     Ok(unsafe { Vec::from_raw_parts(ptr, n, cap) })
+}
+
+/// Writes zero bytes over elements `range` of `v`'s spare capacity (in parallel when large).
+fn zero_spare<T: bytemuck::Zeroable>(v: &mut Vec<T>, range: std::ops::Range<usize>) {
+    let spare = &mut v.spare_capacity_mut()[range];
+    let len = std::mem::size_of_val(spare);
+    // SAFETY: the same memory as `spare`, as bytes that may be uninitialized.
+    let bytes = unsafe {
+        std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<std::mem::MaybeUninit<u8>>(), len)
+    };
+    let zero = |c: &mut [std::mem::MaybeUninit<u8>]| c.fill(std::mem::MaybeUninit::new(0));
+    if len >= 1 << 20 {
+        bytes.par_chunks_mut(1 << 16).for_each(zero);
+    } else {
+        zero(bytes);
+    }
+}
+
+/// `n` elements of unspecified values, for a buffer the caller overwrites completely (an op's
+/// output, a GEMM's destination, im2col columns): a cached block keeps what its previous user
+/// left (no memset; any bit pattern is a value of a `Pod` type), a fresh one is zero.
+pub(crate) fn for_overwrite<T: bytemuck::Pod>(n: usize) -> Result<Vec<T>> {
+    if let Some((mut v, init)) = host_cache::take::<T>(n) {
+        if init < n {
+            zero_spare(&mut v, init..n);
+        }
+        // SAFETY: elements `..init` hold the previous user's values (initialized, and valid
+        // for `Pod`), `init..n` were just zeroed.
+        unsafe { v.set_len(n) };
+        return Ok(v);
+    }
+    zeroed(n)
 }
 
 /// The first `n` items of `items` (which yields at least that many: an iterator over a layout or

@@ -27,8 +27,9 @@ pub(crate) fn class_of(bytes: usize) -> Option<usize> {
     bytes.div_ceil(step).checked_mul(step)
 }
 
-/// A cached block (owned, unaliased memory of the global allocator).
-struct Block(NonNull<u8>);
+/// A cached block (owned, unaliased memory of the global allocator) and how many of its
+/// leading bytes hold initialized values (the length its last vector had).
+struct Block(NonNull<u8>, usize);
 
 // SAFETY: a cached block is plain memory owned by the cache; nothing else points into it.
 unsafe impl Send for Block {}
@@ -76,8 +77,9 @@ pub(crate) fn capacity_for<T>(n: usize) -> usize {
 }
 
 /// An empty vector with room for `n` elements taken from the cache, if a block of their class
-/// is cached.
-pub(crate) fn take<T>(n: usize) -> Option<Vec<T>> {
+/// is cached, and how many leading elements of its spare capacity hold initialized values
+/// (left by its previous user: any bit pattern of a `Pod` type is a value).
+pub(crate) fn take<T>(n: usize) -> Option<(Vec<T>, usize)> {
     let cap = class_capacity::<T>(n)?;
     let key = (cap * std::mem::size_of::<T>(), std::mem::align_of::<T>());
     let block = {
@@ -89,7 +91,8 @@ pub(crate) fn take<T>(n: usize) -> Option<Vec<T>> {
     // SAFETY: the block was allocated by the global allocator with the layout of a `Vec<T>` of
     // capacity `cap` (size `key.0`, alignment `align_of::<T>()`: see `give`), and is unaliased;
     // length 0 needs no initialized elements.
-    Some(unsafe { Vec::from_raw_parts(block.0.as_ptr().cast::<T>(), 0, cap) })
+    let v = unsafe { Vec::from_raw_parts(block.0.as_ptr().cast::<T>(), 0, cap) };
+    Some((v, block.1 / std::mem::size_of::<T>()))
 }
 
 /// Keeps `v`'s block for reuse when it is a cacheable size and the cache has room, else frees
@@ -104,6 +107,7 @@ pub(crate) fn give<T: bytemuck::Pod>(v: Vec<T>) {
     if c.held + bytes > c.limit {
         return;
     }
+    let init = v.len() * std::mem::size_of::<T>();
     let mut v = std::mem::ManuallyDrop::new(v);
     // `Vec`'s pointer is non-null and its block has the layout (bytes, align_of::<T>()); `T`
     // is `Pod`, so forgetting the elements drops nothing.
@@ -112,7 +116,7 @@ pub(crate) fn give<T: bytemuck::Pod>(v: Vec<T>) {
     c.free
         .entry((bytes, std::mem::align_of::<T>()))
         .or_default()
-        .push(Block(ptr));
+        .push(Block(ptr, init));
 }
 
 /// Bytes held in cached blocks now.
@@ -174,15 +178,17 @@ mod tests {
         let ptr = v.as_ptr();
         give(v);
         // Another thread's test may take it first; then a fresh request misses the cache.
-        if let Some(w) = take::<f32>(n - 7) {
+        if let Some((w, init)) = take::<f32>(n - 7) {
+            assert!(init <= w.capacity());
             assert!(w.capacity() >= n && w.is_empty());
             if w.as_ptr() == ptr {
                 assert_eq!(w.capacity(), capacity_for::<f32>(n));
+                assert_eq!(init, n, "the first n values were written");
             }
             give(w);
         }
         // An f64 request of the same bytes has another alignment: never this block.
         let d = take::<f64>(n / 2);
-        assert!(d.is_none_or(|d| d.as_ptr().cast::<f32>() != ptr));
+        assert!(d.is_none_or(|(d, _)| d.as_ptr().cast::<f32>() != ptr));
     }
 }

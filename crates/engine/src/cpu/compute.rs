@@ -3,7 +3,6 @@
 //! into the output dtype.
 
 use crate::{alloc, CpuStorage, DType, Device, Element, Error, Layout, Result, StorageRef};
-use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use num_traits::Float;
 use rayon::prelude::*;
@@ -74,21 +73,31 @@ pub(crate) fn gather_same(s: &CpuStorage, layout: &Layout) -> Result<CpuStorage>
     })
 }
 
-/// f16 → f32 of a contiguous slice with the `half` crate's SIMD (F16C) slice conversion.
+/// f16 → f32 of a contiguous slice (F16C, parallel).
 fn widen_f16(src: &[f16]) -> Result<Vec<f32>> {
-    let mut out = alloc::filled(src.len(), 0f32)?;
-    out.par_chunks_mut(PAR_THRESHOLD)
-        .zip(src.par_chunks(PAR_THRESHOLD))
-        .for_each(|(o, s)| s.convert_to_f32_slice(o));
+    let mut out = alloc::for_overwrite::<f32>(src.len())?;
+    super::convert::f16_to_f32(src, &mut out);
     Ok(out)
 }
 
-/// f32 → f16 (round to nearest even) with the `half` crate's SIMD slice conversion.
+/// bf16 → f32 of a contiguous slice (AVX-512 where present, parallel).
+fn widen_bf16(src: &[bf16]) -> Result<Vec<f32>> {
+    let mut out = alloc::for_overwrite::<f32>(src.len())?;
+    super::convert::bf16_to_f32(src, &mut out);
+    Ok(out)
+}
+
+/// f32 → f16 (round to nearest even), parallel.
 fn narrow_f16(src: &[f32]) -> Result<Vec<f16>> {
-    let mut out = alloc::filled(src.len(), f16::ZERO)?;
-    out.par_chunks_mut(PAR_THRESHOLD)
-        .zip(src.par_chunks(PAR_THRESHOLD))
-        .for_each(|(o, s)| o.convert_from_f32_slice(s));
+    let mut out = alloc::for_overwrite::<f16>(src.len())?;
+    super::convert::f32_to_f16(src, &mut out);
+    Ok(out)
+}
+
+/// f32 → bf16 (round to nearest even), parallel.
+fn narrow_bf16(src: &[f32]) -> Result<Vec<bf16>> {
+    let mut out = alloc::for_overwrite::<bf16>(src.len())?;
+    super::convert::f32_to_bf16(src, &mut out);
     Ok(out)
 }
 
@@ -99,7 +108,10 @@ pub(crate) fn to_compute(op: &'static str, s: &CpuStorage, layout: &Layout) -> R
             Some(start) => widen_f16(&v[start..start + layout.elem_count()])?,
             None => gather(v, layout, f16::to_f32)?,
         }),
-        CpuStorage::BF16(v) => Compute::F32(gather(v, layout, bf16::to_f32)?),
+        CpuStorage::BF16(v) => Compute::F32(match layout.contiguous_start() {
+            Some(start) => widen_bf16(&v[start..start + layout.elem_count()])?,
+            None => gather(v, layout, bf16::to_f32)?,
+        }),
         CpuStorage::F32(v) => Compute::F32(gather(v, layout, |x| x)?),
         CpuStorage::F64(v) => Compute::F64(gather(v, layout, |x| x)?),
         CpuStorage::I64(_) => {
@@ -170,18 +182,30 @@ pub(crate) fn to_f64_vec(s: &CpuStorage, layout: &Layout) -> Result<Vec<f64>> {
     }
 }
 
-fn round_vec<T: Float + Send + Sync, E: Element>(
+fn round_vec<T: Float + bytemuck::Pod + Send + Sync, E: Element>(
     v: Vec<T>,
     f: impl Fn(T) -> E + Sync + Send,
 ) -> Result<Vec<E>> {
-    map_slice(&v, f)
+    let out = map_slice(&v, f);
+    alloc::recycle(v);
+    out
 }
 
-/// Rounds f32 values once into `dtype`.
+/// Rounds f32 values once into `dtype` (the f32 buffer goes back to the host cache).
 pub(crate) fn from_f32(v: Vec<f32>, dtype: DType) -> Result<CpuStorage> {
+    let narrowed = |r: Result<CpuStorage>, v: Vec<f32>| {
+        alloc::recycle(v);
+        r
+    };
     Ok(match dtype {
-        DType::F16 => CpuStorage::F16(narrow_f16(&v)?),
-        DType::BF16 => CpuStorage::BF16(round_vec(v, bf16::from_f32)?),
+        DType::F16 => {
+            let r = narrow_f16(&v).map(CpuStorage::F16);
+            narrowed(r, v)?
+        }
+        DType::BF16 => {
+            let r = narrow_bf16(&v).map(CpuStorage::BF16);
+            narrowed(r, v)?
+        }
         DType::F32 => CpuStorage::F32(v),
         DType::F64 => CpuStorage::F64(round_vec(v, |x| x as f64)?),
         DType::I64 => CpuStorage::I64(round_vec(v, |x| x as i64)?),

@@ -250,7 +250,7 @@ fn gather_rows<T: Copy>(
 /// NCHW block already is that matrix).
 fn wide_buffer<T: bytemuck::Pod>(imgs: usize, rows: usize, ld: usize) -> Result<Vec<T>> {
     if imgs > 1 {
-        crate::alloc::filled(rows * ld, T::zeroed())
+        crate::alloc::for_overwrite(rows * ld)
     } else {
         Ok(Vec::new())
     }
@@ -371,7 +371,8 @@ fn forward<T: ConvElem>(x: &[T], w: &[T], g: &Geometry) -> Result<Vec<T::Acc>> {
     let s = &g.s;
     let img_in = s.c_in * s.h * s.w;
     let img_out = s.c_out * g.p;
-    let mut out = crate::alloc::filled(s.n * img_out, <T::Acc as bytemuck::Zeroable>::zeroed())?;
+    // Every element is written (by the GEMM or the scatter of its rows).
+    let mut out = crate::alloc::for_overwrite::<T::Acc>(s.n * img_out)?;
     if img_out == 0 {
         return Ok(out);
     }
@@ -379,7 +380,7 @@ fn forward<T: ConvElem>(x: &[T], w: &[T], g: &Geometry) -> Result<Vec<T::Acc>> {
     over_chunks(&mut out, per * img_out, |c, dst, serial| {
         let imgs = dst.len() / img_out;
         let ld = imgs * g.p;
-        let mut col = crate::alloc::filled(g.k * ld, T::zeroed())?;
+        let mut col = crate::alloc::for_overwrite::<T>(g.k * ld)?;
         let mut wide = wide_buffer::<T::Acc>(imgs, g.cout_g, ld)?;
         let x_c = &x[c * per * img_in..][..imgs * img_in];
         for grp in 0..s.groups {
@@ -426,7 +427,7 @@ fn backward_input<T: ConvElem>(dy: &[T], w: &[T], g: &Geometry) -> Result<Vec<T:
         let imgs = dst.len() / img_in;
         let ld = imgs * g.p;
         let dy_c = &dy[c * per * img_out..][..imgs * img_out];
-        let mut dcol = crate::alloc::filled(g.k * ld, <T::Acc as bytemuck::Zeroable>::zeroed())?;
+        let mut dcol = crate::alloc::for_overwrite::<T::Acc>(g.k * ld)?;
         let mut wide = wide_buffer::<T>(imgs, g.cout_g, ld)?;
         for grp in 0..s.groups {
             // dcol [K, imgs·P] = W_g^T [K, cout_g] · dy_g [cout_g, imgs·P]
@@ -467,7 +468,7 @@ fn backward_weight<T: ConvElem>(x: &[T], dy: &[T], g: &Geometry) -> Result<Vec<T
         let mut acc = acc?;
         let imgs = per.min(s.n - c * per);
         let ld = imgs * g.p;
-        let mut col = crate::alloc::filled(g.k * ld, T::zeroed())?;
+        let mut col = crate::alloc::for_overwrite::<T>(g.k * ld)?;
         let mut wide = wide_buffer::<T>(imgs, g.cout_g, ld)?;
         let dy_c = &dy[c * per * img_out..][..imgs * img_out];
         let x_c = &x[c * per * img_in..][..imgs * img_in];

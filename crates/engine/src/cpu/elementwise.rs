@@ -174,8 +174,16 @@ pub(crate) fn binary(
     let a = to_compute("binary", lhs, lhs_layout)?;
     let b = to_compute("binary", rhs, rhs_layout)?;
     let out = match (a, b) {
-        (Compute::F32(a), Compute::F32(b)) => Compute::F32(zip_par(a, &b, binary_fn(op))),
-        (Compute::F64(a), Compute::F64(b)) => Compute::F64(zip_par(a, &b, binary_fn(op))),
+        (Compute::F32(a), Compute::F32(b)) => {
+            let out = zip_par(a, &b, binary_fn(op));
+            crate::alloc::recycle(b);
+            Compute::F32(out)
+        }
+        (Compute::F64(a), Compute::F64(b)) => {
+            let out = zip_par(a, &b, binary_fn(op));
+            crate::alloc::recycle(b);
+            Compute::F64(out)
+        }
         _ => return Err(Error::dtype("binary", "compute types differ")),
     };
     out.into_storage(lhs.dtype())
@@ -185,6 +193,38 @@ pub(crate) fn binary(
 /// to I64 truncate toward zero.
 pub(crate) fn cast(s: &CpuStorage, layout: &Layout, dtype: DType) -> Result<CpuStorage> {
     use super::compute::{from_f32, from_f64, gather_same, map_slice};
+    use super::convert;
+    // The casts autocast issues every step (weights to half, gradients back), straight from a
+    // contiguous source into the output (no copy of the source first).
+    if let Some(r) = layout
+        .contiguous_start()
+        .map(|start| start..start + layout.elem_count())
+    {
+        let n = r.len();
+        match (s, dtype) {
+            (CpuStorage::F32(v), DType::BF16) => {
+                let mut out = crate::alloc::for_overwrite::<bf16>(n)?;
+                convert::f32_to_bf16(&v[r], &mut out);
+                return Ok(CpuStorage::BF16(out));
+            }
+            (CpuStorage::F32(v), DType::F16) => {
+                let mut out = crate::alloc::for_overwrite::<f16>(n)?;
+                convert::f32_to_f16(&v[r], &mut out);
+                return Ok(CpuStorage::F16(out));
+            }
+            (CpuStorage::BF16(v), DType::F32) => {
+                let mut out = crate::alloc::for_overwrite::<f32>(n)?;
+                convert::bf16_to_f32(&v[r], &mut out);
+                return Ok(CpuStorage::F32(out));
+            }
+            (CpuStorage::F16(v), DType::F32) => {
+                let mut out = crate::alloc::for_overwrite::<f32>(n)?;
+                convert::f16_to_f32(&v[r], &mut out);
+                return Ok(CpuStorage::F32(out));
+            }
+            _ => {}
+        }
+    }
     let src = gather_same(s, layout)?;
     if src.dtype() == dtype {
         return Ok(src);

@@ -17,20 +17,23 @@ pub(crate) trait Half: bytemuck::Pod + Send + Sync {
     fn narrow(src: &[f32], dst: &mut [Self]);
 }
 
-macro_rules! half_impl {
-    ($t:ty) => {
-        impl Half for $t {
-            fn widen(src: &[Self], dst: &mut [f32]) {
-                src.convert_to_f32_slice(dst)
-            }
-            fn narrow(src: &[f32], dst: &mut [Self]) {
-                dst.convert_from_f32_slice(src)
-            }
-        }
-    };
+impl Half for half::f16 {
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst)
+    }
+    fn narrow(src: &[f32], dst: &mut [Self]) {
+        dst.convert_from_f32_slice(src)
+    }
 }
-half_impl!(half::f16);
-half_impl!(half::bf16);
+
+impl Half for half::bf16 {
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        super::convert::serial::bf16_to_f32(src, dst)
+    }
+    fn narrow(src: &[f32], dst: &mut [Self]) {
+        super::convert::serial::f32_to_bf16(src, dst)
+    }
+}
 
 /// Runs `block(index of the block, out block)` over `len` outputs in blocks, in parallel when
 /// long.
@@ -38,7 +41,7 @@ fn over_blocks<H: Half>(
     len: usize,
     block: impl Fn(usize, &mut [H]) + Sync,
 ) -> crate::Result<Vec<H>> {
-    let mut out = crate::alloc::filled(len, H::zeroed())?;
+    let mut out = crate::alloc::for_overwrite::<H>(len)?;
     if len >= PAR_THRESHOLD {
         out.par_chunks_mut(BLOCK)
             .enumerate()

@@ -8,6 +8,7 @@ mod amx;
 mod buffer;
 pub(crate) mod compute;
 mod conv;
+mod convert;
 mod elementwise;
 mod half_blocks;
 mod loss;

@@ -6,11 +6,10 @@
 //! F16, BF16 and F32 inputs are read as f32 (exact), F32 ones in place; only the per-channel
 //! vectors are widened to f64, and every pass over the elements runs in parallel.
 
-use super::compute::{host, to_f64_vec, PAR_THRESHOLD};
+use super::compute::{host, to_f64_vec};
 use super::sum::pairwise_sum_by;
 use crate::backend::{BatchNormBackward, BatchNormForward};
 use crate::{alloc, CpuStorage, DType, Error, Layout, Result, StorageRef};
-use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 use std::borrow::Cow;
 
@@ -36,23 +35,27 @@ fn wide(op: &'static str, s: &StorageRef, want: usize, what: &str) -> Result<(Ve
 
 /// The elements of a non-F64 float storage as f32 (exact; F32 borrowed), or `None` for F64.
 fn as_f32(h: &CpuStorage) -> Result<Option<Cow<'_, [f32]>>> {
-    let widen = |n: usize, f: &(dyn Fn(&mut [f32], usize) + Sync)| -> Result<Vec<f32>> {
-        let mut out = alloc::filled(n, 0f32)?;
-        out.par_chunks_mut(PAR_THRESHOLD)
-            .enumerate()
-            .for_each(|(i, o)| f(o, i * PAR_THRESHOLD));
-        Ok(out)
-    };
     Ok(match h {
         CpuStorage::F32(v) => Some(Cow::Borrowed(v)),
-        CpuStorage::F16(v) => Some(Cow::Owned(widen(v.len(), &|o, at| {
-            v[at..at + o.len()].convert_to_f32_slice(o)
-        })?)),
-        CpuStorage::BF16(v) => Some(Cow::Owned(widen(v.len(), &|o, at| {
-            v[at..at + o.len()].convert_to_f32_slice(o)
-        })?)),
+        CpuStorage::F16(v) => {
+            let mut out = alloc::for_overwrite::<f32>(v.len())?;
+            super::convert::f16_to_f32(v, &mut out);
+            Some(Cow::Owned(out))
+        }
+        CpuStorage::BF16(v) => {
+            let mut out = alloc::for_overwrite::<f32>(v.len())?;
+            super::convert::bf16_to_f32(v, &mut out);
+            Some(Cow::Owned(out))
+        }
         CpuStorage::F64(_) | CpuStorage::I64(_) => None,
     })
+}
+
+/// Hands a widened copy back to the host cache (a borrow has none).
+fn recycle(v: Cow<'_, [f32]>) {
+    if let Cow::Owned(v) = v {
+        alloc::recycle(v);
+    }
 }
 
 /// Rounds like the compute type would (f32 unless F64 is involved), then into `dtype`.
@@ -124,7 +127,7 @@ fn per_plane<T: Elem>(
     s: usize,
     f: impl Fn(usize, usize) -> f64 + Sync,
 ) -> Result<Vec<T>> {
-    let mut out = alloc::filled(len, T::round(0.0))?;
+    let mut out = alloc::for_overwrite::<T>(len)?;
     out.par_chunks_mut(s.max(1))
         .enumerate()
         .for_each(|(row, o)| {
@@ -214,6 +217,7 @@ pub(crate) fn batch_norm_train(
     let (y, stats, invstd) = match as_f32(&xh)? {
         Some(xv) if !f64c => {
             let (y, stats, invstd) = train_core(&xv, dims, &p)?;
+            recycle(xv);
             let y = super::wrap(super::compute::from_f32(y, xdt)?);
             (y, stats, invstd)
         }
@@ -322,6 +326,11 @@ pub(crate) fn batch_norm_backward(
     let (dx, sums) = match narrow {
         Some((d, xv, z)) => {
             let (dx, sums) = backward_core((&d, &xv, z.as_deref()), dims, &p)?;
+            recycle(d);
+            recycle(xv);
+            if let Some(z) = z {
+                recycle(z);
+            }
             (super::wrap(super::compute::from_f32(dx, xdt)?), sums)
         }
         None => {

@@ -1,0 +1,154 @@
+//! f32 ⇄ f16/bf16 slice conversions, bit-exact with `half` (round to nearest even, subnormals
+//! and NaN kept), parallel above [`PAR_THRESHOLD`]. bf16 runs `half`'s own per-element
+//! conversion inside a function compiled for AVX-512 (16 lanes; chosen at run time — the crate
+//! is built for baseline x86-64, where the same loop gets 4 SSE2 lanes); f16 uses `half`'s
+//! F16C slice conversion. (The CPU's own `vcvtneps2bf16` flushes subnormals, so it is not used.)
+
+use super::compute::PAR_THRESHOLD;
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+/// Elements per parallel task.
+const CHUNK: usize = 1 << 14;
+
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+macro_rules! kernel {
+    ($name:ident, $fast:ident, $src:ty, $dst:ty, $f:expr) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx512bw")]
+        fn $fast(src: &[$src], dst: &mut [$dst]) {
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = $f(s);
+            }
+        }
+
+        pub(crate) fn $name(src: &[$src], dst: &mut [$dst]) {
+            #[cfg(target_arch = "x86_64")]
+            if avx512() {
+                // SAFETY: the CPU has AVX-512F and AVX-512BW (checked above).
+                return unsafe { $fast(src, dst) };
+            }
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = $f(s);
+            }
+        }
+    };
+}
+
+kernel!(
+    narrow_bf16_serial,
+    narrow_bf16_avx512,
+    f32,
+    bf16,
+    bf16::from_f32
+);
+kernel!(
+    widen_bf16_serial,
+    widen_bf16_avx512,
+    bf16,
+    f32,
+    bf16::to_f32
+);
+
+/// Runs `f` over matching chunks of `src` and `dst` (same length), in parallel when long.
+fn chunked<S: Sync, D: Send>(src: &[S], dst: &mut [D], f: impl Fn(&[S], &mut [D]) + Sync) {
+    debug_assert_eq!(src.len(), dst.len());
+    if src.len() >= PAR_THRESHOLD {
+        dst.par_chunks_mut(CHUNK)
+            .zip(src.par_chunks(CHUNK))
+            .for_each(|(d, s)| f(s, d));
+    } else {
+        f(src, dst);
+    }
+}
+
+/// `dst = bf16(src)`, element-wise (same length).
+pub(crate) fn f32_to_bf16(src: &[f32], dst: &mut [bf16]) {
+    chunked(src, dst, narrow_bf16_serial)
+}
+
+/// `dst = f32(src)` (exact), element-wise (same length).
+pub(crate) fn bf16_to_f32(src: &[bf16], dst: &mut [f32]) {
+    chunked(src, dst, widen_bf16_serial)
+}
+
+/// `dst = f16(src)`, element-wise (same length).
+pub(crate) fn f32_to_f16(src: &[f32], dst: &mut [f16]) {
+    chunked(src, dst, |s, d| d.convert_from_f32_slice(s))
+}
+
+/// `dst = f32(src)` (exact), element-wise (same length).
+pub(crate) fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
+    chunked(src, dst, |s, d| s.convert_to_f32_slice(d))
+}
+
+/// The serial conversions, for callers that already run in parallel (one block each).
+pub(crate) mod serial {
+    pub(crate) use super::{narrow_bf16_serial as f32_to_bf16, widen_bf16_serial as bf16_to_f32};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every bf16 widens exactly; f32 values around every rounding case, subnormals, infinities
+    /// and NaNs narrow exactly as `half` does, on the AVX-512 path and the plain one.
+    #[test]
+    fn bit_exact_with_half() {
+        let all: Vec<bf16> = (0..=u16::MAX).map(bf16::from_bits).collect();
+        let mut wide = vec![0f32; all.len()];
+        bf16_to_f32(&all, &mut wide);
+        for (b, w) in all.iter().zip(&wide) {
+            assert_eq!(w.to_bits(), b.to_f32().to_bits(), "{b:?}");
+        }
+        // Each bf16 with every low half pattern that decides rounding, plus randoms.
+        let mut src: Vec<f32> = Vec::new();
+        for hi in (0..=u16::MAX as u32).step_by(7) {
+            for lo in [0u32, 1, 0x7FFF, 0x8000, 0x8001, 0xFFFF, 0x4000] {
+                src.push(f32::from_bits(hi << 16 | lo));
+            }
+        }
+        let mut seed = 0x0DDB_1A5E_5BAD_5EEDu64;
+        src.extend((0..100_000).map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            f32::from_bits((seed >> 32) as u32)
+        }));
+        let mut out = vec![bf16::ZERO; src.len()];
+        f32_to_bf16(&src, &mut out);
+        let mut plain = vec![bf16::ZERO; src.len()];
+        for (d, &s) in plain.iter_mut().zip(&src) {
+            *d = bf16::from_f32(s);
+        }
+        for i in 0..src.len() {
+            assert_eq!(
+                out[i].to_bits(),
+                plain[i].to_bits(),
+                "{:#x}",
+                src[i].to_bits()
+            );
+        }
+        let mut h = vec![f16::ZERO; src.len()];
+        f32_to_f16(&src, &mut h);
+        let mut back = vec![0f32; src.len()];
+        f16_to_f32(&h, &mut back);
+        for i in 0..src.len() {
+            assert_eq!(h[i].to_bits(), f16::from_f32(src[i]).to_bits());
+            assert_eq!(back[i].to_bits(), h[i].to_f32().to_bits());
+        }
+    }
+}
