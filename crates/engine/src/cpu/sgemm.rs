@@ -66,19 +66,25 @@ fn pack_a(
     for s in 0..slivers {
         let dst = &mut out[s * kc * MR..][..kc * MR];
         let rows = (m - s * MR).min(MR);
-        for i in 0..MR {
-            if i >= rows {
-                (0..kc).for_each(|p| dst[p * MR + i] = 0.0);
-                continue;
+        let first = s * MR * rs + k0 * cs;
+        if rs == 1 && rows == MR {
+            // Column-major A (a transposed weight): each k step's 12 rows are adjacent.
+            for (p, d) in dst.chunks_exact_mut(MR).enumerate() {
+                d.copy_from_slice(&a[first + p * cs..][..MR]);
             }
-            let r = s * MR + i;
-            if cs == 1 {
-                for (p, &v) in a[r * rs + k0..][..kc].iter().enumerate() {
-                    dst[p * MR + i] = v;
+        } else if cs == 1 {
+            // Row-major A: walk the 12 rows in step (sequential reads, contiguous writes).
+            let row = |i: usize| &a[first + i * rs..][..kc];
+            let src: [&[f32]; MR] = std::array::from_fn(|i| if i < rows { row(i) } else { &[] });
+            for (p, d) in dst.chunks_exact_mut(MR).enumerate() {
+                for (i, v) in d.iter_mut().enumerate() {
+                    *v = if i < rows { src[i][p] } else { 0.0 };
                 }
-            } else {
-                for p in 0..kc {
-                    dst[p * MR + i] = a[r * rs + (k0 + p) * cs];
+            }
+        } else {
+            for (p, d) in dst.chunks_exact_mut(MR).enumerate() {
+                for (i, v) in d.iter_mut().enumerate() {
+                    *v = if i < rows { a[first + i * rs + p * cs] } else { 0.0 };
                 }
             }
         }
@@ -171,14 +177,13 @@ fn pack_b_sliver(
             row[cols..].fill(0.0);
         }
     } else {
-        for j in 0..NR {
-            if j < cols {
-                let col = &b[p0 * rs + (j0 + j) * cs..];
-                for p in 0..kc {
-                    out[p * NR + j] = col[p * rs];
-                }
-            } else {
-                (0..kc).for_each(|p| out[p * NR + j] = 0.0);
+        // Transposed B (`rs == 1` for the weight gradient): the sliver's columns are read in
+        // step, each sequentially, and every packed row is written contiguously.
+        let col = |j: usize| &b[p0 * rs + (j0 + j) * cs..];
+        let src: [&[f32]; NR] = std::array::from_fn(|j| if j < cols { col(j) } else { &[] });
+        for (p, row) in out.chunks_exact_mut(NR).enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = if j < cols { src[j][p * rs] } else { 0.0 };
             }
         }
     }
