@@ -84,7 +84,11 @@ fn pack_a(
         } else {
             for (p, d) in dst.chunks_exact_mut(MR).enumerate() {
                 for (i, v) in d.iter_mut().enumerate() {
-                    *v = if i < rows { a[first + i * rs + p * cs] } else { 0.0 };
+                    *v = if i < rows {
+                        a[first + i * rs + p * cs]
+                    } else {
+                        0.0
+                    };
                 }
             }
         }
