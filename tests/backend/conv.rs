@@ -336,3 +336,42 @@ fn grouped_convolution_equals_its_groups_on_the_cpu() -> Result<()> {
     }
     Ok(())
 }
+
+/// An f16 convolution with an infinity in its input gives IEEE results: the same infinities and
+/// NaNs, and the same finite values (within f16 rounding), as the f32 convolution of the
+/// widened operands, rounded to f16 (a guard for any half-precision fast path on the CPU).
+#[test]
+fn f16_convolution_with_an_infinity_is_ieee_on_the_cpu() -> Result<()> {
+    let mut g = Generator::new(5);
+    let dev = Device::Cpu;
+    let mut xv =
+        Tensor::uniform_with(&mut g, [2, 3, 9, 8], -1.0, 1.0, DType::F32, dev)?.to_vec::<f32>()?;
+    xv[40] = f32::INFINITY;
+    xv[300] = f32::NEG_INFINITY;
+    let x16 = Tensor::from_vec(xv, [2, 3, 9, 8], dev)?.to_dtype(DType::F16)?;
+    let w16 = Tensor::uniform_with(&mut g, [4, 3, 3, 3], -1.0, 1.0, DType::F16, dev)?;
+    let p = Conv2dParams {
+        padding: (1, 1),
+        ..Conv2dParams::default()
+    };
+    let y16 = x16.conv2d(&w16, None, p)?.to_f64_vec()?;
+    let y32 = x16
+        .to_dtype(DType::F32)?
+        .conv2d(&w16.to_dtype(DType::F32)?, None, p)?
+        .to_dtype(DType::F16)?
+        .to_f64_vec()?;
+    let mut infinite = 0;
+    for (i, (a, b)) in y16.iter().zip(&y32).enumerate() {
+        if b.is_finite() {
+            assert!((a - b).abs() <= 1e-2 * (1.0 + b.abs()), "[{i}] {a} vs {b}");
+        } else {
+            infinite += 1;
+            assert!(
+                a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                "[{i}] {a} vs {b}"
+            );
+        }
+    }
+    assert!(infinite > 0, "the infinities reach the output");
+    Ok(())
+}
