@@ -1,4 +1,5 @@
-//! CPU throughput baseline: matmul and conv2d in f32 and f16 at several sizes.
+//! CPU throughput baseline: matmul (f32, f16) and conv2d (f32, f16, bf16 — bf16 runs on AMX
+//! where the CPU has it) at several sizes.
 //!
 //! Criterion's throughput is set to the op's FLOP count (2·M·N·K for matmul,
 //! 2·N·C_out·OH·OW·C_in·KH·KW for conv), so its `elem/s` column reads as FLOP/s.
@@ -49,7 +50,7 @@ fn conv2d(c: &mut Criterion) {
         ("layer4_3x3", [8, 512, 7, 7], [512, 512, 3, 3], 1, 1),
     ];
     for (name, xs, ws, stride, pad) in shapes {
-        for dt in [DType::F32, DType::F16] {
+        for dt in [DType::F32, DType::F16, DType::BF16] {
             let (x, w) = (rand(&mut g, &xs, dt), rand(&mut g, &ws, dt));
             let p = Conv2dParams::new(stride, pad);
             let out = x.conv2d(&w, None, p).expect("conv2d");
