@@ -2,6 +2,7 @@
 //! (F16, BF16, F32) or f64 (F64) vectors in logical order, computes there, and rounds once
 //! into the output dtype.
 
+use super::convert::{narrowed, widened};
 use crate::{alloc, CpuStorage, DType, Device, Element, Error, Layout, Result, StorageRef};
 use half::{bf16, f16};
 use num_traits::Float;
@@ -73,43 +74,15 @@ pub(crate) fn gather_same(s: &CpuStorage, layout: &Layout) -> Result<CpuStorage>
     })
 }
 
-/// f16 → f32 of a contiguous slice (F16C, parallel).
-fn widen_f16(src: &[f16]) -> Result<Vec<f32>> {
-    let mut out = alloc::for_overwrite::<f32>(src.len())?;
-    super::convert::f16_to_f32(src, &mut out);
-    Ok(out)
-}
-
-/// bf16 → f32 of a contiguous slice (AVX-512 where present, parallel).
-fn widen_bf16(src: &[bf16]) -> Result<Vec<f32>> {
-    let mut out = alloc::for_overwrite::<f32>(src.len())?;
-    super::convert::bf16_to_f32(src, &mut out);
-    Ok(out)
-}
-
-/// f32 → f16 (round to nearest even), parallel.
-fn narrow_f16(src: &[f32]) -> Result<Vec<f16>> {
-    let mut out = alloc::for_overwrite::<f16>(src.len())?;
-    super::convert::f32_to_f16(src, &mut out);
-    Ok(out)
-}
-
-/// f32 → bf16 (round to nearest even), parallel.
-fn narrow_bf16(src: &[f32]) -> Result<Vec<bf16>> {
-    let mut out = alloc::for_overwrite::<bf16>(src.len())?;
-    super::convert::f32_to_bf16(src, &mut out);
-    Ok(out)
-}
-
 /// Gathers a float view into its compute type; I64 is an error naming `op`.
 pub(crate) fn to_compute(op: &'static str, s: &CpuStorage, layout: &Layout) -> Result<Compute> {
     Ok(match s {
         CpuStorage::F16(v) => Compute::F32(match layout.contiguous_start() {
-            Some(start) => widen_f16(&v[start..start + layout.elem_count()])?,
+            Some(start) => widened(&v[start..start + layout.elem_count()])?,
             None => gather(v, layout, f16::to_f32)?,
         }),
         CpuStorage::BF16(v) => Compute::F32(match layout.contiguous_start() {
-            Some(start) => widen_bf16(&v[start..start + layout.elem_count()])?,
+            Some(start) => widened(&v[start..start + layout.elem_count()])?,
             None => gather(v, layout, bf16::to_f32)?,
         }),
         CpuStorage::F32(v) => Compute::F32(gather(v, layout, |x| x)?),
@@ -193,18 +166,15 @@ fn round_vec<T: Float + bytemuck::Pod + Send + Sync, E: Element>(
 
 /// Rounds f32 values once into `dtype` (the f32 buffer goes back to the host cache).
 pub(crate) fn from_f32(v: Vec<f32>, dtype: DType) -> Result<CpuStorage> {
-    let narrowed = |r: Result<CpuStorage>, v: Vec<f32>| {
-        alloc::recycle(v);
-        r
-    };
     Ok(match dtype {
-        DType::F16 => {
-            let r = narrow_f16(&v).map(CpuStorage::F16);
-            narrowed(r, v)?
-        }
-        DType::BF16 => {
-            let r = narrow_bf16(&v).map(CpuStorage::BF16);
-            narrowed(r, v)?
+        DType::F16 | DType::BF16 => {
+            let half = if dtype == DType::F16 {
+                narrowed(&v).map(CpuStorage::F16)
+            } else {
+                narrowed(&v).map(CpuStorage::BF16)
+            };
+            alloc::recycle(v);
+            half?
         }
         DType::F32 => CpuStorage::F32(v),
         DType::F64 => CpuStorage::F64(round_vec(v, |x| x as f64)?),

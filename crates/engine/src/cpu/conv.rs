@@ -311,13 +311,13 @@ trait ConvElem: bytemuck::Pod + Send + Sync + 'static {
     );
 }
 
-macro_rules! conv_elem_same {
-    ($t:ty) => {
+macro_rules! conv_elem {
+    ($t:ty, $acc:ty, $gemm:path) => {
         impl ConvElem for $t {
-            type Acc = $t;
+            type Acc = $acc;
             fn gemm(
                 shape: (usize, usize, usize),
-                dst: &mut [$t],
+                dst: &mut [$acc],
                 a: &[$t],
                 a_strides: (usize, usize),
                 b: &[$t],
@@ -325,47 +325,14 @@ macro_rules! conv_elem_same {
                 accumulate: bool,
                 parallel: bool,
             ) {
-                gemm_strided(shape, dst, a, a_strides, b, b_strides, accumulate, parallel)
+                $gemm(shape, dst, a, a_strides, b, b_strides, accumulate, parallel)
             }
         }
     };
 }
-conv_elem_same!(f32);
-conv_elem_same!(f64);
-
-impl ConvElem for bf16 {
-    type Acc = f32;
-    fn gemm(
-        (m, n, k): (usize, usize, usize),
-        dst: &mut [f32],
-        a: &[bf16],
-        a_strides: (usize, usize),
-        b: &[bf16],
-        b_strides: (usize, usize),
-        accumulate: bool,
-        parallel: bool,
-    ) {
-        if m == 0 || n == 0 {
-            return;
-        }
-        if k == 0 {
-            if !accumulate {
-                dst[..m * n].fill(0.0);
-            }
-            return;
-        }
-        super::amx::gemm_bf16(
-            (m, n, k),
-            dst,
-            a,
-            a_strides,
-            b,
-            b_strides,
-            accumulate,
-            parallel,
-        )
-    }
-}
+conv_elem!(f32, f32, gemm_strided);
+conv_elem!(f64, f64, gemm_strided);
+conv_elem!(bf16, f32, super::amx::gemm_bf16);
 
 fn forward<T: ConvElem>(x: &[T], w: &[T], g: &Geometry) -> Result<Vec<T::Acc>> {
     let s = &g.s;

@@ -26,6 +26,8 @@ fn avx512() -> bool {
     false
 }
 
+/// `$f` over a slice pair, in a function compiled for AVX-512 (`$fast`) and a plain one
+/// (`$name`, which picks the first at run time).
 macro_rules! kernel {
     ($name:ident, $fast:ident, $src:ty, $dst:ty, $f:expr) => {
         #[cfg(target_arch = "x86_64")]
@@ -36,7 +38,7 @@ macro_rules! kernel {
             }
         }
 
-        pub(crate) fn $name(src: &[$src], dst: &mut [$dst]) {
+        fn $name(src: &[$src], dst: &mut [$dst]) {
             #[cfg(target_arch = "x86_64")]
             if avx512() {
                 // SAFETY: the CPU has AVX-512F and AVX-512BW (checked above).
@@ -49,42 +51,8 @@ macro_rules! kernel {
     };
 }
 
-kernel!(
-    narrow_bf16_serial,
-    narrow_bf16_avx512,
-    f32,
-    bf16,
-    bf16::from_f32
-);
-kernel!(
-    widen_bf16_serial,
-    widen_bf16_avx512,
-    bf16,
-    f32,
-    bf16::to_f32
-);
-
-/// Runs `f` over matching chunks of `src` and `dst` (same length), in parallel when long.
-fn chunked<S: Sync, D: Send>(src: &[S], dst: &mut [D], f: impl Fn(&[S], &mut [D]) + Sync) {
-    debug_assert_eq!(src.len(), dst.len());
-    if src.len() >= PAR_THRESHOLD {
-        dst.par_chunks_mut(CHUNK)
-            .zip(src.par_chunks(CHUNK))
-            .for_each(|(d, s)| f(s, d));
-    } else {
-        f(src, dst);
-    }
-}
-
-/// `dst = bf16(src)`, element-wise (same length).
-pub(crate) fn f32_to_bf16(src: &[f32], dst: &mut [bf16]) {
-    chunked(src, dst, narrow_bf16_serial)
-}
-
-/// `dst = f32(src)` (exact), element-wise (same length).
-pub(crate) fn bf16_to_f32(src: &[bf16], dst: &mut [f32]) {
-    chunked(src, dst, widen_bf16_serial)
-}
+kernel!(narrow_bf16, narrow_bf16_avx512, f32, bf16, bf16::from_f32);
+kernel!(widen_bf16, widen_bf16_avx512, bf16, f32, bf16::to_f32);
 
 /// 16 lanes of `vcvtps2ph` (round to nearest even, the instruction `half` uses with F16C),
 /// the tail through `half`.
@@ -126,33 +94,67 @@ fn widen_f16_avx512(src: &[f16], dst: &mut [f32]) {
     src[whole..].convert_to_f32_slice(&mut dst[whole..]);
 }
 
-/// `dst = f16(src)`, element-wise (same length).
-pub(crate) fn f32_to_f16(src: &[f32], dst: &mut [f16]) {
-    chunked(src, dst, |s, d| {
+/// A half-precision element type and its serial slice conversions (same lengths; for callers
+/// that already run in parallel, one block each).
+pub(crate) trait Half: bytemuck::Pod + Send + Sync {
+    /// `dst = f32(src)` (exact).
+    fn widen(src: &[Self], dst: &mut [f32]);
+    /// `dst = Self(src)` (round to nearest even).
+    fn narrow(src: &[f32], dst: &mut [Self]);
+}
+
+impl Half for bf16 {
+    fn widen(src: &[bf16], dst: &mut [f32]) {
+        widen_bf16(src, dst)
+    }
+    fn narrow(src: &[f32], dst: &mut [bf16]) {
+        narrow_bf16(src, dst)
+    }
+}
+
+impl Half for f16 {
+    fn widen(src: &[f16], dst: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if avx512() {
             // SAFETY: the CPU has AVX-512F.
-            return unsafe { narrow_f16_avx512(s, d) };
+            return unsafe { widen_f16_avx512(src, dst) };
         }
-        d.convert_from_f32_slice(s)
-    })
-}
-
-/// `dst = f32(src)` (exact), element-wise (same length).
-pub(crate) fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
-    chunked(src, dst, |s, d| {
+        src.convert_to_f32_slice(dst)
+    }
+    fn narrow(src: &[f32], dst: &mut [f16]) {
         #[cfg(target_arch = "x86_64")]
         if avx512() {
             // SAFETY: the CPU has AVX-512F.
-            return unsafe { widen_f16_avx512(s, d) };
+            return unsafe { narrow_f16_avx512(src, dst) };
         }
-        s.convert_to_f32_slice(d)
-    })
+        dst.convert_from_f32_slice(src)
+    }
 }
 
-/// The serial conversions, for callers that already run in parallel (one block each).
-pub(crate) mod serial {
-    pub(crate) use super::{narrow_bf16_serial as f32_to_bf16, widen_bf16_serial as bf16_to_f32};
+/// Runs `f` over matching chunks of `src` and `dst` (same length), in parallel when long.
+fn chunked<S: Sync, D: Send>(src: &[S], dst: &mut [D], f: impl Fn(&[S], &mut [D]) + Sync) {
+    debug_assert_eq!(src.len(), dst.len());
+    if src.len() >= PAR_THRESHOLD {
+        dst.par_chunks_mut(CHUNK)
+            .zip(src.par_chunks(CHUNK))
+            .for_each(|(d, s)| f(s, d));
+    } else {
+        f(src, dst);
+    }
+}
+
+/// `src` widened to f32 (exact) in a fresh buffer, in parallel when long.
+pub(crate) fn widened<H: Half>(src: &[H]) -> crate::Result<Vec<f32>> {
+    let mut out = crate::alloc::for_overwrite::<f32>(src.len())?;
+    chunked(src, &mut out, H::widen);
+    Ok(out)
+}
+
+/// `src` rounded to `H` (nearest even) in a fresh buffer, in parallel when long.
+pub(crate) fn narrowed<H: Half>(src: &[f32]) -> crate::Result<Vec<H>> {
+    let mut out = crate::alloc::for_overwrite::<H>(src.len())?;
+    chunked(src, &mut out, H::narrow);
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -164,8 +166,7 @@ mod tests {
     #[test]
     fn bit_exact_with_half() {
         let all: Vec<bf16> = (0..=u16::MAX).map(bf16::from_bits).collect();
-        let mut wide = vec![0f32; all.len()];
-        bf16_to_f32(&all, &mut wide);
+        let wide = widened(&all).expect("fits");
         for (b, w) in all.iter().zip(&wide) {
             assert_eq!(w.to_bits(), b.to_f32().to_bits(), "{b:?}");
         }
@@ -183,8 +184,7 @@ mod tests {
             seed ^= seed << 17;
             f32::from_bits((seed >> 32) as u32)
         }));
-        let mut out = vec![bf16::ZERO; src.len()];
-        f32_to_bf16(&src, &mut out);
+        let out: Vec<bf16> = narrowed(&src).expect("fits");
         let mut plain = vec![bf16::ZERO; src.len()];
         for (d, &s) in plain.iter_mut().zip(&src) {
             *d = bf16::from_f32(s);
@@ -197,10 +197,8 @@ mod tests {
                 src[i].to_bits()
             );
         }
-        let mut h = vec![f16::ZERO; src.len()];
-        f32_to_f16(&src, &mut h);
-        let mut back = vec![0f32; src.len()];
-        f16_to_f32(&h, &mut back);
+        let h: Vec<f16> = narrowed(&src).expect("fits");
+        let back = widened(&h).expect("fits");
         for i in 0..src.len() {
             assert_eq!(h[i].to_bits(), f16::from_f32(src[i]).to_bits());
             assert_eq!(back[i].to_bits(), h[i].to_f32().to_bits());

@@ -193,35 +193,18 @@ pub(crate) fn binary(
 /// to I64 truncate toward zero.
 pub(crate) fn cast(s: &CpuStorage, layout: &Layout, dtype: DType) -> Result<CpuStorage> {
     use super::compute::{from_f32, from_f64, gather_same, map_slice};
-    use super::convert;
+    use super::convert::{narrowed, widened};
     // The casts autocast issues every step (weights to half, gradients back), straight from a
     // contiguous source into the output (no copy of the source first).
     if let Some(r) = layout
         .contiguous_start()
         .map(|start| start..start + layout.elem_count())
     {
-        let n = r.len();
         match (s, dtype) {
-            (CpuStorage::F32(v), DType::BF16) => {
-                let mut out = crate::alloc::for_overwrite::<bf16>(n)?;
-                convert::f32_to_bf16(&v[r], &mut out);
-                return Ok(CpuStorage::BF16(out));
-            }
-            (CpuStorage::F32(v), DType::F16) => {
-                let mut out = crate::alloc::for_overwrite::<f16>(n)?;
-                convert::f32_to_f16(&v[r], &mut out);
-                return Ok(CpuStorage::F16(out));
-            }
-            (CpuStorage::BF16(v), DType::F32) => {
-                let mut out = crate::alloc::for_overwrite::<f32>(n)?;
-                convert::bf16_to_f32(&v[r], &mut out);
-                return Ok(CpuStorage::F32(out));
-            }
-            (CpuStorage::F16(v), DType::F32) => {
-                let mut out = crate::alloc::for_overwrite::<f32>(n)?;
-                convert::f16_to_f32(&v[r], &mut out);
-                return Ok(CpuStorage::F32(out));
-            }
+            (CpuStorage::F32(v), DType::BF16) => return Ok(CpuStorage::BF16(narrowed(&v[r])?)),
+            (CpuStorage::F32(v), DType::F16) => return Ok(CpuStorage::F16(narrowed(&v[r])?)),
+            (CpuStorage::BF16(v), DType::F32) => return Ok(CpuStorage::F32(widened(&v[r])?)),
+            (CpuStorage::F16(v), DType::F32) => return Ok(CpuStorage::F32(widened(&v[r])?)),
             _ => {}
         }
     }

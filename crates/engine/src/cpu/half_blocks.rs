@@ -5,35 +5,11 @@
 //! write of the output, instead of two f32 passes more).
 
 use super::compute::PAR_THRESHOLD;
-use half::slice::HalfFloatSliceExt;
+use super::convert::Half;
 use rayon::prelude::*;
 
 /// Elements per block (8 KiB of f32: two buffers stay in L1).
 const BLOCK: usize = 2048;
-
-/// A half-precision element type with slice conversions to and from f32.
-pub(crate) trait Half: bytemuck::Pod + Send + Sync {
-    fn widen(src: &[Self], dst: &mut [f32]);
-    fn narrow(src: &[f32], dst: &mut [Self]);
-}
-
-impl Half for half::f16 {
-    fn widen(src: &[Self], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst)
-    }
-    fn narrow(src: &[f32], dst: &mut [Self]) {
-        dst.convert_from_f32_slice(src)
-    }
-}
-
-impl Half for half::bf16 {
-    fn widen(src: &[Self], dst: &mut [f32]) {
-        super::convert::serial::bf16_to_f32(src, dst)
-    }
-    fn narrow(src: &[f32], dst: &mut [Self]) {
-        super::convert::serial::f32_to_bf16(src, dst)
-    }
-}
 
 /// Runs `block(index of the block, out block)` over `len` outputs in blocks, in parallel when
 /// long.
@@ -88,51 +64,37 @@ mod tests {
     use super::*;
     use half::{bf16, f16};
 
+    /// `unary(f)` and `binary(g)` of `xs`, `ys` rounded to `H` equal the element-wise
+    /// definition `H(f(f32(x)))`, bit for bit (compared through `to_f32`, exact for `H`).
+    fn check<H: Half + std::fmt::Debug>(
+        (xs, ys): (&[f32], &[f32]),
+        from: fn(f32) -> H,
+        to: fn(H) -> f32,
+    ) -> crate::Result<()> {
+        let f = |x: f32| (x * 0.37).exp() - x;
+        let g = |a: f32, b: f32| a / b + a;
+        let xh: Vec<H> = xs.iter().map(|&v| from(v)).collect();
+        let yh: Vec<H> = ys.iter().map(|&v| from(v)).collect();
+        let (u, b) = (unary(&xh, f)?, binary(&xh, &yh, g)?);
+        for i in 0..xs.len() {
+            let want_u = from(f(to(xh[i])));
+            assert_eq!(to(u[i]).to_bits(), to(want_u).to_bits(), "unary {i}");
+            let want_b = from(g(to(xh[i]), to(yh[i])));
+            assert_eq!(to(b[i]).to_bits(), to(want_b).to_bits(), "binary {i}");
+        }
+        Ok(())
+    }
+
     /// Block by block equals element by element (widen, compute in f32, round once), across
     /// block edges and the parallel threshold, for both half types.
     #[test]
     fn blocks_equal_the_element_wise_definition() -> crate::Result<()> {
-        let mut seed = 0x1234_5678_9ABC_DEF1u64;
-        let mut rnd = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 300.0
-        };
+        let mut rnd = super::super::gemm_check::uniform(0x1234_5678_9ABC_DEF1);
         for len in [1, BLOCK - 1, 3 * BLOCK + 5, PAR_THRESHOLD + 7] {
-            let (xs, ys): (Vec<f32>, Vec<f32>) = (0..len).map(|_| (rnd(), rnd())).unzip();
-            let f = |x: f32| (x * 0.37).exp() - x;
-            let g = |a: f32, b: f32| a / b + a;
-            let (xh, yh): (Vec<f16>, Vec<f16>) = (
-                xs.iter().map(|&v| f16::from_f32(v)).collect(),
-                ys.iter().map(|&v| f16::from_f32(v)).collect(),
-            );
-            let u = unary(&xh, f)?;
-            let b = binary(&xh, &yh, g)?;
-            for i in 0..len {
-                assert_eq!(
-                    u[i].to_bits(),
-                    f16::from_f32(f(xh[i].to_f32())).to_bits(),
-                    "f16 unary {i}"
-                );
-                let want = f16::from_f32(g(xh[i].to_f32(), yh[i].to_f32()));
-                assert_eq!(b[i].to_bits(), want.to_bits(), "f16 binary {i}");
-            }
-            let (xb, yb): (Vec<bf16>, Vec<bf16>) = (
-                xs.iter().map(|&v| bf16::from_f32(v)).collect(),
-                ys.iter().map(|&v| bf16::from_f32(v)).collect(),
-            );
-            let u = unary(&xb, f)?;
-            let b = binary(&xb, &yb, g)?;
-            for i in 0..len {
-                assert_eq!(
-                    u[i].to_bits(),
-                    bf16::from_f32(f(xb[i].to_f32())).to_bits(),
-                    "bf16 unary {i}"
-                );
-                let want = bf16::from_f32(g(xb[i].to_f32(), yb[i].to_f32()));
-                assert_eq!(b[i].to_bits(), want.to_bits(), "bf16 binary {i}");
-            }
+            let (xs, ys): (Vec<f32>, Vec<f32>) =
+                (0..len).map(|_| (rnd() * 300.0, rnd() * 300.0)).unzip();
+            check((&xs, &ys), f16::from_f32, f16::to_f32)?;
+            check((&xs, &ys), bf16::from_f32, bf16::to_f32)?;
         }
         Ok(())
     }

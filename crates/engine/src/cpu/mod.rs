@@ -10,6 +10,8 @@ pub(crate) mod compute;
 mod conv;
 mod convert;
 mod elementwise;
+#[cfg(test)]
+mod gemm_check;
 mod half_blocks;
 mod loss;
 mod matmul;

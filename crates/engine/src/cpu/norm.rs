@@ -39,16 +39,8 @@ fn wide(op: &'static str, s: &StorageRef, want: usize, what: &str) -> Result<(Ve
 fn as_f32(h: &CpuStorage) -> Result<Option<Cow<'_, [f32]>>> {
     Ok(match h {
         CpuStorage::F32(v) => Some(Cow::Borrowed(v)),
-        CpuStorage::F16(v) => {
-            let mut out = alloc::for_overwrite::<f32>(v.len())?;
-            super::convert::f16_to_f32(v, &mut out);
-            Some(Cow::Owned(out))
-        }
-        CpuStorage::BF16(v) => {
-            let mut out = alloc::for_overwrite::<f32>(v.len())?;
-            super::convert::bf16_to_f32(v, &mut out);
-            Some(Cow::Owned(out))
-        }
+        CpuStorage::F16(v) => Some(Cow::Owned(super::convert::widened(v)?)),
+        CpuStorage::BF16(v) => Some(Cow::Owned(super::convert::widened(v)?)),
         CpuStorage::F64(_) | CpuStorage::I64(_) => None,
     })
 }

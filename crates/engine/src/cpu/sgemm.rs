@@ -288,61 +288,20 @@ mod tests {
             println!("skipped: this CPU has no AVX-512F (the gemm crate serves it)");
             return;
         }
-        let mut seed = 0x2545_F491_4F6C_DD1Du64;
-        let mut rnd = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        };
-        for &(m, n, k) in &[
-            (1, 1, 1),
-            (13, 33, 7),
-            (37, 65, 300),
-            (200, 1030, 513),
-            (12, 32, 256),
-        ] {
-            for trans in [false, true] {
-                for accumulate in [false, true] {
-                    let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
-                    let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
-                    let c0: Vec<f32> = (0..m * n).map(|_| rnd()).collect();
-                    // trans: A and B stored column-major (the conv backward passes' layouts)
-                    let (ars, acs) = if trans { (1, m) } else { (k, 1) };
-                    let (brs, bcs) = if trans { (1, k) } else { (n, 1) };
-                    let mut c = c0.clone();
-                    sgemm(
-                        (m, n, k),
-                        &mut c,
-                        &a,
-                        (ars, acs),
-                        &b,
-                        (brs, bcs),
-                        accumulate,
-                        true,
-                    );
-                    for i in 0..m {
-                        for j in 0..n {
-                            let (mut r, mut mag) = (0f64, 0f64);
-                            for p in 0..k {
-                                let x = a[i * ars + p * acs] as f64 * b[p * brs + j * bcs] as f64;
-                                r += x;
-                                mag += x.abs();
-                            }
-                            if accumulate {
-                                r += c0[i * n + j] as f64;
-                                mag += (c0[i * n + j] as f64).abs();
-                            }
-                            let bound = (k + 1) as f64 * 2f64.powi(-23) * mag + 1e-30;
-                            let got = c[i * n + j] as f64;
-                            assert!(
-                                (got - r).abs() <= bound,
-                                "({m},{n},{k}) trans {trans} acc {accumulate} at ({i},{j}): {got} vs {r}"
-                            );
-                        }
-                    }
-                }
-            }
-        }
+        super::super::gemm_check::check_against_f64(
+            &[
+                (1, 1, 1),
+                (13, 33, 7),
+                (37, 65, 300),
+                (200, 1030, 513),
+                (12, 32, 256),
+            ],
+            super::super::gemm_check::uniform(0x2545_F491_4F6C_DD1D),
+            f64::from,
+            // (Always parallel: sgemm's serial path is the parallel one's per-thread body.)
+            &|shape, c, a, sa, b, sb, accumulate, _| {
+                sgemm(shape, c, a, sa, b, sb, accumulate, true)
+            },
+        );
     }
 }
