@@ -21,6 +21,7 @@ mod optim;
 mod pool;
 mod reduce;
 mod sgemm;
+mod sgemm_pack;
 mod sum;
 
 use crate::{CpuStorage, Device, StorageRef};

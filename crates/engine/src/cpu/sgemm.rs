@@ -46,53 +46,12 @@ pub(crate) fn suits((m, n): (usize, usize)) -> bool {
     available() && n >= 64 && m >= 16
 }
 
+use super::sgemm_pack::{pack_a, pack_b_sliver};
+
 thread_local! {
     /// Packing buffers reused across calls on this thread (no allocation or zero-fill per call).
     static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
-}
-
-/// Packs rows `0..m` × cols `k0..k0+kc` of A (element `(r, c)` at `a[r*rs + c*cs]`) into
-/// `MR`-row slivers: sliver `s` holds `kc` groups of `MR` values; rows past `m` are 0.
-fn pack_a(
-    a: &[f32],
-    (rs, cs): (usize, usize),
-    m: usize,
-    (k0, kc): (usize, usize),
-    out: &mut Vec<f32>,
-) {
-    let slivers = m.div_ceil(MR);
-    out.resize(slivers * kc * MR, 0.0);
-    for s in 0..slivers {
-        let dst = &mut out[s * kc * MR..][..kc * MR];
-        let rows = (m - s * MR).min(MR);
-        let first = s * MR * rs + k0 * cs;
-        if rs == 1 && rows == MR {
-            // Column-major A (a transposed weight): each k step's 12 rows are adjacent.
-            for (p, d) in dst.chunks_exact_mut(MR).enumerate() {
-                d.copy_from_slice(&a[first + p * cs..][..MR]);
-            }
-        } else if cs == 1 {
-            // Row-major A: walk the 12 rows in step (sequential reads, contiguous writes).
-            let row = |i: usize| &a[first + i * rs..][..kc];
-            let src: [&[f32]; MR] = std::array::from_fn(|i| if i < rows { row(i) } else { &[] });
-            for (p, d) in dst.chunks_exact_mut(MR).enumerate() {
-                for (i, v) in d.iter_mut().enumerate() {
-                    *v = if i < rows { src[i][p] } else { 0.0 };
-                }
-            }
-        } else {
-            for (p, d) in dst.chunks_exact_mut(MR).enumerate() {
-                for (i, v) in d.iter_mut().enumerate() {
-                    *v = if i < rows {
-                        a[first + i * rs + p * cs]
-                    } else {
-                        0.0
-                    };
-                }
-            }
-        }
-    }
 }
 
 /// One register tile: `C[rows × cols] (+)= A_sliver · B[kc × cols]`, where the A sliver holds
@@ -155,42 +114,13 @@ unsafe fn kernel(
 }
 
 /// The lane masks of the first `cols` (≤ 32) columns.
-fn masks(cols: usize) -> (u16, u16) {
+pub(crate) fn masks(cols: usize) -> (u16, u16) {
     let m = if cols >= 32 {
         u32::MAX
     } else {
         (1u32 << cols) - 1
     };
     (m as u16, (m >> 16) as u16)
-}
-
-/// Copies columns `j0..j0+cols` of rows `p0..p0+kc` of B (element `(r, c)` at
-/// `b[r*rs + c*cs]`) into a `kc × NR` sliver, zero-padded past `cols`. B's own rows are often a
-/// power-of-two bytes apart, which would map a whole sliver onto a few L1 sets; packed, it is
-/// one sequential stream. A transposed B (`rs == 1`) is read along its contiguous columns.
-fn pack_b_sliver(
-    (b, (rs, cs)): (&[f32], (usize, usize)),
-    (p0, kc): (usize, usize),
-    (j0, cols): (usize, usize),
-    out: &mut Vec<f32>,
-) {
-    out.resize(kc * NR, 0.0);
-    if cs == 1 {
-        for (p, row) in out.chunks_exact_mut(NR).enumerate() {
-            row[..cols].copy_from_slice(&b[(p0 + p) * rs + j0..][..cols]);
-            row[cols..].fill(0.0);
-        }
-    } else {
-        // Transposed B (`rs == 1` for the weight gradient): the sliver's columns are read in
-        // step, each sequentially, and every packed row is written contiguously.
-        let col = |j: usize| &b[p0 * rs + (j0 + j) * cs..];
-        let src: [&[f32]; NR] = std::array::from_fn(|j| if j < cols { col(j) } else { &[] });
-        for (p, row) in out.chunks_exact_mut(NR).enumerate() {
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = if j < cols { src[j][p * rs] } else { 0.0 };
-            }
-        }
-    }
 }
 
 /// `dst[m × n] (+)= A · B` serially.
