@@ -375,3 +375,32 @@ fn f16_convolution_with_an_infinity_is_ieee_on_the_cpu() -> Result<()> {
     assert!(infinite > 0, "the infinities reach the output");
     Ok(())
 }
+
+/// Convolutions large enough that the CPU cuts each image's output rows into blocks (the
+/// im2col matrix `[C·9, block]` stays near 1 MiB): stride 1 and 2, one image (GEMMs, im2col
+/// and col2im parallel inside) and two (one image per thread), every input dtype — forward and
+/// both gradients against the f64 loops.
+#[test]
+fn row_blocked_convolutions_match_the_reference_on_the_cpu() -> Result<()> {
+    let mut g = Generator::new(91);
+    // K = 64·9 = 576: blocks of ≥ 455 output pixels; 575 (stride 1) and 25·23 (stride 2).
+    for &(c, h, wd, k, ks, st, pad, dil) in
+        &[(64, 25, 23, 5, 3, 1, 1, 1), (64, 49, 45, 4, 3, 2, 1, 1)]
+    {
+        for n in [1, 2] {
+            for dt in [DType::F32, DType::BF16, DType::F16] {
+                let geo = (n, c, h, wd, k, ks, st, pad, dil);
+                check_conv(
+                    Device::Cpu,
+                    &mut g,
+                    geo,
+                    dt,
+                    dt,
+                    MemoryFormat::Contiguous,
+                    true,
+                )?;
+            }
+        }
+    }
+    Ok(())
+}

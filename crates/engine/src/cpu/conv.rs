@@ -16,6 +16,7 @@ use half::bf16;
 use num_traits::Float;
 use rayon::prelude::*;
 use std::borrow::Cow;
+use std::ops::Range;
 
 /// Sizes derived from a spec: per-group channels, patch length `K` and output pixels `P`.
 #[derive(Clone, Copy)]
@@ -74,17 +75,18 @@ impl Geometry {
         (lo as usize..hi as usize, first as usize)
     }
 
-    /// Fills the `kh·kw` rows of `col` (`ld` apart, `P` long) that belong to one input channel
-    /// `plane [h, w]` of one image: per output row, zeros left and right of the valid run and
-    /// the run itself copied (contiguous for stride 1).
-    fn im2col_channel<T: bytemuck::Pod>(&self, plane: &[T], col: &mut [T], ld: usize) {
+    /// Fills the `kh·kw` rows of `col` (`ld` apart, `oys.len()·ow` long) that belong to one
+    /// input channel `plane [h, w]` of one image, for the output rows `oys`: per output row,
+    /// zeros left and right of the valid run and the run itself copied (contiguous for
+    /// stride 1).
+    fn im2col_channel<T: bytemuck::Pod>(&self, plane: &[T], col: &mut [T], (ld, oys): Rows) {
         let s = &self.s;
         let st = s.stride.1;
         for ki in 0..s.kh {
             for kj in 0..s.kw {
-                let dst = &mut col[(ki * s.kw + kj) * ld..][..self.p];
+                let dst = &mut col[(ki * s.kw + kj) * ld..][..oys.len() * self.ow];
                 let (run, ix0) = self.valid_cols(kj);
-                for (oy, out) in dst.chunks_exact_mut(self.ow.max(1)).enumerate() {
+                for (oy, out) in oys.clone().zip(dst.chunks_exact_mut(self.ow.max(1))) {
                     let iy = Self::src(oy, ki, s.stride.0, s.padding.0, s.dilation.0, s.h);
                     let Some(iy) = iy.filter(|_| !run.is_empty()) else {
                         out.fill(T::zeroed());
@@ -106,19 +108,20 @@ impl Geometry {
         }
     }
 
-    /// Adds the `kh·kw` rows of `col` (`ld` apart) of one input channel back into that
-    /// channel's gradient `plane [h, w]` of one image (the valid run of each output row only).
-    fn col2im_channel<T: Float>(&self, col: &[T], ld: usize, plane: &mut [T]) {
+    /// Adds the `kh·kw` rows of `col` (`ld` apart, output rows `oys`) of one input channel
+    /// back into that channel's gradient `plane [h, w]` of one image (the valid run of each
+    /// output row only).
+    fn col2im_channel<T: Float>(&self, col: &[T], (ld, oys): Rows, plane: &mut [T]) {
         let s = &self.s;
         let st = s.stride.1;
         for ki in 0..s.kh {
             for kj in 0..s.kw {
-                let src = &col[(ki * s.kw + kj) * ld..][..self.p];
+                let src = &col[(ki * s.kw + kj) * ld..][..oys.len() * self.ow];
                 let (run, ix0) = self.valid_cols(kj);
                 if run.is_empty() {
                     continue;
                 }
-                for (oy, from) in src.chunks_exact(self.ow.max(1)).enumerate() {
+                for (oy, from) in oys.clone().zip(src.chunks_exact(self.ow.max(1))) {
                     let iy = Self::src(oy, ki, s.stride.0, s.padding.0, s.dilation.0, s.h);
                     let Some(iy) = iy else {
                         continue;
@@ -139,24 +142,26 @@ impl Geometry {
         }
     }
 
-    /// Fills `col [K, imgs·P]` (rows `ld` apart) from the channels of group `g` of the images
-    /// `x [imgs, c_in, h, w]`, image `j` in columns `j·P..`; in parallel over channels when
+    /// Fills `col [K, imgs·B]` (rows `ld = imgs·B` apart) for the output rows `oys`
+    /// (`B = oys.len()·ow` pixels) from the channels of group `g` of the images
+    /// `x [imgs, c_in, h, w]`, image `j` in columns `j·B..`; in parallel over channels when
     /// `parallel` (the chunk's GEMM is parallel too: there are fewer chunks than threads).
     fn im2col<T: bytemuck::Pod + Send + Sync>(
         &self,
         (x, imgs): (&[T], usize),
-        g: usize,
+        (g, oys): (usize, Range<usize>),
         col: &mut [T],
         parallel: bool,
     ) {
         let s = &self.s;
         let (plane, img_in) = (s.h * s.w, s.c_in * s.h * s.w);
-        let ld = imgs * self.p;
+        let px = oys.len() * self.ow;
+        let ld = imgs * px;
         let block = s.kh * s.kw * ld;
         let channel = |(ci, rows): (usize, &mut [T])| {
             for j in 0..imgs {
                 let src = &x[j * img_in + (g * self.cin_g + ci) * plane..][..plane];
-                self.im2col_channel(src, &mut rows[j * self.p..], ld);
+                self.im2col_channel(src, &mut rows[j * px..], (ld, oys.clone()));
             }
         };
         let col = &mut col[..self.cin_g * block];
@@ -167,13 +172,13 @@ impl Geometry {
         }
     }
 
-    /// Adds `col [K, imgs·P]` (rows `ld = imgs·P` apart) back into the channels of group `g`
-    /// of the image gradients `dx [imgs, c_in, h, w]`; in parallel over (image, channel) when
-    /// `parallel`.
+    /// Adds `col [K, imgs·B]` (output rows `oys`, `B = oys.len()·ow`, rows `imgs·B` apart)
+    /// back into the channels of group `g` of the image gradients `dx [imgs, c_in, h, w]`; in
+    /// parallel over (image, channel) when `parallel`.
     fn col2im<T: Float + Send + Sync>(
         &self,
         col: &[T],
-        g: usize,
+        (g, oys): (usize, Range<usize>),
         (dx, imgs): (&mut [T], usize),
         parallel: bool,
     ) {
@@ -183,11 +188,12 @@ impl Geometry {
             // Nothing to add to (the caller skips empty inputs).
             return;
         }
-        let ld = imgs * self.p;
+        let px = oys.len() * self.ow;
+        let ld = imgs * px;
         let block = s.kh * s.kw * ld;
         let group = g * self.cin_g * plane..(g + 1) * self.cin_g * plane;
         let channel = |j: usize, ci: usize, to: &mut [T]| {
-            self.col2im_channel(&col[ci * block + j * self.p..], ld, to);
+            self.col2im_channel(&col[ci * block + j * px..], (ld, oys.clone()), to);
         };
         if parallel {
             dx.par_chunks_mut(img_in)
@@ -216,59 +222,99 @@ impl Geometry {
     fn chunk_images(&self) -> usize {
         256usize.div_ceil(self.p.max(1)).clamp(1, self.s.n.max(1))
     }
-}
 
-/// Row `r` of image `j` in a wide `[rows, imgs·P]` matrix (rows `imgs·P` apart) sits at
-/// `images[j·img + (r0 + r)·P ..][..P]` of the per-image NCHW blocks (`img` elements each).
-/// `scatter_rows` copies wide → images, `gather_rows` images → wide.
-fn scatter_rows<T: Copy>(
-    wide: &[T],
-    images: &mut [T],
-    (rows, p, imgs, img, r0): (usize, usize, usize, usize, usize),
-) {
-    for r in 0..rows {
-        for j in 0..imgs {
-            images[j * img + (r0 + r) * p..][..p].copy_from_slice(&wide[(r * imgs + j) * p..][..p]);
-        }
+    /// The output rows of one image cut into blocks whose im2col matrix `[K, rows·ow]` stays
+    /// near 1 MiB, so that it is written and packed inside the core's L2 instead of making a
+    /// round trip through memory (a 224-px ResNet's first stage has a 7 MiB im2col matrix per
+    /// image). A block keeps at least `max(256, 4·cout_g)` columns: the GEMM's A operand (the
+    /// weights, or `dy` for the weight gradient) is packed once per block. Chunks of several
+    /// images (small pictures) are one block.
+    fn row_blocks(&self, imgs: usize) -> Vec<Range<usize>> {
+        let oh = self.p / self.ow.max(1);
+        let cols = ((1usize << 18) / self.k.max(1))
+            .max(256)
+            .max(4 * self.cout_g);
+        let blocks = if imgs > 1 || self.ow == 0 {
+            1
+        } else {
+            oh.div_ceil(cols.div_ceil(self.ow)).max(1)
+        };
+        let rows = oh.div_ceil(blocks).max(1);
+        (0..oh.max(1))
+            .step_by(rows)
+            .map(|r| r..(r + rows).min(oh))
+            .collect()
     }
 }
 
-/// The inverse of [`scatter_rows`].
-fn gather_rows<T: Copy>(
-    wide: &mut [T],
-    images: &[T],
-    (rows, p, imgs, img, r0): (usize, usize, usize, usize, usize),
-) {
-    for r in 0..rows {
-        for j in 0..imgs {
-            wide[(r * imgs + j) * p..][..p].copy_from_slice(&images[j * img + (r0 + r) * p..][..p]);
+/// An im2col matrix's row stride and the output rows it covers.
+type Rows = (usize, Range<usize>);
+
+/// Channel rows `r0..r0+rows` (`P` pixels each) of `imgs` per-image NCHW blocks (`img`
+/// elements apart), pixels `px` of each, as one wide `[rows, imgs·px.len()]` matrix: row `r`
+/// of image `j` is `images[j·img + (r0 + r)·P + px.start ..][..px.len()]`.
+#[derive(Clone)]
+struct Wide {
+    rows: usize,
+    p: usize,
+    imgs: usize,
+    img: usize,
+    r0: usize,
+    px: Range<usize>,
+}
+
+impl Wide {
+    /// Whether the matrix is a plain view of the images: read (one image: rows `P` apart)
+    /// or written (one image, every pixel: the rows are contiguous).
+    fn is_view(&self, written: bool) -> bool {
+        self.imgs == 1 && (!written || self.px == (0..self.p))
+    }
+
+    /// Its elements (`rows · imgs · px.len()`).
+    fn len(&self) -> usize {
+        self.rows * self.imgs * self.px.len()
+    }
+
+    /// The `(wide offset, image offset)` of each copied run.
+    fn runs(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let w = self.px.len();
+        (0..self.rows).flat_map(move |r| {
+            (0..self.imgs).map(move |j| {
+                let at = j * self.img + (self.r0 + r) * self.p + self.px.start;
+                ((r * self.imgs + j) * w, at)
+            })
+        })
+    }
+
+    /// Copies the wide matrix into the images.
+    fn scatter<T: Copy>(&self, wide: &[T], images: &mut [T]) {
+        let w = self.px.len();
+        for (from, to) in self.runs() {
+            images[to..][..w].copy_from_slice(&wide[from..][..w]);
         }
+    }
+
+    /// The matrix and its row stride: the images' own memory when it is a view, else
+    /// gathered into `wide`.
+    fn of<'a, T: Copy>(&self, wide: &'a mut [T], images: &'a [T]) -> (&'a [T], usize) {
+        if self.is_view(false) {
+            return (&images[self.r0 * self.p + self.px.start..], self.p);
+        }
+        let w = self.px.len();
+        for (to, from) in self.runs() {
+            wide[to..][..w].copy_from_slice(&images[from..][..w]);
+        }
+        (wide, self.imgs * w)
     }
 }
 
-/// The `[rows, imgs·P]` scratch a chunk of several images needs (none for one image, whose
-/// NCHW block already is that matrix).
-fn wide_buffer<T: bytemuck::Pod>(imgs: usize, rows: usize, ld: usize) -> Result<Vec<T>> {
-    if imgs > 1 {
-        crate::alloc::for_overwrite(rows * ld)
-    } else {
+/// The scratch a wide matrix needs when it is `written` or read (none when it is a view of
+/// the images).
+fn wide_buffer<T: bytemuck::Pod>(shape: &Wide, written: bool) -> Result<Vec<T>> {
+    if shape.is_view(written) {
         Ok(Vec::new())
-    }
-}
-
-/// Rows `r0..r0+rows` of every image of `images` as one `[rows, imgs·P]` matrix: the images'
-/// own memory for one image, else gathered into `wide`.
-fn rows_of<'a, T: Copy>(
-    wide: &'a mut [T],
-    images: &'a [T],
-    shape: (usize, usize, usize, usize, usize),
-) -> &'a [T] {
-    let (_, p, imgs, _, r0) = shape;
-    if imgs > 1 {
-        gather_rows(wide, images, shape);
-        wide
     } else {
-        &images[r0 * p..]
+        crate::alloc::for_overwrite(shape.len())
     }
 }
 
@@ -334,6 +380,29 @@ conv_elem!(f32, f32, gemm_strided);
 conv_elem!(f64, f64, gemm_strided);
 conv_elem!(bf16, f32, super::amx::gemm_bf16);
 
+impl Geometry {
+    /// The output-row blocks of a chunk of `imgs` images and the widest one's column count
+    /// (`imgs · rows · ow`, the im2col scratch's row length).
+    fn blocks(&self, imgs: usize) -> (Vec<Range<usize>>, usize) {
+        let blocks = self.row_blocks(imgs);
+        let most = blocks.iter().map(|b| b.len()).max().unwrap_or(0) * self.ow * imgs;
+        (blocks, most)
+    }
+
+    /// Group `grp`'s output-channel rows of a chunk (`img_out` elements per image) over the
+    /// output rows `oys`, as a wide matrix.
+    fn wide(&self, imgs: usize, img_out: usize, grp: usize, oys: &Range<usize>) -> Wide {
+        Wide {
+            rows: self.cout_g,
+            p: self.p,
+            imgs,
+            img: img_out,
+            r0: grp * self.cout_g,
+            px: oys.start * self.ow..oys.end * self.ow,
+        }
+    }
+}
+
 fn forward<T: ConvElem>(x: &[T], w: &[T], g: &Geometry) -> Result<Vec<T::Acc>> {
     let s = &g.s;
     let img_in = s.c_in * s.h * s.w;
@@ -346,31 +415,27 @@ fn forward<T: ConvElem>(x: &[T], w: &[T], g: &Geometry) -> Result<Vec<T::Acc>> {
     let per = g.chunk_images();
     over_chunks(&mut out, per * img_out, |c, dst, serial| {
         let imgs = dst.len() / img_out;
-        let ld = imgs * g.p;
-        let mut col = crate::alloc::for_overwrite::<T>(g.k * ld)?;
-        let mut wide = wide_buffer::<T::Acc>(imgs, g.cout_g, ld)?;
+        let (blocks, most) = g.blocks(imgs);
+        let mut col = crate::alloc::for_overwrite::<T>(g.k * most)?;
+        // (The first block is the widest.)
+        let mut wide = wide_buffer::<T::Acc>(&g.wide(imgs, img_out, 0, &blocks[0]), true)?;
         let x_c = &x[c * per * img_in..][..imgs * img_in];
         for grp in 0..s.groups {
-            g.im2col((x_c, imgs), grp, &mut col, !serial);
-            let w_g = &w[grp * g.cout_g * g.k..];
-            let y: &mut [T::Acc] = if imgs > 1 {
-                &mut wide
-            } else {
-                &mut dst[grp * g.cout_g * g.p..]
-            };
-            T::gemm(
-                (g.cout_g, ld, g.k),
-                y,
-                w_g,
-                (g.k, 1),
-                &col,
-                (ld, 1),
-                false,
-                !serial,
-            );
-            if imgs > 1 {
-                let shape = (g.cout_g, g.p, imgs, img_out, grp * g.cout_g);
-                scatter_rows(&wide, dst, shape);
+            for oys in &blocks {
+                let ld = imgs * oys.len() * g.ow;
+                let shape = g.wide(imgs, img_out, grp, oys);
+                g.im2col((x_c, imgs), (grp, oys.clone()), &mut col, !serial);
+                let w_g = &w[grp * g.cout_g * g.k..];
+                let y: &mut [T::Acc] = if shape.is_view(true) {
+                    &mut dst[grp * g.cout_g * g.p..]
+                } else {
+                    &mut wide
+                };
+                let (a, b) = ((w_g, (g.k, 1)), (&col[..], (ld, 1)));
+                T::gemm((g.cout_g, ld, g.k), y, a.0, a.1, b.0, b.1, false, !serial);
+                if !shape.is_view(true) {
+                    shape.scatter(&wide, dst);
+                }
             }
         }
         crate::alloc::recycle(col);
@@ -385,33 +450,37 @@ fn backward_input<T: ConvElem>(dy: &[T], w: &[T], g: &Geometry) -> Result<Vec<T:
     let img_in = s.c_in * s.h * s.w;
     let img_out = s.c_out * g.p;
     let mut dx = crate::alloc::filled(s.n * img_in, <T::Acc as bytemuck::Zeroable>::zeroed())?;
-    if img_in == 0 {
-        // An empty input (H or W of 0 under padding) has an empty gradient.
+    if img_in == 0 || img_out == 0 {
+        // An empty input (H or W of 0 under padding) has an empty gradient; an empty output
+        // adds nothing to it.
         return Ok(dx);
     }
     let per = g.chunk_images();
     over_chunks(&mut dx, per * img_in, |c, dst, serial| {
         let imgs = dst.len() / img_in;
-        let ld = imgs * g.p;
+        let (blocks, most) = g.blocks(imgs);
         let dy_c = &dy[c * per * img_out..][..imgs * img_out];
-        let mut dcol = crate::alloc::for_overwrite::<T::Acc>(g.k * ld)?;
-        let mut wide = wide_buffer::<T>(imgs, g.cout_g, ld)?;
+        let mut dcol = crate::alloc::for_overwrite::<T::Acc>(g.k * most)?;
+        let mut wide = wide_buffer::<T>(&g.wide(imgs, img_out, 0, &blocks[0]), false)?;
         for grp in 0..s.groups {
-            // dcol [K, imgs·P] = W_g^T [K, cout_g] · dy_g [cout_g, imgs·P]
-            let shape = (g.cout_g, g.p, imgs, img_out, grp * g.cout_g);
-            let dy_g = rows_of(&mut wide, dy_c, shape);
-            let w_g = &w[grp * g.cout_g * g.k..];
-            T::gemm(
-                (g.k, ld, g.cout_g),
-                &mut dcol,
-                w_g,
-                (1, g.k),
-                dy_g,
-                (ld, 1),
-                false,
-                !serial,
-            );
-            g.col2im(&dcol, grp, (dst, imgs), !serial);
+            for oys in &blocks {
+                let ld = imgs * oys.len() * g.ow;
+                // dcol [K, ld] = W_g^T [K, cout_g] · dy_g [cout_g, ld]
+                let (dy_g, dy_ld) = g.wide(imgs, img_out, grp, oys).of(&mut wide, dy_c);
+                let w_g = &w[grp * g.cout_g * g.k..];
+                let (a, b) = ((w_g, (1, g.k)), (dy_g, (dy_ld, 1)));
+                T::gemm(
+                    (g.k, ld, g.cout_g),
+                    &mut dcol,
+                    a.0,
+                    a.1,
+                    b.0,
+                    b.1,
+                    false,
+                    !serial,
+                );
+                g.col2im(&dcol, (grp, oys.clone()), (dst, imgs), !serial);
+            }
         }
         crate::alloc::recycle(dcol);
         crate::alloc::recycle(wide);
@@ -430,29 +499,33 @@ fn backward_weight<T: ConvElem>(x: &[T], dy: &[T], g: &Geometry) -> Result<Vec<T
     let threads = rayon::current_num_threads();
     // Fewer chunks than threads: the chunks run one after another, each parallel inside.
     let few_chunks = chunks < threads;
-    // dW_g [cout_g, K] += dy_g [cout_g, imgs·P] · col^T [imgs·P, K], chunk by chunk.
+    // dW_g [cout_g, K] += dy_g [cout_g, ld] · col^T [ld, K], chunk by chunk, block by block.
     let accumulate_chunk = |acc: Result<Vec<T::Acc>>, c: usize| {
         let mut acc = acc?;
         let imgs = per.min(s.n - c * per);
-        let ld = imgs * g.p;
-        let mut col = crate::alloc::for_overwrite::<T>(g.k * ld)?;
-        let mut wide = wide_buffer::<T>(imgs, g.cout_g, ld)?;
+        let (blocks, most) = g.blocks(imgs);
+        let mut col = crate::alloc::for_overwrite::<T>(g.k * most)?;
+        let mut wide = wide_buffer::<T>(&g.wide(imgs, img_out, 0, &blocks[0]), false)?;
         let dy_c = &dy[c * per * img_out..][..imgs * img_out];
         let x_c = &x[c * per * img_in..][..imgs * img_in];
         for grp in 0..s.groups {
-            g.im2col((x_c, imgs), grp, &mut col, few_chunks);
-            let shape = (g.cout_g, g.p, imgs, img_out, grp * g.cout_g);
-            let dy_g = rows_of(&mut wide, dy_c, shape);
-            T::gemm(
-                (g.cout_g, g.k, ld),
-                &mut acc[grp * g.cout_g * g.k..],
-                dy_g,
-                (ld, 1),
-                &col,
-                (1, ld),
-                true,
-                few_chunks,
-            );
+            for oys in &blocks {
+                let ld = imgs * oys.len() * g.ow;
+                g.im2col((x_c, imgs), (grp, oys.clone()), &mut col, few_chunks);
+                let (dy_g, dy_ld) = g.wide(imgs, img_out, grp, oys).of(&mut wide, dy_c);
+                let dw_g = &mut acc[grp * g.cout_g * g.k..];
+                let (a, b) = ((dy_g, (dy_ld, 1)), (&col[..], (1, ld)));
+                T::gemm(
+                    (g.cout_g, g.k, ld),
+                    dw_g,
+                    a.0,
+                    a.1,
+                    b.0,
+                    b.1,
+                    true,
+                    few_chunks,
+                );
+            }
         }
         crate::alloc::recycle(col);
         crate::alloc::recycle(wide);
