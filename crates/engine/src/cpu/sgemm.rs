@@ -64,7 +64,7 @@ thread_local! {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel(
+unsafe fn kernel<const R: usize>(
     kc: usize,
     a: *const f32,
     b: *const f32,
@@ -76,7 +76,7 @@ unsafe fn kernel(
     load_c: bool,
 ) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
     if load_c {
         for (i, row) in acc.iter_mut().enumerate() {
             if i < rows {
@@ -110,6 +110,21 @@ unsafe fn kernel(
                 _mm512_mask_storeu_ps(c.add(i * c_rs + 16), mask1, row[1]);
             }
         }
+    }
+}
+
+/// The register tile for `rows` (≤ `MR`) rows of C: 4, 8 or 12 rows of accumulators (a
+/// 64-row C is five 12-row tiles and a 4-row one, not six of 12: 64/72 of the FMAs were
+/// useful before, all of them now).
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::type_complexity)]
+fn kernel_for(
+    rows: usize,
+) -> unsafe fn(usize, *const f32, *const f32, usize, *mut f32, usize, usize, (u16, u16), bool) {
+    match rows {
+        0..=4 => kernel::<4>,
+        5..=8 => kernel::<8>,
+        _ => kernel::<MR>,
     }
 }
 
@@ -148,7 +163,7 @@ fn gemm_serial(
                 // columns from j0 (dst holds m * n).
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
-                    kernel(
+                    kernel_for(rows)(
                         kc,
                         pa.as_ptr().add(s * kc * MR),
                         pb.as_ptr(),
