@@ -12,6 +12,149 @@ use num_traits::Float;
 use rayon::prelude::*;
 use std::sync::Arc;
 
+/// Elements per parallel task of the contiguous fast paths (the op's loop runs over a whole
+/// chunk, where it vectorizes).
+const CHUNK: usize = 1 << 13;
+
+/// `f` of every element of a contiguous `src` into a new buffer: one read and one write per
+/// element (the general path copies into the compute type first).
+fn map_into<T: bytemuck::Pod + Send + Sync>(
+    src: &[T],
+    f: impl Fn(T) -> T + Sync + Send,
+) -> Result<Vec<T>> {
+    let mut out = crate::alloc::for_overwrite::<T>(src.len())?;
+    let run = |(o, s): (&mut [T], &[T])| o.iter_mut().zip(s).for_each(|(o, &x)| *o = f(x));
+    if src.len() >= PAR_THRESHOLD {
+        out.par_chunks_mut(CHUNK)
+            .zip(src.par_chunks(CHUNK))
+            .for_each(run);
+    } else {
+        run((&mut out, src));
+    }
+    Ok(out)
+}
+
+/// `f(a[i], b[i])` of two contiguous slices of one length into a new buffer.
+fn zip_into<T: bytemuck::Pod + Send + Sync>(
+    a: &[T],
+    b: &[T],
+    f: impl Fn(T, T) -> T + Sync + Send,
+) -> Result<Vec<T>> {
+    let mut out = crate::alloc::for_overwrite::<T>(a.len())?;
+    let run = |((o, a), b): ((&mut [T], &[T]), &[T])| {
+        for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
+            *o = f(x, y);
+        }
+    };
+    if a.len() >= PAR_THRESHOLD {
+        out.par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK))
+            .zip(b.par_chunks(CHUNK))
+            .for_each(run);
+    } else {
+        run(((&mut out, a), b));
+    }
+    Ok(out)
+}
+
+/// Evaluates `$body` with `$f` bound to `unary_fn::<$t>` of `$op`, one arm per variant, each
+/// its own closure type: the loops in `$body` are compiled once per variant, with the variant
+/// a constant, instead of once with a jump table per element (a ReLU ran at 2.4 GB/s).
+macro_rules! with_unary {
+    ($op:expr, $t:ty, |$f:ident| $body:expr) => {
+        match $op {
+            UnaryOp::Neg => {
+                let $f = move |x: $t| unary_fn::<$t>(UnaryOp::Neg)(x);
+                $body
+            }
+            UnaryOp::Exp => {
+                let $f = move |x: $t| unary_fn::<$t>(UnaryOp::Exp)(x);
+                $body
+            }
+            UnaryOp::Log => {
+                let $f = move |x: $t| unary_fn::<$t>(UnaryOp::Log)(x);
+                $body
+            }
+            UnaryOp::Sqrt => {
+                let $f = move |x: $t| unary_fn::<$t>(UnaryOp::Sqrt)(x);
+                $body
+            }
+            UnaryOp::Rsqrt => {
+                let $f = move |x: $t| unary_fn::<$t>(UnaryOp::Rsqrt)(x);
+                $body
+            }
+            UnaryOp::Abs => {
+                let $f = move |x: $t| unary_fn::<$t>(UnaryOp::Abs)(x);
+                $body
+            }
+            UnaryOp::Square => {
+                let $f = move |x: $t| unary_fn::<$t>(UnaryOp::Square)(x);
+                $body
+            }
+            UnaryOp::Recip => {
+                let $f = move |x: $t| unary_fn::<$t>(UnaryOp::Recip)(x);
+                $body
+            }
+            UnaryOp::Relu => {
+                let $f = move |x: $t| unary_fn::<$t>(UnaryOp::Relu)(x);
+                $body
+            }
+            UnaryOp::Step => {
+                let $f = move |x: $t| unary_fn::<$t>(UnaryOp::Step)(x);
+                $body
+            }
+            UnaryOp::Sign => {
+                let $f = move |x: $t| unary_fn::<$t>(UnaryOp::Sign)(x);
+                $body
+            }
+            UnaryOp::Affine { mul, add } => {
+                let $f = move |x: $t| unary_fn::<$t>(UnaryOp::Affine { mul, add })(x);
+                $body
+            }
+            UnaryOp::Powf(e) => {
+                let $f = move |x: $t| unary_fn::<$t>(UnaryOp::Powf(e))(x);
+                $body
+            }
+        }
+    };
+}
+
+/// [`with_unary`] for binary ops.
+macro_rules! with_binary {
+    ($op:expr, $t:ty, |$f:ident| $body:expr) => {
+        match $op {
+            BinaryOp::Add => {
+                let $f = |a: $t, b: $t| binary_fn::<$t>(BinaryOp::Add)(a, b);
+                $body
+            }
+            BinaryOp::Sub => {
+                let $f = |a: $t, b: $t| binary_fn::<$t>(BinaryOp::Sub)(a, b);
+                $body
+            }
+            BinaryOp::Mul => {
+                let $f = |a: $t, b: $t| binary_fn::<$t>(BinaryOp::Mul)(a, b);
+                $body
+            }
+            BinaryOp::Div => {
+                let $f = |a: $t, b: $t| binary_fn::<$t>(BinaryOp::Div)(a, b);
+                $body
+            }
+            BinaryOp::Maximum => {
+                let $f = |a: $t, b: $t| binary_fn::<$t>(BinaryOp::Maximum)(a, b);
+                $body
+            }
+            BinaryOp::Minimum => {
+                let $f = |a: $t, b: $t| binary_fn::<$t>(BinaryOp::Minimum)(a, b);
+                $body
+            }
+            BinaryOp::Eq => {
+                let $f = |a: $t, b: $t| binary_fn::<$t>(BinaryOp::Eq)(a, b);
+                $body
+            }
+        }
+    };
+}
+
 /// `f` applied to every element of `v`, in place (no second buffer).
 fn map_par<T: Float + Send + Sync>(mut v: Vec<T>, f: impl Fn(T) -> T + Sync + Send) -> Vec<T> {
     if v.len() >= PAR_THRESHOLD {
@@ -32,11 +175,12 @@ fn unary_fn<T: Float>(op: UnaryOp) -> impl Fn(T) -> T + Sync + Send {
         UnaryOp::Abs => x.abs(),
         UnaryOp::Square => x * x,
         UnaryOp::Recip => x.recip(),
+        // NaN compares false, so it passes through (as `x.is_nan() || x > 0` would).
         UnaryOp::Relu => {
-            if x.is_nan() || x > T::zero() {
-                x
-            } else {
+            if x <= T::zero() {
                 T::zero()
+            } else {
+                x
             }
         }
         UnaryOp::Step => {
@@ -68,18 +212,23 @@ pub(crate) fn unary(op: UnaryOp, s: &CpuStorage, layout: &Layout) -> Result<CpuS
         .contiguous_start()
         .map(|start| start..start + layout.elem_count())
     {
-        match s {
+        let v = match s {
             CpuStorage::F16(v) => {
-                return Ok(CpuStorage::F16(half_blocks::unary(&v[r], unary_fn(op))?))
+                CpuStorage::F16(with_unary!(op, f32, |f| half_blocks::unary(&v[r], f))?)
             }
             CpuStorage::BF16(v) => {
-                return Ok(CpuStorage::BF16(half_blocks::unary(&v[r], unary_fn(op))?))
+                CpuStorage::BF16(with_unary!(op, f32, |f| half_blocks::unary(&v[r], f))?)
             }
-            _ => {}
-        }
+            CpuStorage::F32(v) => CpuStorage::F32(with_unary!(op, f32, |f| map_into(&v[r], f))?),
+            CpuStorage::F64(v) => CpuStorage::F64(with_unary!(op, f64, |f| map_into(&v[r], f))?),
+            CpuStorage::I64(_) => {
+                return Err(Error::dtype("unary", "expected a float tensor, got int64"))
+            }
+        };
+        return Ok(v);
     }
     let c = to_compute("unary", s, layout)?;
-    let out = map_compute!(c, |v: T| map_par(v, unary_fn::<T>(op)));
+    let out = map_compute!(c, |v: T| with_unary!(op, T, |f| map_par(v, f)));
     out.into_storage(s.dtype())
 }
 
@@ -156,18 +305,26 @@ pub(crate) fn binary(
     let contiguous = |l: &Layout| l.contiguous_start().map(|s| s..s + l.elem_count());
     match (lhs, rhs, contiguous(lhs_layout), contiguous(rhs_layout)) {
         (CpuStorage::F16(a), CpuStorage::F16(b), Some(ra), Some(rb)) => {
-            return Ok(CpuStorage::F16(half_blocks::binary(
-                &a[ra],
-                &b[rb],
-                binary_fn(op),
-            )?));
+            let (a, b) = (&a[ra], &b[rb]);
+            let out = with_binary!(op, f32, |f| half_blocks::binary(a, b, f))?;
+            return Ok(CpuStorage::F16(out));
         }
         (CpuStorage::BF16(a), CpuStorage::BF16(b), Some(ra), Some(rb)) => {
-            return Ok(CpuStorage::BF16(half_blocks::binary(
-                &a[ra],
-                &b[rb],
-                binary_fn(op),
-            )?));
+            let (a, b) = (&a[ra], &b[rb]);
+            let out = with_binary!(op, f32, |f| half_blocks::binary(a, b, f))?;
+            return Ok(CpuStorage::BF16(out));
+        }
+        (CpuStorage::F32(a), CpuStorage::F32(b), Some(ra), Some(rb)) => {
+            let (a, b) = (&a[ra], &b[rb]);
+            return Ok(CpuStorage::F32(with_binary!(op, f32, |f| zip_into(
+                a, b, f
+            ))?));
+        }
+        (CpuStorage::F64(a), CpuStorage::F64(b), Some(ra), Some(rb)) => {
+            let (a, b) = (&a[ra], &b[rb]);
+            return Ok(CpuStorage::F64(with_binary!(op, f64, |f| zip_into(
+                a, b, f
+            ))?));
         }
         _ => {}
     }
@@ -175,12 +332,12 @@ pub(crate) fn binary(
     let b = to_compute("binary", rhs, rhs_layout)?;
     let out = match (a, b) {
         (Compute::F32(a), Compute::F32(b)) => {
-            let out = zip_par(a, &b, binary_fn(op));
+            let out = with_binary!(op, f32, |f| zip_par(a, &b, f));
             crate::alloc::recycle(b);
             Compute::F32(out)
         }
         (Compute::F64(a), Compute::F64(b)) => {
-            let out = zip_par(a, &b, binary_fn(op));
+            let out = with_binary!(op, f64, |f| zip_par(a, &b, f));
             crate::alloc::recycle(b);
             Compute::F64(out)
         }
