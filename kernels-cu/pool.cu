@@ -1,5 +1,5 @@
 // The pool family over NCHW or channels-last (NHWC) images: max pooling with the argmax of every output (flat
-// h·W + w in its plane; the first maximum, NaN propagating, as PyTorch), average pooling
+// h·W + w in its plane; the first maximum, or the last NaN, as PyTorch), average pooling
 // (PyTorch's count_include_pad divisor, floor mode), adaptive average pooling (windows
 // floor(i·H/oh) .. ceil((i+1)·H/oh)), and their gradients. Every kernel is a grid-stride
 // loop over its outputs; the gradients gather (each input element sums the outputs whose
@@ -47,8 +47,9 @@ __device__ void max_pool_fwd(PoolArgs g, const T* x, T* y, long long* idx) {
         pool_coords(g, i, g.oh, g.ow, plane, oy, ox);
         float best = -INFINITY;
         long long arg = -1;
-        bool nan = false;
-        for (int ty = 0; ty < g.kh && !nan; ++ty) {
+        // The first maximum wins ties; every NaN replaces the best, so the last NaN of the
+        // window is the argmax (PyTorch's `val > maxval || isnan(val)`).
+        for (int ty = 0; ty < g.kh; ++ty) {
             long long yy = pool_tap(oy, ty, g.sh, g.ph, g.dh);
             if (yy < 0 || yy >= g.h) continue;
             for (int tx = 0; tx < g.kw; ++tx) {
@@ -58,10 +59,6 @@ __device__ void max_pool_fwd(PoolArgs g, const T* x, T* y, long long* idx) {
                 if (v > best || v != v || arg < 0) {
                     best = v;
                     arg = yy * g.w + xx;
-                    if (v != v) {
-                        nan = true;
-                        break;
-                    }
                 }
             }
         }

@@ -80,3 +80,45 @@ fn average_pooling_sums_large_windows_pairwise() -> Result<()> {
     );
     Ok(())
 }
+
+backend_test!(
+    max_pool_ties_and_nans_pick_the_argmax_pytorch_picks,
+    |dev| {
+        // PyTorch's `val > maxval || isnan(val)`: a tie keeps the first maximum in window order,
+        // and every NaN replaces the best, so the window's last NaN is the argmax.
+        let nan = f32::NAN;
+        #[rustfmt::skip]
+    let v = [
+        1.0, nan, 3.0, 3.0,
+        nan, 2.0, 5.0, 5.0,
+        0.0, 1.0, 5.0, 4.0,
+    ];
+        for dt in [DType::F32, DType::BF16] {
+            let x = Tensor::from_slice(&v, [1, 1, 3, 4], dev)?
+                .to_dtype(dt)?
+                .requires_grad_(true)?;
+            let y = x.max_pool2d(MaxPool2dParams::new(2, 1, 0))?;
+            let got = y.to_dtype(DType::F32)?.to_vec::<f32>()?;
+            let want = [nan, nan, 5.0, nan, 5.0, 5.0];
+            for (g, w) in got.iter().zip(want) {
+                assert!(
+                    g == &w || (g.is_nan() && w.is_nan()),
+                    "{dt} on {dev}: {got:?}"
+                );
+            }
+            y.sum_all()?.backward()?;
+            let dx = x
+                .grad()
+                .expect("dx")
+                .to_dtype(DType::F32)?
+                .to_vec::<f32>()?;
+            // Windows' argmaxes: 4 (last NaN), 1, 6 (first 5), 4, 6, 6.
+            let mut want = [0.0f32; 12];
+            for i in [4, 1, 6, 4, 6, 6] {
+                want[i] += 1.0;
+            }
+            assert_eq!(dx, want, "{dt} on {dev}");
+        }
+        Ok(())
+    }
+);

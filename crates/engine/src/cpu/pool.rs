@@ -44,29 +44,60 @@ fn window_sum<T: Float + Send + Sync>(x: &[T], w: usize, ys: Range<usize>, xs: R
     })
 }
 
-fn max_plane<T: Float>(x: &[T], s: &Pool2dSpec, out: &mut [T], idx: &mut [i64]) {
-    let (oh, ow) = (s.out_h(), s.out_w());
-    for oy in 0..oh {
-        for ox in 0..ow {
-            let mut best = T::neg_infinity();
-            let mut arg = -1i64;
-            for y in taps(oy, s.kernel.0, s.stride.0, s.padding.0, s.dilation.0, s.h) {
-                for xx in taps(ox, s.kernel.1, s.stride.1, s.padding.1, s.dilation.1, s.w) {
-                    let v = x[y * s.w + xx];
-                    if v > best || v.is_nan() || arg < 0 {
-                        best = v;
-                        arg = (y * s.w + xx) as i64;
-                        if v.is_nan() {
-                            break;
-                        }
-                    }
-                }
-                if best.is_nan() {
-                    break;
+/// The input indices under every output position along one axis, flattened: output `o`'s
+/// taps are `taps[at[o]..at[o + 1]]` (computed once per call, not per output).
+struct AxisTaps {
+    taps: Vec<usize>,
+    at: Vec<usize>,
+}
+
+impl AxisTaps {
+    fn new(out: usize, k: usize, stride: usize, pad: usize, dil: usize, size: usize) -> Self {
+        let mut at = vec![0];
+        let mut all = Vec::new();
+        for o in 0..out {
+            all.extend(taps(o, k, stride, pad, dil, size));
+            at.push(all.len());
+        }
+        AxisTaps { taps: all, at }
+    }
+
+    fn of(&self, o: usize) -> &[usize] {
+        &self.taps[self.at[o]..self.at[o + 1]]
+    }
+}
+
+/// Max pooling of one plane `x [h, w]` (`w` given) over the windows of `ys × xs`; the first
+/// maximum in window order wins ties, and the last NaN wins over everything (as PyTorch).
+fn max_plane<T: Float>(
+    (x, w): (&[T], usize),
+    (ys, xs): (&AxisTaps, &AxisTaps),
+    out: &mut [T],
+    idx: &mut [i64],
+) {
+    let ow = (xs.at.len() - 1).max(1);
+    for (oy, (out, idx)) in out.chunks_mut(ow).zip(idx.chunks_mut(ow)).enumerate() {
+        let rows = ys.of(oy);
+        for (ox, (o, i)) in out.iter_mut().zip(idx.iter_mut()).enumerate() {
+            let cols = xs.of(ox);
+            let (Some(&y0), Some(&x0)) = (rows.first(), cols.first()) else {
+                (*o, *i) = (T::neg_infinity(), -1);
+                continue;
+            };
+            // Without branches on the data (random activations made them mispredict): a later
+            // tap replaces the best when larger or NaN (PyTorch's `val > maxval || isnan(val)`:
+            // ties keep the first maximum, the last NaN wins).
+            let (mut best, mut arg) = (x[y0 * w + x0], y0 * w + x0);
+            for &y in rows {
+                let row = &x[y * w..][..w];
+                for &xx in cols {
+                    let v = row[xx];
+                    let take = v > best || v.is_nan();
+                    best = if take { v } else { best };
+                    arg = if take { y * w + xx } else { arg };
                 }
             }
-            out[oy * ow + ox] = best;
-            idx[oy * ow + ox] = arg;
+            (*o, *i) = (best, arg as i64);
         }
     }
 }
@@ -78,14 +109,33 @@ pub(crate) fn max_pool2d(x: &StorageRef, s: &Pool2dSpec) -> Result<(CpuStorage, 
     let xh = host(OP, x)?;
     check_len(OP, "input", xh.len(), s.n * s.c * s.h * s.w)?;
     let (plane_in, plane_out) = (s.h * s.w, s.out_h() * s.out_w());
-    let mut idx = crate::alloc::filled(s.n * s.c * plane_out, 0i64)?;
+    // Every output and index is written by its plane.
+    let mut idx = crate::alloc::for_overwrite::<i64>(s.n * s.c * plane_out)?;
     let c = all_to_compute_ref(OP, &xh)?;
+    let ys = AxisTaps::new(
+        s.out_h(),
+        s.kernel.0,
+        s.stride.0,
+        s.padding.0,
+        s.dilation.0,
+        s.h,
+    );
+    let xs = AxisTaps::new(
+        s.out_w(),
+        s.kernel.1,
+        s.stride.1,
+        s.padding.1,
+        s.dilation.1,
+        s.w,
+    );
     let out = map_compute_ref!(c, |v: T| {
-        let mut out = crate::alloc::filled(s.n * s.c * plane_out, T::zero())?;
+        let mut out = crate::alloc::for_overwrite::<T>(s.n * s.c * plane_out)?;
         out.par_chunks_mut(plane_out.max(1))
             .zip(idx.par_chunks_mut(plane_out.max(1)))
             .enumerate()
-            .for_each(|(p, (o, i))| max_plane(&v[p * plane_in..][..plane_in], s, o, i));
+            .for_each(|(p, (o, i))| {
+                max_plane((&v[p * plane_in..][..plane_in], s.w), (&ys, &xs), o, i)
+            });
         out
     });
     Ok((out.into_storage(xh.dtype())?, CpuStorage::I64(idx)))
