@@ -1,7 +1,8 @@
 //! # hemi
 //!
 //! A mixed-precision (fp16/bf16) deep-learning training engine. This facade re-exports the
-//! engine ([`hemi_engine`]) and AMP ([`hemi_amp`]) crates; with feature `cuda` it will add the
+//! engine ([`hemi_engine`]), AMP ([`hemi_amp`]) and data ([`hemi_data`], as `hemi::data`)
+//! crates; with feature `cuda` it will add the
 //! CUDA backend.
 //!
 //! ```
@@ -12,6 +13,7 @@
 //! ```
 
 pub use hemi_amp as amp;
+pub use hemi_data as data;
 pub use hemi_engine::*;
 
 #[cfg(feature = "cuda")]

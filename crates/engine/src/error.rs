@@ -89,6 +89,17 @@ pub enum Error {
         /// What the OS or the parser said.
         msg: String,
     },
+    /// A data file is malformed or truncated: the file, the byte offset where reading
+    /// failed (in the decompressed data for a gzipped file) and what was wrong.
+    #[error("{path}: at byte {offset}: {msg}")]
+    Data {
+        /// The file.
+        path: String,
+        /// Byte offset of the problem.
+        offset: u64,
+        /// What was wrong.
+        msg: String,
+    },
     /// A checkpoint does not fit the model: every mismatch found, one per line.
     #[error("checkpoint {path} does not match the model:\n  {}", problems.join("\n  "))]
     Checkpoint {
