@@ -14,6 +14,8 @@
 
 pub use hemi_amp as amp;
 pub use hemi_data as data;
+
+pub mod train_state;
 pub use hemi_engine::*;
 
 #[cfg(feature = "cuda")]

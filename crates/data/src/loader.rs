@@ -288,7 +288,10 @@ impl Epoch {
     fn upload(&self, number: usize, indices: Vec<usize>, host: HostBatch) -> Result<Batch> {
         Ok(Batch {
             images: Tensor::from_slice(&host.images, host.dims, self.device)?,
-            labels: Tensor::from_slice(&host.labels, [host.labels.len()], self.device)?,
+            // (Built on the host and uploaded: backends without int64 kernels still hold
+            // int64 data.)
+            labels: Tensor::from_slice(&host.labels, [host.labels.len()], Device::Cpu)?
+                .to_device(self.device)?,
             indices,
             number,
         })

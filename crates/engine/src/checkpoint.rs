@@ -93,6 +93,30 @@ impl View for &LazyView<'_> {
 /// left behind are deleted first. Tensors are fetched to the host one at a time while the
 /// file is written, so the extra memory is one tensor's bytes.
 pub fn save_tensors(tensors: &[(String, Tensor)], path: impl AsRef<Path>) -> Result<()> {
+    save_tensors_with_metadata(tensors, &BTreeMap::new(), path)
+}
+
+/// [`save_tensors`] with string metadata in the header (safetensors' `__metadata__`; none is
+/// written when `metadata` is empty).
+///
+/// ```
+/// use hemi_engine::{checkpoint, Device, Tensor};
+/// use std::collections::BTreeMap;
+/// let path = std::env::temp_dir().join(format!("hemi-meta-{}.safetensors", std::process::id()));
+/// let t = Tensor::from_vec(vec![1.0f32, 2.0], [2], Device::Cpu)?;
+/// let meta = BTreeMap::from([("epoch".to_string(), "3".to_string())]);
+/// checkpoint::save_tensors_with_metadata(&[("w".into(), t)], &meta, &path)?;
+/// let (tensors, read) = checkpoint::load_tensors_with_metadata(&path, Device::Cpu)?;
+/// assert_eq!(read, meta);
+/// assert_eq!(tensors["w"].to_vec::<f32>()?, vec![1.0, 2.0]);
+/// # std::fs::remove_file(&path).ok();
+/// # Ok::<(), hemi_engine::Error>(())
+/// ```
+pub fn save_tensors_with_metadata(
+    tensors: &[(String, Tensor)],
+    metadata: &BTreeMap<String, String>,
+    path: impl AsRef<Path>,
+) -> Result<()> {
     let path = path.as_ref();
     let failed = std::cell::RefCell::new(None);
     let views: Vec<(&str, LazyView<'_>)> = tensors
@@ -120,7 +144,8 @@ pub fn save_tensors(tensors: &[(String, Tensor)], path: impl AsRef<Path>) -> Res
         std::fs::remove_file(&tmp).ok();
         e
     };
-    safetensors::serialize_to_file(views.iter().map(|(n, v)| (*n, v)), None, &tmp)
+    let metadata = (!metadata.is_empty()).then(|| metadata.clone().into_iter().collect());
+    safetensors::serialize_to_file(views.iter().map(|(n, v)| (*n, v)), metadata, &tmp)
         .map_err(|e| cleanup(io_err(path, e)))?;
     if let Some(e) = failed.into_inner() {
         return Err(cleanup(e));
@@ -226,6 +251,8 @@ struct Index<R> {
     reader: R,
     /// In file order.
     entries: Vec<Entry>,
+    /// The header's `__metadata__` strings.
+    metadata: BTreeMap<String, String>,
 }
 
 impl Index<std::fs::File> {
@@ -292,10 +319,16 @@ impl<R: std::io::Read + std::io::Seek> Index<R> {
                 ),
             ));
         }
+        let metadata = meta
+            .metadata()
+            .as_ref()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
         Ok(Index {
             path: path.to_path_buf(),
             reader,
             entries,
+            metadata,
         })
     }
 
@@ -330,6 +363,16 @@ impl<R: std::io::Read + std::io::Seek> Index<R> {
 /// that does not match — is an `Err` naming the path.
 pub fn load_tensors(path: impl AsRef<Path>, device: Device) -> Result<BTreeMap<String, Tensor>> {
     Index::open(path.as_ref())?.read_all(device)
+}
+
+/// [`load_tensors`] and the header's metadata strings (empty when there are none).
+pub fn load_tensors_with_metadata(
+    path: impl AsRef<Path>,
+    device: Device,
+) -> Result<(BTreeMap<String, Tensor>, BTreeMap<String, String>)> {
+    let mut index = Index::open(path.as_ref())?;
+    let metadata = std::mem::take(&mut index.metadata);
+    Ok((index.read_all(device)?, metadata))
 }
 
 /// [`load_tensors`] from any seekable reader holding a safetensors file (an in-memory buffer:

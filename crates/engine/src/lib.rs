@@ -48,6 +48,6 @@ pub use optim::{Adam, AdamConfig, AdamW, Optimizer, OptimizerState, ParamState, 
 pub use registry::{backend_for, register_backend};
 pub use shape::{Layout, MemoryFormat, Shape, StridedOffsets};
 pub use storage::{BackendStorage, CpuStorage, StorageElement, StorageRef, VersionCounter};
-pub use tensor::{manual_seed, Generator, Tensor, TensorId};
+pub use tensor::{manual_seed, rng_state, set_rng_state, Generator, RngState, Tensor, TensorId};
 
 pub use half::{bf16, f16};

@@ -27,9 +27,11 @@
 //! ```
 
 mod adam;
+mod schedule;
 mod sgd;
 
 pub use adam::{Adam, AdamConfig, AdamW};
+pub use schedule::{LrScheduler, Schedule, SchedulerState};
 pub use sgd::{Sgd, SgdConfig};
 
 use crate::{Error, Result, Tensor};

@@ -6,7 +6,7 @@ mod inplace;
 mod random;
 mod views;
 
-pub use random::{manual_seed, Generator};
+pub use random::{manual_seed, rng_state, set_rng_state, Generator, RngState};
 
 use crate::autograd::NodeState;
 use crate::backend::Backend;

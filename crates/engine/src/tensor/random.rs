@@ -34,8 +34,97 @@ impl Generator {
     }
 }
 
+/// Where a [`Generator`] stands (the role of `torch.get_rng_state`): its ChaCha8 key, stream
+/// and position in words. A generator rebuilt from it continues the same sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RngState {
+    /// The 256-bit key.
+    pub seed: [u8; 32],
+    /// The stream number.
+    pub stream: u64,
+    /// How many 32-bit words of the stream were consumed.
+    pub word_pos: u128,
+}
+
+impl RngState {
+    /// As text: `key:stream:position`, each in lowercase hex (for JSON metadata).
+    pub fn to_hex(&self) -> String {
+        let key: String = self.seed.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{key}:{:x}:{:x}", self.stream, self.word_pos)
+    }
+
+    /// Parses [`RngState::to_hex`].
+    pub fn from_hex(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::invalid(
+                "RngState::from_hex",
+                format!("not a generator state: {s:?}"),
+            )
+        };
+        let mut parts = s.split(':');
+        let (Some(key), Some(stream), Some(pos), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        if key.len() != 64 || !key.is_ascii() {
+            return Err(bad());
+        }
+        let mut seed = [0u8; 32];
+        for (i, b) in seed.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&key[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(RngState {
+            seed,
+            stream: u64::from_str_radix(stream, 16).map_err(|_| bad())?,
+            word_pos: u128::from_str_radix(pos, 16).map_err(|_| bad())?,
+        })
+    }
+}
+
+impl Generator {
+    /// Its current state.
+    pub fn state(&self) -> RngState {
+        RngState {
+            seed: self.0.get_seed(),
+            stream: self.0.get_stream(),
+            word_pos: self.0.get_word_pos(),
+        }
+    }
+
+    /// A generator at `state`.
+    pub fn from_state(state: &RngState) -> Self {
+        let mut g = ChaCha8Rng::from_seed(state.seed);
+        g.set_stream(state.stream);
+        g.set_word_pos(state.word_pos);
+        Generator(g)
+    }
+}
+
 thread_local! {
     static DEFAULT: RefCell<Generator> = RefCell::new(Generator::new(0));
+}
+
+/// The state of this thread's default generator (the one `randn`, `rand`, `randint` and
+/// dropout draw from), like `torch.get_rng_state`.
+///
+/// ```
+/// use hemi_engine::{manual_seed, rng_state, set_rng_state, DType, Device, Tensor};
+/// manual_seed(3);
+/// let saved = rng_state();
+/// let a = Tensor::randn([4], DType::F32, Device::Cpu)?.to_vec::<f32>()?;
+/// set_rng_state(&saved);
+/// let b = Tensor::randn([4], DType::F32, Device::Cpu)?.to_vec::<f32>()?;
+/// assert_eq!(a, b);
+/// # Ok::<(), hemi_engine::Error>(())
+/// ```
+pub fn rng_state() -> RngState {
+    DEFAULT.with(|g| g.borrow().state())
+}
+
+/// Puts this thread's default generator at `state` (`torch.set_rng_state`).
+pub fn set_rng_state(state: &RngState) {
+    DEFAULT.with(|g| *g.borrow_mut() = Generator::from_state(state));
 }
 
 /// Reseeds the thread's default generator, like `torch.manual_seed`.
