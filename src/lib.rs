@@ -15,6 +15,7 @@
 pub use hemi_amp as amp;
 pub use hemi_data as data;
 
+pub mod metrics;
 pub mod train_state;
 pub use hemi_engine::*;
 
