@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # The test entry point (README's test command): formatting, lints, every test without and
-# with the CUDA backend (emulated where there is no GPU), and the kernel tests under ASan.
-# Needs `bash scripts/install-cuda-toolchain.sh` once for the `cuda` parts.
+# with the CUDA backend (emulated where there is no GPU), a crate outside the workspace using
+# hemi with feature `cuda`, and the kernel tests under ASan. Installs the pinned CUDA toolchain
+# first when it is missing (scripts/install-cuda-toolchain.sh; a no-op once installed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/install-cuda-toolchain.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
 cargo clippy --workspace --all-targets --features cuda -- -D warnings
 cargo test --workspace --features cuda
+# hemi as a library of another crate (outside this workspace) with feature `cuda`: nvcc found
+# the same way (NVCC, CUDA_HOME, PATH, or this checkout's .cuda-toolchain/), libcuda linked.
+cargo run --quiet --manifest-path scripts/dependent-crate/Cargo.toml
 # Every test again under two seeds of the emulator's schedule shaker (random block order and
 # random thread order between barriers); the checkers stay on.
 HEMI_SIM_SHAKE=1 cargo test --workspace --features cuda

@@ -126,33 +126,39 @@ pub fn plot(records: &[Record], path: &Path) -> Result<()> {
         .draw()
         .map_err(e)?;
 
-    // Loss scale, log axis, skipped steps marked.
+    // Loss scale on a log axis (log2, the scaler's own steps; ticks read 2^k), skipped
+    // steps marked.
     let scales: Vec<(f64, f64, bool)> = train
         .iter()
-        .filter_map(|t| t.2.map(|s| (t.0, s, t.3)))
+        .filter_map(|t| t.2.filter(|s| *s > 0.0).map(|s| (t.0, s.log2(), t.3)))
         .collect();
     if scales.is_empty() {
         panels[1]
-            .titled(
-                "loss scale: none (no GradScaler: fp32 or bf16)",
-                ("sans-serif", 22),
-            )
+            .titled("loss scale: none (no GradScaler: fp32 or bf16)", ("sans-serif", 22))
             .map_err(e)?;
     } else {
         let (lo, hi) = range(scales.iter().map(|s| s.1));
+        let (bottom, top) = ((lo - 1.0).floor(), (hi + 1.0).ceil());
         let mut c = ChartBuilder::on(&panels[1])
-            .caption(
-                "loss scale (log axis; skipped steps in red)",
-                ("sans-serif", 24),
-            )
+            .caption("loss scale (log axis; skipped steps marked x)", ("sans-serif", 24))
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(64)
-            .build_cartesian_2d(0f64..steps, (lo / 2.0..hi * 2.0).log_scale())
+            .build_cartesian_2d(0f64..steps, bottom..top)
             .map_err(e)?;
+        // One tick per power of two (labels only on whole exponents).
+        let label = |v: &f64| {
+            if (v - v.round()).abs() < 1e-6 {
+                format!("2^{}", v.round())
+            } else {
+                String::new()
+            }
+        };
         c.configure_mesh()
             .x_desc("step")
             .y_desc("scale")
+            .y_labels((top - bottom) as usize + 1)
+            .y_label_formatter(&label)
             .draw()
             .map_err(e)?;
         c.draw_series(LineSeries::new(scales.iter().map(|s| (s.0, s.1)), &BLUE))
