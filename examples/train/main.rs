@@ -1,5 +1,5 @@
 //! Train a classifier on a real dataset from its files: MNIST / Fashion-MNIST (IDX, plain or
-//! gzipped) or CIFAR-10 / CIFAR-100 (binary batches), a small CNN or ResNet-18, fp32 or
+//! gzipped), CIFAR-10 / CIFAR-100 (binary batches) or an image folder (PNG / JPEG), a small CNN or ResNet-18, fp32 or
 //! mixed precision (fp16 autocast + GradScaler, or bf16 autocast), with an LR schedule,
 //! per-step metrics as JSON lines (and a PNG of them), a training state saved every epoch and
 //! exact resume.
@@ -19,10 +19,11 @@ mod plot;
 use clap::Parser;
 use hemi::amp::{autocast, GradScaler, GradScalerConfig};
 use hemi::data::cifar::{self, Cifar};
+use hemi::data::transforms::Resize;
 use hemi::data::transforms::{
     Compose, Normalize, RandomCrop, RandomHorizontalFlip, ToTensor, Transform,
 };
-use hemi::data::{mnist, DataLoader, DataLoaderConfig, Dataset, InMemory, Transformed};
+use hemi::data::{mnist, DataLoader, DataLoaderConfig, Dataset, ImageFolder, Subset, Transformed};
 use hemi::metrics::{MetricsLog, Record};
 use hemi::nn::{
     resnet18, AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, Module, ReLU,
@@ -45,7 +46,8 @@ struct Args {
     /// Directory holding the dataset's files.
     #[arg(long)]
     data: std::path::PathBuf,
-    /// `mnist` (also Fashion-MNIST), `cifar10` or `cifar100`.
+    /// `mnist` (also Fashion-MNIST), `cifar10`, `cifar100`, or `imagefolder`
+    /// (`<data>/train/<class>/*.png|jpg` and `<data>/test/<class>/...`, `val/` also accepted).
     #[arg(long, default_value = "mnist")]
     format: String,
     /// `small-cnn` or `resnet18`.
@@ -91,6 +93,9 @@ struct Args {
     /// Use only the first N training and test images (quick runs).
     #[arg(long)]
     limit: Option<usize>,
+    /// Side of the square images an image folder is resized to.
+    #[arg(long, default_value_t = 32)]
+    image_size: usize,
     /// Stops after this many epochs of this invocation (the schedule still spans `--epochs`;
     /// with `--save`, a later `--resume` continues the run).
     #[arg(long)]
@@ -118,44 +123,82 @@ fn parse_device(s: &str) -> Result<Device> {
     }
 }
 
+/// A dataset whose type the flags decide.
+type Data = Box<dyn Dataset>;
+
 /// The train and test splits, the number of classes and the channels.
-fn load(args: &Args) -> Result<(InMemory, InMemory, usize, usize)> {
-    let (train, test, classes, channels) = match args.format.as_str() {
+fn load(args: &Args) -> Result<(Data, Data, usize, usize)> {
+    let boxed = |d: hemi::data::InMemory| -> Data { Box::new(d) };
+    let (train, test, classes, channels): (Data, Data, usize, usize) = match args.format.as_str() {
         "mnist" => (
-            mnist::load(&args.data, true)?,
-            mnist::load(&args.data, false)?,
+            boxed(mnist::load(&args.data, true)?),
+            boxed(mnist::load(&args.data, false)?),
             10,
             1,
         ),
         "cifar10" => (
-            cifar::load(&args.data, Cifar::Ten, true)?,
-            cifar::load(&args.data, Cifar::Ten, false)?,
+            boxed(cifar::load(&args.data, Cifar::Ten, true)?),
+            boxed(cifar::load(&args.data, Cifar::Ten, false)?),
             10,
             3,
         ),
         "cifar100" => (
-            cifar::load(&args.data, Cifar::Hundred, true)?,
-            cifar::load(&args.data, Cifar::Hundred, false)?,
+            boxed(cifar::load(&args.data, Cifar::Hundred, true)?),
+            boxed(cifar::load(&args.data, Cifar::Hundred, false)?),
             100,
             3,
         ),
+        "imagefolder" => {
+            let train = ImageFolder::new(args.data.join("train"))?;
+            let test_dir = ["test", "val"]
+                .map(|d| args.data.join(d))
+                .into_iter()
+                .find(|d| d.is_dir());
+            let test_dir = test_dir.ok_or_else(|| {
+                invalid(format!(
+                    "{} has no test/ or val/ folder",
+                    args.data.display()
+                ))
+            })?;
+            let test = ImageFolder::new(test_dir)?;
+            if test.classes() != train.classes() {
+                return Err(invalid(
+                    "the test folder's classes differ from the training folder's",
+                ));
+            }
+            let classes = train.classes().len();
+            (Box::new(train), Box::new(test), classes, 3)
+        }
         other => {
             return Err(invalid(format!(
-                "unknown --format `{other}` (mnist, cifar10, cifar100)"
+                "unknown --format `{other}` (mnist, cifar10, cifar100, imagefolder)"
             )))
         }
     };
     match args.limit {
-        Some(n) => Ok((train.take(n), test.take(n), classes, channels)),
+        Some(n) => {
+            let first = |d: Data| -> Result<Data> {
+                let n = n.min(d.len());
+                Ok(Box::new(Subset::new(d, (0..n).collect())?))
+            };
+            Ok((first(train)?, first(test)?, classes, channels))
+        }
         None => Ok((train, test, classes, channels)),
     }
 }
 
-/// The usual per-dataset statistics and augmentation (none for MNIST).
-fn transforms(format: &str, train: bool) -> Result<Compose> {
+/// The usual per-dataset statistics and augmentation (none for MNIST; image folders are
+/// resized to `size` and normalized with ImageNet's statistics).
+fn transforms(format: &str, train: bool, size: usize) -> Result<Compose> {
     let mut t: Vec<Box<dyn Transform>> = Vec::new();
     let (mean, std) = if format == "mnist" {
         (vec![0.1307], vec![0.3081])
+    } else if format == "imagefolder" {
+        t.push(Box::new(Resize { size: (size, size) }));
+        if train {
+            t.push(Box::new(RandomHorizontalFlip::default()));
+        }
+        (vec![0.485, 0.456, 0.406], vec![0.229, 0.224, 0.225])
     } else {
         if train {
             t.push(Box::new(RandomCrop {
@@ -297,7 +340,7 @@ fn run(args: &Args) -> Result<()> {
         ..Default::default()
     };
     let train = DataLoader::new(
-        Transformed::new(train, transforms(&args.format, true)?),
+        Transformed::new(train, transforms(&args.format, true, args.image_size)?),
         config,
     )?;
     let eval_config = DataLoaderConfig {
@@ -305,7 +348,7 @@ fn run(args: &Args) -> Result<()> {
         ..config
     };
     let test = DataLoader::new(
-        Transformed::new(test, transforms(&args.format, false)?),
+        Transformed::new(test, transforms(&args.format, false, args.image_size)?),
         eval_config,
     )?;
     let mut net = model(&args.model, channels, classes, device)?;

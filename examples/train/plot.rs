@@ -134,13 +134,19 @@ pub fn plot(records: &[Record], path: &Path) -> Result<()> {
         .collect();
     if scales.is_empty() {
         panels[1]
-            .titled("loss scale: none (no GradScaler: fp32 or bf16)", ("sans-serif", 22))
+            .titled(
+                "loss scale: none (no GradScaler: fp32 or bf16)",
+                ("sans-serif", 22),
+            )
             .map_err(e)?;
     } else {
         let (lo, hi) = range(scales.iter().map(|s| s.1));
         let (bottom, top) = ((lo - 1.0).floor(), (hi + 1.0).ceil());
         let mut c = ChartBuilder::on(&panels[1])
-            .caption("loss scale (log axis; skipped steps marked x)", ("sans-serif", 24))
+            .caption(
+                "loss scale (log axis; skipped steps marked x)",
+                ("sans-serif", 24),
+            )
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(64)

@@ -107,3 +107,52 @@ impl<D: Dataset, T: Transform> Dataset for Transformed<D, T> {
         })
     }
 }
+
+impl<D: Dataset + ?Sized> Dataset for Box<D> {
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+
+    fn get(&self, index: usize, rng: &mut SampleRng) -> Result<Sample> {
+        (**self).get(index, rng)
+    }
+}
+
+/// Some examples of a dataset, by index (`torch.utils.data.Subset`).
+#[derive(Debug, Clone)]
+pub struct Subset<D> {
+    inner: D,
+    indices: Vec<usize>,
+}
+
+impl<D: Dataset> Subset<D> {
+    /// `inner`'s examples `indices`, in that order (each below `inner.len()`).
+    pub fn new(inner: D, indices: Vec<usize>) -> Result<Self> {
+        if let Some(&bad) = indices.iter().find(|&&i| i >= inner.len()) {
+            return Err(Error::invalid(
+                "Subset::new",
+                format!("index {bad} out of range for {} examples", inner.len()),
+            ));
+        }
+        Ok(Subset { inner, indices })
+    }
+}
+
+impl<D: Dataset> Dataset for Subset<D> {
+    fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    fn get(&self, index: usize, rng: &mut SampleRng) -> Result<Sample> {
+        let i = *self.indices.get(index).ok_or_else(|| {
+            Error::invalid(
+                "Dataset::get",
+                format!(
+                    "index {index} out of range for {} examples",
+                    self.indices.len()
+                ),
+            )
+        })?;
+        self.inner.get(i, rng)
+    }
+}

@@ -7,7 +7,7 @@
 //!   or `.gz`) and [`cifar`] (CIFAR-10 / CIFAR-100 binary batches). A truncated or malformed
 //!   file is an [`Error::Data`](hemi_engine::Error::Data) naming the file and the byte
 //!   offset, never a panic. Nothing is downloaded: put the files where the readers look
-//!   (see each reader).
+//!   (see each reader). [`ImageFolder`]: `root/<class>/<image>.png|.jpg`, decoded per example.
 //! - [`transforms`]: to-tensor, normalize, random crop with padding, random horizontal flip,
 //!   resize; composable with [`transforms::Compose`].
 //! - [`DataLoader`]: batches of a dataset as tensors (`[B, C, H, W]` f32 images, `[B]` i64
@@ -36,11 +36,13 @@
 
 pub mod cifar;
 mod dataset;
+mod folder;
 mod image;
 mod loader;
 pub mod mnist;
 pub mod transforms;
 
-pub use dataset::{Dataset, InMemory, Sample, Transformed};
+pub use dataset::{Dataset, InMemory, Sample, Subset, Transformed};
+pub use folder::{read_image, ImageFolder};
 pub use image::{Image, Pixels};
 pub use loader::{Batch, DataLoader, DataLoaderConfig, Epoch};

@@ -249,3 +249,84 @@ fn malformed_cifar_batches_are_errors_with_file_and_offset() {
     assert!(e.to_string().contains("data_batch_1.bin"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn image_folders_of_png_and_jpeg_read_back() -> hemi_engine::Result<()> {
+    use hemi_data::ImageFolder;
+    let dir = tempdir("folder");
+    // Classes in reverse creation order: labels follow the sorted names.
+    for class in ["zebra", "ant"] {
+        std::fs::create_dir_all(dir.join(class)).expect("class dir");
+    }
+    std::fs::write(dir.join("ant").join("notes.txt"), "not an image").expect("txt");
+    let (w, h) = (5u32, 3u32);
+    let rgb = bytes((w * h * 3) as usize, 21);
+    let png = image::RgbImage::from_raw(w, h, rgb.clone()).expect("rgb");
+    png.save(dir.join("ant").join("b.png")).expect("png");
+    // A grey PNG becomes three equal channels.
+    let grey = image::GrayImage::from_raw(w, h, bytes((w * h) as usize, 22)).expect("grey");
+    grey.save(dir.join("ant").join("a.PNG")).expect("grey png");
+    // A flat-colour JPEG (lossy, but a flat colour survives within a few levels).
+    let flat = image::RgbImage::from_pixel(8, 8, image::Rgb([200, 40, 90]));
+    flat.save(dir.join("zebra").join("c.jpg")).expect("jpeg");
+    let ds = ImageFolder::new(&dir)?;
+    assert_eq!(ds.classes(), ["ant", "zebra"]);
+    assert_eq!(ds.len(), 3);
+    let mut rng = SampleRng::new(0);
+    let a = ds.get(0, &mut rng)?; // ant/a.PNG (sorted: "a.PNG" < "b.png")
+    let Pixels::U8(av) = a.image.pixels() else {
+        panic!("bytes")
+    };
+    assert_eq!(
+        (
+            a.image.channels(),
+            a.image.height(),
+            a.image.width(),
+            a.label
+        ),
+        (3, 3, 5, 0)
+    );
+    let g = grey.into_raw();
+    assert_eq!(&av[..15], &g[..]);
+    assert_eq!(&av[15..30], &g[..]);
+    let b = ds.get(1, &mut rng)?;
+    let Pixels::U8(bv) = b.image.pixels() else {
+        panic!("bytes")
+    };
+    for (i, px) in rgb.chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            assert_eq!(bv[c * 15 + i], px[c], "pixel {i} channel {c}");
+        }
+    }
+    let c = ds.get(2, &mut rng)?;
+    assert_eq!((c.image.height(), c.image.width(), c.label), (8, 8, 1));
+    let Pixels::U8(cv) = c.image.pixels() else {
+        panic!("bytes")
+    };
+    for (ch, want) in [200i32, 40, 90].iter().enumerate() {
+        assert!(
+            cv[ch * 64..][..64]
+                .iter()
+                .all(|&v| (i32::from(v) - want).abs() <= 3),
+            "channel {ch}"
+        );
+    }
+    // A PNG cut short and a text file named .png are errors naming the file.
+    let good = std::fs::read(dir.join("ant").join("b.png")).expect("png bytes");
+    let cut = dir.join("ant").join("b.png");
+    write(&cut, &good[..good.len() / 2]);
+    match ds.get(1, &mut rng) {
+        Err(Error::Data { path, .. }) => assert_eq!(path, cut.display().to_string()),
+        other => panic!("truncated png: {other:?}"),
+    }
+    let fake = dir.join("zebra").join("c.jpg");
+    write(&fake, b"definitely not a jpeg");
+    assert!(matches!(ds.get(2, &mut rng), Err(Error::Data { .. })));
+    // No images at all is an error naming the root.
+    let empty = tempdir("folder-empty");
+    std::fs::create_dir_all(empty.join("cls")).expect("dir");
+    assert!(ImageFolder::new(&empty).is_err());
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(&empty).ok();
+    Ok(())
+}
