@@ -139,8 +139,10 @@ impl<D: Dataset + 'static> DataLoader<D> {
             .collect();
         let seed = mix(self.config.seed ^ mix(epoch));
         let dataset: Arc<dyn Dataset> = self.dataset.clone();
-        let load = Arc::new(move |indices: &[usize]| collate(&*dataset, indices, seed));
-        Ok(Epoch::start(batches, load, self.config, device))
+        let load = Arc::new(move |number: usize, indices: Vec<usize>| {
+            collate(&*dataset, &indices, seed).and_then(|h| upload(h, number, indices, device))
+        });
+        Ok(Epoch::start(batches, load, self.config))
     }
 }
 
@@ -151,7 +153,21 @@ struct HostBatch {
     labels: Vec<i64>,
 }
 
-type Loader = Arc<dyn Fn(&[usize]) -> Result<HostBatch> + Send + Sync>;
+/// Loads, stacks and uploads one batch (on a worker thread, so the upload overlaps the
+/// consumer's compute; the backends take calls from any thread).
+type Loader = Arc<dyn Fn(usize, Vec<usize>) -> Result<Batch> + Send + Sync>;
+
+fn upload(host: HostBatch, number: usize, indices: Vec<usize>, device: Device) -> Result<Batch> {
+    Ok(Batch {
+        images: Tensor::from_slice(&host.images, host.dims, device)?,
+        // (Built on the host and uploaded: backends without int64 kernels still hold
+        // int64 data.)
+        labels: Tensor::from_slice(&host.labels, [host.labels.len()], Device::Cpu)?
+            .to_device(device)?,
+        indices,
+        number,
+    })
+}
 
 /// Loads and stacks the examples `indices` (each with its own augmentation stream).
 fn collate(dataset: &dyn Dataset, indices: &[usize], seed: u64) -> Result<HostBatch> {
@@ -190,7 +206,7 @@ fn collate(dataset: &dyn Dataset, indices: &[usize], seed: u64) -> Result<HostBa
 /// batches back; dropping the job sender stops them.
 struct Workers {
     jobs: Option<Sender<(usize, Vec<usize>)>>,
-    results: Receiver<(usize, Result<HostBatch>)>,
+    results: Receiver<(usize, Result<Batch>)>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -205,14 +221,14 @@ impl Drop for Workers {
 }
 
 /// An epoch's batches in order (an iterator of `Result<Batch>`); with workers, up to
-/// `num_workers × prefetch` batches load ahead of the consumer.
+/// `num_workers × prefetch` batches are loaded and uploaded to the device ahead of the
+/// consumer, overlapping its compute.
 pub struct Epoch {
     batches: std::vec::IntoIter<(usize, Vec<usize>)>,
-    pending: std::collections::VecDeque<(usize, Vec<usize>)>,
-    ready: BTreeMap<usize, Result<HostBatch>>,
+    pending: std::collections::VecDeque<usize>,
+    ready: BTreeMap<usize, Result<Batch>>,
     load: Loader,
     workers: Option<Workers>,
-    device: Device,
 }
 
 impl std::fmt::Debug for Epoch {
@@ -228,19 +244,13 @@ impl std::fmt::Debug for Epoch {
 }
 
 impl Epoch {
-    fn start(
-        batches: Vec<(usize, Vec<usize>)>,
-        load: Loader,
-        config: DataLoaderConfig,
-        device: Device,
-    ) -> Epoch {
+    fn start(batches: Vec<(usize, Vec<usize>)>, load: Loader, config: DataLoaderConfig) -> Epoch {
         let mut epoch = Epoch {
             batches: batches.into_iter(),
             pending: Default::default(),
             ready: BTreeMap::new(),
             load,
             workers: None,
-            device,
         };
         if config.num_workers > 0 {
             let (job_tx, job_rx) = channel::<(usize, Vec<usize>)>();
@@ -256,7 +266,7 @@ impl Epoch {
                             Err(_) => return,
                         };
                         let Ok((number, indices)) = job else { return };
-                        if results.send((number, load(&indices))).is_err() {
+                        if results.send((number, load(number, indices))).is_err() {
                             return;
                         }
                     })
@@ -277,24 +287,12 @@ impl Epoch {
     /// Hands the next batch to the workers.
     fn submit(&mut self) {
         if let (Some(w), Some(job)) = (&self.workers, self.batches.next()) {
-            self.pending.push_back(job.clone());
+            self.pending.push_back(job.0);
             if let Some(tx) = &w.jobs {
                 // A send fails only when every worker has exited; `next` then reports it.
                 let _ = tx.send(job);
             }
         }
-    }
-
-    fn upload(&self, number: usize, indices: Vec<usize>, host: HostBatch) -> Result<Batch> {
-        Ok(Batch {
-            images: Tensor::from_slice(&host.images, host.dims, self.device)?,
-            // (Built on the host and uploaded: backends without int64 kernels still hold
-            // int64 data.)
-            labels: Tensor::from_slice(&host.labels, [host.labels.len()], Device::Cpu)?
-                .to_device(self.device)?,
-            indices,
-            number,
-        })
     }
 }
 
@@ -304,19 +302,18 @@ impl Iterator for Epoch {
     fn next(&mut self) -> Option<Result<Batch>> {
         if self.workers.is_none() {
             let (number, indices) = self.batches.next()?;
-            let host = (self.load)(&indices);
-            return Some(host.and_then(|h| self.upload(number, indices, h)));
+            return Some((self.load)(number, indices));
         }
-        let (number, indices) = self.pending.pop_front()?;
+        let number = self.pending.pop_front()?;
         loop {
-            if let Some(host) = self.ready.remove(&number) {
+            if let Some(batch) = self.ready.remove(&number) {
                 self.submit();
-                return Some(host.and_then(|h| self.upload(number, indices, h)));
+                return Some(batch);
             }
             let received = self.workers.as_ref().map(|w| w.results.recv());
             match received {
-                Some(Ok((n, host))) => {
-                    self.ready.insert(n, host);
+                Some(Ok((n, batch))) => {
+                    self.ready.insert(n, batch);
                 }
                 _ => {
                     return Some(Err(Error::invalid(
