@@ -266,7 +266,18 @@ impl Epoch {
                             Err(_) => return,
                         };
                         let Ok((number, indices)) = job else { return };
-                        if results.send((number, load(number, indices))).is_err() {
+                        // A dataset that panics fails its batch instead of leaving the consumer
+                        // waiting for it forever.
+                        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            load(number, indices)
+                        }))
+                        .unwrap_or_else(|_| {
+                            Err(Error::invalid(
+                                "DataLoader",
+                                format!("the dataset panicked while loading batch {number}"),
+                            ))
+                        });
+                        if results.send((number, loaded)).is_err() {
                             return;
                         }
                     })

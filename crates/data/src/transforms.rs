@@ -1,5 +1,6 @@
 //! Image transforms as torchvision's: [`ToTensor`], [`Normalize`], [`RandomCrop`] (with zero
-//! padding), [`RandomHorizontalFlip`], [`Resize`] (bilinear), chained by [`Compose`]. Random
+//! padding), [`RandomHorizontalFlip`], [`Resize`] (bilinear), [`Grayscale`], chained by
+//! [`Compose`]. Random
 //! ones draw from the [`SampleRng`] the loader seeds per example.
 
 use crate::{Image, Pixels};
@@ -254,6 +255,55 @@ impl Transform for Resize {
                     .collect(),
             ),
             Pixels::F32(_) => Image::from_f32(c, oh, ow, out.iter().map(|&v| v as f32).collect()),
+        }
+    }
+}
+
+/// torchvision's `Grayscale(num_output_channels)`: an RGB image becomes its luma
+/// `0.299·R + 0.587·G + 0.114·B` (bytes rounded to nearest), a 1-channel image stays as it is,
+/// and the result is repeated to `channels` (1 or 3) channels — how MNIST feeds a 3-channel
+/// ResNet.
+#[derive(Debug, Clone, Copy)]
+pub struct Grayscale {
+    /// Output channels: 1 or 3.
+    pub channels: usize,
+}
+
+impl Transform for Grayscale {
+    fn apply(&self, image: Image, _: &mut SampleRng) -> Result<Image> {
+        let (c, h, w) = (image.channels(), image.height(), image.width());
+        if !matches!(self.channels, 1 | 3) || !matches!(c, 1 | 3) {
+            return Err(Error::invalid(
+                "Grayscale",
+                format!(
+                    "{c} channels to {}: only 1 or 3 channels in and out",
+                    self.channels
+                ),
+            ));
+        }
+        let plane = h * w;
+        let luma: Vec<f32> = if c == 1 {
+            image.to_f32_vec()
+        } else {
+            let v = image.to_f32_vec();
+            (0..plane)
+                .map(|i| 0.299 * v[i] + 0.587 * v[plane + i] + 0.114 * v[2 * plane + i])
+                .collect()
+        };
+        let repeated: Vec<f32> = (0..self.channels)
+            .flat_map(|_| luma.iter().copied())
+            .collect();
+        match image.pixels() {
+            Pixels::U8(_) => Image::from_u8(
+                self.channels,
+                h,
+                w,
+                repeated
+                    .iter()
+                    .map(|v| v.round().clamp(0.0, 255.0) as u8)
+                    .collect(),
+            ),
+            Pixels::F32(_) => Image::from_f32(self.channels, h, w, repeated),
         }
     }
 }

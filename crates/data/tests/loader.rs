@@ -1,7 +1,8 @@
 //! Transforms against their definitions, and the loader's batching, order and determinism.
 
 use hemi_data::transforms::{
-    Compose, Normalize, RandomCrop, RandomHorizontalFlip, Resize, SampleRng, ToTensor, Transform,
+    Compose, Grayscale, Normalize, RandomCrop, RandomHorizontalFlip, Resize, SampleRng, ToTensor,
+    Transform,
 };
 use hemi_data::{
     DataLoader, DataLoaderConfig, Dataset, Image, InMemory, Pixels, Sample, Transformed,
@@ -122,6 +123,22 @@ fn resize_is_bilinear_with_half_pixel_centers() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn grayscale_repeats_one_channel_and_weighs_rgb_as_torchvision() -> Result<()> {
+    let one = Image::from_u8(1, 1, 2, vec![7, 200])?;
+    let three = Grayscale { channels: 3 }.apply(one.clone(), &mut SampleRng::new(0))?;
+    assert_eq!(three.pixels(), &Pixels::U8(vec![7, 200, 7, 200, 7, 200]));
+    // R, G, B planes of two pixels: (100, 50, 10) and (0, 255, 255).
+    let rgb = Image::from_u8(3, 1, 2, vec![100, 0, 50, 255, 10, 255])?;
+    let g = Grayscale { channels: 1 }.apply(rgb, &mut SampleRng::new(0))?;
+    // 0.299·100 + 0.587·50 + 0.114·10 = 60.39 → 60; 0.587·255 + 0.114·255 = 178.755 → 179
+    assert_eq!(g.pixels(), &Pixels::U8(vec![60, 179]));
+    assert!(Grayscale { channels: 2 }
+        .apply(one, &mut SampleRng::new(0))
+        .is_err());
+    Ok(())
+}
+
 /// `n` distinct 1 × 3 × 3 byte images, label = index.
 fn numbered(n: usize) -> Result<InMemory> {
     let images = (0..n)
@@ -215,6 +232,43 @@ fn order_and_augmentation_depend_on_the_seed_not_on_the_workers() -> Result<()> 
     assert_eq!(
         e[0].1[..9],
         (0..9).map(|v| v as f32).collect::<Vec<_>>()[..]
+    );
+    Ok(())
+}
+
+/// Panics on example 6.
+struct Panicky;
+
+impl Dataset for Panicky {
+    fn len(&self) -> usize {
+        8
+    }
+
+    fn get(&self, index: usize, _: &mut SampleRng) -> Result<Sample> {
+        assert!(index != 6, "example 6 is cursed");
+        Ok(Sample {
+            image: Image::from_u8(1, 1, 1, vec![1])?,
+            label: 0,
+        })
+    }
+}
+
+#[test]
+fn a_panicking_dataset_fails_its_batch_with_workers() -> Result<()> {
+    let l = DataLoader::new(
+        Panicky,
+        DataLoaderConfig {
+            batch_size: 4,
+            num_workers: 2,
+            ..Default::default()
+        },
+    )?;
+    let results: Vec<_> = l.epoch(0, Device::Cpu)?.collect();
+    assert!(results[0].is_ok());
+    let e = results[1].as_ref().expect_err("panicked batch");
+    assert!(
+        e.to_string().contains("panicked while loading batch 1"),
+        "{e}"
     );
     Ok(())
 }
