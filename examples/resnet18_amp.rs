@@ -84,22 +84,6 @@ impl log::Log for StderrLog {
     fn flush(&self) {}
 }
 
-fn parse_device(s: &str) -> Result<Device> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::Cuda(0)),
-        "cuda-sim" => Ok(Device::CudaSim),
-        other => other
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .map(Device::Cuda)
-            .ok_or_else(|| Error::InvalidArgument {
-                op: "--device",
-                msg: format!("unknown device `{other}` (cpu, cuda, cuda:N, cuda-sim)"),
-            }),
-    }
-}
-
 impl Args {
     /// Rejects flags no run can use, naming the flag (huge sizes pass: they end in
     /// `Err(OutOfMemory)` when the first tensor is allocated, not in an abort).
@@ -145,7 +129,7 @@ fn run(args: &Args) -> Result<()> {
             eprintln!("note: no CUDA GPU: {why}");
         }
     }
-    let device = parse_device(&args.device)?;
+    let device = args.device.parse::<Device>()?;
     let amp = parse_amp(&args.amp)?;
     manual_seed(args.seed);
     let mut model = resnet18(args.num_classes, device)?;

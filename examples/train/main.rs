@@ -106,23 +106,6 @@ fn invalid(msg: impl Into<String>) -> Error {
     Error::invalid("train", msg)
 }
 
-fn parse_device(s: &str) -> Result<Device> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::Cuda(0)),
-        "cuda-sim" => Ok(Device::CudaSim),
-        other => other
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .map(Device::Cuda)
-            .ok_or_else(|| {
-                invalid(format!(
-                    "unknown device `{other}` (cpu, cuda, cuda:N, cuda-sim)"
-                ))
-            }),
-    }
-}
-
 /// A dataset whose type the flags decide.
 type Data = Box<dyn Dataset>;
 
@@ -319,7 +302,7 @@ fn run(args: &Args) -> Result<()> {
             eprintln!("note: no CUDA GPU: {why}");
         }
     }
-    let device = parse_device(&args.device)?;
+    let device = args.device.parse::<Device>()?;
     let amp = match args.amp.as_str() {
         "fp16" => Some(DType::F16),
         "bf16" => Some(DType::BF16),

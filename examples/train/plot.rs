@@ -57,6 +57,19 @@ fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     }
 }
 
+/// A panel's chart builder: caption, margins and label areas shared by the three panels.
+fn chart<'a, 'b>(
+    area: &'a DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>,
+    caption: &str,
+) -> ChartBuilder<'a, 'b, BitMapBackend<'b>> {
+    let mut b = ChartBuilder::on(area);
+    b.caption(caption, ("sans-serif", 24))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(64);
+    b
+}
+
 /// Draws the three panels of `records` into the PNG `path` (1200 × 1200).
 pub fn plot(records: &[Record], path: &Path) -> Result<()> {
     font(path)?;
@@ -88,11 +101,7 @@ pub fn plot(records: &[Record], path: &Path) -> Result<()> {
 
     // Loss: train per step, eval per epoch.
     let (_, hi) = range(train.iter().map(|t| t.1).chain(eval.iter().map(|v| v.1)));
-    let mut c = ChartBuilder::on(&panels[0])
-        .caption("loss", ("sans-serif", 24))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(64)
+    let mut c = chart(&panels[0], "loss")
         .build_cartesian_2d(0f64..steps, 0f64..hi * 1.05)
         .map_err(e)?;
     c.configure_mesh()
@@ -142,14 +151,7 @@ pub fn plot(records: &[Record], path: &Path) -> Result<()> {
     } else {
         let (lo, hi) = range(scales.iter().map(|s| s.1));
         let (bottom, top) = ((lo - 1.0).floor(), (hi + 1.0).ceil());
-        let mut c = ChartBuilder::on(&panels[1])
-            .caption(
-                "loss scale (log axis; skipped steps marked x)",
-                ("sans-serif", 24),
-            )
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(64)
+        let mut c = chart(&panels[1], "loss scale (log axis; skipped steps marked x)")
             .build_cartesian_2d(0f64..steps, bottom..top)
             .map_err(e)?;
         // One tick per power of two (labels only on whole exponents).
@@ -180,11 +182,7 @@ pub fn plot(records: &[Record], path: &Path) -> Result<()> {
 
     // Throughput.
     let (_, hi) = range(train.iter().map(|t| t.4));
-    let mut c = ChartBuilder::on(&panels[2])
-        .caption("throughput", ("sans-serif", 24))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(64)
+    let mut c = chart(&panels[2], "throughput")
         .build_cartesian_2d(0f64..steps, 0f64..hi * 1.05)
         .map_err(e)?;
     c.configure_mesh()
