@@ -21,3 +21,5 @@ pub use hemi_engine::*;
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
+
+pub mod distributed;

@@ -37,4 +37,4 @@ pub use autocast::{
     autocast, autocast_dtype, autocast_enabled, rule_for, AutocastGuard, AutocastOp, CastRule,
 };
 pub use report::{GradReport, ParamReport};
-pub use scaler::{GradScaler, GradScalerConfig, OverflowEvent, ScalerStateDict};
+pub use scaler::{FoundInfSync, GradScaler, GradScalerConfig, OverflowEvent, ScalerStateDict};

@@ -28,6 +28,7 @@ use hemi_engine::optim::Optimizer;
 use hemi_engine::{no_grad, DType, Device, Error, Result, Tensor};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::Arc;
 
 /// Options of [`GradScaler`]; `Default` is PyTorch's `GradScaler()`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -130,6 +131,22 @@ pub struct GradScaler {
     per_optimizer: HashMap<usize, OptRecord>,
     names: Vec<(String, Tensor)>,
     last_overflow: Option<OverflowEvent>,
+    found_inf_sync: Option<FoundInfSync>,
+}
+
+/// Combines an optimizer's `found_inf` flag (an f32 scalar, 0 or 1) across processes in
+/// place, e.g. an all-reduce with max, so that every rank skips the same steps
+/// (`hemi::distributed::found_inf_sync` makes one from a communicator).
+#[derive(Clone)]
+pub struct FoundInfSync(pub Arc<FoundInfSyncFn>);
+
+/// The function inside a [`FoundInfSync`].
+pub type FoundInfSyncFn = dyn Fn(&Tensor) -> Result<()> + Send + Sync;
+
+impl std::fmt::Debug for FoundInfSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FoundInfSync")
+    }
 }
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -182,6 +199,7 @@ impl GradScaler {
             per_optimizer: HashMap::new(),
             names: Vec::new(),
             last_overflow: None,
+            found_inf_sync: None,
         })
     }
 
@@ -200,6 +218,14 @@ impl GradScaler {
     /// Costs one host read of `found_inf` per `update`.
     pub fn set_param_names(&mut self, named: Vec<(String, Tensor)>) {
         self.names = named;
+    }
+
+    /// Makes every inf/NaN check combine its `found_inf` flag through `sync` right after the
+    /// check (before the optimizer step decides to skip). Data-parallel training whose
+    /// gradients are averaged before unscaling already sees the same flag on every rank; this
+    /// is for gradients that were not reduced (or reduced only in part). `None` removes it.
+    pub fn set_found_inf_sync(&mut self, sync: Option<FoundInfSync>) {
+        self.found_inf_sync = sync;
     }
 
     /// The last overflow seen by `update` while names were registered.
@@ -308,6 +334,9 @@ impl GradScaler {
         };
         found.assign(&zero)?;
         Tensor::non_finite_check_and_unscale_(&checked, &found, inv_scale)?;
+        if let Some(sync) = &self.found_inf_sync {
+            (sync.0)(&found)?;
+        }
         Ok(Some(found))
     }
 

@@ -40,9 +40,11 @@ mod folder;
 mod image;
 mod loader;
 pub mod mnist;
+mod sampler;
 pub mod transforms;
 
 pub use dataset::{Dataset, InMemory, Sample, Subset, Transformed};
 pub use folder::{read_image, ImageFolder};
 pub use image::{Image, Pixels};
 pub use loader::{Batch, DataLoader, DataLoaderConfig, Epoch};
+pub use sampler::DistributedSampler;

@@ -2,7 +2,7 @@
 //! order fixed by the seed.
 
 use crate::transforms::SampleRng;
-use crate::{Dataset, Pixels};
+use crate::{Dataset, DistributedSampler, Pixels};
 use hemi_engine::{Device, Error, Result, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -60,6 +60,7 @@ pub struct Batch {
 pub struct DataLoader<D> {
     dataset: Arc<D>,
     config: DataLoaderConfig,
+    sampler: Option<DistributedSampler>,
 }
 
 /// SplitMix64: decorrelates nearby seeds.
@@ -85,7 +86,40 @@ impl<D: Dataset + 'static> DataLoader<D> {
         Ok(DataLoader {
             dataset: Arc::new(dataset),
             config,
+            sampler: None,
         })
+    }
+
+    /// Loads only `sampler`'s share of every epoch (data-parallel training: one loader per
+    /// rank, same seed everywhere). Batches, `len` and `epoch_from` then count this rank's
+    /// share.
+    ///
+    /// ```
+    /// use hemi_data::{DataLoader, DataLoaderConfig, DistributedSampler, Image, InMemory};
+    /// let images = (0..10).map(|i| Image::from_u8(1, 1, 1, vec![i as u8]).unwrap()).collect();
+    /// let data = InMemory::new(images, (0..10).collect())?;
+    /// let config = DataLoaderConfig { batch_size: 2, shuffle: true, seed: 5, ..Default::default() };
+    /// let rank0 = DataLoader::new(data.clone(), config)?.with_sampler(DistributedSampler::new(0, 2)?);
+    /// let rank1 = DataLoader::new(data, config)?.with_sampler(DistributedSampler::new(1, 2)?);
+    /// let (a, b) = (rank0.order(3), rank1.order(3));
+    /// assert_eq!((a.len(), rank0.len()), (5, 3));
+    /// assert!(a.iter().all(|i| !b.contains(i))); // disjoint shards of one permutation
+    /// # Ok::<(), hemi_engine::Error>(())
+    /// ```
+    pub fn with_sampler(mut self, sampler: DistributedSampler) -> Self {
+        self.sampler = Some(sampler);
+        self
+    }
+
+    /// The distributed sampler, if any.
+    pub fn sampler(&self) -> Option<&DistributedSampler> {
+        self.sampler.as_ref()
+    }
+
+    /// Examples per epoch (this rank's share with a sampler).
+    fn examples(&self) -> usize {
+        let n = self.dataset.len();
+        self.sampler.map_or(n, |s| s.num_samples(n))
     }
 
     /// The dataset.
@@ -100,7 +134,7 @@ impl<D: Dataset + 'static> DataLoader<D> {
 
     /// Batches per epoch.
     pub fn len(&self) -> usize {
-        let (n, b) = (self.dataset.len(), self.config.batch_size);
+        let (n, b) = (self.examples(), self.config.batch_size);
         if self.config.drop_last {
             n / b
         } else {
@@ -114,14 +148,18 @@ impl<D: Dataset + 'static> DataLoader<D> {
     }
 
     /// The order in which epoch `epoch` visits the examples: a permutation drawn from the
-    /// seed and the epoch when shuffling, else `0..len`.
+    /// seed and the epoch when shuffling, else `0..len`; with a sampler, this rank's share of
+    /// it.
     pub fn order(&self, epoch: u64) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.dataset.len()).collect();
         if self.config.shuffle {
             let seed = mix(self.config.seed) ^ mix(epoch.wrapping_add(0x5EED));
             order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
         }
-        order
+        match &self.sampler {
+            Some(s) => s.shard(&order),
+            None => order,
+        }
     }
 
     /// The batches of epoch `epoch`, uploaded to `device`.

@@ -108,6 +108,15 @@ pub enum Error {
         /// Missing, unexpected, mis-shaped and mis-typed entries.
         problems: Vec<String>,
     },
+    /// A collective operation across processes (all-reduce, broadcast, barrier) failed or
+    /// timed out, e.g. because another rank died: the rank, the world size and what happened.
+    #[error("distributed {op}: {msg}")]
+    Distributed {
+        /// The collective or distributed component.
+        op: &'static str,
+        /// What went wrong, naming the rank.
+        msg: String,
+    },
     /// Errors from a device driver or other backend-specific failures.
     #[error("{device}: {msg}")]
     Backend {

@@ -5,6 +5,10 @@
 //! topological order, sums gradients per tensor, accumulates into the `.grad` of leaves and
 //! frees the graph (unless asked to retain it). Gradients of non-leaf tensors are not kept.
 
+mod hooks;
+
+pub use hooks::{custom_op, queue_callback, GradHook, HookHandle};
+
 use crate::{Error, Result, Tensor, TensorId};
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
@@ -203,6 +207,12 @@ fn accumulate_into_leaf(t: &Tensor, g: Tensor) -> Result<()> {
 
 /// Runs the backward pass from `root` with upstream gradient `seed`.
 pub(crate) fn run_backward(root: &Tensor, seed: Tensor, retain_graph: bool) -> Result<()> {
+    let scope = hooks::BackwardScope::enter();
+    let result = backward_pass(root, seed, retain_graph);
+    scope.finish(result)
+}
+
+fn backward_pass(root: &Tensor, seed: Tensor, retain_graph: bool) -> Result<()> {
     let _guard = no_grad();
     let _policy = crate::cast_policy::suspend();
     let order = reverse_topo(root)?;
@@ -220,6 +230,7 @@ pub(crate) fn run_backward(root: &Tensor, seed: Tensor, retain_graph: bool) -> R
             None => {
                 if t.requires_grad() {
                     accumulate_into_leaf(t, g)?;
+                    t.run_grad_hooks()?;
                 }
             }
             Some(node) => {

@@ -64,4 +64,9 @@ impl Module for Sequential {
             .iter_mut()
             .for_each(|(_, m)| m.to_memory_format(format));
     }
+    fn for_each_batch_norm(&mut self, f: &mut dyn FnMut(&mut super::BatchNorm2d)) {
+        self.children
+            .iter_mut()
+            .for_each(|(_, m)| m.for_each_batch_norm(f));
+    }
 }

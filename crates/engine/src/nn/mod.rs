@@ -33,7 +33,7 @@ pub use clip::clip_grad_norm_;
 pub use container::Sequential;
 pub use conv::Conv2d;
 pub use linear::Linear;
-pub use norm::BatchNorm2d;
+pub use norm::{BatchNorm2d, BatchStatsReducer};
 pub use pool::{AdaptiveAvgPool2d, Flatten, MaxPool2d};
 pub use resnet::{resnet18, resnet34, BasicBlock, ResNet};
 
@@ -124,6 +124,13 @@ pub trait Module: Send + Sync + std::fmt::Debug {
     /// containers forward it to their children.
     fn to_memory_format(&mut self, format: MemoryFormat) {
         let _ = format;
+    }
+
+    /// Calls `f` on every [`BatchNorm2d`] in this module and its children (e.g. to make them
+    /// synchronized across ranks). The default does nothing (a module without batch norm);
+    /// containers forward it to their children.
+    fn for_each_batch_norm(&mut self, f: &mut dyn FnMut(&mut BatchNorm2d)) {
+        let _ = f;
     }
 
     /// Drops the gradients of every parameter.

@@ -94,6 +94,13 @@ impl Module for BasicBlock {
             c.to_memory_format(format);
         }
     }
+    fn for_each_batch_norm(&mut self, f: &mut dyn FnMut(&mut BatchNorm2d)) {
+        f(&mut self.bn1);
+        f(&mut self.bn2);
+        if let Some((_, b)) = &mut self.downsample {
+            f(b);
+        }
+    }
 }
 
 /// torchvision's ResNet with BasicBlocks: stem (7×7/2 conv, BN, ReLU, 3×3/2 max pool), four
@@ -190,6 +197,13 @@ impl Module for ResNet {
             .iter_mut()
             .flatten()
             .for_each(|b| b.to_memory_format(format));
+    }
+    fn for_each_batch_norm(&mut self, f: &mut dyn FnMut(&mut BatchNorm2d)) {
+        f(&mut self.bn1);
+        self.layers
+            .iter_mut()
+            .flatten()
+            .for_each(|b| b.for_each_batch_norm(f));
     }
 }
 

@@ -36,6 +36,8 @@ pub(crate) struct TensorImpl {
     /// Shared with the tensor's graph handles ([`Tensor::graph_handle`]).
     pub(crate) node: Arc<Mutex<NodeState>>,
     grad: Mutex<Option<Tensor>>,
+    /// Hooks run after a backward pass accumulated into this leaf's `.grad`.
+    pub(crate) grad_hooks: Mutex<Vec<(u64, crate::autograd::GradHook)>>,
 }
 
 /// An n-dimensional array on a [`Device`], with optional gradient tracking.
@@ -66,6 +68,7 @@ impl Tensor {
             requires_grad: AtomicBool::new(false),
             node: Arc::new(Mutex::new(NodeState::Leaf)),
             grad: Mutex::new(None),
+            grad_hooks: Mutex::new(Vec::new()),
         }))
     }
 
@@ -185,6 +188,7 @@ impl Tensor {
             requires_grad: AtomicBool::new(self.requires_grad()),
             node: Arc::clone(&self.0.node),
             grad: Mutex::new(None),
+            grad_hooks: Mutex::new(Vec::new()),
         }))
     }
     pub(crate) fn node(&self) -> MutexGuard<'_, NodeState> {

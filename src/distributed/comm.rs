@@ -1,0 +1,100 @@
+//! The [`Communicator`] trait and the one-process world.
+
+use crate::{Result, Tensor};
+use std::time::Duration;
+
+/// How values from every rank are combined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReduceOp {
+    /// Elementwise sum.
+    Sum,
+    /// Elementwise maximum (NaN if any rank has NaN).
+    Max,
+}
+
+/// How long a collective waits for the other ranks before failing with
+/// [`Error::Distributed`](crate::Error::Distributed) (PyTorch's process-group default is
+/// 30 min; a training step of hemi's never waits that long for a healthy peer).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A collective that was started and may still be running: [`Work::wait`] blocks until it
+/// completed (then the tensor holds the result) or the communicator's timeout passed.
+pub trait Work: Send {
+    /// Waits for completion and writes the result into the tensor the collective was
+    /// started on.
+    fn wait(self: Box<Self>) -> Result<()>;
+}
+
+/// A collective that completed when it was started.
+#[derive(Debug)]
+pub struct Completed;
+
+impl Work for Completed {
+    fn wait(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A group of processes (ranks `0..world_size`) that take part in collectives together.
+///
+/// Every rank must issue the same collectives, on tensors of the same shape and dtype, in the
+/// same order — the order in which they are *started*: a collective started by
+/// [`all_reduce_start`](Communicator::all_reduce_start) may complete later (waited for from
+/// another thread), but starts must come from one ordered stream of calls, as the backward
+/// pass's are. Tensors are reduced in place; they must be contiguous. A collective that has
+/// not completed within the communicator's timeout (a rank died or is stuck) fails with
+/// `Error::Distributed` naming the rank; the communicator is then unusable (later calls fail
+/// at once), as a broken MPI or NCCL communicator is.
+///
+/// Numerics: f32/f64 values are combined in their own type; f16/bf16 tensors are widened to
+/// f32, combined, and rounded once (so for two ranks the sum is the correctly rounded sum).
+/// The order of a sum over more than two ranks is the library's.
+pub trait Communicator: Send + Sync + std::fmt::Debug {
+    /// This process's rank, `0..world_size()`.
+    fn rank(&self) -> usize;
+    /// The number of ranks.
+    fn world_size(&self) -> usize;
+    /// Replaces `tensor` on every rank with the elementwise reduction over all ranks.
+    fn all_reduce(&self, tensor: &Tensor, op: ReduceOp) -> Result<()> {
+        self.all_reduce_start(tensor, op)?.wait()
+    }
+    /// Starts [`all_reduce`](Communicator::all_reduce) of `tensor` and returns at once (the
+    /// values to reduce are read now); the result is in `tensor` after [`Work::wait`].
+    fn all_reduce_start(&self, tensor: &Tensor, op: ReduceOp) -> Result<Box<dyn Work>>;
+    /// Replaces `tensor` on every rank with rank `root`'s values.
+    fn broadcast(&self, tensor: &Tensor, root: usize) -> Result<()>;
+    /// Returns once every rank has called it.
+    fn barrier(&self) -> Result<()>;
+}
+
+/// The world of one process: every collective is the identity. Lets the same training code
+/// run with and without a launcher.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SingleProcess;
+
+impl SingleProcess {
+    /// The one-rank world.
+    pub fn new() -> Self {
+        SingleProcess
+    }
+}
+
+impl Communicator for SingleProcess {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world_size(&self) -> usize {
+        1
+    }
+    fn all_reduce_start(&self, tensor: &Tensor, _op: ReduceOp) -> Result<Box<dyn Work>> {
+        super::host::check_contiguous("all_reduce", tensor)?;
+        Ok(Box::new(Completed))
+    }
+    fn broadcast(&self, tensor: &Tensor, root: usize) -> Result<()> {
+        super::host::check_root("broadcast", root, 1)?;
+        super::host::check_contiguous("broadcast", tensor)
+    }
+    fn barrier(&self) -> Result<()> {
+        Ok(())
+    }
+}
