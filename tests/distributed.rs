@@ -6,10 +6,8 @@
 //! mpirun); the ranks write what they computed to files that the test compares with the same
 //! training done in this process on the whole batch.
 
-use hemi::amp::{autocast, GradScaler, GradScalerConfig};
 use hemi::distributed::{
-    convert_sync_batchnorm, found_inf_sync, Communicator, DdpConfig, DistributedDataParallel,
-    SingleProcess,
+    convert_sync_batchnorm, Communicator, DdpConfig, DistributedDataParallel, SingleProcess,
 };
 use hemi::nn::{resnet18, BatchNorm2d, Linear, Module, ReLU, Sequential};
 use hemi::optim::Optimizer;
@@ -101,8 +99,8 @@ fn train_mlp(comm: Arc<dyn Communicator>) -> Result<MlpRun> {
 }
 
 /// The same as [`train_mlp`] without any wrapper, on the whole batch (rank 0's initial
-/// weights), and the local gradient rank `rank` sees inside `no_sync`.
-fn train_mlp_reference(rank_for_local: usize) -> Result<MlpRun> {
+/// weights), and the local gradient rank `rank_for_local` of `world` sees inside `no_sync`.
+fn train_mlp_reference(rank_for_local: usize, world: usize) -> Result<MlpRun> {
     manual_seed(100);
     let model = mlp()?;
     let mut opt = Sgd::new(model.parameters(), SgdConfig::new(0.1))?;
@@ -117,8 +115,8 @@ fn train_mlp_reference(rank_for_local: usize) -> Result<MlpRun> {
     // The local gradient of one rank's half of micro-batch A.
     opt.zero_grad();
     let (xl, yl) = (
-        shard(&xa, rank_for_local, 2)?,
-        shard(&ya, rank_for_local, 2)?,
+        shard(&xa, rank_for_local, world)?,
+        shard(&ya, rank_for_local, world)?,
     );
     loss_of(&model, &xl, &yl)?.backward()?;
     let mut local_grads = Vec::new();
@@ -217,18 +215,33 @@ fn synchronized_batch_norm_on_one_rank_equals_batch_norm() -> Result<()> {
 #[test]
 fn ddp_in_one_process_is_plain_training() -> Result<()> {
     let ddp = train_mlp(Arc::new(SingleProcess))?;
-    let plain = train_mlp_reference(0)?;
+    let plain = train_mlp_reference(0, 1)?;
     // One rank: the same ops on the same data (the accumulated step's order differs only in
     // where the two gradients are added).
     let d = max_abs_diff(&ddp.params, &plain.params);
     assert!(d < 1e-6, "one-rank DDP differs from plain training by {d}");
+    let d = max_abs_diff(&ddp.local_grads, &plain.local_grads);
+    assert!(d < 1e-6, "one-rank no_sync gradients differ by {d}");
+    Ok(())
+}
+
+#[test]
+fn resnet18_with_synchronized_batch_norm_in_one_process_trains_like_batch_norm() -> Result<()> {
+    let synced = train_resnet(Arc::new(SingleProcess), true)?;
+    let plain = train_resnet(Arc::new(SingleProcess), false)?;
+    let d = max_abs_diff(&synced, &plain);
+    assert!(
+        d < 1e-5,
+        "synchronized batch norm (one rank) differs by {d}"
+    );
     Ok(())
 }
 
 #[cfg(feature = "mpi")]
 mod mpi_ranks {
     use super::*;
-    use hemi::distributed::MpiCommunicator;
+    use hemi::amp::{autocast, GradScaler, GradScalerConfig};
+    use hemi::distributed::{found_inf_sync, MpiCommunicator};
     use std::path::{Path, PathBuf};
     use std::process::{Command, Output, Stdio};
     use std::time::{Duration, Instant};
@@ -360,14 +373,14 @@ mod mpi_ranks {
             read_values(dir.join("params-1")),
         );
         assert_eq!(p0, p1, "the ranks' parameters differ");
-        let reference = train_mlp_reference(0).expect("reference");
+        let reference = train_mlp_reference(0, 2).expect("reference");
         let d = max_abs_diff(&p0, &reference.params);
         eprintln!("2 ranks vs 1 process on the whole batch: max |Δparam| = {d:.3e}");
         assert!(d < 1e-5, "2-rank training differs from 1 process by {d}");
         // Inside no_sync each rank kept its own gradient.
         for r in 0..2 {
             let local = read_values(dir.join(format!("local-{r}")));
-            let expected = train_mlp_reference(r).expect("reference").local_grads;
+            let expected = train_mlp_reference(r, 2).expect("reference").local_grads;
             let d = max_abs_diff(&local, &expected);
             assert!(d < 1e-6, "rank {r}'s no_sync gradient was changed ({d})");
         }

@@ -1,9 +1,12 @@
 //! Host staging for collectives of libraries that take host memory (MPI): a tensor's values
 //! as a flat buffer of a type the library reduces natively, and back.
 
-use crate::{DType, Device, Error, Result, Tensor};
+#[cfg(feature = "mpi")]
+use crate::{DType, Device};
+use crate::{Error, Result, Tensor};
 
 /// A tensor's values on the host: f32 (f16 and bf16 widened exactly), f64 or i64.
+#[cfg(feature = "mpi")]
 #[derive(Debug)]
 pub(crate) enum HostBuf {
     F32(Vec<f32>),
@@ -11,6 +14,7 @@ pub(crate) enum HostBuf {
     I64(Vec<i64>),
 }
 
+#[cfg(feature = "mpi")]
 impl HostBuf {
     /// `tensor`'s values in logical order, widened where needed.
     pub(crate) fn read(tensor: &Tensor) -> Result<HostBuf> {
