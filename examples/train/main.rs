@@ -12,7 +12,14 @@
 //!     --amp fp16 --epochs 10 --batch-size 128 --schedule cosine --save run.safetensors \
 //!     --metrics run.jsonl
 //! cargo run --release --example train -- ... --resume run.safetensors   # continues exactly
+//! # data-parallel over 2 processes (Open MPI; build with --features mpi):
+//! cargo build --release --features mpi --example train
+//! mpirun -np 2 target/release/examples/train --distributed --sync-bn --data data/mnist
 //! ```
+//!
+//! With `--distributed` every rank trains on its shard of each epoch (a distributed sampler:
+//! the batch size is per rank), gradients are averaged by `DistributedDataParallel`, every rank
+//! evaluates the test set, and only rank 0 prints, writes metrics and saves.
 
 mod plot;
 
@@ -23,7 +30,15 @@ use hemi::data::transforms::{
     Compose, Normalize, RandomCrop, RandomHorizontalFlip, ToTensor, Transform,
 };
 use hemi::data::transforms::{Grayscale, Resize};
-use hemi::data::{mnist, DataLoader, DataLoaderConfig, Dataset, ImageFolder, Subset, Transformed};
+use hemi::data::{
+    mnist, DataLoader, DataLoaderConfig, Dataset, DistributedSampler, ImageFolder, Subset,
+    Transformed,
+};
+#[cfg(feature = "mpi")]
+use hemi::distributed::MpiCommunicator;
+use hemi::distributed::{
+    convert_sync_batchnorm, Communicator, DdpConfig, DistributedDataParallel, SingleProcess,
+};
 use hemi::metrics::{MetricsLog, Record};
 use hemi::nn::{
     resnet18, AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, Module, ReLU,
@@ -37,6 +52,7 @@ use hemi::{
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Train an image classifier on MNIST / Fashion-MNIST / CIFAR files.
@@ -100,6 +116,32 @@ struct Args {
     /// with `--save`, a later `--resume` continues the run).
     #[arg(long)]
     stop_after: Option<u64>,
+    /// Data-parallel training over the processes `mpirun` started (needs `--features mpi`):
+    /// `mpirun -np 2 target/release/examples/train --distributed ...`.
+    #[arg(long)]
+    distributed: bool,
+    /// With `--distributed`: batch-norm statistics over every rank's batch (SyncBatchNorm).
+    #[arg(long, requires = "distributed")]
+    sync_bn: bool,
+    /// With `--distributed`: seconds a collective waits for the other ranks before failing.
+    #[arg(long, default_value_t = 300)]
+    timeout_s: u64,
+}
+
+/// The process group: MPI's world with `--distributed`, else this process alone.
+fn communicator(args: &Args) -> Result<Arc<dyn Communicator>> {
+    if !args.distributed {
+        return Ok(Arc::new(SingleProcess));
+    }
+    #[cfg(feature = "mpi")]
+    {
+        let timeout = std::time::Duration::from_secs(args.timeout_s);
+        Ok(Arc::new(MpiCommunicator::init()?.with_timeout(timeout)))
+    }
+    #[cfg(not(feature = "mpi"))]
+    Err(invalid(
+        "--distributed needs the example built with `--features mpi` (and Open MPI installed)",
+    ))
 }
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -318,6 +360,9 @@ fn run(args: &Args) -> Result<()> {
             "--batch-size must be positive and --lr finite and non-negative",
         ));
     }
+    let comm = communicator(args)?;
+    let (rank, world) = (comm.rank(), comm.world_size());
+    let lead = rank == 0;
     manual_seed(args.seed);
     let (train, test, classes, channels) = load(args)?;
     let config = DataLoaderConfig {
@@ -327,7 +372,8 @@ fn run(args: &Args) -> Result<()> {
         num_workers: args.workers,
         ..Default::default()
     };
-    let train = DataLoader::new(Transformed::new(train, transforms(args, true)?), config)?;
+    let train = DataLoader::new(Transformed::new(train, transforms(args, true)?), config)?
+        .with_sampler(DistributedSampler::new(rank, world)?);
     let eval_config = DataLoaderConfig {
         shuffle: false,
         ..config
@@ -337,6 +383,11 @@ fn run(args: &Args) -> Result<()> {
         eval_config,
     )?;
     let mut net = model(&args.model, channels, classes, device)?;
+    if args.sync_bn {
+        convert_sync_batchnorm(&mut *net, Arc::clone(&comm));
+    }
+    // Rank 0's initial state is broadcast; gradients are averaged over the ranks.
+    let mut net = DistributedDataParallel::new(net, Arc::clone(&comm), DdpConfig::default())?;
     let mut opt = Adam::new(
         net.parameters(),
         AdamConfig::adam().lr(args.lr).fused(amp.is_some()),
@@ -351,30 +402,43 @@ fn run(args: &Args) -> Result<()> {
     let mut progress = Progress::default();
     if let Some(path) = &args.resume {
         let parts = Parts {
-            model: &*net,
+            model: net.module(),
             optimizer: &mut opt,
             scaler: Some(&mut scaler),
             scheduler: sched.as_mut(),
         };
         progress = train_state::load(path, parts)?;
-        println!(
-            "resumed {}: epoch {}, batch {}, step {}",
-            path.display(),
-            progress.epoch,
-            progress.batch,
-            progress.step
+        lead_println(
+            lead,
+            format!(
+                "resumed {}: epoch {}, batch {}, step {}",
+                path.display(),
+                progress.epoch,
+                progress.batch,
+                progress.step
+            ),
         );
     }
-    let mut log = args.metrics.as_ref().map(MetricsLog::append).transpose()?;
-    println!(
-        "{} on {}: {} training / {} test images, {} classes, {} parameters, amp {}, {device}",
-        args.model,
-        args.format,
-        train.dataset().len(),
-        test.dataset().len(),
-        classes,
-        net.num_parameters(),
-        amp.map_or("off".to_string(), |d| d.to_string()),
+    let mut log = match lead {
+        true => args.metrics.as_ref().map(MetricsLog::append).transpose()?,
+        false => None,
+    };
+    lead_println(
+        lead,
+        format!(
+            "{} on {}: {} training / {} test images, {} classes, {} parameters, amp {}, {device}{}",
+            args.model,
+            args.format,
+            train.dataset().len(),
+            test.dataset().len(),
+            classes,
+            net.num_parameters(),
+            amp.map_or("off".to_string(), |d| d.to_string()),
+            match world {
+                1 => String::new(),
+                n => format!(", {n} ranks (batch {} each)", args.batch_size),
+            },
+        ),
     );
     let start = Instant::now();
     let last = args
@@ -382,7 +446,10 @@ fn run(args: &Args) -> Result<()> {
         .map_or(args.epochs, |n| (progress.epoch + n).min(args.epochs));
     while progress.epoch < last {
         let epoch = progress.epoch;
-        let bar = ProgressBar::new((train.len() - progress.batch) as u64);
+        let bar = match lead {
+            true => ProgressBar::new((train.len() - progress.batch) as u64),
+            false => ProgressBar::hidden(),
+        };
         bar.set_style(
             ProgressStyle::with_template(
                 "epoch {msg} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}]",
@@ -427,12 +494,15 @@ fn run(args: &Args) -> Result<()> {
             bar.inc(1);
         }
         bar.finish_and_clear();
-        let (eval_loss, accuracy) = evaluate(&mut *net, &test, amp, device)?;
-        println!(
-            "epoch {}: test loss {eval_loss:.4}, accuracy {:.2}% ({:.1} s so far)",
-            epoch + 1,
-            accuracy * 100.0,
-            start.elapsed().as_secs_f64()
+        let (eval_loss, accuracy) = evaluate(&mut net, &test, amp, device)?;
+        lead_println(
+            lead,
+            format!(
+                "epoch {}: test loss {eval_loss:.4}, accuracy {:.2}% ({:.1} s so far)",
+                epoch + 1,
+                accuracy * 100.0,
+                start.elapsed().as_secs_f64()
+            ),
         );
         if let Some(log) = &mut log {
             log.write(&Record::Eval {
@@ -447,9 +517,9 @@ fn run(args: &Args) -> Result<()> {
         }
         progress.epoch += 1;
         progress.batch = 0;
-        if let Some(path) = &args.save {
+        if let Some(path) = args.save.as_ref().filter(|_| lead) {
             let parts = Parts {
-                model: &*net,
+                model: net.module(),
                 optimizer: &mut opt,
                 scaler: Some(&mut scaler),
                 scheduler: sched.as_mut(),
@@ -457,12 +527,19 @@ fn run(args: &Args) -> Result<()> {
             train_state::save(path, parts, &progress)?;
         }
     }
-    if let (Some(png), Some(metrics)) = (&args.plot, &args.metrics) {
+    if let (true, Some(png), Some(metrics)) = (lead, &args.plot, &args.metrics) {
         drop(log);
         plot::plot(&hemi::metrics::read(metrics)?, png)?;
         println!("plot: {}", png.display());
     }
     Ok(())
+}
+
+/// Prints on rank 0 only.
+fn lead_println(lead: bool, line: String) {
+    if lead {
+        println!("{line}");
+    }
 }
 
 fn main() -> ExitCode {

@@ -86,7 +86,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Reducer {
     /// Hook body: `param`'s gradient is ready.
     fn mark_ready(self: &Arc<Self>, param: &Tensor) -> Result<()> {
-        if !self.sync.load(Ordering::Acquire) {
+        // A world of one has nothing to average (its gradients stay as computed).
+        if !self.sync.load(Ordering::Acquire) || self.comm.world_size() == 1 {
             return Ok(());
         }
         let Some(&b) = self.bucket_of.get(&param.id()) else {
@@ -199,7 +200,7 @@ fn thread_gone(op: &'static str) -> Error {
 ///   with [`queue_callback`]) the rest are started, all are awaited and written back, so
 ///   `backward()` returns with averaged gradients — or with the collective's error.
 /// - Gradients of parameters that no rank used are zeros after a synchronized pass
-///   (PyTorch leaves those `None`).
+///   (PyTorch leaves those `None`). In a world of one nothing is reduced or copied.
 /// - [`no_sync`](Self::no_sync) skips the reduction: gradients accumulate locally, and the
 ///   first synchronized backward after it averages the accumulated sums.
 /// - With fp16 autocast and a GradScaler the averaged gradients carry any rank's inf/NaN to

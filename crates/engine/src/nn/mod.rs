@@ -138,3 +138,28 @@ pub trait Module: Send + Sync + std::fmt::Debug {
         self.parameters().iter().for_each(Tensor::zero_grad)
     }
 }
+
+/// A boxed module is a module (so wrappers generic over `M: Module` take `Box<dyn Module>`).
+impl<M: Module + ?Sized> Module for Box<M> {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        (**self).forward(x)
+    }
+    fn visit_parameters(&self, prefix: &str, f: &mut Visitor<'_>) {
+        (**self).visit_parameters(prefix, f)
+    }
+    fn visit_buffers(&self, prefix: &str, f: &mut Visitor<'_>) {
+        (**self).visit_buffers(prefix, f)
+    }
+    fn set_training(&mut self, on: bool) {
+        (**self).set_training(on)
+    }
+    fn is_training(&self) -> bool {
+        (**self).is_training()
+    }
+    fn to_memory_format(&mut self, format: MemoryFormat) {
+        (**self).to_memory_format(format)
+    }
+    fn for_each_batch_norm(&mut self, f: &mut dyn FnMut(&mut BatchNorm2d)) {
+        (**self).for_each_batch_norm(f)
+    }
+}
