@@ -17,6 +17,9 @@ PINS=(
     nvidia-cuda-cccl==13.0.85
     nvidia-cuda-cuobjdump==13.2.86
     nvidia-cuda-nvdisasm==13.2.86
+    # NCCL for hemi::distributed's NcclCommunicator (loaded at run time; its tests load it
+    # from here: .cuda-toolchain/nvidia/nccl/lib/libnccl.so.2).
+    nvidia-nccl-cu13==2.32.3
 )
 STAMP="$DEST/.installed"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "${PINS[*]}" ]]; then

@@ -1,15 +1,27 @@
 #!/usr/bin/env bash
 # The test entry point (README's test command): formatting, lints, every test without and
-# with the CUDA backend (emulated where there is no GPU), a crate outside the workspace using
+# with the CUDA backend (emulated where there is no GPU), the data-parallel tests over
+# Open MPI (installed by scripts/install-mpi.sh where possible), a crate outside the workspace using
 # hemi with feature `cuda`, and the kernel tests under ASan. Installs the pinned CUDA toolchain
 # first when it is missing (scripts/install-cuda-toolchain.sh; a no-op once installed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-cuda-toolchain.sh
+# Open MPI for feature `mpi` (the data-parallel tests launch `mpirun -np 2`); without it the
+# workspace is tested without the feature and the 2-rank tests say they skipped.
+bash scripts/install-mpi.sh
+MPI=()
+if command -v mpicc >/dev/null 2>&1 && command -v mpirun >/dev/null 2>&1; then
+    MPI=(--features mpi)
+else
+    echo "warning: no Open MPI: testing without feature mpi (the 2-rank tests skip)"
+fi
+# NCCL from the toolchain's wheel for tests/nccl.rs (loaded at run time).
+export HEMI_NCCL_LIB="$PWD/.cuda-toolchain/nvidia/nccl/lib/libnccl.so.2"
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace
-cargo clippy --workspace --all-targets --features cuda -- -D warnings
+cargo clippy --workspace --all-targets "${MPI[@]}" -- -D warnings
+cargo test --workspace "${MPI[@]}"
+cargo clippy --workspace --all-targets --features "cuda ${MPI[*]:+mpi}" -- -D warnings
 cargo test --workspace --features cuda
 # hemi as a library of another crate (outside this workspace) with feature `cuda`: nvcc found
 # the same way (NVCC, CUDA_HOME, PATH, or this checkout's .cuda-toolchain/), libcuda linked.

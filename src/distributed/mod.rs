@@ -28,10 +28,14 @@ mod ddp;
 mod host;
 #[cfg(feature = "mpi")]
 mod mpi_comm;
+#[cfg(feature = "cuda")]
+mod nccl;
 mod sync_bn;
 
 pub use comm::{Communicator, Completed, ReduceOp, SingleProcess, Work, DEFAULT_TIMEOUT};
 pub use ddp::{DdpConfig, DistributedDataParallel, NoSyncGuard};
 #[cfg(feature = "mpi")]
 pub use mpi_comm::MpiCommunicator;
+#[cfg(feature = "cuda")]
+pub use nccl::{NcclCommunicator, NcclLibrary, NcclUniqueId};
 pub use sync_bn::{all_reduce_differentiable, convert_sync_batchnorm, found_inf_sync};

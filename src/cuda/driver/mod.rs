@@ -77,4 +77,22 @@ pub trait Driver: Send + Sync + Debug {
     unsafe fn launch(&self, name: &str, cfg: LaunchConfig, args: &mut [*mut c_void]) -> Result<()>;
     /// Waits for all launched work.
     fn synchronize(&self) -> Result<()>;
+
+    /// Runs `f` with the device's context current on this thread and the raw `CUstream` that
+    /// hemi's kernels run on, under the driver's lock: for libraries that enqueue their own
+    /// work in stream order with hemi's (NCCL). The emulator has no stream: it errors.
+    fn with_raw_stream(&self, f: &mut dyn FnMut(*mut c_void) -> Result<()>) -> Result<()> {
+        let _ = f;
+        Err(hemi_engine::Error::unsupported(
+            "with_raw_stream",
+            self.device(),
+            "no CUDA stream on this device (the emulator runs kernels on the host)",
+        ))
+    }
+
+    /// Whether everything enqueued on the device's stream has completed (`cuStreamQuery`),
+    /// without blocking. The default waits for it and answers true.
+    fn stream_idle(&self) -> Result<bool> {
+        self.synchronize().map(|()| true)
+    }
 }
