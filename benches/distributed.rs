@@ -7,7 +7,7 @@
 //! same message size (the osu_allreduce method: warm-up, then the mean over many calls after a
 //! barrier), and prints one table.
 //!
-//! Training: ResNet-18, 32 px, a global batch of 16 (8 per rank with 2 ranks), SGD with
+//! Training: ResNet-18, 32 px (`HEMI_BENCH_IMAGE=64` for 64), a global batch of 16 (8 per rank with 2 ranks), SGD with
 //! momentum; 1 process uses both cores (2 threads), each of 2 ranks one thread
 //! (`RAYON_NUM_THREADS=1`), so both runs use the same 2 cores.
 
@@ -25,9 +25,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 const GLOBAL_BATCH: usize = 16;
-const IMAGE: usize = 32;
 const WARMUP: usize = 2;
 const STEPS: usize = 6;
+
+/// Image side: `HEMI_BENCH_IMAGE` (default 32; the 2-rank run inherits it).
+fn image() -> usize {
+    std::env::var("HEMI_BENCH_IMAGE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32)
+}
 
 /// Median seconds per training step of ResNet-18 on this rank's share of the global batch.
 fn train_step_seconds(comm: Arc<dyn Communicator>) -> Result<f64> {
@@ -41,7 +48,7 @@ fn train_step_seconds(comm: Arc<dyn Communicator>) -> Result<f64> {
     };
     let mut opt = Sgd::new(model.parameters(), config)?;
     let local = GLOBAL_BATCH / world;
-    let x = Tensor::randn([local, 3, IMAGE, IMAGE], DType::F32, Device::Cpu)?;
+    let x = Tensor::randn([local, 3, image(), image()], DType::F32, Device::Cpu)?;
     let labels: Vec<i64> = (0..local as i64).map(|i| i % 10).collect();
     let y = Tensor::from_vec(labels, [local], Device::Cpu)?;
     let mut times = Vec::new();
@@ -123,7 +130,8 @@ fn main() -> Result<()> {
     })?;
     let out = Command::new("mpirun")
         .args(["--allow-run-as-root", "--oversubscribe", "-np", "2"])
-        .args(["-x", "RAYON_NUM_THREADS=1"])
+        .args(["-x", "RAYON_NUM_THREADS=1", "-x", "HEMI_BENCH_IMAGE"])
+        .env("HEMI_BENCH_IMAGE", image().to_string())
         .arg(exe)
         .output();
     let out = match out {
@@ -165,7 +173,10 @@ fn main() -> Result<()> {
     }
     let one_ips = GLOBAL_BATCH as f64 / one;
     println!();
-    println!("ResNet-18 training step, {IMAGE} px, global batch {GLOBAL_BATCH}, SGD, 2 cores");
+    println!(
+        "ResNet-18 training step, {} px, global batch {GLOBAL_BATCH}, SGD, 2 cores",
+        image()
+    );
     println!("| ranks | step | images/s |");
     println!("|---|---|---|");
     println!("| 1 (2 threads) | {:.3} s | {one_ips:.1} |", one);
