@@ -26,7 +26,7 @@ for line in sys.stdin:
         print("bundled", dest, name)
 ' "$1"
 }
-cargo test --release --features cuda --no-run --message-format=json --test cuda_sim --test backend --test cuda_gemm --test cuda_sass --test amp_scaler | collect bundle/tests
+cargo test --release --features cuda --no-run --message-format=json --test cuda_sim --test backend --test cuda_gemm --test cuda_sass --test amp_scaler --test nccl | collect bundle/tests
 cargo bench --features cuda --no-run --message-format=json --bench gemm --bench amp_kernels --bench conv | collect bundle/benches
 cargo build --release --features cuda --message-format=json --example resnet18_amp | collect bundle/examples
 cp scripts/bundle/run.sh scripts/bundle/torch_gemm.py scripts/bundle/table.py scripts/bundle/torch_conv.py \

@@ -6,6 +6,11 @@ set -uo pipefail
 cd "$(dirname "$0")"
 [[ -f bin.tar.gz ]] && tar -xzf bin.tar.gz
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "nvidia-smi not found"
+# NCCL for tests/nccl (hemi loads it at run time): PyTorch's nvidia-nccl wheel, if present.
+if [[ -z ${HEMI_NCCL_LIB:-} ]]; then
+    lib=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib", "libnccl.so.2"))' 2>/dev/null)
+    [[ -n $lib && -f $lib ]] && export HEMI_NCCL_LIB=$lib
+fi
 pass=0; fail=0
 for t in tests/*; do
     echo "== $t"
