@@ -1,4 +1,6 @@
-//! Build script. Without feature `cuda` it does nothing. With it:
+//! Build script. With feature `mpi` it compiles `src/distributed/mpi_shim.c` (MPI_IN_PLACE of
+//! the MPI library found as the `mpi` crate finds it). Without feature `cuda` it does nothing
+//! more. With it:
 //! 1. finds nvcc (`NVCC`, `CUDA_HOME`/`CUDA_PATH`, `PATH`, or `.cuda-toolchain/` from
 //!    `scripts/install-cuda-toolchain.sh`) and compiles every `kernels-cu/*.cu` into one
 //!    fatbin (SASS for sm_80 and sm_90 plus compute_90 PTX; `HEMI_CUDA_ARCHS=80,90` overrides),
@@ -19,6 +21,8 @@ fn main() {
     println!("cargo:rerun-if-env-changed=HEMI_CUDA_ARCHS");
     println!("cargo:rerun-if-env-changed=HEMI_SIM_ASAN");
     println!("cargo:rerun-if-env-changed=NVCC");
+    #[cfg(feature = "mpi")]
+    compile_mpi_shim();
     if env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
@@ -199,4 +203,31 @@ fn compile_emulator(kernels: &Path, all_cu: &Path) {
     let mut s = build();
     s.file(sim.join("sim.cpp")).file(sim.join("check.cpp"));
     s.compile("hemi_sim");
+}
+
+/// Compiles the MPI shim with the MPI library's compiler wrapper (or its include paths).
+#[cfg(feature = "mpi")]
+fn compile_mpi_shim() {
+    println!("cargo:rerun-if-changed=src/distributed/mpi_shim.c");
+    let lib = build_probe_mpi::probe().unwrap_or_else(|errs| {
+        let why: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        panic!(
+            "feature `mpi` needs an MPI library (Debian: apt-get install openmpi-bin \
+             libopenmpi-dev libclang-dev; bash scripts/install-mpi.sh): {}",
+            why.join("; ")
+        )
+    });
+    let mut build = cc::Build::new();
+    build.file("src/distributed/mpi_shim.c");
+    match lib.mpicc {
+        Some(mpicc) => {
+            build.compiler(mpicc);
+        }
+        None => {
+            for inc in &lib.include_paths {
+                build.include(inc);
+            }
+        }
+    }
+    build.compile("hemi_mpi_shim");
 }

@@ -23,15 +23,23 @@ pub trait Work: Send {
     /// Waits for completion and writes the result into the tensor the collective was
     /// started on.
     fn wait(self: Box<Self>) -> Result<()>;
+    /// Waits for completion and returns the result as a tensor of the started-on tensor's
+    /// shape, dtype and device — that tensor itself, or, where the collective ran on a staging
+    /// buffer (MPI's host buffers), the buffer as a new tensor without copying it back (the
+    /// started-on tensor is then left as it was). For callers that only read the result.
+    fn wait_output(self: Box<Self>) -> Result<Tensor>;
 }
 
-/// A collective that completed when it was started.
+/// A collective that completed when it was started (on `tensor`).
 #[derive(Debug)]
-pub struct Completed;
+pub struct Completed(pub Tensor);
 
 impl Work for Completed {
     fn wait(self: Box<Self>) -> Result<()> {
         Ok(())
+    }
+    fn wait_output(self: Box<Self>) -> Result<Tensor> {
+        Ok(self.0)
     }
 }
 
@@ -88,7 +96,7 @@ impl Communicator for SingleProcess {
     }
     fn all_reduce_start(&self, tensor: &Tensor, _op: ReduceOp) -> Result<Box<dyn Work>> {
         super::host::check_contiguous("all_reduce", tensor)?;
-        Ok(Box::new(Completed))
+        Ok(Box::new(Completed(tensor.clone())))
     }
     fn broadcast(&self, tensor: &Tensor, root: usize) -> Result<()> {
         super::host::check_root("broadcast", root, 1)?;

@@ -19,8 +19,9 @@ pub struct DdpConfig {
     /// ones pay the per-collective latency less often. A parameter larger than the cap gets a
     /// bucket of its own.
     pub bucket_cap_bytes: usize,
-    /// Broadcast rank 0's buffers (batch norm running statistics) at every forward, as
-    /// PyTorch's `broadcast_buffers=True`: every rank evaluates with the same statistics.
+    /// Broadcast rank 0's buffers (batch norm running statistics) at every training forward
+    /// (grad mode on, outside `no_sync`), as PyTorch's `broadcast_buffers=True`: every rank
+    /// then holds the same statistics.
     pub broadcast_buffers: bool,
 }
 
@@ -46,15 +47,20 @@ struct Bucket {
 struct Pass {
     /// A synchronized backward pass is running (its finalizing callback is queued).
     active: bool,
+    /// Per parameter: its gradient was marked ready in this pass (a parameter accumulated
+    /// twice in one pass counts once).
+    ready: Vec<bool>,
     /// Gradients not yet ready, per bucket.
     pending: Vec<usize>,
     /// Buckets are launched in index order (the same on every rank); the next to launch.
     next_launch: usize,
+    /// Buckets handed to the communication thread whose results were not received yet.
+    in_flight: usize,
 }
 
 /// A bucket whose all-reduce was started, handed to the communication thread to wait for,
 /// and what comes back.
-type Job = (usize, Tensor, Box<dyn Work>);
+type Job = (usize, Box<dyn Work>);
 type Done = (usize, Result<Tensor>);
 
 /// The shared state behind the gradient hooks.
@@ -62,7 +68,8 @@ struct Reducer {
     comm: Arc<dyn Communicator>,
     params: Vec<Tensor>,
     buckets: Vec<Bucket>,
-    bucket_of: HashMap<TensorId, usize>,
+    /// Parameter id → (index into `params`, bucket).
+    slot_of: HashMap<TensorId, (usize, usize)>,
     pass: Mutex<Pass>,
     sync: AtomicBool,
     jobs: Mutex<Option<Sender<Job>>>,
@@ -83,6 +90,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Owned by the end-of-pass callback: if the backward pass fails, the callback is dropped
+/// without running and this resets the pass (receiving the buckets still in flight, so the
+/// next pass starts clean).
+struct PassGuard(Arc<Reducer>);
+
+impl Drop for PassGuard {
+    fn drop(&mut self) {
+        self.0.abandon();
+    }
+}
+
 impl Reducer {
     /// Hook body: `param`'s gradient is ready.
     fn mark_ready(self: &Arc<Self>, param: &Tensor) -> Result<()> {
@@ -90,44 +108,63 @@ impl Reducer {
         if !self.sync.load(Ordering::Acquire) || self.comm.world_size() == 1 {
             return Ok(());
         }
-        let Some(&b) = self.bucket_of.get(&param.id()) else {
+        let Some(&(p, b)) = self.slot_of.get(&param.id()) else {
             return Ok(());
         };
         let mut pass = lock(&self.pass);
         if !pass.active {
             pass.active = true;
+            pass.ready = vec![false; self.params.len()];
             pass.pending = self.buckets.iter().map(|b| b.params.len()).collect();
             pass.next_launch = 0;
-            let me = Arc::clone(self);
-            queue_callback(move || me.finish())?;
+            pass.in_flight = 0;
+            let guard = PassGuard(Arc::clone(self));
+            queue_callback(move || guard.0.finish())?;
         }
-        pass.pending[b] = pass.pending[b].saturating_sub(1);
+        if std::mem::replace(&mut pass.ready[p], true) {
+            return Ok(());
+        }
+        pass.pending[b] -= 1;
         while pass.next_launch < self.buckets.len() && pass.pending[pass.next_launch] == 0 {
             let i = pass.next_launch;
             pass.next_launch += 1;
             self.launch(i)?;
+            pass.in_flight += 1;
         }
         Ok(())
     }
 
-    /// Flattens bucket `i`'s gradients (zeros for a parameter without one), divides by the
-    /// world size, starts the all-reduce — here, on the thread running the backward pass, so
-    /// collectives start in the same order on every rank, also when other collectives
-    /// (synchronized batch norm's) run in the same pass — and hands the running collective
-    /// to the communication thread, which waits for it (driving MPI's progress meanwhile).
+    /// Flattens bucket `i`'s gradients (zeros for a parameter without one) followed by one
+    /// "has a gradient" flag per parameter, divides by the world size, starts the all-reduce
+    /// — here, on the thread running the backward pass, so collectives start in the same
+    /// order on every rank, also when other collectives (synchronized batch norm's) run in the
+    /// same pass — and hands the running collective to the communication thread, which waits
+    /// for it (driving MPI's progress meanwhile).
     fn launch(&self, i: usize) -> Result<()> {
         let _g = no_grad();
-        let flats = self.buckets[i]
-            .params
+        let bucket = &self.buckets[i].params;
+        let (dtype, device) = (
+            self.params[bucket[0]].dtype(),
+            self.params[bucket[0]].device(),
+        );
+        let mut flags = Vec::with_capacity(bucket.len());
+        let mut flats = bucket
             .iter()
             .map(|&p| {
                 let param = &self.params[p];
+                flags.push(f32::from(u8::from(param.grad().is_some())));
                 match param.grad() {
                     Some(g) => g.contiguous()?.reshape([g.elem_count()]),
-                    None => Tensor::zeros([param.elem_count()], param.dtype(), param.device()),
+                    None => Tensor::zeros([param.elem_count()], dtype, device),
                 }
             })
             .collect::<Result<Vec<_>>>()?;
+        let n = flags.len();
+        flats.push(
+            Tensor::from_vec(flags, [n], Device::Cpu)?
+                .to_dtype(dtype)?
+                .to_device(device)?,
+        );
         let refs: Vec<&Tensor> = flats.iter().collect();
         let flat = Tensor::cat(&refs, 0)?
             .div_scalar(self.comm.world_size() as f64)?
@@ -135,41 +172,75 @@ impl Reducer {
         let jobs = lock(&self.jobs);
         let sender = jobs.as_ref().ok_or_else(|| thread_gone("launch"))?;
         let work = self.comm.all_reduce_start(&flat, ReduceOp::Sum)?;
-        sender
-            .send((i, flat, work))
-            .map_err(|_| thread_gone("launch"))
+        sender.send((i, work)).map_err(|_| thread_gone("launch"))
     }
 
     /// End of a synchronized backward pass: launches what is left, waits for every bucket
-    /// and writes the averaged gradients back.
+    /// and writes the averaged gradients back. Receives every launched bucket's result even
+    /// after an error (the first error is returned), so nothing of this pass is left for the
+    /// next.
     fn finish(&self) -> Result<()> {
-        let launched_before = {
-            let mut pass = lock(&self.pass);
-            let before = pass.next_launch;
-            let rest = before..self.buckets.len();
-            pass.next_launch = self.buckets.len();
-            pass.active = false;
-            rest
-        };
-        for i in launched_before {
-            self.launch(i)?;
+        let mut first_error = Ok(());
+        let mut pass = lock(&self.pass);
+        while pass.next_launch < self.buckets.len() {
+            let i = pass.next_launch;
+            pass.next_launch += 1;
+            match self.launch(i) {
+                Ok(()) => pass.in_flight += 1,
+                Err(e) => {
+                    first_error = Err(e);
+                    break;
+                }
+            }
         }
         let done = lock(&self.done);
-        for _ in 0..self.buckets.len() {
-            let (i, flat) = done.recv().map_err(|_| thread_gone("finish"))?;
-            self.write_back(i, &flat?)?;
+        while pass.in_flight > 0 {
+            let Ok((i, flat)) = done.recv() else {
+                pass.in_flight = 0;
+                return Err(thread_gone("finish"));
+            };
+            pass.in_flight -= 1;
+            if first_error.is_ok() {
+                first_error = flat.and_then(|f| self.write_back(i, &f));
+            }
         }
-        Ok(())
+        pass.active = false;
+        first_error
     }
 
+    /// A pass whose callback never ran (the backward pass failed): receive what is in flight
+    /// and reset.
+    fn abandon(&self) {
+        let mut pass = lock(&self.pass);
+        if !pass.active {
+            return;
+        }
+        let done = lock(&self.done);
+        while pass.in_flight > 0 && done.recv().is_ok() {
+            pass.in_flight -= 1;
+        }
+        pass.in_flight = 0;
+        pass.active = false;
+    }
+
+    /// Writes bucket `i`'s averages into the gradients; a parameter that had no gradient on
+    /// any rank keeps none (as in PyTorch).
     fn write_back(&self, i: usize, flat: &Tensor) -> Result<()> {
         let _g = no_grad();
+        let bucket = &self.buckets[i].params;
+        let total = flat.elem_count();
+        let used = flat
+            .narrow(0, total - bucket.len(), bucket.len())?
+            .to_f64_vec()?;
         let mut offset = 0;
-        for &p in &self.buckets[i].params {
+        for (&p, used) in bucket.iter().zip(used) {
             let param = &self.params[p];
             let n = param.elem_count();
             let avg = flat.narrow(0, offset, n)?.reshape(param.shape().clone())?;
             offset += n;
+            if used == 0.0 {
+                continue;
+            }
             match param.grad() {
                 Some(g) if g.layout().is_contiguous() && g.dtype() == avg.dtype() => {
                     g.assign(&avg)?
@@ -196,13 +267,22 @@ fn thread_gone(op: &'static str) -> Error {
 ///   registration order, one dtype and device each). A hook on every parameter counts ready
 ///   gradients; when a bucket is complete it is flattened, divided by the world size, its
 ///   all-reduce is started, and a communication thread waits for it while the backward pass
-///   goes on. Buckets start in index order, from the backward pass's thread, on every rank. At the end of the pass (a callback queued
-///   with [`queue_callback`]) the rest are started, all are awaited and written back, so
-///   `backward()` returns with averaged gradients — or with the collective's error.
-/// - Gradients of parameters that no rank used are zeros after a synchronized pass
-///   (PyTorch leaves those `None`). In a world of one nothing is reduced or copied.
+///   goes on. Buckets start in index order, from the backward pass's thread, on every rank.
+///   At the end of the pass (a callback queued with [`queue_callback`]) the rest are
+///   started, all are awaited and written back, so `backward()` returns with averaged
+///   gradients — or with the collective's error (a failed pass leaves nothing behind for the
+///   next). In a world of one nothing is reduced or copied.
+/// - Parameters without a gradient: a parameter that got none on this rank counts as zero in
+///   the average; one that got none on any rank keeps `None` (as in PyTorch). As in PyTorch
+///   without `find_unused_parameters`, the set of parameters that receive gradients should
+///   be the same on every rank: a bucket holding a parameter unused here is started only at
+///   the end of the pass, which may reorder it against other collectives of the pass
+///   (synchronized batch norm's) on the ranks that used it; and a rank whose backward reaches
+///   no parameter at all joins no reduction.
 /// - [`no_sync`](Self::no_sync) skips the reduction: gradients accumulate locally, and the
-///   first synchronized backward after it averages the accumulated sums.
+///   first synchronized backward after it averages the accumulated sums. Whether a pass
+///   synchronizes is decided when its backward runs (PyTorch decides at the forward).
+/// - Parameters shared between layers are reduced once.
 /// - With fp16 autocast and a GradScaler the averaged gradients carry any rank's inf/NaN to
 ///   all ranks, so every rank skips the same steps; for steps whose gradients were not
 ///   reduced, give the scaler [`found_inf_sync`](super::found_inf_sync).
@@ -281,21 +361,29 @@ impl<M: Module> DistributedDataParallel<M> {
                 comm.broadcast(&t, 0)?;
             }
         }
-        let params = module.parameters();
+        // Each tensor once (a parameter shared by two layers is reduced once).
+        let mut seen = std::collections::HashSet::new();
+        let params: Vec<Tensor> = module
+            .parameters()
+            .into_iter()
+            .filter(|p| seen.insert(p.id()))
+            .collect();
         let buckets = plan_buckets(&params, config.bucket_cap_bytes);
-        let bucket_of = buckets
+        let slot_of = buckets
             .iter()
             .enumerate()
             .flat_map(|(b, bucket)| bucket.params.iter().map(move |&p| (p, b)))
-            .map(|(p, b)| (params[p].id(), b))
+            .map(|(p, b)| (params[p].id(), (p, b)))
             .collect();
         let (job_tx, job_rx) = channel::<Job>();
         let (done_tx, done_rx) = channel::<Done>();
         let worker = std::thread::Builder::new()
             .name("hemi-ddp-comm".into())
             .spawn(move || {
-                for (i, flat, work) in job_rx {
-                    let r = work.wait().map(|()| flat);
+                for (i, work) in job_rx {
+                    // The result as its own tensor (MPI's receive buffer, not copied back into
+                    // the bucket, which the write-back reads only).
+                    let r = work.wait_output();
                     if done_tx.send((i, r)).is_err() {
                         break;
                     }
@@ -309,7 +397,7 @@ impl<M: Module> DistributedDataParallel<M> {
             comm,
             params,
             buckets,
-            bucket_of,
+            slot_of,
             pass: Mutex::new(Pass::default()),
             sync: AtomicBool::new(true),
             jobs: Mutex::new(Some(job_tx)),
@@ -403,9 +491,11 @@ impl Drop for NoSyncGuard<'_> {
 }
 
 impl<M: Module> Module for DistributedDataParallel<M> {
-    /// Broadcasts rank 0's buffers (when configured) and runs the wrapped module.
+    /// Broadcasts rank 0's buffers (when configured, in grad mode and outside `no_sync`, as
+    /// PyTorch does) and runs the wrapped module.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.config.broadcast_buffers && self.reducer.comm.world_size() > 1 {
+        let syncing = crate::is_grad_enabled() && self.reducer.sync.load(Ordering::Acquire);
+        if self.config.broadcast_buffers && syncing && self.reducer.comm.world_size() > 1 {
             let _g = no_grad();
             for (_, b) in self.module.named_buffers() {
                 self.reducer.comm.broadcast(&b, 0)?;
@@ -427,5 +517,8 @@ impl<M: Module> Module for DistributedDataParallel<M> {
     }
     fn to_memory_format(&mut self, format: MemoryFormat) {
         self.module.to_memory_format(format)
+    }
+    fn for_each_batch_norm(&mut self, f: &mut dyn FnMut(&mut crate::nn::BatchNorm2d)) {
+        self.module.for_each_batch_norm(f)
     }
 }

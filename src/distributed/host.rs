@@ -7,7 +7,7 @@ use crate::{Error, Result, Tensor};
 
 /// A tensor's values on the host: f32 (f16 and bf16 widened exactly), f64 or i64.
 #[cfg(feature = "mpi")]
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum HostBuf {
     F32(Vec<f32>),
     F64(Vec<f64>),
@@ -26,15 +26,6 @@ impl HostBuf {
         })
     }
 
-    /// An uninitialized-equivalent buffer of the same type and length (receive side).
-    pub(crate) fn like(&self) -> HostBuf {
-        match self {
-            HostBuf::F32(v) => HostBuf::F32(vec![0.0; v.len()]),
-            HostBuf::F64(v) => HostBuf::F64(vec![0.0; v.len()]),
-            HostBuf::I64(v) => HostBuf::I64(vec![0; v.len()]),
-        }
-    }
-
     /// Number of elements.
     pub(crate) fn len(&self) -> usize {
         match self {
@@ -46,18 +37,24 @@ impl HostBuf {
 
     /// Writes the values into `tensor` in place (rounded once to its dtype).
     pub(crate) fn write(self, tensor: &Tensor) -> Result<()> {
-        let shape = tensor.shape().clone();
-        let src = match self {
+        tensor.assign(&self.into_tensor_like(tensor)?)
+    }
+
+    /// The values as a new tensor of `like`'s shape, dtype (rounded once) and device; on the
+    /// CPU with `like`'s dtype without a copy.
+    pub(crate) fn into_tensor_like(self, like: &Tensor) -> Result<Tensor> {
+        let shape = like.shape().clone();
+        let t = match self {
             HostBuf::F32(v) => Tensor::from_vec(v, shape, Device::Cpu)?,
             HostBuf::F64(v) => Tensor::from_vec(v, shape, Device::Cpu)?,
             HostBuf::I64(v) => Tensor::from_vec(v, shape, Device::Cpu)?,
         };
-        let src = if src.dtype() == tensor.dtype() {
-            src
+        let t = if t.dtype() == like.dtype() {
+            t
         } else {
-            src.to_dtype(tensor.dtype())?
+            t.to_dtype(like.dtype())?
         };
-        tensor.assign(&src)
+        t.to_device(like.device())
     }
 }
 

@@ -16,7 +16,7 @@ use mpi::ffi;
 use mpi::Threading;
 use std::ffi::{c_int, c_void};
 use std::mem::MaybeUninit;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,8 +53,16 @@ struct Inner {
     state: Mutex<MpiState>,
     rank: usize,
     world: usize,
-    timeout: Duration,
+    /// The collective timeout in milliseconds.
+    timeout_ms: AtomicU64,
     broken: AtomicBool,
+    /// The thread that initialized MPI (the only one that may finalize it).
+    init_thread: std::thread::ThreadId,
+}
+
+extern "C" {
+    /// `MPI_IN_PLACE` of the MPI library (src/distributed/mpi_shim.c, compiled by build.rs).
+    fn hemi_mpi_in_place() -> *mut c_void;
 }
 
 impl std::fmt::Debug for MpiCommunicator {
@@ -63,7 +71,7 @@ impl std::fmt::Debug for MpiCommunicator {
         f.debug_struct("MpiCommunicator")
             .field("rank", &i.rank)
             .field("world", &i.world)
-            .field("timeout", &i.timeout)
+            .field("timeout", &i.timeout())
             .field("broken", &i.broken.load(Ordering::Relaxed))
             .finish()
     }
@@ -121,24 +129,29 @@ impl MpiCommunicator {
                     }),
                     rank: rank as usize,
                     world: size as usize,
-                    timeout: DEFAULT_TIMEOUT,
+                    timeout_ms: AtomicU64::new(DEFAULT_TIMEOUT.as_millis() as u64),
                     broken: AtomicBool::new(false),
+                    init_thread: std::thread::current().id(),
                 }),
             })
         }
     }
 
-    /// Sets how long a collective waits for the other ranks (call before any collective).
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.timeout = timeout;
-        }
+    /// Sets how long a collective waits for the other ranks.
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        self.set_timeout(timeout);
         self
+    }
+
+    /// Sets how long collectives started from now on wait for the other ranks.
+    pub fn set_timeout(&self, timeout: Duration) {
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.inner.timeout_ms.store(ms, Ordering::Relaxed);
     }
 
     /// The collective timeout.
     pub fn timeout(&self) -> Duration {
-        self.inner.timeout
+        self.inner.timeout()
     }
 
     /// Whether this process was started by an MPI launcher (`mpirun`/`mpiexec`), judged by
@@ -151,6 +164,10 @@ impl MpiCommunicator {
 }
 
 impl Inner {
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.load(Ordering::Relaxed))
+    }
+
     fn lock(&self, op: &'static str) -> Result<std::sync::MutexGuard<'_, MpiState>> {
         if self.broken.load(Ordering::Acquire) {
             return Err(Error::Distributed {
@@ -170,6 +187,7 @@ impl Inner {
     /// request uses must stay allocated (MPI may still write them): the caller leaks them.
     fn wait(&self, op: &'static str, what: &str, mut req: ffi::MPI_Request) -> Result<()> {
         let start = Instant::now();
+        let timeout = self.timeout();
         loop {
             let mut done: c_int = 0;
             let state = self.lock(op)?;
@@ -184,7 +202,7 @@ impl Inner {
                 return Ok(());
             }
             let waited = start.elapsed();
-            if waited > self.timeout {
+            if waited > timeout {
                 self.broken.store(true, Ordering::Release);
                 return Err(self.failure(
                     op,
@@ -192,7 +210,7 @@ impl Inner {
                     format!(
                         "did not complete within {:?}: another rank died, is stuck, or issued a \
                          different collective; this communicator cannot be used any more",
-                        self.timeout
+                        timeout
                     ),
                 ));
             }
@@ -239,39 +257,55 @@ fn count_of(buf: &HostBuf) -> Result<c_int> {
     })
 }
 
-/// A started `MPI_Iallreduce`: its buffers (which MPI writes until it completes), the request
-/// and the tensor that receives the result.
+/// A started `MPI_Iallreduce` (in place in `buf`, which MPI writes until it completes) and
+/// the tensor that receives the result. Dropped without being waited for, it waits then
+/// (MPI must not outlive the buffer).
 struct MpiWork {
     inner: Arc<Inner>,
-    request: ffi::MPI_Request,
-    send: HostBuf,
-    recv: HostBuf,
+    pending: Option<(ffi::MPI_Request, HostBuf)>,
     tensor: Tensor,
     what: String,
 }
 
 // SAFETY: the request handle is only used under the communicator's lock (MPI is initialized
-// with MPI_THREAD_SERIALIZED); the buffers are owned heap memory.
+// with MPI_THREAD_SERIALIZED); the buffer is owned heap memory.
 unsafe impl Send for MpiWork {}
 
-impl Work for MpiWork {
-    fn wait(self: Box<Self>) -> Result<()> {
-        let MpiWork {
-            inner,
-            request,
-            send,
-            recv,
-            tensor,
-            what,
-        } = *self;
-        if let Err(e) = inner.wait("all_reduce", &what, request) {
-            // MPI may still write into the buffers: they must outlive this process's use of
-            // MPI.
-            std::mem::forget((send, recv));
-            return Err(e);
+impl MpiWork {
+    /// Waits for the request; the reduced values.
+    fn finish(&mut self) -> Result<HostBuf> {
+        let (request, buf) = self
+            .pending
+            .take()
+            .ok_or_else(|| dist_err("the collective was already waited for"))?;
+        match self.inner.wait("all_reduce", &self.what, request) {
+            Ok(()) => Ok(buf),
+            Err(e) => {
+                // MPI may still write into the buffer: it must outlive this process's use of
+                // MPI.
+                std::mem::forget(buf);
+                Err(e)
+            }
         }
-        drop(send);
-        recv.write(&tensor)
+    }
+}
+
+impl Drop for MpiWork {
+    fn drop(&mut self) {
+        if self.pending.is_some() {
+            let _ = self.finish();
+        }
+    }
+}
+
+impl Work for MpiWork {
+    fn wait(mut self: Box<Self>) -> Result<()> {
+        let buf = self.finish()?;
+        buf.write(&self.tensor)
+    }
+    fn wait_output(mut self: Box<Self>) -> Result<Tensor> {
+        let buf = self.finish()?;
+        buf.into_tensor_like(&self.tensor)
     }
 }
 
@@ -286,42 +320,44 @@ impl Communicator for MpiCommunicator {
 
     fn all_reduce_start(&self, tensor: &Tensor, op: ReduceOp) -> Result<Box<dyn Work>> {
         check_contiguous("all_reduce", tensor)?;
-        let mut send = HostBuf::read(tensor)?;
-        let mut recv = send.like();
-        let count = count_of(&send)?;
-        let what = format!("all_reduce of {} {} values", send.len(), tensor.dtype());
+        // The values, reduced in place in one host buffer.
+        let mut buf = HostBuf::read(tensor)?;
+        let count = count_of(&buf)?;
+        let what = format!("all_reduce of {} {} values", buf.len(), tensor.dtype());
         let state = self.inner.lock("all_reduce")?;
-        let (dtype, send_ptr) = raw_parts(&mut send);
-        let (_, recv_ptr) = raw_parts(&mut recv);
+        let (dtype, ptr) = raw_parts(&mut buf);
         let mut req = MaybeUninit::<ffi::MPI_Request>::uninit();
-        // SAFETY: both buffers hold `count` elements of `dtype`; they move (heap memory does
-        // not) into the returned work, which keeps them until the request completed; the lock
-        // serializes MPI calls.
+        // SAFETY: the buffer holds `count` elements of `dtype`; it moves (heap memory does
+        // not) into the returned work, which keeps it until the request completed (also when
+        // dropped unwaited); the lock serializes MPI calls.
         let request = unsafe {
             let mpi_op = match op {
                 ReduceOp::Sum => ffi::RSMPI_SUM,
                 ReduceOp::Max => ffi::RSMPI_MAX,
             };
-            check(
-                "MPI_Iallreduce",
-                ffi::MPI_Iallreduce(
-                    send_ptr,
-                    recv_ptr,
-                    count,
-                    dtype,
-                    mpi_op,
-                    state.comm,
-                    req.as_mut_ptr(),
-                ),
-            )?;
+            let rc = ffi::MPI_Iallreduce(
+                hemi_mpi_in_place(),
+                ptr,
+                count,
+                dtype,
+                mpi_op,
+                state.comm,
+                req.as_mut_ptr(),
+            );
+            if rc != 0 {
+                self.inner.broken.store(true, Ordering::Release);
+                return Err(self.inner.failure(
+                    "all_reduce",
+                    &what,
+                    format!("could not start: MPI error code {rc}"),
+                ));
+            }
             req.assume_init()
         };
         drop(state);
         Ok(Box::new(MpiWork {
             inner: Arc::clone(&self.inner),
-            request,
-            send,
-            recv,
+            pending: Some((request, buf)),
             tensor: tensor.clone(),
             what,
         }))
@@ -389,6 +425,17 @@ impl Drop for Inner {
         if self.broken.load(Ordering::Acquire) {
             // A collective is still pending: MPI_Finalize would wait for it forever. The
             // process exits without finalizing, and the launcher ends the other ranks.
+            std::mem::forget(state.universe.take());
+            return;
+        }
+        if std::thread::current().id() != self.init_thread {
+            // MPI may only be finalized by the thread that initialized it; this process ends
+            // without MPI_Finalize (the launcher reports that).
+            eprintln!(
+                "hemi: rank {}: the MPI communicator was dropped on another thread than the one \
+                 that created it; MPI is not finalized",
+                self.rank
+            );
             std::mem::forget(state.universe.take());
             return;
         }

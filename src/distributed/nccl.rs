@@ -2,10 +2,13 @@
 //! `libnccl.so.2` (the `nvidia-nccl-cu13` wheel's, or any on the loader's path), so hemi
 //! builds and links without it.
 //!
-//! NCCL enqueues its kernels on the stream hemi's kernels run on (in order with them); a
+//! NCCL enqueues its kernels on the stream hemi's kernels run on (in order with them: no
+//! overlap of reduction and compute on the GPU yet — that needs a second stream and events); a
 //! collective has completed when that stream is idle. Waiting polls the stream and NCCL's
 //! asynchronous error until the timeout, then aborts the NCCL communicator (which ends the
-//! collective on this rank) and reports the rank.
+//! collective on this rank) and reports the rank. Not covered by the timeout:
+//! `ncclCommInitRank` (it blocks until every rank joined) and a driver call of another thread
+//! that waits behind a stuck collective while holding the driver's lock.
 
 use super::{Communicator, ReduceOp, Work, DEFAULT_TIMEOUT};
 use crate::cuda::driver::Driver;
@@ -14,7 +17,7 @@ use crate::{DType, Device, Error, Result, Tensor};
 use libloading::Library;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -239,7 +242,7 @@ struct Inner {
     rank: usize,
     world: usize,
     device: Device,
-    timeout: Duration,
+    timeout_ms: AtomicU64,
     broken: AtomicBool,
 }
 
@@ -307,7 +310,7 @@ impl NcclCommunicator {
                 rank,
                 world,
                 device,
-                timeout: DEFAULT_TIMEOUT,
+                timeout_ms: AtomicU64::new(DEFAULT_TIMEOUT.as_millis() as u64),
                 broken: AtomicBool::new(false),
             }),
         })
@@ -344,11 +347,10 @@ impl NcclCommunicator {
         Self::init(device, mpi.rank(), mpi.world_size(), &id)
     }
 
-    /// Sets how long a collective waits (call before any collective).
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.timeout = timeout;
-        }
+    /// Sets how long a collective waits for the other ranks.
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.inner.timeout_ms.store(ms, Ordering::Relaxed);
         self
     }
 }
@@ -377,53 +379,89 @@ impl Inner {
     }
 
     /// Polls the stream until the enqueued collective is done, NCCL reports an error, or the
-    /// timeout passes (then the NCCL communicator is aborted).
+    /// timeout passes (then the NCCL communicator is aborted). Each poll — `cuStreamQuery`,
+    /// `ncclCommGetAsyncError`, and an abort — runs under the driver's lock, where every other
+    /// use of the communicator runs too, so none can touch it after the abort.
     fn wait(&self, op: &'static str, what: &str) -> Result<()> {
         let start = Instant::now();
         loop {
-            if self.driver.stream_idle()? {
-                return Ok(());
-            }
-            let mut async_rc: NcclResult = 0;
-            // SAFETY: a valid communicator and out-pointer.
-            let rc = unsafe { (self.lib.api.async_error)(self.comm, &mut async_rc) };
-            let failure = match (rc, async_rc) {
-                (0, 0) if start.elapsed() <= self.timeout => None,
-                (0, 0) => Some(format!(
-                    "did not complete within {:?}: another rank died, is stuck, or issued a \
-                     different collective; the NCCL communicator is aborted",
-                    self.timeout
-                )),
-                (0, e) | (e, _) => Some(
-                    self.lib
-                        .check("NCCL", e)
-                        .err()
-                        .map_or_else(String::new, |e| e.to_string()),
-                ),
-            };
-            if let Some(how) = failure {
-                self.broken.store(true, Ordering::Release);
-                // SAFETY: aborting a valid communicator ends its pending work.
-                unsafe { (self.lib.api.abort)(self.comm) };
-                let e = Error::Distributed {
-                    op,
-                    msg: format!("rank {} of {}: {what} {how}", self.rank, self.world),
+            let mut outcome: Option<Result<()>> = None;
+            self.driver.with_raw_stream(&mut |stream| {
+                if self.broken.load(Ordering::Acquire) {
+                    outcome = Some(self.usable(op));
+                    return Ok(());
+                }
+                // SAFETY: the device's stream, with its context current.
+                let rc = unsafe { cust::sys::cuStreamQuery(stream.cast()) };
+                if rc == cust::sys::cudaError_enum::CUDA_SUCCESS {
+                    outcome = Some(Ok(()));
+                    return Ok(());
+                }
+                let mut async_rc: NcclResult = 0;
+                // SAFETY: a live communicator (not aborted: checked above, under the lock).
+                let qrc = unsafe { (self.lib.api.async_error)(self.comm, &mut async_rc) };
+                let how = if rc != cust::sys::cudaError_enum::CUDA_ERROR_NOT_READY {
+                    Some(format!("failed: cuStreamQuery {rc:?}"))
+                } else if qrc != 0 || async_rc != 0 {
+                    let code = if qrc != 0 { qrc } else { async_rc };
+                    Some(
+                        self.lib
+                            .check("NCCL", code)
+                            .err()
+                            .map_or_else(String::new, |e| e.to_string()),
+                    )
+                } else if start.elapsed() > self.timeout() {
+                    Some(format!(
+                        "did not complete within {:?}: another rank died, is stuck, or issued a \
+                         different collective; the NCCL communicator is aborted",
+                        self.timeout()
+                    ))
+                } else {
+                    None
                 };
-                eprintln!("hemi: {e}");
-                return Err(e);
+                if let Some(how) = how {
+                    self.broken.store(true, Ordering::Release);
+                    // SAFETY: aborting a live communicator ends its pending work; it is never
+                    // used again (`broken`).
+                    unsafe { (self.lib.api.abort)(self.comm) };
+                    let e = Error::Distributed {
+                        op,
+                        msg: format!("rank {} of {}: {what} {how}", self.rank, self.world),
+                    };
+                    eprintln!("hemi: {e}");
+                    outcome = Some(Err(e));
+                }
+                Ok(())
+            })?;
+            if let Some(r) = outcome {
+                return r;
             }
             std::thread::sleep(Duration::from_micros(50));
         }
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.load(Ordering::Relaxed))
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if !self.broken.load(Ordering::Acquire) {
-            let _ = self.driver.synchronize();
-            // SAFETY: no collective is pending (the stream is idle); destroyed once.
-            unsafe { (self.lib.api.destroy)(self.comm) };
-        }
+        let (lib, comm, broken) = (&self.lib, self.comm, &self.broken);
+        let _ = self.driver.with_raw_stream(&mut |stream| {
+            if broken.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            // SAFETY: the device's stream; a live communicator, released once: destroyed when
+            // idle, aborted when work is still pending (destroying would wait for it).
+            unsafe {
+                match cust::sys::cuStreamQuery(stream.cast()) {
+                    cust::sys::cudaError_enum::CUDA_SUCCESS => (lib.api.destroy)(comm),
+                    _ => (lib.api.abort)(comm),
+                };
+            }
+            Ok(())
+        });
     }
 }
 
@@ -439,6 +477,11 @@ impl Work for NcclWork {
         self.inner.wait("all_reduce", &self.what)?;
         self.tensor.mark_modified();
         Ok(())
+    }
+    fn wait_output(self: Box<Self>) -> Result<Tensor> {
+        let t = self.tensor.clone();
+        self.wait()?;
+        Ok(t)
     }
 }
 
@@ -461,9 +504,10 @@ impl Communicator for NcclCommunicator {
         };
         let (count, dtype) = (tensor.elem_count(), nccl_dtype(tensor.dtype()));
         inner.driver.with_raw_stream(&mut |stream| {
-            // SAFETY: `ptr` addresses `count` elements of `dtype` on this device (a
-            // contiguous tensor kept alive by the caller until the work is waited for);
-            // in place is allowed; the stream is the device's.
+            inner.usable("all_reduce")?; // (again under the lock an abort takes)
+                                         // SAFETY: `ptr` addresses `count` elements of `dtype` on this device (a
+                                         // contiguous tensor kept alive by the caller until the work is waited for);
+                                         // in place is allowed; the stream is the device's.
             inner.lib.check("ncclAllReduce", unsafe {
                 (inner.lib.api.all_reduce)(ptr, ptr, count, dtype, nccl_op, inner.comm, stream)
             })
@@ -482,6 +526,7 @@ impl Communicator for NcclCommunicator {
         let ptr = inner.address("broadcast", tensor)?;
         let (count, dtype) = (tensor.elem_count(), nccl_dtype(tensor.dtype()));
         inner.driver.with_raw_stream(&mut |stream| {
+            inner.usable("broadcast")?;
             // SAFETY: as in all_reduce_start.
             inner.lib.check("ncclBroadcast", unsafe {
                 (inner.lib.api.broadcast)(ptr, ptr, count, dtype, root as c_int, inner.comm, stream)

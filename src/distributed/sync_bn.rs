@@ -33,8 +33,8 @@ impl BatchStatsReducer for CommStats {
     fn sum_across(&self, t: &Tensor) -> Result<Tensor> {
         all_reduce_differentiable(&self.0, t)
     }
-    fn count_across(&self, n: f64) -> Result<f64> {
-        let t = Tensor::full([1], n, DType::F64, Device::Cpu)?;
+    fn count_across(&self, n: f64, device: Device) -> Result<f64> {
+        let t = Tensor::full([1], n, DType::F64, device)?;
         self.0.all_reduce(&t, ReduceOp::Sum)?;
         t.item()
     }

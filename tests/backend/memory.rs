@@ -48,6 +48,23 @@ backend_test!(
         let expect = w.narrow(0, 1, 2)?.to_vec::<f32>()?;
         top.assign(&w.narrow(0, 1, 2)?)?;
         assert_eq!(top.to_vec::<f32>()?, expect, "{dev}: overlapping assign");
+        // A contiguous view of another storage, at an offset (one direct copy on the CPU).
+        let src = rand(&mut gen, &[4, 5], dev)?;
+        let dst = rand(&mut gen, &[2, 5], dev)?;
+        dst.assign(&src.narrow(0, 2, 2)?)?;
+        assert_eq!(
+            dst.to_vec::<f32>()?,
+            src.narrow(0, 2, 2)?.to_vec::<f32>()?,
+            "{dev}: offset source"
+        );
+        // Two threads copying between the same two storages in opposite directions finish
+        // (the CPU takes both buffers' locks in one global order).
+        let (a, b) = (rand(&mut gen, &[64], dev)?, rand(&mut gen, &[64], dev)?);
+        std::thread::scope(|s| -> Result<()> {
+            let other = s.spawn(|| (0..500).try_for_each(|_| a.assign(&b)));
+            (0..500).try_for_each(|_| b.assign(&a))?;
+            other.join().expect("no panic")
+        })?;
         Ok(())
     }
 );

@@ -297,6 +297,10 @@ impl GradScaler {
         let params: Vec<&Tensor> = opt.params().iter().filter(|p| p.grad().is_some()).collect();
         let mut grads: Vec<Tensor> = params.iter().filter_map(|p| p.grad()).collect();
         if grads.is_empty() {
+            if let Some(sync) = &self.found_inf_sync {
+                // The other ranks' checks still combine with this one's (nothing found).
+                (sync.0)(&Tensor::zeros((), DType::F32, inv_scale.device())?)?;
+            }
             return Ok(None);
         }
         if write_back && grads.iter().any(|g| g.dtype() == DType::F16) {

@@ -162,18 +162,6 @@ impl Driver for CustDriver {
     fn with_raw_stream(&self, f: &mut dyn FnMut(*mut c_void) -> Result<()>) -> Result<()> {
         self.with(|inner| f(inner.stream.as_inner().cast()))
     }
-
-    fn stream_idle(&self) -> Result<bool> {
-        self.with(|inner| {
-            // SAFETY: the stream belongs to the current context.
-            let rc = unsafe { sys::cuStreamQuery(inner.stream.as_inner()) };
-            match rc {
-                sys::cudaError_enum::CUDA_SUCCESS => Ok(true),
-                sys::cudaError_enum::CUDA_ERROR_NOT_READY => Ok(false),
-                other => Err(err(self.ordinal, "cuStreamQuery", format!("{other:?}"))),
-            }
-        })
-    }
 }
 
 fn check(ordinal: usize, what: &str, rc: sys::CUresult) -> Result<()> {

@@ -89,10 +89,4 @@ pub trait Driver: Send + Sync + Debug {
             "no CUDA stream on this device (the emulator runs kernels on the host)",
         ))
     }
-
-    /// Whether everything enqueued on the device's stream has completed (`cuStreamQuery`),
-    /// without blocking. The default waits for it and answers true.
-    fn stream_idle(&self) -> Result<bool> {
-        self.synchronize().map(|()| true)
-    }
 }

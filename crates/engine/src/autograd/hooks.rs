@@ -98,8 +98,9 @@ impl Tensor {
 
 /// Queues `f` to run on this thread once the backward pass now running has finished (after
 /// every gradient was accumulated and every hook ran; PyTorch's `queue_callback`). Callbacks
-/// run in the order queued; the first error is returned by `backward()`. Errors when no
-/// backward pass is running on this thread.
+/// run in the order queued; the first error is returned by `backward()`. When the pass fails
+/// (or an earlier callback did) the remaining callbacks are dropped without running. Errors
+/// when no backward pass is running on this thread.
 pub fn queue_callback(f: impl FnOnce() -> Result<()> + 'static) -> Result<()> {
     if DEPTH.with(Cell::get) == 0 {
         return Err(Error::Autograd(
@@ -121,7 +122,8 @@ impl BackwardScope {
     }
 
     /// Ends the pass with `result`: on success the outermost pass runs the queued callbacks
-    /// (callbacks they queue run too); on failure they are dropped.
+    /// (callbacks they queue run too); on failure, or after a callback failed, the rest are
+    /// dropped without running (a callback that must clean up does so in its drop).
     pub(crate) fn finish(self, result: Result<()>) -> Result<()> {
         let outermost = DEPTH.with(Cell::get) == 1;
         if !outermost {
@@ -147,7 +149,9 @@ impl Drop for BackwardScope {
     fn drop(&mut self) {
         DEPTH.with(|d| d.set(d.get() - 1));
         if DEPTH.with(Cell::get) == 0 {
-            QUEUED.with(|q| q.borrow_mut().clear());
+            // Dropped outside the borrow: a callback's drop may run code of its own.
+            let dropped = QUEUED.with(|q| std::mem::take(&mut *q.borrow_mut()));
+            drop(dropped);
         }
     }
 }

@@ -11,7 +11,7 @@ pub use hooks::{custom_op, queue_callback, GradHook, HookHandle};
 
 use crate::{Error, Result, Tensor, TensorId};
 use std::cell::Cell;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
 /// Gradient function of one recorded op: output gradient in, one optional gradient per input
@@ -154,32 +154,28 @@ fn node_of(t: &Tensor) -> Result<Option<Arc<Node>>> {
     }
 }
 
-/// Tensors reachable from `root` through nodes, in reverse topological order (root first).
-fn reverse_topo(root: &Tensor) -> Result<Vec<Tensor>> {
-    let mut order = Vec::new();
-    let mut seen = HashSet::new();
-    // Iterative post-order DFS: (tensor, children pushed?)
-    let mut stack = vec![(root.clone(), false)];
-    while let Some((t, expanded)) = stack.pop() {
-        if expanded {
-            order.push(t);
-            continue;
-        }
-        if !seen.insert(t.id()) {
-            continue;
-        }
-        let node = node_of(&t)?;
-        stack.push((t, true));
-        if let Some(node) = node {
-            for i in node.inputs.iter().filter(|i| i.requires_grad()) {
-                if !seen.contains(&i.id()) {
-                    stack.push((i.clone(), false));
-                }
+/// The graph below `root`: every tensor reachable through nodes (by id), and how many
+/// recorded edges lead into each from reachable nodes (its consumers still to run).
+struct Plan {
+    tensors: HashMap<TensorId, Tensor>,
+    consumers: HashMap<TensorId, usize>,
+}
+
+fn plan(root: &Tensor) -> Result<Plan> {
+    let mut tensors = HashMap::from([(root.id(), root.clone())]);
+    let mut consumers: HashMap<TensorId, usize> = HashMap::new();
+    let mut stack = vec![root.clone()];
+    while let Some(t) = stack.pop() {
+        let Some(node) = node_of(&t)? else { continue };
+        for i in node.inputs.iter().filter(|i| i.requires_grad()) {
+            *consumers.entry(i.id()).or_insert(0) += 1;
+            if let std::collections::hash_map::Entry::Vacant(e) = tensors.entry(i.id()) {
+                e.insert(i.clone());
+                stack.push(i.clone());
             }
         }
     }
-    order.reverse();
-    Ok(order)
+    Ok(Plan { tensors, consumers })
 }
 
 fn accumulate(map: &mut HashMap<TensorId, Tensor>, t: &Tensor, g: Tensor) -> Result<()> {
@@ -212,52 +208,69 @@ pub(crate) fn run_backward(root: &Tensor, seed: Tensor, retain_graph: bool) -> R
     scope.finish(result)
 }
 
+/// Runs the nodes in a topological order chosen as PyTorch's engine does: a tensor is ready
+/// once every node consuming it has run; among ready tensors leaves go first — so a
+/// parameter's gradient is accumulated (and its hooks run, e.g. data-parallel bucket
+/// reductions) as soon as it is complete, not after the whole pass — then the most recently
+/// created op (its id), i.e. the reverse of the forward order.
 fn backward_pass(root: &Tensor, seed: Tensor, retain_graph: bool) -> Result<()> {
     let _guard = no_grad();
     let _policy = crate::cast_policy::suspend();
-    let order = reverse_topo(root)?;
+    let Plan {
+        mut tensors,
+        mut consumers,
+    } = plan(root)?;
     let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
     grads.insert(root.id(), seed);
-    // Consumed in order: once a tensor's node has run (and, without retain_graph, been
-    // freed with its saved tensors), this loop holds it no longer, so activations are
-    // released during the backward pass rather than after it.
-    for t in order {
-        let t = &t;
-        let Some(g) = grads.remove(&t.id()) else {
+    let mut ready = BinaryHeap::from([(root.is_leaf(), root.id())]);
+    // Each tensor leaves `tensors` when it runs: once its node has run (and, without
+    // retain_graph, been freed with its saved tensors), nothing here holds it, so activations
+    // are released during the backward pass rather than after it.
+    while let Some((_, id)) = ready.pop() {
+        let Some(t) = tensors.remove(&id) else {
             continue;
         };
-        match node_of(t)? {
-            None => {
-                if t.requires_grad() {
-                    accumulate_into_leaf(t, g)?;
-                    t.run_grad_hooks()?;
-                }
+        let g = grads.remove(&id);
+        let Some(node) = node_of(&t)? else {
+            if let (Some(g), true) = (g, t.requires_grad()) {
+                accumulate_into_leaf(&t, g)?;
+                t.run_grad_hooks()?;
             }
-            Some(node) => {
-                let input_grads = (node.backward)(&g)?;
-                for (input, ig) in node.inputs.iter().zip(input_grads) {
-                    let Some(ig) = ig else { continue };
-                    if !input.requires_grad() {
-                        continue;
-                    }
-                    if ig.shape() != input.shape() {
-                        return Err(Error::Autograd(format!(
-                            "{}: backward produced a gradient of shape {:?} for an input of shape {:?}",
-                            node.name,
-                            ig.shape(),
-                            input.shape()
-                        )));
-                    }
-                    let ig = if ig.dtype() != input.dtype() {
-                        ig.to_dtype(input.dtype())?
-                    } else {
-                        ig
-                    };
-                    accumulate(&mut grads, input, ig)?;
+            continue;
+        };
+        if let Some(g) = g {
+            let input_grads = (node.backward)(&g)?;
+            for (input, ig) in node.inputs.iter().zip(input_grads) {
+                let Some(ig) = ig else { continue };
+                if !input.requires_grad() {
+                    continue;
                 }
-                if !retain_graph {
-                    *t.node() = NodeState::Freed(node.name);
+                if ig.shape() != input.shape() {
+                    return Err(Error::Autograd(format!(
+                        "{}: backward produced a gradient of shape {:?} for an input of shape {:?}",
+                        node.name,
+                        ig.shape(),
+                        input.shape()
+                    )));
                 }
+                let ig = if ig.dtype() != input.dtype() {
+                    ig.to_dtype(input.dtype())?
+                } else {
+                    ig
+                };
+                accumulate(&mut grads, input, ig)?;
+            }
+            if !retain_graph {
+                *t.node() = NodeState::Freed(node.name);
+            }
+        }
+        for i in node.inputs.iter().filter(|i| i.requires_grad()) {
+            let left = consumers.get_mut(&i.id()).map(|c| {
+                *c -= 1;
+                *c
+            });
+            if left == Some(0) {
+                ready.push((i.is_leaf(), i.id()));
             }
         }
     }

@@ -2,9 +2,10 @@
 //! view into an existing buffer (the in-place `Tensor::assign`).
 
 use super::compute::{buffer, gather_same, host};
-use super::wrap;
+use super::{wrap, CpuBuffer};
 use crate::backend::{check_bounds, check_copy_into};
 use crate::{CpuStorage, DType, Error, Layout, Result, StorageRef};
+use std::sync::Arc;
 
 impl crate::backend::MemoryOps for super::CpuBackend {
     fn upload(&self, data: &CpuStorage) -> Result<StorageRef> {
@@ -48,23 +49,45 @@ impl crate::backend::MemoryOps for super::CpuBackend {
         const OP: &str = "copy_into";
         check_copy_into(dst, dst_offset, src, src_layout)?;
         let dbuf = buffer(OP, dst)?;
+        let same_buffer = std::ptr::addr_eq(Arc::as_ptr(dst), Arc::as_ptr(src));
+        if !same_buffer && src.dtype() == dst.dtype() && src_layout.is_contiguous() {
+            // One copy straight from the source's buffer. Both locks are taken in address
+            // order, so two threads copying between the same buffers in opposite directions
+            // cannot deadlock.
+            let sbuf = buffer(OP, src)?;
+            let range = src_layout.offset()..src_layout.offset() + src_layout.elem_count();
+            return if (sbuf as *const CpuBuffer) < (dbuf as *const CpuBuffer) {
+                let s = sbuf.read();
+                copy_range(&mut dbuf.write(), dst_offset, &s, range)
+            } else {
+                let mut d = dbuf.write();
+                copy_range(&mut d, dst_offset, &sbuf.read(), range)
+            };
+        }
         // Gathered (and rounded to dst's dtype) before the write lock: `src` may be `dst`.
         let vals = super::elementwise::cast(&*host(OP, src)?, src_layout, dst.dtype())?;
-        write_range(&mut dbuf.write(), dst_offset, &vals)
+        let n = vals.len();
+        copy_range(&mut dbuf.write(), dst_offset, &vals, 0..n)
     }
 }
 
-/// Copies `src` (same dtype) over `dst[offset .. offset + src.len()]`.
-fn write_range(dst: &mut CpuStorage, offset: usize, src: &CpuStorage) -> Result<()> {
-    fn put<T: Copy>(d: &mut [T], offset: usize, s: &[T]) {
-        d[offset..offset + s.len()].copy_from_slice(s);
+/// Copies `src[range]` (same dtype) over `dst[offset .. offset + range.len()]` (the ranges
+/// were checked by `check_copy_into`).
+fn copy_range(
+    dst: &mut CpuStorage,
+    offset: usize,
+    src: &CpuStorage,
+    range: std::ops::Range<usize>,
+) -> Result<()> {
+    fn copy<T: Copy>(d: &mut [T], offset: usize, s: &[T], range: &std::ops::Range<usize>) {
+        d[offset..offset + range.len()].copy_from_slice(&s[range.clone()]);
     }
     match (dst, src) {
-        (CpuStorage::F16(d), CpuStorage::F16(s)) => put(d, offset, s),
-        (CpuStorage::BF16(d), CpuStorage::BF16(s)) => put(d, offset, s),
-        (CpuStorage::F32(d), CpuStorage::F32(s)) => put(d, offset, s),
-        (CpuStorage::F64(d), CpuStorage::F64(s)) => put(d, offset, s),
-        (CpuStorage::I64(d), CpuStorage::I64(s)) => put(d, offset, s),
+        (CpuStorage::F16(d), CpuStorage::F16(s)) => copy(d, offset, s, &range),
+        (CpuStorage::BF16(d), CpuStorage::BF16(s)) => copy(d, offset, s, &range),
+        (CpuStorage::F32(d), CpuStorage::F32(s)) => copy(d, offset, s, &range),
+        (CpuStorage::F64(d), CpuStorage::F64(s)) => copy(d, offset, s, &range),
+        (CpuStorage::I64(d), CpuStorage::I64(s)) => copy(d, offset, s, &range),
         (d, s) => {
             return Err(Error::dtype(
                 "copy_into",

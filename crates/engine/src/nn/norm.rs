@@ -10,8 +10,9 @@ pub trait BatchStatsReducer: Send + Sync + std::fmt::Debug {
     /// The sum of `t` over every rank, differentiable: the backward pass sums the gradient
     /// over every rank too (each rank's statistics feed every rank's output).
     fn sum_across(&self, t: &Tensor) -> Result<Tensor>;
-    /// The sum of `n` over every rank (element counts; not differentiated).
-    fn count_across(&self, n: f64) -> Result<f64>;
+    /// The sum of `n` over every rank (element counts; not differentiated), exchanged as a
+    /// tensor on `device` (the batch's; NCCL reduces only device memory).
+    fn count_across(&self, n: f64, device: Device) -> Result<f64>;
 }
 
 /// Batch norm over `[N, C, H, W]` with affine `weight`/`bias [C]` (init 1 and 0) and buffers
@@ -130,7 +131,7 @@ impl BatchNorm2d {
                 ),
             ));
         }
-        let n = r.count_across((x.elem_count() / c.max(1)) as f64)?;
+        let n = r.count_across((x.elem_count() / c.max(1)) as f64, x.device())?;
         if n <= 1.0 {
             return Err(Error::invalid(
                 "BatchNorm2d",
