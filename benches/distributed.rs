@@ -98,7 +98,7 @@ fn sweep(comm: &MpiCommunicator) -> Result<Vec<(usize, f64, f64)>> {
         comm.barrier()?;
         let t = Instant::now();
         for _ in 0..n {
-            comm.all_reduce(&tensor, ReduceOp::Max)?;
+            comm.all_reduce(&tensor, ReduceOp::Sum)?;
         }
         let hemi_us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
         rows.push((bytes, mpi_us, hemi_us));

@@ -19,7 +19,8 @@
 //!
 //! With `--distributed` every rank trains on its shard of each epoch (a distributed sampler:
 //! the batch size is per rank), gradients are averaged by `DistributedDataParallel`, every rank
-//! evaluates the test set, and only rank 0 prints, writes metrics and saves.
+//! evaluates the test set, and only rank 0 prints, writes metrics and saves. `--resume` loads
+//! on every rank (a shared filesystem, or the file copied to each host).
 
 mod plot;
 
@@ -125,7 +126,7 @@ struct Args {
     #[arg(long, requires = "distributed")]
     sync_bn: bool,
     /// With `--distributed`: seconds a collective waits for the other ranks before failing.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, requires = "distributed")]
     timeout_s: u64,
 }
 
@@ -384,8 +385,8 @@ fn run(args: &Args) -> Result<()> {
         eval_config,
     )?;
     let mut net = model(&args.model, channels, classes, device)?;
-    if args.sync_bn {
-        convert_sync_batchnorm(&mut *net, Arc::clone(&comm));
+    if args.sync_bn && convert_sync_batchnorm(&mut *net, Arc::clone(&comm)) == 0 {
+        eprintln!("note: --sync-bn: {} has no batch norm layer", args.model);
     }
     // Rank 0's initial state is broadcast; gradients are averaged over the ranks.
     let mut net = DistributedDataParallel::new(net, Arc::clone(&comm), DdpConfig::default())?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 pub enum ReduceOp {
     /// Elementwise sum.
     Sum,
-    /// Elementwise maximum (NaN if any rank has NaN).
+    /// Elementwise maximum (NaN handling is the library's).
     Max,
 }
 
@@ -54,9 +54,9 @@ impl Work for Completed {
 /// `Error::Distributed` naming the rank; the communicator is then unusable (later calls fail
 /// at once), as a broken MPI or NCCL communicator is.
 ///
-/// Numerics: f32/f64 values are combined in their own type; f16/bf16 tensors are widened to
-/// f32, combined, and rounded once (so for two ranks the sum is the correctly rounded sum).
-/// The order of a sum over more than two ranks is the library's.
+/// Numerics: f32/f64 values are combined in their own type. f16/bf16 tensors: MPI's path
+/// widens them to f32, combines, and rounds once (for two ranks the correctly rounded sum);
+/// NCCL reduces them natively. The order of a sum over more than two ranks is the library's.
 pub trait Communicator: Send + Sync + std::fmt::Debug {
     /// This process's rank, `0..world_size()`.
     fn rank(&self) -> usize;

@@ -7,8 +7,9 @@ use hemi_engine::{Error, Result};
 /// `r, r + world_size, r + 2·world_size, …` of the epoch's order (the same permutation on
 /// every rank, since it is drawn from the loader's seed and the epoch). Without `drop_last`
 /// the order is padded by repeating its start until it divides evenly, so every rank gets
-/// `ceil(len / world_size)` examples; with it the tail is dropped and every rank gets
-/// `floor(len / world_size)`. Every rank must use the same seed.
+/// `ceil(len / world_size)` examples (the padded last batch repeats examples from the start);
+/// with it the tail is dropped and every rank gets `floor(len / world_size)`. Every rank must
+/// use the same seed.
 ///
 /// ```
 /// use hemi_data::DistributedSampler;
