@@ -326,6 +326,24 @@ mod mpi_ranks {
         (out, start.elapsed())
     }
 
+    /// Runs `child` on 2 ranks with `HEMI_DIST_OUT` set to a fresh folder and returns the
+    /// folder the ranks wrote into (the caller removes it), or `None` after saying why the
+    /// test skips.
+    fn run_two_ranks(test: &str, child: &str, tag: &str, limit: Duration) -> Option<PathBuf> {
+        let mpirun = mpirun(test)?;
+        let dir = out_dir(tag);
+        let env = [("HEMI_DIST_OUT", dir.display().to_string())];
+        let (out, _) = launch(&mpirun, child, 2, &env, limit);
+        assert_ran(&out, test);
+        Some(dir)
+    }
+
+    /// The values both ranks wrote as `<file>-0` and `<file>-1`.
+    fn read_ranks(dir: &Path, file: &str) -> (Vec<f64>, Vec<f64>) {
+        let read = |r: usize| read_values(dir.join(format!("{file}-{r}")));
+        (read(0), read(1))
+    }
+
     fn out_dir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("hemi-dist-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&d).expect("temp dir");
@@ -386,17 +404,15 @@ mod mpi_ranks {
 
     #[test]
     fn two_ranks_train_as_one_process_on_the_whole_batch() {
-        let Some(mpirun) = mpirun("two_ranks_train_as_one_process_on_the_whole_batch") else {
+        let Some(dir) = run_two_ranks(
+            "two_ranks_train_as_one_process_on_the_whole_batch",
+            "rank_mlp",
+            "mlp",
+            Duration::from_secs(120),
+        ) else {
             return;
         };
-        let dir = out_dir("mlp");
-        let env = [("HEMI_DIST_OUT", dir.display().to_string())];
-        let (out, _) = launch(&mpirun, "rank_mlp", 2, &env, Duration::from_secs(120));
-        assert_ran(&out, "2-rank MLP");
-        let (p0, p1) = (
-            read_values(dir.join("params-0")),
-            read_values(dir.join("params-1")),
-        );
+        let (p0, p1) = read_ranks(&dir, "params");
         assert_eq!(p0, p1, "the ranks' parameters differ");
         let reference = train_mlp_reference(0, 2).expect("reference");
         let d = max_abs_diff(&p0, &reference.params);
@@ -425,17 +441,15 @@ mod mpi_ranks {
 
     #[test]
     fn sync_batchnorm_resnet18_on_two_ranks_equals_one_process() {
-        let Some(mpirun) = mpirun("sync_batchnorm_resnet18_on_two_ranks_equals_one_process") else {
+        let Some(dir) = run_two_ranks(
+            "sync_batchnorm_resnet18_on_two_ranks_equals_one_process",
+            "rank_resnet",
+            "resnet",
+            Duration::from_secs(300),
+        ) else {
             return;
         };
-        let dir = out_dir("resnet");
-        let env = [("HEMI_DIST_OUT", dir.display().to_string())];
-        let (out, _) = launch(&mpirun, "rank_resnet", 2, &env, Duration::from_secs(300));
-        assert_ran(&out, "2-rank ResNet-18");
-        let (s0, s1) = (
-            read_values(dir.join("state-0")),
-            read_values(dir.join("state-1")),
-        );
+        let (s0, s1) = read_ranks(&dir, "state");
         assert_eq!(s0, s1, "the ranks' parameters and buffers differ");
         let reference = train_resnet(Arc::new(SingleProcess), false).expect("reference");
         let d = max_abs_diff(&s0, &reference);
@@ -501,17 +515,15 @@ mod mpi_ranks {
 
     #[test]
     fn an_overflow_on_one_rank_skips_the_step_on_both() {
-        let Some(mpirun) = mpirun("an_overflow_on_one_rank_skips_the_step_on_both") else {
+        let Some(dir) = run_two_ranks(
+            "an_overflow_on_one_rank_skips_the_step_on_both",
+            "rank_overflow",
+            "amp",
+            Duration::from_secs(120),
+        ) else {
             return;
         };
-        let dir = out_dir("amp");
-        let env = [("HEMI_DIST_OUT", dir.display().to_string())];
-        let (out, _) = launch(&mpirun, "rank_overflow", 2, &env, Duration::from_secs(120));
-        assert_ran(&out, "2-rank overflow");
-        let (a0, a1) = (
-            read_values(dir.join("amp-0")),
-            read_values(dir.join("amp-1")),
-        );
+        let (a0, a1) = read_ranks(&dir, "amp");
         assert_eq!(a0, a1, "the ranks disagree on scale, skips or parameters");
         let init = GradScalerConfig::default().init_scale;
         assert_eq!(a0[0], init * 0.25, "the scale backs off twice");
@@ -629,18 +641,15 @@ mod mpi_ranks {
 
     #[test]
     fn unused_parameters_and_a_failed_backward_behave_as_in_pytorch() {
-        let Some(mpirun) = mpirun("unused_parameters_and_a_failed_backward_behave_as_in_pytorch")
-        else {
+        let Some(dir) = run_two_ranks(
+            "unused_parameters_and_a_failed_backward_behave_as_in_pytorch",
+            "rank_probe",
+            "probe",
+            Duration::from_secs(120),
+        ) else {
             return;
         };
-        let dir = out_dir("probe");
-        let env = [("HEMI_DIST_OUT", dir.display().to_string())];
-        let (out, _) = launch(&mpirun, "rank_probe", 2, &env, Duration::from_secs(120));
-        assert_ran(&out, "2-rank probe");
-        let (p0, p1) = (
-            read_values(dir.join("probe-0")),
-            read_values(dir.join("probe-1")),
-        );
+        let (p0, p1) = read_ranks(&dir, "probe");
         assert_eq!(p0, p1, "both ranks hold the same gradients");
         // Parameters: first.weight, first.bias, second.weight, second.bias, rank0_only.weight
         // (used on rank 0 only: averaged onto both), never.weight (used nowhere: stays None).
