@@ -5,6 +5,7 @@
 
 mod amp;
 mod amx;
+mod amx_pack;
 mod buffer;
 pub(crate) mod compute;
 mod conv;

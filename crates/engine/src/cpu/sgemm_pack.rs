@@ -187,7 +187,9 @@ unsafe fn transpose_rows_avx512(src: &[&[f32]], len: usize, dst: &mut [f32], wid
 /// lanes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn transpose16(rows: [std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64::__m512; 16] {
+pub(crate) fn transpose16(
+    rows: [std::arch::x86_64::__m512; 16],
+) -> [std::arch::x86_64::__m512; 16] {
     use std::arch::x86_64::*;
     // t[2i] = (a0 b0 a1 b1 | ...), t[2i+1] = (a2 b2 a3 b3 | ...) per 128-bit lane.
     let t: [__m512; 16] = std::array::from_fn(|j| {
