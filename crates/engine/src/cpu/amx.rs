@@ -11,8 +11,9 @@
 //! `2^-126 · (1 + Σ|b|)` per element, far below the bound's relative term for any operand that
 //! is not itself almost entirely subnormal. `HEMI_CPU_NO_AMX=1` turns the path off.
 //!
-//! **Blocking.** A is packed into 16-row × 32-`k` tiles, B into 16-pair-row × 16-column tiles
-//! in the pairwise (VNNI) order the instruction reads, both zero-padded to multiples of 32;
+//! **Blocking.** A is packed (`amx_pack.rs`) into 16-row × 32-`k` tiles, B into 16-pair-row ×
+//! 16-column tiles in the pairwise (VNNI) order the instruction reads, both zero-padded to
+//! multiples of 32;
 //! each 32 × 32 block of C is four accumulator tiles fed by two A and two B tiles per 32 `k`
 //! (tmm0–3 accumulate, tmm4–5 hold A, tmm6–7 hold B), stored once to a local buffer and added
 //! (or copied) into C's valid rows and columns.
