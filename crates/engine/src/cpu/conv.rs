@@ -8,11 +8,11 @@
 use super::compute::{
     gather_same, host, nchw_to_format_gather, to_compute_ref, Compute, ComputeRef,
 };
-use super::matmul::gemm_strided;
+use super::matmul::{gemm_f16, gemm_strided};
 use super::wrap;
 use crate::backend::Conv2dSpec;
 use crate::{CpuStorage, DType, Error, Layout, Result, StorageRef};
-use half::bf16;
+use half::{bf16, f16};
 use num_traits::Float;
 use rayon::prelude::*;
 use std::borrow::Cow;
@@ -340,7 +340,8 @@ fn over_chunks<T: Send>(
 }
 
 /// An element type convolutions read, the type they accumulate and return in, and the GEMM
-/// between them: f32 → f32 and f64 → f64 (`gemm_strided`), bf16 → f32 on AMX tiles.
+/// between them: f32 → f32 and f64 → f64 (`gemm_strided`), bf16 → f32 on AMX tiles, f16 →
+/// f32 widened while the f32 kernel packs it (`gemm_f16`).
 trait ConvElem: bytemuck::Pod + Send + Sync + 'static {
     type Acc: Float + bytemuck::Pod + Send + Sync + 'static;
     /// `dst[m × n] (+)= A · B` (see `gemm_strided`).
@@ -379,6 +380,7 @@ macro_rules! conv_elem {
 conv_elem!(f32, f32, gemm_strided);
 conv_elem!(f64, f64, gemm_strided);
 conv_elem!(bf16, f32, super::amx::gemm_bf16);
+conv_elem!(f16, f32, gemm_f16);
 
 impl Geometry {
     /// The output-row blocks of a chunk of `imgs` images and the widest one's column count
@@ -620,22 +622,23 @@ fn run_pass<T: ConvElem>(p: Pass, a: &[T], b: &[T], g: &Geometry) -> Result<Vec<
     }
 }
 
-/// A BF16 operand in NCHW order (borrowed when it already is).
-fn bf16_nchw<'a>(h: &'a CpuStorage, l: &Layout) -> Result<Cow<'a, [bf16]>> {
-    let v = h.as_slice::<bf16>()?;
+/// A BF16 or F16 operand in NCHW order (borrowed when it already is).
+fn half_nchw<'a, T: crate::dtype::Element>(h: &'a CpuStorage, l: &Layout) -> Result<Cow<'a, [T]>> {
+    let v = h.as_slice::<T>()?;
     Ok(match l.contiguous_start() {
         Some(start) => Cow::Borrowed(&v[start..start + l.elem_count()]),
         None => Cow::Owned(
-            <bf16 as crate::StorageElement>::from_storage(gather_same(h, l)?)
-                .ok_or_else(|| Error::dtype("conv2d", "a bf16 gather changed dtype"))?,
+            T::from_storage(gather_same(h, l)?)
+                .ok_or_else(|| Error::dtype("conv2d", "a 16-bit gather changed dtype"))?,
         ),
     })
 }
 
 /// Runs pass `p` on two operands of one dtype (dense in `spec.format`): BF16 pairs on AMX
-/// where the CPU has it (bf16 products, f32 accumulation), everything else in its compute type
-/// (f32; f64 for F64); the result rounded once into the output dtype, stored in
-/// `spec.format`.
+/// where the CPU has it (bf16 products, f32 accumulation), F16 pairs read as f16 and widened
+/// inside the f32 GEMM's packing where the CPU has AVX-512 (the same f32 arithmetic as
+/// widening first), everything else in its compute type (f32; f64 for F64); the result
+/// rounded once into the output dtype, stored in `spec.format`.
 fn convolve(
     op: &'static str,
     p: Pass,
@@ -648,13 +651,20 @@ fn convolve(
     let view = |dims: [usize; 4]| {
         Layout::dense(dims, spec.format).unwrap_or_else(|| Layout::contiguous(dims))
     };
-    let amx = ha.dtype() == DType::BF16 && hb.dtype() == DType::BF16 && super::amx::available();
-    let (out, dtype) = if amx {
+    let both = |d: DType| ha.dtype() == d && hb.dtype() == d;
+    let (out, dtype) = if both(DType::BF16) && super::amx::available() {
         let (x, y) = (
-            bf16_nchw(&ha, &view(a_dims))?,
-            bf16_nchw(&hb, &view(b_dims))?,
+            half_nchw::<bf16>(&ha, &view(a_dims))?,
+            half_nchw::<bf16>(&hb, &view(b_dims))?,
         );
         (Compute::F32(run_pass(p, &x, &y, g)?), DType::BF16)
+    } else if both(DType::F16) && <f16 as super::sgemm_pack::PackSrc>::simd() {
+        // im2col in f16 (half the bytes), widened inside the GEMM's packing.
+        let (x, y) = (
+            half_nchw::<f16>(&ha, &view(a_dims))?,
+            half_nchw::<f16>(&hb, &view(b_dims))?,
+        );
+        (Compute::F32(run_pass(p, &x, &y, g)?), DType::F16)
     } else {
         let (x, y, dtype) = pair(op, (&ha, a_dims), (&hb, b_dims), spec)?;
         let out = match (x, y) {

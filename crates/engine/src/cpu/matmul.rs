@@ -7,6 +7,7 @@ use super::wrap;
 use crate::backend::{check_gemm, check_matmul, GemmEpilogue, MatmulSpec};
 use crate::{CpuStorage, Error, Layout, Result, StorageRef};
 use gemm::Parallelism;
+use half::f16;
 
 /// `dst[m, n] = lhs[m, k] · rhs[k, n]` with element strides (row, col) for each operand;
 /// `dst` is contiguous. All slices must cover the addressed elements (checked by callers).
@@ -82,6 +83,54 @@ pub(crate) fn gemm_strided<T: 'static + Copy + num_traits::Zero + num_traits::On
             par,
         );
     }
+}
+
+/// [`gemm_strided`] for f16 operands into an f32 `dst`: through the AVX-512 kernel, which
+/// widens them (exactly) while packing, where the CPU has it and the shape suits it; elsewhere
+/// the addressed extents are widened into f32 copies first. Either way the f32 products and
+/// sums of the widened values: DESIGN.md's GEMM bound.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_f16(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    lhs: &[f16],
+    ls: (usize, usize),
+    rhs: &[f16],
+    rs: (usize, usize),
+    accumulate: bool,
+    parallel: bool,
+) {
+    use super::sgemm_pack::PackSrc;
+    let extent = |(r, c): (usize, usize), rows: usize, cols: usize| match rows * cols {
+        0 => 0,
+        _ => (rows - 1) * r + (cols - 1) * c + 1,
+    };
+    let (ea, eb) = (extent(ls, m, k), extent(rs, k, n));
+    assert!(dst.len() >= m * n, "gemm_f16: dst too small");
+    assert!(
+        lhs.len() >= ea && rhs.len() >= eb,
+        "gemm_f16: operand too small"
+    );
+    if m > 0
+        && n > 0
+        && k > 0
+        && f16::simd()
+        && (super::sgemm::suits((m, n)) || (n >= 32 && m >= 16))
+    {
+        // (From n = 32 on, not 64 as for f32: at 8 × 64 px the last stage's n = 32 products
+        // would otherwise widen their 512 × 4608 weights first.)
+        super::sgemm::sgemm((m, n, k), dst, lhs, ls, rhs, rs, accumulate, parallel);
+        return;
+    }
+    // (In parallel when long. Should the host cache's allocation fail, a plain one aborts as
+    // any `Vec` would.)
+    let widen = |v: &[f16]| {
+        super::convert::widened(v).unwrap_or_else(|_| v.iter().map(|x| x.to_f32()).collect())
+    };
+    let (a, b) = (widen(&lhs[..ea]), widen(&rhs[..eb]));
+    gemm_strided((m, n, k), dst, &a, ls, &b, rs, accumulate, parallel);
+    crate::alloc::recycle(a);
+    crate::alloc::recycle(b);
 }
 
 fn batched<T: 'static + bytemuck::Pod + num_traits::Zero + num_traits::One + Send + Sync>(

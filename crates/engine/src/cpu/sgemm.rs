@@ -46,7 +46,7 @@ pub(crate) fn suits((m, n): (usize, usize)) -> bool {
     available() && n >= 64 && m >= 16
 }
 
-use super::sgemm_pack::{pack_a, pack_b_sliver};
+use super::sgemm_pack::{pack_a, pack_b_sliver, PackSrc};
 
 thread_local! {
     /// Packing buffers reused across calls on this thread (no allocation or zero-fill per call).
@@ -139,11 +139,11 @@ pub(crate) fn masks(cols: usize) -> (u16, u16) {
 }
 
 /// `dst[m × n] (+)= A · B` serially.
-fn gemm_serial(
+fn gemm_serial<S: PackSrc>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
-    a: (&[f32], (usize, usize)),
-    b: (&[f32], (usize, usize)),
+    a: (&[S], (usize, usize)),
+    b: (&[S], (usize, usize)),
     accumulate: bool,
     (pa, pb): (&mut Vec<f32>, &mut Vec<f32>),
 ) {
@@ -181,15 +181,16 @@ fn gemm_serial(
 }
 
 /// `dst[m, n] (+)= lhs[m, k] · rhs[k, n]` with element strides (row, col) per operand; `dst`
-/// contiguous, `m, n, k > 0`. Callers check `available()` and the slice extents (as for
-/// `gemm_strided`).
+/// contiguous, `m, n, k > 0`. The operands are f32, or f16 widened exactly while packed (the
+/// same f32 products and sums as widening them first). Callers check `S::simd()` (for f32:
+/// `available()`) and the slice extents (as for `gemm_strided`).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn sgemm(
+pub(crate) fn sgemm<S: PackSrc>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
-    lhs: &[f32],
+    lhs: &[S],
     (lhs_rs, lhs_cs): (usize, usize),
-    rhs: &[f32],
+    rhs: &[S],
     (rhs_rs, rhs_cs): (usize, usize),
     accumulate: bool,
     parallel: bool,
@@ -246,6 +247,25 @@ mod tests {
             // (Always parallel: sgemm's serial path is the parallel one's per-thread body.)
             &|shape, c, a, sa, b, sb, accumulate, _| {
                 sgemm(shape, c, a, sa, b, sb, accumulate, true)
+            },
+        );
+    }
+
+    /// f16 operands, widened while packed, against the f64 reference of the f16 values.
+    #[test]
+    fn f16_operands_match_f64_reference() {
+        use half::f16;
+        if !f16::simd() {
+            println!("skipped: this CPU has no AVX-512F/BW (f16 GEMMs widen first there)");
+            return;
+        }
+        let mut rnd = super::super::gemm_check::uniform(0x6C07_8965_2F4A_7C15);
+        super::super::gemm_check::check_against_f64(
+            &[(1, 1, 1), (13, 33, 7), (37, 65, 300), (64, 96, 513)],
+            || f16::from_f32(rnd()),
+            f16::to_f64,
+            &|shape, c, a, sa, b, sb, accumulate, par| {
+                sgemm(shape, c, a, sa, b, sb, accumulate, par)
             },
         );
     }

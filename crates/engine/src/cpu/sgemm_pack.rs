@@ -6,13 +6,68 @@
 //! 16 × 16 blocks through registers instead (four shuffle stages, [`transpose16`]). The other
 //! layouts are plain copies. Packing only moves values: the packed slivers hold exactly the
 //! operands' elements (and zeros past the edges).
+//!
+//! The operands may also be f16 ([`PackSrc`]): they are widened (exactly) as they are packed,
+//! so an f16 convolution runs the f32 kernel without a widened copy of each operand first.
 
 use super::sgemm::{MR, NR};
+use half::f16;
+
+/// An operand element the packers read: f32, or f16 widened exactly on the way in.
+pub(crate) trait PackSrc: Copy + Send + Sync + 'static {
+    /// The value as f32 (exact).
+    fn to_f32(self) -> f32;
+    /// Whether this CPU runs [`PackSrc::load16`] (AVX-512F and BW for both types, so the
+    /// packers, compiled for both, inline it).
+    fn simd() -> bool;
+    /// The 16 values at `p` whose `mask` bit is set, as f32 (other lanes 0).
+    ///
+    /// # Safety
+    /// [`PackSrc::simd`] holds; the masked elements are readable.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self, mask: u16) -> std::arch::x86_64::__m512;
+}
+
+impl PackSrc for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn simd() -> bool {
+        super::sgemm::available() && super::convert::avx512()
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn load16(p: *const f32, mask: u16) -> std::arch::x86_64::__m512 {
+        // SAFETY: the masked lanes are readable (the caller's contract).
+        unsafe { std::arch::x86_64::_mm512_maskz_loadu_ps(mask, p) }
+    }
+}
+
+impl PackSrc for f16 {
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    fn simd() -> bool {
+        super::sgemm::available() && super::convert::avx512()
+    }
+    /// A masked 16-bit load (AVX-512BW; the upper 16 lanes of the 32-lane load are masked
+    /// off), widened by `vcvtph2ps` (exact).
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn load16(p: *const f16, mask: u16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: the masked lanes are readable (the caller's contract).
+        let h = unsafe { _mm512_maskz_loadu_epi16(mask as u32, p.cast()) };
+        _mm512_cvtph_ps(_mm512_castsi512_si256(h))
+    }
+}
 
 /// Packs rows `0..m` × cols `k0..k0+kc` of A (element `(r, c)` at `a[r*rs + c*cs]`) into
 /// `MR`-row slivers: sliver `s` holds `kc` groups of `MR` values; rows past `m` are 0.
-pub(crate) fn pack_a(
-    a: &[f32],
+pub(crate) fn pack_a<S: PackSrc>(
+    a: &[S],
     (rs, cs): (usize, usize),
     m: usize,
     (k0, kc): (usize, usize),
@@ -26,12 +81,22 @@ pub(crate) fn pack_a(
         let first = s * MR * rs + k0 * cs;
         if rs == 1 && rows == MR {
             // Column-major A (a transposed weight): each k step's 12 rows are adjacent.
+            #[cfg(target_arch = "x86_64")]
+            if S::simd() {
+                let src = &a[first..][..(kc - 1) * cs + MR];
+                // SAFETY: `S::simd()` holds; `src` holds kc runs of MR values `cs` apart,
+                // `dst` kc * MR values.
+                unsafe { copy_columns_avx512(src, cs, kc, dst) };
+                continue;
+            }
             for (p, d) in dst.chunks_exact_mut(MR).enumerate() {
-                d.copy_from_slice(&a[first + p * cs..][..MR]);
+                for (v, x) in d.iter_mut().zip(&a[first + p * cs..][..MR]) {
+                    *v = x.to_f32();
+                }
             }
         } else if cs == 1 {
             // Row-major A: the sliver is the transpose of `rows` rows of `kc` values.
-            let src: [&[f32]; MR] = std::array::from_fn(|i| {
+            let src: [&[S]; MR] = std::array::from_fn(|i| {
                 if i < rows {
                     &a[first + i * rs..][..kc]
                 } else {
@@ -43,7 +108,7 @@ pub(crate) fn pack_a(
             for (p, d) in dst.chunks_exact_mut(MR).enumerate() {
                 for (i, v) in d.iter_mut().enumerate() {
                     *v = if i < rows {
-                        a[first + i * rs + p * cs]
+                        a[first + i * rs + p * cs].to_f32()
                     } else {
                         0.0
                     };
@@ -57,8 +122,8 @@ pub(crate) fn pack_a(
 /// `b[r*rs + c*cs]`) into a `kc × NR` sliver, zero-padded past `cols`. B's own rows are often a
 /// power-of-two bytes apart, which would map a whole sliver onto a few L1 sets; packed, it is
 /// one sequential stream.
-pub(crate) fn pack_b_sliver(
-    (b, (rs, cs)): (&[f32], (usize, usize)),
+pub(crate) fn pack_b_sliver<S: PackSrc>(
+    (b, (rs, cs)): (&[S], (usize, usize)),
     (p0, kc): (usize, usize),
     (j0, cols): (usize, usize),
     out: &mut Vec<f32>,
@@ -66,7 +131,7 @@ pub(crate) fn pack_b_sliver(
     out.resize(kc * NR, 0.0);
     if cs == 1 {
         #[cfg(target_arch = "x86_64")]
-        if super::sgemm::available() && cols > 0 {
+        if S::simd() && cols > 0 {
             let src = &b[p0 * rs + j0..][..(kc - 1) * rs + cols];
             // SAFETY: AVX-512F was detected; `src` holds rows 0..kc of `cols` values `rs`
             // apart, `out` holds kc * NR.
@@ -74,12 +139,14 @@ pub(crate) fn pack_b_sliver(
             return;
         }
         for (p, row) in out.chunks_exact_mut(NR).enumerate() {
-            row[..cols].copy_from_slice(&b[(p0 + p) * rs + j0..][..cols]);
+            for (v, x) in row[..cols].iter_mut().zip(&b[(p0 + p) * rs + j0..][..cols]) {
+                *v = x.to_f32();
+            }
             row[cols..].fill(0.0);
         }
     } else if rs == 1 {
         // Transposed B (the weight gradient's im2col matrix): its columns are contiguous.
-        let src: [&[f32]; NR] = std::array::from_fn(|j| {
+        let src: [&[S]; NR] = std::array::from_fn(|j| {
             if j < cols {
                 &b[p0 + (j0 + j) * cs..][..kc]
             } else {
@@ -91,7 +158,7 @@ pub(crate) fn pack_b_sliver(
         for (p, row) in out.chunks_exact_mut(NR).enumerate() {
             for (j, v) in row.iter_mut().enumerate() {
                 *v = if j < cols {
-                    b[(p0 + p) * rs + (j0 + j) * cs]
+                    b[(p0 + p) * rs + (j0 + j) * cs].to_f32()
                 } else {
                     0.0
                 };
@@ -104,10 +171,15 @@ pub(crate) fn pack_b_sliver(
 /// masked loads and two stores per row (a `memcpy` call per 128 bytes cost more than the copy).
 ///
 /// # Safety
-/// The CPU has AVX-512F; `src` holds `(kc - 1) * rs + cols` values, `out` `kc * NR`.
+/// `S::simd()` holds; `src` holds `(kc - 1) * rs + cols` values, `out` `kc * NR`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn copy_rows_avx512(src: &[f32], rs: usize, (kc, cols): (usize, usize), out: &mut [f32]) {
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn copy_rows_avx512<S: PackSrc>(
+    src: &[S],
+    rs: usize,
+    (kc, cols): (usize, usize),
+    out: &mut [f32],
+) {
     use std::arch::x86_64::*;
     debug_assert!(kc > 0 && src.len() > (kc - 1) * rs + cols - 1 && out.len() >= kc * NR);
     let (m0, m1) = super::sgemm::masks(cols);
@@ -116,8 +188,28 @@ unsafe fn copy_rows_avx512(src: &[f32], rs: usize, (kc, cols): (usize, usize), o
         unsafe {
             let s = src.as_ptr().add(p * rs);
             let d = out.as_mut_ptr().add(p * NR);
-            _mm512_storeu_ps(d, _mm512_maskz_loadu_ps(m0, s));
-            _mm512_storeu_ps(d.add(16), _mm512_maskz_loadu_ps(m1, s.add(16)));
+            _mm512_storeu_ps(d, S::load16(s, m0));
+            _mm512_storeu_ps(d.add(16), S::load16(s.add(16), m1));
+        }
+    }
+}
+
+/// `out[p * MR + i] = src[p * cs + i]` for `i < MR`, `p < kc`: one masked load (widened for
+/// f16) and one masked store per k step.
+///
+/// # Safety
+/// `S::simd()` holds; `src` holds `(kc - 1) * cs + MR` values, `out` `kc * MR`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn copy_columns_avx512<S: PackSrc>(src: &[S], cs: usize, kc: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    debug_assert!(kc > 0 && src.len() >= (kc - 1) * cs + MR && out.len() >= kc * MR);
+    let mask: u16 = (1 << MR) - 1;
+    for p in 0..kc {
+        // SAFETY: MR values at `p * cs` lie inside `src`; MR at `p * MR` inside `out`.
+        unsafe {
+            let v = S::load16(src.as_ptr().add(p * cs), mask);
+            _mm512_mask_storeu_ps(out.as_mut_ptr().add(p * MR), mask, v);
         }
     }
 }
@@ -125,18 +217,18 @@ unsafe fn copy_rows_avx512(src: &[f32], rs: usize, (kc, cols): (usize, usize), o
 /// `dst[p * width + i] = src[i][p]` for `p < len`, `i < width` (`src[i]` empty: zeros).
 /// Every non-empty `src[i]` holds at least `len` values; `width ≤ 32`; `dst` holds
 /// `len * width`.
-fn transpose_rows(src: &[&[f32]], len: usize, dst: &mut [f32], width: usize) {
+fn transpose_rows<S: PackSrc>(src: &[&[S]], len: usize, dst: &mut [f32], width: usize) {
     debug_assert!(width == src.len() && dst.len() >= len * width);
     debug_assert!(src.iter().all(|s| s.is_empty() || s.len() >= len));
     #[cfg(target_arch = "x86_64")]
-    if super::sgemm::available() {
-        // SAFETY: AVX-512F was detected; the extents were stated above (checked in debug).
+    if S::simd() {
+        // SAFETY: `S::simd()` holds; the extents were stated above (checked in debug).
         unsafe { transpose_rows_avx512(src, len, dst, width) };
         return;
     }
     for (p, d) in dst[..len * width].chunks_exact_mut(width).enumerate() {
         for (v, s) in d.iter_mut().zip(src) {
-            *v = s.get(p).copied().unwrap_or(0.0);
+            *v = s.get(p).map_or(0.0, |x| x.to_f32());
         }
     }
 }
@@ -146,10 +238,15 @@ fn transpose_rows(src: &[&[f32]], len: usize, dst: &mut [f32], width: usize) {
 /// destination rows of up to 16 values (masked at the `width` edge).
 ///
 /// # Safety
-/// The CPU has AVX-512F; the extents of [`transpose_rows`] hold.
+/// `S::simd()` holds; the extents of [`transpose_rows`] hold.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn transpose_rows_avx512(src: &[&[f32]], len: usize, dst: &mut [f32], width: usize) {
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn transpose_rows_avx512<S: PackSrc>(
+    src: &[&[S]],
+    len: usize,
+    dst: &mut [f32],
+    width: usize,
+) {
     use std::arch::x86_64::*;
     for i0 in (0..width).step_by(16) {
         let lanes = (width - i0).min(16);
@@ -162,7 +259,7 @@ unsafe fn transpose_rows_avx512(src: &[&[f32]], len: usize, dst: &mut [f32], wid
                 let s = src[i0 + i];
                 if !s.is_empty() {
                     // SAFETY: `s` holds at least `len` values; the mask covers p0..p0+steps.
-                    *v = unsafe { _mm512_maskz_loadu_ps(load_mask, s.as_ptr().add(p0)) };
+                    *v = unsafe { S::load16(s.as_ptr().add(p0), load_mask) };
                 }
             }
             let t = transpose16(r);
@@ -233,27 +330,33 @@ mod tests {
     use super::*;
 
     /// Both packers against their element-wise definition, at odd sizes and every layout,
-    /// with and without AVX-512 (the scalar branch runs where the CPU lacks it).
+    /// with and without AVX-512 (the scalar branch runs where the CPU lacks it), for f32
+    /// operands and f16 ones (widened exactly while packed).
     #[test]
     fn packs_equal_their_definition() {
         let mut draw = super::super::gemm_check::uniform(0x9E37_79B9_7F4A_7C15);
         let (rows, cols) = (41, 300);
-        let data: Vec<f32> = (0..rows * cols).map(|_| draw()).collect();
+        let data: Vec<f32> = (0..2 * rows * cols).map(|_| draw()).collect();
+        check_packers(&data, (rows, cols));
+        let halves: Vec<f16> = data.iter().map(|&x| f16::from_f32(x * 1e3)).collect();
+        check_packers(&halves, (rows, cols));
+    }
+
+    fn check_packers<S: PackSrc>(data: &[S], (rows, cols): (usize, usize)) {
         let layouts = [(cols, 1), (1, rows), (2 * cols, 2)];
-        let data2: Vec<f32> = (0..2 * rows * cols).map(|_| draw()).collect();
         for (li, &(rs, cs)) in layouts.iter().enumerate() {
-            let m = if li == 2 { &data2 } else { &data };
-            let at = |r: usize, c: usize| m[r * rs + c * cs];
+            let at = |r: usize, c: usize| data[r * rs + c * cs].to_f32();
             for m_rows in [1, 12, 13, 41] {
                 for (k0, kc) in [(0, 1), (3, 16), (5, 37), (0, 256)] {
                     let mut out = Vec::new();
-                    pack_a(m, (rs, cs), m_rows, (k0, kc), &mut out);
+                    pack_a(data, (rs, cs), m_rows, (k0, kc), &mut out);
                     for s in 0..m_rows.div_ceil(MR) {
                         for p in 0..kc {
                             for i in 0..MR {
                                 let r = s * MR + i;
                                 let want = if r < m_rows { at(r, k0 + p) } else { 0.0 };
-                                assert_eq!(out[(s * kc + p) * MR + i], want, "A {li} {r} {p}");
+                                let got = out[(s * kc + p) * MR + i];
+                                assert_eq!(got.to_bits(), want.to_bits(), "A {li} {r} {p}");
                             }
                         }
                     }
@@ -262,11 +365,12 @@ mod tests {
             for (p0, kc) in [(0, 1), (2, 16), (7, 33)] {
                 for (j0, n) in [(0, 32), (5, 17), (260, 1), (9, 31)] {
                     let mut out = Vec::new();
-                    pack_b_sliver((m, (rs, cs)), (p0, kc), (j0, n), &mut out);
+                    pack_b_sliver((data, (rs, cs)), (p0, kc), (j0, n), &mut out);
                     for p in 0..kc {
                         for j in 0..NR {
                             let want = if j < n { at(p0 + p, j0 + j) } else { 0.0 };
-                            assert_eq!(out[p * NR + j], want, "B {li} {p} {j}");
+                            let got = out[p * NR + j];
+                            assert_eq!(got.to_bits(), want.to_bits(), "B {li} {p} {j}");
                         }
                     }
                 }
