@@ -86,6 +86,10 @@ impl Geometry {
             for kj in 0..s.kw {
                 let dst = &mut col[(ki * s.kw + kj) * ld..][..oys.len() * self.ow];
                 let (run, ix0) = self.valid_cols(kj);
+                if s.stride == (1, 1) && self.ow == s.w && !run.is_empty() {
+                    self.shifted_rows(plane, dst, (ki, kj), (oys.clone(), run));
+                    continue;
+                }
                 for (oy, out) in oys.clone().zip(dst.chunks_exact_mut(self.ow.max(1))) {
                     let iy = Self::src(oy, ki, s.stride.0, s.padding.0, s.dilation.0, s.h);
                     let Some(iy) = iy.filter(|_| !run.is_empty()) else {
@@ -104,6 +108,54 @@ impl Geometry {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// One tap `(ki, kj)`'s row of `col` for the output rows `oys` of a stride-1 convolution
+    /// whose output rows are as wide as the input's (`ow == w`, as with "same" padding): output
+    /// `(oy, ox)` reads input `(oy + ki·dil − pad, ox + kj·dil − pad)`, so the output rows
+    /// whose input row exists are one contiguous block of the plane shifted by a constant —
+    /// one copy for all of them (on 64-px ResNet layers the per-row copies and fills were
+    /// `memcpy`/`memset` calls of 1–32 elements) — after which the columns outside `run`
+    /// (at most the padding, wrapped in from the neighbouring rows) are zeroed, and rows with
+    /// no input row filled with zeros.
+    fn shifted_rows<T: bytemuck::Pod>(
+        &self,
+        plane: &[T],
+        dst: &mut [T],
+        (ki, kj): (usize, usize),
+        (oys, run): (Range<usize>, Range<usize>),
+    ) {
+        // (In i128: huge padding or dilation must not overflow; every index used lies inside
+        // the plane or `dst`.)
+        let s = &self.s;
+        let (w, ow) = (s.w as i128, self.ow);
+        // Output row `oy` reads input row `oy + down`: those inside `0..h` are one range.
+        let down = (ki * s.dilation.0) as i128 - s.padding.0 as i128;
+        let clip = |oy: i128| oy.clamp(oys.start as i128, oys.end as i128) as usize;
+        let valid = clip(-down)..clip(s.h as i128 - down).max(clip(-down));
+        let (lo, hi) = (valid.start - oys.start, valid.end - oys.start);
+        dst[..lo * ow].fill(T::zeroed());
+        dst[hi * ow..].fill(T::zeroed());
+        if valid.is_empty() {
+            return;
+        }
+        let iy0 = valid.start as i128 + down;
+        let shift = (kj * s.dilation.1) as i128 - s.padding.1 as i128;
+        // dst[lo·ow + j] = plane[base + j], for the j whose source lies inside the plane (the
+        // others are outside `run`, zeroed below).
+        let base = iy0 * w + shift;
+        let block = &mut dst[lo * ow..hi * ow];
+        let j0 = (-base).clamp(0, block.len() as i128) as usize;
+        let j1 = (plane.len() as i128 - base).clamp(j0 as i128, block.len() as i128) as usize;
+        block[j0..j1].copy_from_slice(&plane[(base + j0 as i128) as usize..][..j1 - j0]);
+        for row in block.chunks_exact_mut(ow) {
+            for v in &mut row[..run.start] {
+                *v = T::zeroed();
+            }
+            for v in &mut row[run.end..] {
+                *v = T::zeroed();
             }
         }
     }
