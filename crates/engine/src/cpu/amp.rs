@@ -61,17 +61,33 @@ fn unscale_slice<T: Copy + Send + Sync>(
         .reduce(|| false, |a, b| a || b)
 }
 
+/// Whether any of `bits` (floats as their bit patterns) is inf or NaN: its magnitude bits
+/// (`bits & magnitude`) at least `inf`'s. A max over blocks, not a short-circuiting `any` per
+/// element, so the loop vectorizes (a 47 MB ResNet-18 gradient scan went from 4 % of an fp16
+/// training step to a memory-bound pass); stops at the first block with a non-finite value.
+fn any_non_finite_bits<B>(bits: &[B], magnitude: B, inf: B) -> bool
+where
+    B: bytemuck::Pod + Ord + Send + Sync + std::ops::BitAnd<Output = B>,
+{
+    bits.par_chunks(PAR_THRESHOLD).any(|c| {
+        c.chunks(4096)
+            .any(|b| b.iter().fold(B::zeroed(), |m, &x| m.max(x & magnitude)) >= inf)
+    })
+}
+
 /// Whether any value of `g` is inf or NaN (a read-only pass).
 fn any_non_finite(op: &'static str, g: &StorageRef) -> Result<bool> {
-    fn scan<T: Copy + Sync>(v: &[T], to: impl Fn(T) -> f32 + Sync) -> bool {
-        v.par_chunks(PAR_THRESHOLD)
-            .any(|c| c.iter().any(|&x| !to(x).is_finite()))
-    }
     let h = host(op, g)?;
     Ok(match &*h {
-        CpuStorage::F32(v) => scan(v, |x| x),
-        CpuStorage::F16(v) => scan(v, f16::to_f32),
-        CpuStorage::BF16(v) => scan(v, bf16::to_f32),
+        CpuStorage::F32(v) => {
+            any_non_finite_bits(bytemuck::cast_slice::<f32, u32>(v), 0x7fff_ffff, 0x7f80_0000)
+        }
+        CpuStorage::F16(v) => {
+            any_non_finite_bits(bytemuck::cast_slice::<f16, u16>(v), 0x7fff, 0x7c00)
+        }
+        CpuStorage::BF16(v) => {
+            any_non_finite_bits(bytemuck::cast_slice::<bf16, u16>(v), 0x7fff, 0x7f80)
+        }
         CpuStorage::F64(v) => v.par_iter().any(|x| !x.is_finite()),
         CpuStorage::I64(_) => return Err(Error::dtype(op, "gradients must be float tensors")),
     })
@@ -170,5 +186,60 @@ impl AmpOps for CpuBackend {
         write_scalar(OP, &state.scale, f64::from(scale))?;
         write_scalar(OP, &state.growth_tracker, growth as f64)?;
         write_scalar(OP, &state.hysteresis_tracker, hyst as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::wrap;
+    use crate::DType;
+
+    /// Finite values spanning every magnitude up to the dtype's largest, from a small LCG.
+    fn finite(n: usize, seed: u64) -> Vec<f64> {
+        let mut s = seed;
+        (0..n)
+            .map(|i| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let u = (s >> 11) as f64 / (1u64 << 53) as f64;
+                let sign = if i % 2 == 0 { 1.0 } else { -1.0 };
+                sign * (u * 2.0 - 1.0).exp2() * 10f64.powi((s % 9) as i32 - 4)
+            })
+            .collect()
+    }
+
+    fn storage(dtype: DType, v: &[f64]) -> StorageRef {
+        wrap(match dtype {
+            DType::F32 => CpuStorage::F32(v.iter().map(|&x| x as f32).collect()),
+            DType::F16 => CpuStorage::F16(v.iter().map(|&x| f16::from_f64(x)).collect()),
+            DType::BF16 => CpuStorage::BF16(v.iter().map(|&x| bf16::from_f64(x)).collect()),
+            _ => CpuStorage::F64(v.to_vec()),
+        })
+    }
+
+    /// The scan flags exactly the tensors holding an inf or NaN — at the first, a middle and the
+    /// last element of a multi-block tensor — and not the dtype's largest finite values.
+    #[test]
+    fn non_finite_scan_finds_every_inf_and_nan() {
+        let n = 3 * PAR_THRESHOLD + 4099;
+        for (dtype, max) in [
+            (DType::F32, f64::from(f32::MAX)),
+            (DType::F16, f16::MAX.to_f64()),
+            (DType::BF16, bf16::MAX.to_f64()),
+            (DType::F64, f64::MAX),
+        ] {
+            let mut v = finite(n, 7);
+            v[n / 3] = max;
+            v[n / 2] = -max;
+            assert!(!any_non_finite("t", &storage(dtype, &v)).unwrap(), "{dtype}");
+            for at in [0, n / 2 + 1, n - 1] {
+                for bad in [f64::INFINITY, f64::NEG_INFINITY, f64::NAN, -f64::NAN] {
+                    let mut w = v.clone();
+                    w[at] = bad;
+                    let g = storage(dtype, &w);
+                    assert!(any_non_finite("t", &g).unwrap(), "{dtype} {bad} at {at}");
+                }
+            }
+        }
     }
 }

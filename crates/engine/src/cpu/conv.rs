@@ -60,19 +60,41 @@ impl Geometry {
     /// The outputs `ox` whose input column `ox·stride + kj·dilation − padding` lies inside
     /// `0..w`: a contiguous range, and that first input column.
     fn valid_cols(&self, kj: usize) -> (std::ops::Range<usize>, usize) {
-        // In u128: with a huge stride or padding the intermediate terms exceed usize (found
-        // by the fuzz harness); every result that is used lies inside the image.
         let s = &self.s;
-        let (st, pad, w) = (s.stride.1 as u128, s.padding.1 as u128, s.w as u128);
-        let tap = kj as u128 * s.dilation.1 as u128;
-        let lo = pad.saturating_sub(tap).div_ceil(st);
-        let hi = match (w + pad).checked_sub(tap + 1) {
-            Some(last) => (last / st + 1).min(self.ow as u128),
-            None => 0,
+        let terms = [s.stride.1, s.padding.1, s.w, kj, s.dilation.1, self.ow];
+        // Real layers: every term below 2^20, so no intermediate reaches 2^64 and the run
+        // costs 64-bit divisions. Otherwise u128 (a huge stride or padding exceeds usize,
+        // found by the fuzz harness); every result that is used lies inside the image.
+        let (lo, hi, first) = if terms.iter().all(|&t| t < 1 << 20) {
+            let [st, pad, w, kj, dil, ow] = terms.map(|t| t as u64);
+            Self::run_of(st, pad, w, kj * dil, ow)
+        } else {
+            let [st, pad, w, kj, dil, ow] = terms.map(|t| t as u128);
+            Self::run_of(st, pad, w, kj * dil, ow)
+        };
+        (lo..hi, first)
+    }
+
+    /// [`Self::valid_cols`] in an integer type wide enough for `w + pad` and `ow·st + tap`:
+    /// the run `lo..hi` of outputs and the input column of `lo` (as usize, each ≤ `w` or `ow`).
+    fn run_of<U: num_traits::PrimInt + TryInto<usize>>(
+        st: U,
+        pad: U,
+        w: U,
+        tap: U,
+        ow: U,
+    ) -> (usize, usize, usize) {
+        let one = U::one();
+        let skip = pad.saturating_sub(tap);
+        let lo = skip / st + if skip % st > U::zero() { one } else { U::zero() };
+        let hi = match (w + pad).checked_sub(&(tap + one)) {
+            Some(last) => (last / st + one).min(ow),
+            None => U::zero(),
         };
         let lo = lo.min(hi);
         let first = (lo * st + tap).saturating_sub(pad).min(w);
-        (lo as usize..hi as usize, first as usize)
+        let small = |v: U| v.try_into().unwrap_or(usize::MAX);
+        (small(lo), small(hi), small(first))
     }
 
     /// Fills the `kh·kw` rows of `col` (`ld` apart, `oys.len()·ow` long) that belong to one
