@@ -122,3 +122,56 @@ backend_test!(
         Ok(())
     }
 );
+
+backend_test!(
+    max_pool_with_dilation_and_uneven_windows_matches_window_loop,
+    |dev| {
+        // Asymmetric kernel, stride, padding and dilation at odd sizes; values on a coarse grid
+        // so windows hold ties: the output and the argmax (through the gradient) must be the
+        // window loop's, the first maximum in window order (rows, then columns).
+        let mut g = Generator::new(0x5eed_0021);
+        let (n, c, h, w) = (2, 3, 11, 13);
+        let (_, xv) = rand(&mut g, &[n, c, h, w], dev)?;
+        let vals: Vec<f32> = xv.iter().map(|v| (v * 3.0).round() as f32).collect();
+        let x = Tensor::from_slice(&vals, [n, c, h, w], dev)?.requires_grad_(true)?;
+        let p = MaxPool2dParams {
+            kernel: (3, 2),
+            stride: (2, 3),
+            padding: (1, 1),
+            dilation: (2, 1),
+        };
+        let y = x.max_pool2d(p)?;
+        let (oh, ow) = ((h + 2 - 2 * 2 - 1) / 2 + 1, (w + 2 - 1 - 1) / 3 + 1);
+        assert_eq!(y.dims(), &[n, c, oh, ow]);
+        let mut want = vec![];
+        let mut dx = vec![0.0f32; n * c * h * w];
+        for pl in 0..n * c {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut best: Option<(f32, usize)> = None;
+                    for i in 0..3 {
+                        for j in 0..2 {
+                            let iy = (oy * 2 + i * 2) as isize - 1;
+                            let ix = (ox * 3 + j) as isize - 1;
+                            if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= w {
+                                continue;
+                            }
+                            let at = pl * h * w + iy as usize * w + ix as usize;
+                            if best.is_none_or(|(b, _)| vals[at] > b) {
+                                best = Some((vals[at], at));
+                            }
+                        }
+                    }
+                    let (b, at) = best.expect("every window has a tap");
+                    want.push(f64::from(b));
+                    dx[at] += 1.0;
+                }
+            }
+        }
+        close(&y.to_f64_vec()?, &want, 0.0, "dilated max_pool2d");
+        y.sum_all()?.backward()?;
+        let got = x.grad().expect("dx").to_vec::<f32>()?;
+        assert_eq!(got, dx, "argmax routing on {dev}");
+        Ok(())
+    }
+);

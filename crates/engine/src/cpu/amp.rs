@@ -79,9 +79,11 @@ where
 fn any_non_finite(op: &'static str, g: &StorageRef) -> Result<bool> {
     let h = host(op, g)?;
     Ok(match &*h {
-        CpuStorage::F32(v) => {
-            any_non_finite_bits(bytemuck::cast_slice::<f32, u32>(v), 0x7fff_ffff, 0x7f80_0000)
-        }
+        CpuStorage::F32(v) => any_non_finite_bits(
+            bytemuck::cast_slice::<f32, u32>(v),
+            0x7fff_ffff,
+            0x7f80_0000,
+        ),
         CpuStorage::F16(v) => {
             any_non_finite_bits(bytemuck::cast_slice::<f16, u16>(v), 0x7fff, 0x7c00)
         }
@@ -200,7 +202,9 @@ mod tests {
         let mut s = seed;
         (0..n)
             .map(|i| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let u = (s >> 11) as f64 / (1u64 << 53) as f64;
                 let sign = if i % 2 == 0 { 1.0 } else { -1.0 };
                 sign * (u * 2.0 - 1.0).exp2() * 10f64.powi((s % 9) as i32 - 4)
@@ -231,7 +235,10 @@ mod tests {
             let mut v = finite(n, 7);
             v[n / 3] = max;
             v[n / 2] = -max;
-            assert!(!any_non_finite("t", &storage(dtype, &v)).unwrap(), "{dtype}");
+            assert!(
+                !any_non_finite("t", &storage(dtype, &v)).unwrap(),
+                "{dtype}"
+            );
             for at in [0, n / 2 + 1, n - 1] {
                 for bad in [f64::INFINITY, f64::NEG_INFINITY, f64::NAN, -f64::NAN] {
                     let mut w = v.clone();

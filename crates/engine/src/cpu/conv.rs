@@ -86,7 +86,12 @@ impl Geometry {
     ) -> (usize, usize, usize) {
         let one = U::one();
         let skip = pad.saturating_sub(tap);
-        let lo = skip / st + if skip % st > U::zero() { one } else { U::zero() };
+        let lo = skip / st
+            + if skip % st > U::zero() {
+                one
+            } else {
+                U::zero()
+            };
         let hi = match (w + pad).checked_sub(&(tap + one)) {
             Some(last) => (last / st + one).min(ow),
             None => U::zero(),
