@@ -111,14 +111,10 @@ pub(crate) fn gemm_f16(
         lhs.len() >= ea && rhs.len() >= eb,
         "gemm_f16: operand too small"
     );
-    if m > 0
-        && n > 0
-        && k > 0
-        && f16::simd()
-        && (super::sgemm::suits((m, n)) || (n >= 32 && m >= 16))
-    {
-        // (From n = 32 on, not 64 as for f32: at 8 × 64 px the last stage's n = 32 products
-        // would otherwise widen their 512 × 4608 weights first.)
+    if m > 0 && n > 0 && k > 0 && f16::simd() && super::sgemm::suits((m, n)) {
+        // (From n = 32 on: at 8 × 64 px the last stage's n = 32 products would otherwise
+        // widen their 512 × 4608 weights first. f16 A is packed even then: only f32 is read in
+        // place.)
         super::sgemm::sgemm((m, n, k), dst, lhs, ls, rhs, rs, accumulate, parallel);
         return;
     }

@@ -37,13 +37,15 @@ pub(crate) fn available() -> bool {
     false
 }
 
-/// Whether the AVX-512 kernel beats the `gemm` crate for an `m × n` product: it needs wide rows
-/// of C. Measured per ResNet shape (one core, a throwaway timing loop over both kernels; the
-/// train-step bench shows the effect): 64×256×576 108 vs 79 GFLOP/s, 64×3136×576 94 vs 77; but
-/// 256×16×2304 36 vs 95 and 512×4×4608 9 vs 28 (most of each 32-wide tile masked off) — narrow
-/// products stay with the crate (the convolutions now batch images so N ≥ 256).
+/// Whether the AVX-512 kernel beats the `gemm` crate for an `m × n` product: it needs rows of
+/// C at least one register tile (32 columns) wide. Measured per ResNet shape (one core, a
+/// throwaway timing loop over both kernels; the train-step bench shows the effect):
+/// 64×256×576 108 vs 79 GFLOP/s, 64×3136×576 94 vs 77; but 256×16×2304 36 vs 95 and 512×4×4608
+/// 9 vs 28 (most of each 32-wide tile masked off) — narrower products stay with the crate.
+/// Products 32 to 63 columns wide went to the crate too while A was always packed (for one or
+/// two B slivers); with A read in place (see `gemm_serial`) they run here.
 pub(crate) fn suits((m, n): (usize, usize)) -> bool {
-    available() && n >= 64 && m >= 16
+    available() && n >= NR && m >= 16
 }
 
 use super::sgemm_pack::{pack_a, pack_b_sliver, PackSrc};
@@ -55,18 +57,20 @@ thread_local! {
 }
 
 /// One register tile: `C[rows × cols] (+)= A_sliver · B[kc × cols]`, where the A sliver holds
-/// `kc` groups of `MR` values, B rows start `b_rs` apart, C rows `c_rs` apart; `mask0/1` select
+/// `kc` groups of `MR` values — or, when `DIRECT`, A is read in place: `R` rows `a_rs` apart,
+/// consecutive k `a_cs` apart (then `rows == R`) —, B rows start `b_rs` apart, C rows `c_rs` apart; `mask0/1` select
 /// the valid columns of the two 16-lane halves.
 ///
 /// # Safety
-/// The CPU has AVX-512F; `a` is valid for `kc * MR` reads; for `p < kc`, the `cols` floats at
+/// The CPU has AVX-512F; `a` is valid for `kc * MR` reads (when `DIRECT`: `rows == R` and
+/// `a + i*a_rs + p*a_cs` is readable for `i < R, p < kc`); for `p < kc`, the `cols` floats at
 /// `b + p*b_rs` are readable; for `i < rows`, the `cols` floats at `c + i*c_rs` are writable.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel<const R: usize>(
+unsafe fn kernel<const R: usize, const DIRECT: bool>(
     kc: usize,
-    a: *const f32,
+    (a, a_rs, a_cs): (*const f32, usize, usize),
     b: *const f32,
     b_rs: usize,
     c: *mut f32,
@@ -94,9 +98,9 @@ unsafe fn kernel<const R: usize>(
             let bp = b.add(p * b_rs);
             let b0 = _mm512_maskz_loadu_ps(mask0, bp);
             let b1 = _mm512_maskz_loadu_ps(mask1, bp.add(16));
-            let ap = a.add(p * MR);
+            let ap = a.add(p * if DIRECT { a_cs } else { MR });
             for (i, row) in acc.iter_mut().enumerate() {
-                let ai = _mm512_set1_ps(*ap.add(i));
+                let ai = _mm512_set1_ps(*ap.add(if DIRECT { i * a_rs } else { i }));
                 row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
                 row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
             }
@@ -118,15 +122,27 @@ unsafe fn kernel<const R: usize>(
 /// useful before, all of them now).
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::type_complexity)]
-fn kernel_for(
-    rows: usize,
-) -> unsafe fn(usize, *const f32, *const f32, usize, *mut f32, usize, usize, (u16, u16), bool) {
+fn kernel_for(rows: usize) -> Kernel {
     match rows {
-        0..=4 => kernel::<4>,
-        5..=8 => kernel::<8>,
-        _ => kernel::<MR>,
+        0..=4 => kernel::<4, false>,
+        5..=8 => kernel::<8, false>,
+        _ => kernel::<MR, false>,
     }
 }
+
+/// The signature of [`kernel`]'s instances.
+#[cfg(target_arch = "x86_64")]
+type Kernel = unsafe fn(
+    usize,
+    (*const f32, usize, usize),
+    *const f32,
+    usize,
+    *mut f32,
+    usize,
+    usize,
+    (u16, u16),
+    bool,
+);
 
 /// The lane masks of the first `cols` (≤ 32) columns.
 pub(crate) fn masks(cols: usize) -> (u16, u16) {
@@ -139,6 +155,12 @@ pub(crate) fn masks(cols: usize) -> (u16, u16) {
 }
 
 /// `dst[m × n] (+)= A · B` serially.
+///
+/// A product at most `NR` columns wide (a late ResNet layer at small images: 512 × 32 × 4608)
+/// has one B sliver, so each A value feeds one register tile: packing A there costs a write
+/// and a read of the whole (weight) matrix for 64 flops per value. With f32 operands its
+/// full 12-row tiles read A in place instead (12 row streams, or 12 adjacent values per k for
+/// a column-major A); only the last partial tile is packed (zero rows beyond `m`).
 fn gemm_serial<S: PackSrc>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
@@ -147,25 +169,49 @@ fn gemm_serial<S: PackSrc>(
     accumulate: bool,
     (pa, pb): (&mut Vec<f32>, &mut Vec<f32>),
 ) {
-    let (rs, cs) = b.1;
+    let ((rs, cs), (a_rs, a_cs)) = (b.1, a.1);
     assert!(dst.len() >= m * n && b.0.len() > (k - 1) * rs + (n - 1) * cs);
+    assert!(a.0.len() > (m - 1) * a_rs + (k - 1) * a_cs);
+    let direct = S::as_f32(a.0).filter(|_| n <= NR);
+    // Rows read in place (full tiles), the rest packed.
+    let full = if direct.is_some() { m / MR * MR } else { 0 };
     for pc in (0..k).step_by(KC) {
         let kc = KC.min(k - pc);
-        pack_a(a.0, a.1, m, (pc, kc), pa);
+        if m > full {
+            pack_a(&a.0[full * a_rs..], a.1, m - full, (pc, kc), pa);
+        }
         let load_c = accumulate || pc > 0;
         for j0 in (0..n).step_by(NR) {
             let cols = NR.min(n - j0);
             pack_b_sliver(b, (pc, kc), (j0, cols), pb);
-            for (s, i0) in (0..m).step_by(MR).enumerate() {
+            for i0 in (0..m).step_by(MR) {
                 let rows = MR.min(m - i0);
-                // SAFETY: `available()` was checked by the caller; the A sliver holds kc * MR
-                // values and the B sliver kc * NR; C rows i0..i0+rows have `cols` writable
+                #[cfg(target_arch = "x86_64")]
+                let (tile, a_tile): (Kernel, _) = match direct {
+                    // SAFETY (offset): rows i0..i0+MR and k pc..pc+kc of A lie inside it
+                    // (asserted above: i0 + MR <= m).
+                    Some(a) if i0 < full => (
+                        kernel::<MR, true>,
+                        (unsafe { a.as_ptr().add(i0 * a_rs + pc * a_cs) }, a_rs, a_cs),
+                    ),
+                    // SAFETY (offset): the packed slivers hold (m - full).div_ceil(MR) * kc * MR.
+                    _ => (
+                        kernel_for(rows),
+                        (
+                            unsafe { pa.as_ptr().add((i0 - full) / MR * kc * MR) },
+                            1,
+                            MR,
+                        ),
+                    ),
+                };
+                // SAFETY: `available()` was checked by the caller; A as just described; the B
+                // sliver holds kc * NR values; C rows i0..i0+rows have `cols` writable
                 // columns from j0 (dst holds m * n).
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
-                    kernel_for(rows)(
+                    tile(
                         kc,
-                        pa.as_ptr().add(s * kc * MR),
+                        a_tile,
                         pb.as_ptr(),
                         NR,
                         dst.as_mut_ptr().add(i0 * n + j0),
@@ -241,6 +287,10 @@ mod tests {
                 (37, 65, 300),
                 (200, 1030, 513),
                 (12, 32, 256),
+                (37, 32, 300),
+                (25, 7, 513),
+                (48, 29, 600),
+                (100, 32, 400),
             ],
             super::super::gemm_check::uniform(0x2545_F491_4F6C_DD1D),
             f64::from,

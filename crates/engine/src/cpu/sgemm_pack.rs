@@ -20,6 +20,8 @@ pub(crate) trait PackSrc: Copy + Send + Sync + 'static {
     /// Whether this CPU runs [`PackSrc::load16`] (AVX-512F and BW for both types, so the
     /// packers, compiled for both, inline it).
     fn simd() -> bool;
+    /// The slice itself when `Self` is f32 (the GEMM may then read A in place, unpacked).
+    fn as_f32(s: &[Self]) -> Option<&[f32]>;
     /// The 16 values at `p` whose `mask` bit is set, as f32 (other lanes 0).
     ///
     /// # Safety
@@ -34,6 +36,9 @@ impl PackSrc for f32 {
     }
     fn simd() -> bool {
         super::sgemm::available() && super::convert::avx512()
+    }
+    fn as_f32(s: &[f32]) -> Option<&[f32]> {
+        Some(s)
     }
     #[cfg(target_arch = "x86_64")]
     #[inline]
@@ -50,6 +55,9 @@ impl PackSrc for f16 {
     }
     fn simd() -> bool {
         super::sgemm::available() && super::convert::avx512()
+    }
+    fn as_f32(_: &[f16]) -> Option<&[f32]> {
+        None
     }
     /// A masked 16-bit load (AVX-512BW; the upper 16 lanes of the 32-lane load are masked
     /// off), widened by `vcvtph2ps` (exact).
