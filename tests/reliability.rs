@@ -381,3 +381,30 @@ fn convolution_with_a_huge_stride_has_one_output_per_axis() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn max_pool_with_a_padded_kernel_far_longer_than_the_input_finishes() -> Result<()> {
+    // Kernel 2·10^12 + 1 columns, padding 10^12, over a 3-column input: every window covers
+    // the whole row. The CPU visits only the taps that land inside the input (it used to walk
+    // every tap of every window, and would have listed them all).
+    let k = 2_000_000_000_001usize;
+    let x = Tensor::from_slice(
+        &[1.0f32, 5.0, -2.0, 4.0, 0.5, 3.0],
+        [1, 2, 1, 3],
+        Device::Cpu,
+    )?
+    .requires_grad_(true)?;
+    let p = MaxPool2dParams {
+        kernel: (1, k),
+        stride: (1, 1),
+        padding: (0, k / 2),
+        dilation: (1, 1),
+    };
+    let y = x.max_pool2d(p)?;
+    assert_eq!(y.dims(), &[1, 2, 1, 3]);
+    assert_eq!(y.to_vec::<f32>()?, [5.0, 5.0, 5.0, 4.0, 4.0, 4.0]);
+    y.sum_all()?.backward()?;
+    let dx = x.grad().expect("dx").to_vec::<f32>()?;
+    assert_eq!(dx, [0.0, 3.0, 0.0, 3.0, 0.0, 0.0]);
+    Ok(())
+}

@@ -12,7 +12,9 @@ use num_traits::{Float, Zero};
 use rayon::prelude::*;
 use std::ops::Range;
 
-/// Input rows (or cols) under output position `o`: `o*stride - pad + t*dil` for each tap `t`.
+/// Input rows (or cols) under output position `o`: `o*stride - pad + t*dil` for each tap `t`
+/// that lands inside `0..size`, in tap order. Only those taps are visited (a padded kernel may
+/// be far longer than the input).
 fn taps(
     o: usize,
     k: usize,
@@ -21,11 +23,12 @@ fn taps(
     dil: usize,
     size: usize,
 ) -> impl Iterator<Item = usize> {
-    (0..k).filter_map(move |t| {
-        (o * stride + t * dil)
-            .checked_sub(pad)
-            .filter(|&i| i < size)
-    })
+    // Inside when `pad - o·stride <= t·dil < pad + size - o·stride` (the validated geometry
+    // keeps `pad + size` and the indices from overflowing).
+    let base = o * stride;
+    let lo = pad.saturating_sub(base).div_ceil(dil);
+    let hi = (pad + size).saturating_sub(base).div_ceil(dil).min(k);
+    (lo..hi.max(lo)).map(move |t| base + t * dil - pad)
 }
 
 /// The input rows (or cols) an undilated window at output `o` covers, clipped to the input.
@@ -67,9 +70,10 @@ impl AxisTaps {
     }
 }
 
-/// For each kernel tap `t` along one axis, the outputs whose tap `t` lies inside the input (a
-/// contiguous run) and the input index under the run's first output; the next output's is
-/// `stride` further.
+/// For each kernel tap `t` along one axis that lies inside the input for some output: the
+/// outputs where it does (a contiguous run), the input index under the run's first output
+/// (the next output's is `stride` further). Taps that are never inside are left out, so the
+/// list is at most `size + (out - 1)·stride` long however large the (padded) kernel.
 fn tap_runs(
     out: usize,
     k: usize,
@@ -78,20 +82,21 @@ fn tap_runs(
     dil: usize,
     size: usize,
 ) -> Vec<(Range<usize>, usize)> {
-    (0..k)
-        .map(|t| {
+    // Tap `t` is inside for some output only if `t·dil` lies in
+    // `pad - (out - 1)·stride .. pad + size` (the validated geometry keeps these in range).
+    let reach = out.saturating_sub(1).saturating_mul(stride);
+    let first = pad.saturating_sub(reach).div_ceil(dil);
+    let last = pad.saturating_add(size).div_ceil(dil).min(k);
+    (first..last)
+        .filter_map(|t| {
             let inside = |o: usize| {
                 (o * stride + t * dil)
                     .checked_sub(pad)
                     .filter(|&i| i < size)
             };
-            match (0..out).find_map(|o| inside(o).map(|i| (o, i))) {
-                Some((lo, first)) => {
-                    let hi = (lo..out).find(|&o| inside(o).is_none()).unwrap_or(out);
-                    (lo..hi, first)
-                }
-                None => (0..0, 0),
-            }
+            let (lo, at) = (0..out).find_map(|o| inside(o).map(|i| (o, i)))?;
+            let hi = (lo..out).find(|&o| inside(o).is_none()).unwrap_or(out);
+            Some((lo..hi, at))
         })
         .collect()
 }
