@@ -231,8 +231,13 @@ fn resnet18_with_synchronized_batch_norm_in_one_process_trains_like_batch_norm()
     let synced = train_resnet(Arc::new(SingleProcess), true)?;
     let plain = train_resnet(Arc::new(SingleProcess), false)?;
     let d = max_abs_diff(&synced, &plain);
+    // The composite and the fused batch norm round differently (≤ 2e-5 per layer, the test
+    // above); through 20 of them and two momentum steps that grows chaotically with every
+    // other rounding choice: 0.8e-6 or 2.9e-5 (values near 1) depending only on how the CPU
+    // groups the weight-gradient chunk sums, 2.2e-5 with the gemm crate's kernels. Wrong
+    // statistics (e.g. a biased running variance: 1/31 at the last stage) differ by far more.
     assert!(
-        d < 1e-5,
+        d < 1e-4,
         "synchronized batch norm (one rank) differs by {d}"
     );
     Ok(())

@@ -641,19 +641,21 @@ fn backward_weight<T: ConvElem>(x: &[T], dy: &[T], g: &Geometry) -> Result<Vec<T
     if few_chunks {
         (0..chunks).fold(zeros(), accumulate_chunk)
     } else {
-        // At most one accumulator per thread.
-        (0..chunks)
+        // At most one accumulator per thread: `threads` fixed runs of consecutive chunks, each
+        // summed in chunk order, the runs' sums added in run order — the same grouping on
+        // every call (a rayon `fold` groups by which jobs were stolen, so the f32 sums, and a
+        // training run, could differ between two identical calls).
+        let per_run = chunks.div_ceil(threads);
+        let runs: Vec<Result<Vec<T::Acc>>> = (0..chunks.div_ceil(per_run))
             .into_par_iter()
-            .with_min_len(chunks.div_ceil(threads))
-            .fold(zeros, accumulate_chunk)
-            // Every fold result has `wlen` elements; the identity is empty (no allocation).
-            .try_reduce(Vec::new, |mut a, b| {
-                if a.is_empty() {
-                    return Ok(b);
-                }
-                a.iter_mut().zip(b).for_each(|(x, y)| *x = *x + y);
-                Ok(a)
-            })
+            .map(|r| (r * per_run..((r + 1) * per_run).min(chunks)).fold(zeros(), accumulate_chunk))
+            .collect();
+        let mut runs = runs.into_iter();
+        let mut sum = runs.next().unwrap_or_else(zeros)?;
+        for run in runs {
+            sum.iter_mut().zip(run?).for_each(|(x, y)| *x = *x + y);
+        }
+        Ok(sum)
     }
 }
 
