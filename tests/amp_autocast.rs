@@ -246,3 +246,62 @@ fn backward_keeps_forward_dtypes() -> Result<()> {
     assert_eq!(x.grad().expect("x").dtype(), DType::F32);
     Ok(())
 }
+
+/// Under autocast a convolution's backward runs on the F32 parameter itself (rounded as it
+/// is read, its gradient rounded to the half dtype and widened in one pass) where the backend
+/// offers it. Output, input gradient and weight gradient must be bit-identical to convolving
+/// an explicit half copy of the weight and widening its gradient: bf16 and f16, row-major and
+/// channels-last, odd sizes with full AMX / register tiles and edges, fresh random data.
+#[test]
+fn autocast_conv_gradients_equal_the_explicit_cast_path() -> Result<()> {
+    use hemi::MemoryFormat;
+    let bits = |t: &Tensor| -> Result<Vec<u32>> {
+        Ok(t.to_dtype(DType::F32)?
+            .to_vec::<f32>()?
+            .iter()
+            .map(|v| v.to_bits())
+            .collect())
+    };
+    let uniform = |dims: &[usize]| {
+        Tensor::uniform(dims.to_vec(), -1.0, 1.0, DType::F32, Device::Cpu).expect("tensor")
+    };
+    // (input dims, c_out, kernel, stride, padding)
+    let cases = [
+        ([3usize, 5, 9, 11], 7usize, 3usize, 2usize, 1usize),
+        ([2, 19, 13, 10], 37, 3, 1, 1),
+        ([4, 40, 3, 3], 33, 1, 1, 0),
+    ];
+    for dt in [DType::BF16, DType::F16] {
+        for format in [MemoryFormat::Contiguous, MemoryFormat::ChannelsLast] {
+            for &(xd, c_out, k, stride, pad) in &cases {
+                let x = uniform(&xd).to_memory_format(format)?;
+                let w = uniform(&[c_out, xd[1], k, k]).to_memory_format(format)?;
+                let (x1, w1) = (
+                    x.detach().requires_grad_(true)?,
+                    w.detach().requires_grad_(true)?,
+                );
+                let (x2, w2) = (
+                    x.detach().requires_grad_(true)?,
+                    w.detach().requires_grad_(true)?,
+                );
+                let p = Conv2dParams::new(stride, pad);
+                let y1 = {
+                    let _ac = autocast(dt)?;
+                    x1.conv2d(&w1, None, p)?
+                };
+                let y2 = x2.to_dtype(dt)?.conv2d(&w2.to_dtype(dt)?, None, p)?;
+                assert_eq!(y1.dtype(), dt);
+                assert_eq!(bits(&y1)?, bits(&y2)?, "{dt} {format:?} {xd:?} output");
+                let r = uniform(y1.dims());
+                y1.to_dtype(DType::F32)?.mul(&r)?.sum_all()?.backward()?;
+                y2.to_dtype(DType::F32)?.mul(&r)?.sum_all()?.backward()?;
+                for (name, a, b) in [("weight", &w1, &w2), ("input", &x1, &x2)] {
+                    let (ga, gb) = (a.grad().expect("grad"), b.grad().expect("grad"));
+                    assert_eq!(ga.dtype(), DType::F32, "{name}");
+                    assert_eq!(bits(&ga)?, bits(&gb)?, "{dt} {format:?} {xd:?} {name} grad");
+                }
+            }
+        }
+    }
+    Ok(())
+}

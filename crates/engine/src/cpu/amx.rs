@@ -170,13 +170,14 @@ thread_local! {
 
 /// `dst[m × n] (+)= A · B` for bf16 operands with element strides (row, col), f32 `dst`
 /// contiguous; the operands hold every element the strides address (as for `gemm_strided`:
-/// an empty product does nothing, `k = 0` zeroes `dst` unless accumulating). Parallel over
-/// 32 × 32 blocks of C when `parallel`. The caller checks [`available`].
+/// an empty product does nothing, `k = 0` zeroes `dst` unless accumulating). A may be f32
+/// rounded to bf16 as it is packed ([`RoundedBf16`](super::amx_pack::RoundedBf16)). Parallel
+/// over 32 × 32 blocks of C when `parallel`. The caller checks [`available`].
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_bf16(
+pub(crate) fn gemm_bf16<A: super::amx_pack::AmxSrc>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
-    a: &[bf16],
+    a: &[A],
     a_strides: (usize, usize),
     b: &[bf16],
     b_strides: (usize, usize),

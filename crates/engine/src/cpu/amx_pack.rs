@@ -1,7 +1,9 @@
 //! Packing for the AMX bf16 GEMM (`amx::gemm_bf16`): A into 16-row × 32-`k` tiles, B into
 //! 16-pair-row × 16-column tiles in the pairwise (VNNI) order `TDPBF16PS` reads. Packing only
 //! moves values: the tiles hold exactly the operands' elements, zeros past the edges, and every
-//! element of `out` is written (the caller does not zero it).
+//! element of `out` is written (the caller does not zero it). A may also be an f32 operand
+//! rounded to bf16 as it is packed ([`RoundedBf16`]: an autocast weight, read without its bf16
+//! copy), with `half`'s rounding, so the tiles hold the values a cast would give.
 //!
 //! Full tiles of the four layouts convolutions use move through AVX-512 registers (element by
 //! element, the transposed layouts took 14 % of a bf16 training step, more than the tile
@@ -13,53 +15,151 @@ use super::amx::{TILE, TK, TM, TN};
 use half::bf16;
 use rayon::prelude::*;
 
+/// An f32 value that the A packer rounds to bf16 (nearest even, as `half::bf16::from_f32`).
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct RoundedBf16(pub f32);
+
+/// An element of A as [`pack_a`] reads it: bf16 itself, or [`RoundedBf16`].
+pub(crate) trait AmxSrc: Copy + Send + Sync + 'static {
+    /// The value as bf16.
+    fn to_bf16(self) -> bf16;
+    /// The 16 values at `p` as bf16 bits in the low halves of 32-bit lanes (high halves 0).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F/BW; 16 values are readable at `p`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn lanes16(p: *const Self) -> std::arch::x86_64::__m512i;
+    /// Writes the 32 values at `p` as 32 bf16 at `out`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F/BW; 32 values are readable at `p`, 32 writable at `out`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn row32(p: *const Self, out: *mut bf16);
+}
+
+impl AmxSrc for bf16 {
+    fn to_bf16(self) -> bf16 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn lanes16(p: *const bf16) -> std::arch::x86_64::__m512i {
+        use std::arch::x86_64::*;
+        // SAFETY: 16 readable bf16 (32 bytes) at `p` (the caller's contract).
+        unsafe { _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast())) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn row32(p: *const bf16, out: *mut bf16) {
+        use std::arch::x86_64::*;
+        // SAFETY: 64 readable bytes at `p`, 64 writable at `out` (the caller's contract).
+        unsafe { _mm512_storeu_si512(out.cast(), _mm512_loadu_si512(p.cast())) }
+    }
+}
+
+impl AmxSrc for RoundedBf16 {
+    fn to_bf16(self) -> bf16 {
+        bf16::from_f32(self.0)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn lanes16(p: *const RoundedBf16) -> std::arch::x86_64::__m512i {
+        use std::arch::x86_64::*;
+        // SAFETY: 16 readable f32 (64 bytes) at `p` (the caller's contract).
+        unsafe { super::convert::round_bf16_lanes(_mm512_loadu_si512(p.cast())) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn row32(p: *const RoundedBf16, out: *mut bf16) {
+        use std::arch::x86_64::*;
+        // SAFETY: 32 readable f32 at `p`, 32 writable bf16 at `out` (the caller's contract).
+        unsafe {
+            let lo = _mm512_cvtepi32_epi16(Self::lanes16(p));
+            let hi = _mm512_cvtepi32_epi16(Self::lanes16(p.add(16)));
+            _mm256_storeu_si256(out.cast(), lo);
+            _mm256_storeu_si256(out.add(16).cast(), hi);
+        }
+    }
+}
+
 /// Packs `A [m × k]` (element `(r, c)` at `a[r*rs + c*cs]`) into tiles: row sliver `s`
 /// (16 rows), k block `b` at `((s * kb + b) * TILE)`, row-major 16 × 32, zero-padded. `out`
 /// holds a whole number of slivers of `kb` tiles, at least enough for `m` rows.
-pub(crate) fn pack_a(
-    a: &[bf16],
+pub(crate) fn pack_a<S: AmxSrc>(
+    a: &[S],
     (rs, cs): (usize, usize),
     (m, k): (usize, usize),
     out: &mut [bf16],
 ) {
     let kb = k.div_ceil(TK);
     let fast = super::convert::avx512();
-    out.par_chunks_mut(kb * TILE)
+    // A column-major A (the transposed weight of an input gradient) is read 16 values down
+    // each of its columns per tile; tile by tile along one sliver, that is one cache line from
+    // each of `k` rows far apart, which no prefetcher follows (with an f32 weight, 18 % of a
+    // bf16 training step). So each thread packs its share of the slivers block by block: the
+    // tiles of one k block read the same 32 columns onward, 32 sequential streams.
+    let slivers = out.len() / (kb * TILE).max(1);
+    let group = match cs {
+        1 => 1,
+        _ => slivers.div_ceil(rayon::current_num_threads()).max(1),
+    };
+    out.par_chunks_mut(group * kb * TILE)
         .enumerate()
-        .for_each(|(s, sliver)| {
-            for (blk, tile) in sliver.chunks_exact_mut(TILE).enumerate() {
-                let (r0, c0) = (s * TM, blk * TK);
-                let (rows, cols) = (m.saturating_sub(r0).min(TM), (k - c0).min(TK));
-                let full = rows == TM && cols == TK;
-                let base = r0 * rs + c0 * cs;
-                #[cfg(target_arch = "x86_64")]
-                if full && fast && (cs == 1 || rs == 1) {
-                    // SAFETY: AVX-512F/BW detected; a full tile's 16 rows × 32 columns lie
-                    // inside `a` (the caller's extent check), `tile` holds TILE values.
-                    unsafe {
-                        if cs == 1 {
-                            copy_a_rows(&a[base..], rs, tile)
-                        } else {
-                            transpose_a(&a[base..], cs, tile)
-                        }
-                    };
-                    continue;
-                }
-                for (i, row) in tile.chunks_exact_mut(TK).enumerate() {
-                    if i >= rows {
-                        row.fill(bf16::ZERO);
-                        continue;
-                    }
-                    for (j, v) in row.iter_mut().enumerate() {
-                        *v = if j < cols {
-                            a[base + i * rs + j * cs]
-                        } else {
-                            bf16::ZERO
-                        };
-                    }
+        .for_each(|(gi, slivers)| {
+            for blk in 0..kb {
+                for (si, sliver) in slivers.chunks_exact_mut(kb * TILE).enumerate() {
+                    let tile = &mut sliver[blk * TILE..][..TILE];
+                    pack_a_tile(a, (rs, cs), (m, k), (gi * group + si, blk), tile, fast);
                 }
             }
         });
+}
+
+/// Tile `(s, blk)` of [`pack_a`] (`fast`: the CPU has AVX-512F/BW).
+fn pack_a_tile<S: AmxSrc>(
+    a: &[S],
+    (rs, cs): (usize, usize),
+    (m, k): (usize, usize),
+    (s, blk): (usize, usize),
+    tile: &mut [bf16],
+    fast: bool,
+) {
+    let (r0, c0) = (s * TM, blk * TK);
+    let (rows, cols) = (m.saturating_sub(r0).min(TM), (k - c0).min(TK));
+    let full = rows == TM && cols == TK;
+    let base = r0 * rs + c0 * cs;
+    #[cfg(target_arch = "x86_64")]
+    if full && fast && (cs == 1 || rs == 1) {
+        // SAFETY: AVX-512F/BW detected; a full tile's 16 rows × 32 columns lie inside `a` (the
+        // caller's extent check), `tile` holds TILE values.
+        unsafe {
+            if cs == 1 {
+                copy_a_rows(&a[base..], rs, tile)
+            } else {
+                transpose_a(&a[base..], cs, tile)
+            }
+        };
+        return;
+    }
+    let _ = fast;
+    for (i, row) in tile.chunks_exact_mut(TK).enumerate() {
+        if i >= rows {
+            row.fill(bf16::ZERO);
+            continue;
+        }
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = if j < cols {
+                a[base + i * rs + j * cs].to_bf16()
+            } else {
+                bf16::ZERO
+            };
+        }
+    }
 }
 
 /// Packs `B [k × n]` (element `(r, c)` at `b[r*rs + c*cs]`) into tiles: column sliver `t`
@@ -108,38 +208,34 @@ pub(crate) fn pack_b(
         });
 }
 
-/// 16 bf16 at `even` and 16 at `odd` as 16 pairs `(even[i], odd[i])`, one per 32-bit lane
-/// (the first of a pair in the low half: its lower address).
+/// 16 values at `even` and 16 at `odd` as 16 bf16 pairs `(even[i], odd[i])`, one per 32-bit
+/// lane (the first of a pair in the low half: its lower address).
 ///
 /// # Safety
 /// The CPU has AVX-512F/BW; 16 values are readable at each pointer.
 #[cfg(target_arch = "x86_64")]
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn pairs(even: *const bf16, odd: *const bf16) -> std::arch::x86_64::__m512i {
+unsafe fn pairs<S: AmxSrc>(even: *const S, odd: *const S) -> std::arch::x86_64::__m512i {
     use std::arch::x86_64::*;
-    // SAFETY: 16 readable bf16 (32 bytes) at each pointer (unaligned loads).
+    // SAFETY: 16 readable values at each pointer.
     unsafe {
-        let e = _mm512_cvtepu16_epi32(_mm256_loadu_si256(even.cast()));
-        let o = _mm512_cvtepu16_epi32(_mm256_loadu_si256(odd.cast()));
+        let (e, o) = (S::lanes16(even), S::lanes16(odd));
         _mm512_or_si512(e, _mm512_slli_epi32::<16>(o))
     }
 }
 
-/// Tile row `i` = 32 contiguous values at `a[i * rs..]` (row-major A).
+/// Tile row `i` = the 32 contiguous values at `a[i * rs..]` (row-major A).
 ///
 /// # Safety
 /// The CPU has AVX-512F/BW; `a` holds `15 * rs + 32` values, `tile` TILE.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn copy_a_rows(a: &[bf16], rs: usize, tile: &mut [bf16]) {
-    use std::arch::x86_64::*;
+unsafe fn copy_a_rows<S: AmxSrc>(a: &[S], rs: usize, tile: &mut [bf16]) {
     debug_assert!(a.len() >= 15 * rs + TK && tile.len() >= TILE);
     for i in 0..TM {
-        // SAFETY: row i's 32 values (64 bytes) lie inside `a`; tile row i inside `tile`.
-        unsafe {
-            let v = _mm512_loadu_si512(a.as_ptr().add(i * rs).cast());
-            _mm512_storeu_si512(tile.as_mut_ptr().add(i * TK).cast(), v);
-        }
+        // SAFETY: row i's 32 values lie inside `a`; tile row i inside `tile`.
+        unsafe { S::row32(a.as_ptr().add(i * rs), tile.as_mut_ptr().add(i * TK)) };
     }
 }
 
@@ -150,7 +246,7 @@ unsafe fn copy_a_rows(a: &[bf16], rs: usize, tile: &mut [bf16]) {
 /// The CPU has AVX-512F/BW; `a` holds `31 * cs + 16` values, `tile` TILE.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn transpose_a(a: &[bf16], cs: usize, tile: &mut [bf16]) {
+unsafe fn transpose_a<S: AmxSrc>(a: &[S], cs: usize, tile: &mut [bf16]) {
     use std::arch::x86_64::*;
     debug_assert!(a.len() >= 31 * cs + TM && tile.len() >= TILE);
     let p = a.as_ptr();
@@ -216,6 +312,22 @@ mod tests {
         let data: Vec<bf16> = (0..2 * rows * cols)
             .map(|_| bf16::from_f32(draw()))
             .collect();
+        // f32 values with low bits that decide the rounding (ties, carries into the exponent,
+        // subnormals, NaN, infinities among them).
+        let specials = [
+            0x3F80_8000u32,
+            0x3F81_8000,
+            0x7F7F_FFFF,
+            0x0000_8001,
+            0x7FC0_0001,
+        ];
+        let data32: Vec<f32> = (0..2 * rows * cols)
+            .map(|i| match specials.get(i % 97) {
+                Some(&bits) => f32::from_bits(bits),
+                None => draw() * 3.7,
+            })
+            .chain([f32::INFINITY, f32::NEG_INFINITY])
+            .collect();
         for (rs, cs) in [(cols, 1), (1, rows), (2 * cols, 2)] {
             let at = |r: usize, c: usize| data[r * rs + c * cs];
             for (m, k) in [(1usize, 1usize), (16, 32), (33, 64), (50, 97), (17, 31)] {
@@ -227,6 +339,19 @@ mod tests {
                     let (r, c) = (s * TM + i, b * TK + j);
                     let want = if r < m && c < k { at(r, c) } else { bf16::ZERO };
                     assert_eq!(v.to_bits(), want.to_bits(), "A ({rs},{cs}) {m}x{k} at {q}");
+                }
+                // A as f32 values rounded while packed: the tiles hold `half`'s rounding.
+                let wide: Vec<RoundedBf16> = data32.iter().map(|&v| RoundedBf16(v)).collect();
+                let mut out32 = vec![bf16::NAN; out.len()];
+                pack_a(&wide, (rs, cs), (m, k), &mut out32);
+                for (q, v) in out32.iter().enumerate() {
+                    let (s, b, i, j) = (q / (kb * TILE), q / TILE % kb, q % TILE / TK, q % TK);
+                    let (r, c) = (s * TM + i, b * TK + j);
+                    let want = match r < m && c < k {
+                        true => bf16::from_f32(data32[r * rs + c * cs]),
+                        false => bf16::ZERO,
+                    };
+                    assert_eq!(v.to_bits(), want.to_bits(), "rounded A ({rs},{cs}) {m}x{k}");
                 }
                 // The same extents as B [k × n] with n = m.
                 let (kk, n) = (m, k);

@@ -5,10 +5,12 @@
 //! the result scattered back to NHWC on the way out (two extra passes over memory: the CPU
 //! accepts both formats; a native NHWC path is CPU-speed work).
 
+use super::amx_pack::RoundedBf16;
 use super::compute::{
     gather_same, host, nchw_to_format_gather, to_compute_ref, Compute, ComputeRef,
 };
 use super::matmul::{gemm_f16, gemm_strided};
+use super::sgemm_pack::RoundedF16;
 use super::wrap;
 use crate::backend::Conv2dSpec;
 use crate::{CpuStorage, DType, Error, Layout, Result, StorageRef};
@@ -443,17 +445,22 @@ fn over_chunks<T: Send>(
     }
 }
 
-/// An element type convolutions read, the type they accumulate and return in, and the GEMM
-/// between them: f32 → f32 and f64 → f64 (`gemm_strided`), bf16 → f32 on AMX tiles, f16 →
-/// f32 widened while the f32 kernel packs it (`gemm_f16`).
+/// An element type convolutions read and the type they accumulate and return in: f32 → f32,
+/// f64 → f64, bf16 → f32 (on AMX tiles), f16 → f32 (widened while the f32 kernel packs it).
 trait ConvElem: bytemuck::Pod + Send + Sync + 'static {
     type Acc: Float + bytemuck::Pod + Send + Sync + 'static;
+}
+
+/// The GEMM of `Self`'s convolutions with an A operand of `A` elements: `Self` itself, or
+/// (for the half types) an f32 weight rounded to `Self` as it is packed — the values of the
+/// autocast cast, without its copy.
+trait ConvGemm<A>: ConvElem {
     /// `dst[m × n] (+)= A · B` (see `gemm_strided`).
     #[allow(clippy::too_many_arguments)]
     fn gemm(
         shape: (usize, usize, usize),
         dst: &mut [Self::Acc],
-        a: &[Self],
+        a: &[A],
         a_strides: (usize, usize),
         b: &[Self],
         b_strides: (usize, usize),
@@ -462,14 +469,13 @@ trait ConvElem: bytemuck::Pod + Send + Sync + 'static {
     );
 }
 
-macro_rules! conv_elem {
-    ($t:ty, $acc:ty, $gemm:path) => {
-        impl ConvElem for $t {
-            type Acc = $acc;
+macro_rules! conv_gemm {
+    ($t:ty, $a:ty, $gemm:path) => {
+        impl ConvGemm<$a> for $t {
             fn gemm(
                 shape: (usize, usize, usize),
-                dst: &mut [$acc],
-                a: &[$t],
+                dst: &mut [<$t as ConvElem>::Acc],
+                a: &[$a],
                 a_strides: (usize, usize),
                 b: &[$t],
                 b_strides: (usize, usize),
@@ -481,10 +487,25 @@ macro_rules! conv_elem {
         }
     };
 }
-conv_elem!(f32, f32, gemm_strided);
-conv_elem!(f64, f64, gemm_strided);
-conv_elem!(bf16, f32, super::amx::gemm_bf16);
-conv_elem!(f16, f32, gemm_f16);
+conv_gemm!(f32, f32, gemm_strided);
+conv_gemm!(f64, f64, gemm_strided);
+conv_gemm!(bf16, bf16, super::amx::gemm_bf16);
+conv_gemm!(bf16, RoundedBf16, super::amx::gemm_bf16);
+conv_gemm!(f16, f16, gemm_f16);
+conv_gemm!(f16, RoundedF16, gemm_f16);
+
+impl ConvElem for f32 {
+    type Acc = f32;
+}
+impl ConvElem for f64 {
+    type Acc = f64;
+}
+impl ConvElem for bf16 {
+    type Acc = f32;
+}
+impl ConvElem for f16 {
+    type Acc = f32;
+}
 
 impl Geometry {
     /// The output-row blocks of a chunk of `imgs` images and the widest one's column count
@@ -509,7 +530,12 @@ impl Geometry {
     }
 }
 
-fn forward<T: ConvElem>(x: &[T], w: &[T], g: &Geometry) -> Result<Vec<T::Acc>> {
+/// `y = conv(x, w)`: the weight `w` in `T` or rounded to it as packed (`W`).
+fn forward<T, W>(x: &[T], w: &[W], g: &Geometry) -> Result<Vec<T::Acc>>
+where
+    T: ConvGemm<W>,
+    W: Sync,
+{
     let s = &g.s;
     let img_in = s.c_in * s.h * s.w;
     let img_out = s.c_out * g.p;
@@ -538,7 +564,16 @@ fn forward<T: ConvElem>(x: &[T], w: &[T], g: &Geometry) -> Result<Vec<T::Acc>> {
                     &mut wide
                 };
                 let (a, b) = ((w_g, (g.k, 1)), (&col[..], (ld, 1)));
-                T::gemm((g.cout_g, ld, g.k), y, a.0, a.1, b.0, b.1, false, !serial);
+                <T as ConvGemm<W>>::gemm(
+                    (g.cout_g, ld, g.k),
+                    y,
+                    a.0,
+                    a.1,
+                    b.0,
+                    b.1,
+                    false,
+                    !serial,
+                );
                 if !shape.is_view(true) {
                     shape.scatter(&wide, dst);
                 }
@@ -551,7 +586,12 @@ fn forward<T: ConvElem>(x: &[T], w: &[T], g: &Geometry) -> Result<Vec<T::Acc>> {
     Ok(out)
 }
 
-fn backward_input<T: ConvElem>(dy: &[T], w: &[T], g: &Geometry) -> Result<Vec<T::Acc>> {
+/// `dx` from `dy` and the weight `w` (in `T`, or rounded to it as packed: `W`).
+fn backward_input<T, W>(dy: &[T], w: &[W], g: &Geometry) -> Result<Vec<T::Acc>>
+where
+    T: ConvGemm<W>,
+    W: Sync,
+{
     let s = &g.s;
     let img_in = s.c_in * s.h * s.w;
     let img_out = s.c_out * g.p;
@@ -575,7 +615,7 @@ fn backward_input<T: ConvElem>(dy: &[T], w: &[T], g: &Geometry) -> Result<Vec<T:
                 let (dy_g, dy_ld) = g.wide(imgs, img_out, grp, oys).of(&mut wide, dy_c);
                 let w_g = &w[grp * g.cout_g * g.k..];
                 let (a, b) = ((w_g, (1, g.k)), (dy_g, (dy_ld, 1)));
-                T::gemm(
+                <T as ConvGemm<W>>::gemm(
                     (g.k, ld, g.cout_g),
                     &mut dcol,
                     a.0,
@@ -595,7 +635,7 @@ fn backward_input<T: ConvElem>(dy: &[T], w: &[T], g: &Geometry) -> Result<Vec<T:
     Ok(dx)
 }
 
-fn backward_weight<T: ConvElem>(x: &[T], dy: &[T], g: &Geometry) -> Result<Vec<T::Acc>> {
+fn backward_weight<T: ConvGemm<T>>(x: &[T], dy: &[T], g: &Geometry) -> Result<Vec<T::Acc>> {
     let s = &g.s;
     let img_in = s.c_in * s.h * s.w;
     let img_out = s.c_out * g.p;
@@ -621,7 +661,7 @@ fn backward_weight<T: ConvElem>(x: &[T], dy: &[T], g: &Geometry) -> Result<Vec<T
                 let (dy_g, dy_ld) = g.wide(imgs, img_out, grp, oys).of(&mut wide, dy_c);
                 let dw_g = &mut acc[grp * g.cout_g * g.k..];
                 let (a, b) = ((dy_g, (dy_ld, 1)), (&col[..], (1, ld)));
-                T::gemm(
+                <T as ConvGemm<T>>::gemm(
                     (g.cout_g, g.k, ld),
                     dw_g,
                     a.0,
@@ -720,7 +760,7 @@ enum Pass {
     BackwardWeight,
 }
 
-fn run_pass<T: ConvElem>(p: Pass, a: &[T], b: &[T], g: &Geometry) -> Result<Vec<T::Acc>> {
+fn run_pass<T: ConvGemm<T>>(p: Pass, a: &[T], b: &[T], g: &Geometry) -> Result<Vec<T::Acc>> {
     match p {
         Pass::Forward => forward(a, b, g),
         Pass::BackwardInput => backward_input(a, b, g),
@@ -740,25 +780,28 @@ fn half_nchw<'a, T: crate::dtype::Element>(h: &'a CpuStorage, l: &Layout) -> Res
     })
 }
 
+/// The layout of a `dims` operand dense in `format` (row-major when that is not a format).
+fn view(dims: [usize; 4], format: crate::MemoryFormat) -> Layout {
+    Layout::dense(dims, format).unwrap_or_else(|| Layout::contiguous(dims))
+}
+
 /// Runs pass `p` on two operands of one dtype (dense in `spec.format`): BF16 pairs on AMX
 /// where the CPU has it (bf16 products, f32 accumulation), F16 pairs read as f16 and widened
 /// inside the f32 GEMM's packing where the CPU has AVX-512 (the same f32 arithmetic as
-/// widening first), everything else in its compute type (f32; f64 for F64); the result
-/// rounded once into the output dtype, stored in `spec.format`.
-fn convolve(
+/// widening first), everything else in its compute type (f32; f64 for F64). Returns the
+/// unrounded result in logical (NCHW) order and the operands' dtype.
+fn compute_pass(
     op: &'static str,
     p: Pass,
     (a, a_dims): (&StorageRef, [usize; 4]),
     (b, b_dims): (&StorageRef, [usize; 4]),
-    (g, out_dims): (&Geometry, [usize; 4]),
-) -> Result<CpuStorage> {
+    g: &Geometry,
+) -> Result<(Compute, DType)> {
     let spec = &g.s;
     let (ha, hb) = (host(op, a)?, host(op, b)?);
-    let view = |dims: [usize; 4]| {
-        Layout::dense(dims, spec.format).unwrap_or_else(|| Layout::contiguous(dims))
-    };
+    let view = |dims: [usize; 4]| view(dims, spec.format);
     let both = |d: DType| ha.dtype() == d && hb.dtype() == d;
-    let (out, dtype) = if both(DType::BF16) && super::amx::available() {
+    Ok(if both(DType::BF16) && super::amx::available() {
         let (x, y) = (
             half_nchw::<bf16>(&ha, &view(a_dims))?,
             half_nchw::<bf16>(&hb, &view(b_dims))?,
@@ -784,8 +827,20 @@ fn convolve(
             _ => return Err(Error::dtype(op, "mixed compute types")),
         };
         (out, dtype)
-    };
-    output(out, out_dims, spec.out_dtype.unwrap_or(dtype), spec)
+    })
+}
+
+/// [`compute_pass`], its result rounded once into the output dtype (`spec.out_dtype`, else
+/// the operands'), stored in `spec.format`.
+fn convolve(
+    op: &'static str,
+    p: Pass,
+    a: (&StorageRef, [usize; 4]),
+    b: (&StorageRef, [usize; 4]),
+    (g, out_dims): (&Geometry, [usize; 4]),
+) -> Result<CpuStorage> {
+    let (out, dtype) = compute_pass(op, p, a, b, g)?;
+    output(out, out_dims, g.s.out_dtype.unwrap_or(dtype), &g.s)
 }
 
 /// Forward convolution of `x [n, c_in, h, w]` and `w [c_out, c_in/groups, kh, kw]`.
@@ -856,6 +911,109 @@ pub(crate) fn conv2d_backward_weight(
     )
 }
 
+/// The two half dtypes an autocast convolution computes in.
+fn expect_half(op: &'static str, what: &str, dtype: DType) -> Result<()> {
+    match dtype {
+        DType::F16 | DType::BF16 => Ok(()),
+        other => Err(Error::dtype(
+            op,
+            format!("{what} must be F16 or BF16, got {other}"),
+        )),
+    }
+}
+
+/// [`conv2d_backward_input`] with an F32 weight rounded to `dy`'s dtype (F16 or BF16) as it
+/// is read: the values, and so the result, of casting the weight first (nearest even), without
+/// the cast's copy — on AMX (bf16) or in the f32 kernel's packing (f16); where the CPU has
+/// neither, through a rounded copy.
+pub(crate) fn conv2d_backward_input_rounding_weight(
+    dy: &StorageRef,
+    w: &StorageRef,
+    spec: &Conv2dSpec,
+) -> Result<CpuStorage> {
+    const OP: &str = "conv2d_backward_input";
+    spec.validate(OP)?;
+    let g = Geometry::new(spec);
+    check_len(OP, "grad_output", dy.len(), spec.n * spec.c_out * g.p, spec)?;
+    check_len(OP, "weight", w.len(), spec.c_out * g.k, spec)?;
+    let (hd, hw) = (host(OP, dy)?, host(OP, w)?);
+    expect_half(OP, "grad_output", hd.dtype())?;
+    if hw.dtype() != DType::F32 {
+        return Err(Error::dtype(
+            OP,
+            format!("the rounded weight must be F32, got {}", hw.dtype()),
+        ));
+    }
+    let (dy_view, w_view) = (
+        view(spec.output_dims(), spec.format),
+        view(spec.weight_dims(), spec.format),
+    );
+    let dtype = hd.dtype();
+    let out = if dtype == DType::BF16 && super::amx::available() {
+        let (dy, w) = (
+            half_nchw::<bf16>(&hd, &dy_view)?,
+            half_nchw::<f32>(&hw, &w_view)?,
+        );
+        backward_input::<bf16, RoundedBf16>(&dy, bytemuck::cast_slice(&w), &g)?
+    } else if dtype == DType::F16 && <f16 as super::sgemm_pack::PackSrc>::simd() {
+        let (dy, w) = (
+            half_nchw::<f16>(&hd, &dy_view)?,
+            half_nchw::<f32>(&hw, &w_view)?,
+        );
+        backward_input::<f16, RoundedF16>(&dy, bytemuck::cast_slice(&w), &g)?
+    } else {
+        let rounded = wrap(super::elementwise::cast(&hw, &w_view, dtype)?);
+        drop((hd, hw));
+        return conv2d_backward_input(dy, &rounded, spec);
+    };
+    output(
+        Compute::F32(out),
+        spec.input_dims(),
+        spec.out_dtype.unwrap_or(dtype),
+        spec,
+    )
+}
+
+/// [`conv2d_backward_weight`] of F16 or BF16 operands rounded to their dtype (once, nearest
+/// even) and returned widened to F32: the gradient an F32 weight receives through its autocast
+/// cast, without the half copy and its widening.
+pub(crate) fn conv2d_backward_weight_widened(
+    x: &StorageRef,
+    dy: &StorageRef,
+    spec: &Conv2dSpec,
+) -> Result<CpuStorage> {
+    const OP: &str = "conv2d_backward_weight";
+    spec.validate(OP)?;
+    let g = Geometry::new(spec);
+    let input_len = spec.n * spec.c_in * spec.h * spec.w;
+    check_len(OP, "input", x.len(), input_len, spec)?;
+    check_len(OP, "grad_output", dy.len(), spec.n * spec.c_out * g.p, spec)?;
+    expect_half(OP, "input", x.dtype())?;
+    if dy.dtype() != x.dtype() {
+        return Err(Error::dtype(
+            OP,
+            format!(
+                "grad_output {} differs from input {}",
+                dy.dtype(),
+                x.dtype()
+            ),
+        ));
+    }
+    let (a, b) = ((x, spec.input_dims()), (dy, spec.output_dims()));
+    let (c, dtype) = compute_pass(OP, Pass::BackwardWeight, a, b, &g)?;
+    match (c, dtype) {
+        (Compute::F32(mut v), DType::BF16) => {
+            super::convert::round_through::<bf16>(&mut v);
+            output(Compute::F32(v), spec.weight_dims(), DType::F32, spec)
+        }
+        (Compute::F32(mut v), DType::F16) => {
+            super::convert::round_through::<f16>(&mut v);
+            output(Compute::F32(v), spec.weight_dims(), DType::F32, spec)
+        }
+        _ => Err(Error::dtype(OP, "expected F16 or BF16 operands")),
+    }
+}
+
 impl crate::backend::ConvOps for super::CpuBackend {
     fn conv2d(&self, x: &StorageRef, w: &StorageRef, spec: &Conv2dSpec) -> Result<StorageRef> {
         Ok(wrap(conv2d(x, w, spec)?))
@@ -877,5 +1035,27 @@ impl crate::backend::ConvOps for super::CpuBackend {
         spec: &Conv2dSpec,
     ) -> Result<StorageRef> {
         Ok(wrap(conv2d_backward_weight(x, dy, spec)?))
+    }
+
+    fn conv2d_rounds_f32_weight(&self) -> bool {
+        true
+    }
+
+    fn conv2d_backward_input_rounding_weight(
+        &self,
+        dy: &StorageRef,
+        w: &StorageRef,
+        spec: &Conv2dSpec,
+    ) -> Result<StorageRef> {
+        Ok(wrap(conv2d_backward_input_rounding_weight(dy, w, spec)?))
+    }
+
+    fn conv2d_backward_weight_widened(
+        &self,
+        x: &StorageRef,
+        dy: &StorageRef,
+        spec: &Conv2dSpec,
+    ) -> Result<StorageRef> {
+        Ok(wrap(conv2d_backward_weight_widened(x, dy, spec)?))
     }
 }

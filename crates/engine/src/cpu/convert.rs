@@ -30,32 +30,37 @@ pub(crate) fn avx512() -> bool {
     false
 }
 
-/// 16 lanes of `half`'s f32 → bf16 rounding: non-NaN `x` becomes
+/// 16 lanes of `half`'s f32 → bf16 rounding on the f32 bits `x`, each bf16 in the low half
+/// of its 32-bit lane (the high half zero): non-NaN `x` becomes
 /// `(x + 0x7FFF + ((x >> 16) & 1)) >> 16` (nearest even; a carry out of the mantissa bumps
-/// the exponent, up to infinity), NaN becomes `(x >> 16) | 0x40`; the tail through `half`.
+/// the exponent, up to infinity), NaN becomes `(x >> 16) | 0x40`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(crate) fn round_bf16_lanes(x: std::arch::x86_64::__m512i) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let high = _mm512_srli_epi32::<16>(x);
+    let lsb = _mm512_and_si512(high, _mm512_set1_epi32(1));
+    let bias = _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), lsb);
+    let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(x, bias));
+    let magnitude = _mm512_and_si512(x, _mm512_set1_epi32(0x7FFF_FFFF));
+    let nan = _mm512_cmpgt_epu32_mask(magnitude, _mm512_set1_epi32(0x7F80_0000));
+    _mm512_mask_blend_epi32(nan, rounded, _mm512_or_si512(high, _mm512_set1_epi32(0x40)))
+}
+
+/// 16 lanes of [`round_bf16_lanes`] at a time, the tail through `half`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
 fn narrow_bf16_avx512(src: &[f32], dst: &mut [bf16]) {
     use std::arch::x86_64::*;
     let whole = src.len().min(dst.len()) / 16 * 16;
-    let (bias, one) = (_mm512_set1_epi32(0x7FFF), _mm512_set1_epi32(1));
-    let (abs, inf, quiet) = (
-        _mm512_set1_epi32(0x7FFF_FFFF),
-        _mm512_set1_epi32(0x7F80_0000),
-        _mm512_set1_epi32(0x40),
-    );
     for (s, d) in src[..whole]
         .chunks_exact(16)
         .zip(dst[..whole].chunks_exact_mut(16))
     {
         // SAFETY: 16 readable f32 at `s`, 16 writable bf16 (u16) at `d` (unaligned accesses).
         unsafe {
-            let x = _mm512_loadu_si512(s.as_ptr().cast());
-            let high = _mm512_srli_epi32::<16>(x);
-            let lsb = _mm512_and_si512(high, one);
-            let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(x, _mm512_add_epi32(bias, lsb)));
-            let nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(x, abs), inf);
-            let out = _mm512_mask_blend_epi32(nan, rounded, _mm512_or_si512(high, quiet));
+            let out = round_bf16_lanes(_mm512_loadu_si512(s.as_ptr().cast()));
             _mm256_storeu_si256(d.as_mut_ptr().cast(), _mm512_cvtepi32_epi16(out));
         }
     }
@@ -218,6 +223,44 @@ pub(crate) fn narrowed<H: Half>(src: &[f32]) -> crate::Result<Vec<H>> {
     Ok(out)
 }
 
+/// `dst = f32(H(src))` (nearest even: what a cast to `H` and back gives), 256 values at a
+/// time through a stack buffer (same lengths).
+fn round_block<H: Half + bytemuck::Zeroable>(src: &[f32], dst: &mut [f32]) {
+    let mut buf = [H::zeroed(); 256];
+    for (s, d) in src.chunks(buf.len()).zip(dst.chunks_mut(buf.len())) {
+        let h = &mut buf[..s.len()];
+        H::narrow(s, h);
+        H::widen(h, d);
+    }
+}
+
+/// Rounds every value of `v` to `H` and back (nearest even; what a cast to `H` and back to
+/// f32 gives), in place, in parallel when long.
+pub(crate) fn round_through<H: Half + bytemuck::Zeroable>(v: &mut [f32]) {
+    let each = |v: &mut [f32]| {
+        let mut copy = [0f32; 256];
+        for block in v.chunks_mut(copy.len()) {
+            let c = &mut copy[..block.len()];
+            c.copy_from_slice(block);
+            round_block::<H>(c, block);
+        }
+    };
+    if v.len() >= PAR_THRESHOLD {
+        v.par_chunks_mut(CHUNK).for_each(each);
+    } else {
+        each(v);
+    }
+}
+
+/// `src` rounded to `H` and back ([`round_through`]) in a fresh buffer, in parallel when long.
+pub(crate) fn rounded_through<H: Half + bytemuck::Zeroable>(
+    src: &[f32],
+) -> crate::Result<Vec<f32>> {
+    let mut out = crate::alloc::for_overwrite::<f32>(src.len())?;
+    chunked(src, &mut out, round_block::<H>);
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +300,19 @@ mod tests {
                 "{:#x}",
                 src[i].to_bits()
             );
+        }
+        let mut through = src.clone();
+        round_through::<bf16>(&mut through);
+        for i in 0..src.len() {
+            assert_eq!(through[i].to_bits(), plain[i].to_f32().to_bits(), "{i}");
+        }
+        let mut through = src.clone();
+        round_through::<f16>(&mut through);
+        let copied = rounded_through::<f16>(&src).expect("fits");
+        for i in 0..src.len() {
+            let want = f16::from_f32(src[i]).to_f32();
+            assert_eq!(through[i].to_bits(), want.to_bits(), "{i}");
+            assert_eq!(copied[i].to_bits(), want.to_bits(), "{i}");
         }
         let h: Vec<f16> = narrowed(&src).expect("fits");
         let back = widened(&h).expect("fits");

@@ -85,15 +85,16 @@ pub(crate) fn gemm_strided<T: 'static + Copy + num_traits::Zero + num_traits::On
     }
 }
 
-/// [`gemm_strided`] for f16 operands into an f32 `dst`: through the AVX-512 kernel, which
-/// widens them (exactly) while packing, where the CPU has it and the shape suits it; elsewhere
-/// the addressed extents are widened into f32 copies first. Either way the f32 products and
-/// sums of the widened values: DESIGN.md's GEMM bound.
+/// [`gemm_strided`] for f16 operands into an f32 `dst` (A may also be f32 rounded to f16 on
+/// the way in, [`RoundedF16`](super::sgemm_pack::RoundedF16)): through the AVX-512 kernel,
+/// which widens them (exactly) while packing, where the CPU has it and the shape suits it;
+/// elsewhere the addressed extents are widened into f32 copies first. Either way the f32
+/// products and sums of the widened values: DESIGN.md's GEMM bound.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_f16(
+pub(crate) fn gemm_f16<A: super::sgemm_pack::PackSrc>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
-    lhs: &[f16],
+    lhs: &[A],
     ls: (usize, usize),
     rhs: &[f16],
     rs: (usize, usize),
@@ -111,7 +112,7 @@ pub(crate) fn gemm_f16(
         lhs.len() >= ea && rhs.len() >= eb,
         "gemm_f16: operand too small"
     );
-    if m > 0 && n > 0 && k > 0 && f16::simd() && super::sgemm::suits((m, n)) {
+    if m > 0 && n > 0 && k > 0 && A::simd() && f16::simd() && super::sgemm::suits((m, n)) {
         // (From n = 32 on: at 8 × 64 px the last stage's n = 32 products would otherwise
         // widen their 512 × 4608 weights first. f16 A is packed even then: only f32 is read in
         // place.)
@@ -120,10 +121,7 @@ pub(crate) fn gemm_f16(
     }
     // (In parallel when long. Should the host cache's allocation fail, a plain one aborts as
     // any `Vec` would.)
-    let widen = |v: &[f16]| {
-        super::convert::widened(v).unwrap_or_else(|_| v.iter().map(|x| x.to_f32()).collect())
-    };
-    let (a, b) = (widen(&lhs[..ea]), widen(&rhs[..eb]));
+    let (a, b) = (A::widened(&lhs[..ea]), f16::widened(&rhs[..eb]));
     gemm_strided((m, n, k), dst, &a, ls, &b, rs, accumulate, parallel);
     crate::alloc::recycle(a);
     crate::alloc::recycle(b);

@@ -161,18 +161,18 @@ pub(crate) fn masks(cols: usize) -> (u16, u16) {
 /// and a read of the whole (weight) matrix for 64 flops per value. With f32 operands its
 /// full 12-row tiles read A in place instead (12 row streams, or 12 adjacent values per k for
 /// a column-major A); only the last partial tile is packed (zero rows beyond `m`).
-fn gemm_serial<S: PackSrc>(
+fn gemm_serial<SA: PackSrc, SB: PackSrc>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
-    a: (&[S], (usize, usize)),
-    b: (&[S], (usize, usize)),
+    a: (&[SA], (usize, usize)),
+    b: (&[SB], (usize, usize)),
     accumulate: bool,
     (pa, pb): (&mut Vec<f32>, &mut Vec<f32>),
 ) {
     let ((rs, cs), (a_rs, a_cs)) = (b.1, a.1);
     assert!(dst.len() >= m * n && b.0.len() > (k - 1) * rs + (n - 1) * cs);
     assert!(a.0.len() > (m - 1) * a_rs + (k - 1) * a_cs);
-    let direct = S::as_f32(a.0).filter(|_| n <= NR);
+    let direct = SA::as_f32(a.0).filter(|_| n <= NR);
     // Rows read in place (full tiles), the rest packed.
     let full = if direct.is_some() { m / MR * MR } else { 0 };
     for pc in (0..k).step_by(KC) {
@@ -228,15 +228,16 @@ fn gemm_serial<S: PackSrc>(
 
 /// `dst[m, n] (+)= lhs[m, k] · rhs[k, n]` with element strides (row, col) per operand; `dst`
 /// contiguous, `m, n, k > 0`. The operands are f32, or f16 widened exactly while packed (the
-/// same f32 products and sums as widening them first). Callers check `S::simd()` (for f32:
-/// `available()`) and the slice extents (as for `gemm_strided`).
+/// same f32 products and sums as widening them first), or f32 rounded to f16 while packed
+/// ([`RoundedF16`](super::sgemm_pack::RoundedF16)). Callers check `SA::simd()` and
+/// `SB::simd()` (for f32: `available()`) and the slice extents (as for `gemm_strided`).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn sgemm<S: PackSrc>(
+pub(crate) fn sgemm<SA: PackSrc, SB: PackSrc>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
-    lhs: &[S],
+    lhs: &[SA],
     (lhs_rs, lhs_cs): (usize, usize),
-    rhs: &[S],
+    rhs: &[SB],
     (rhs_rs, rhs_cs): (usize, usize),
     accumulate: bool,
     parallel: bool,

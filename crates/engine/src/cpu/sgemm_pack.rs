@@ -22,6 +22,10 @@ pub(crate) trait PackSrc: Copy + Send + Sync + 'static {
     fn simd() -> bool;
     /// The slice itself when `Self` is f32 (the GEMM may then read A in place, unpacked).
     fn as_f32(s: &[Self]) -> Option<&[f32]>;
+    /// The values as f32 in a fresh buffer (for GEMMs the packers do not serve).
+    fn widened(s: &[Self]) -> Vec<f32> {
+        s.iter().map(|v| v.to_f32()).collect()
+    }
     /// The 16 values at `p` whose `mask` bit is set, as f32 (other lanes 0).
     ///
     /// # Safety
@@ -59,6 +63,10 @@ impl PackSrc for f16 {
     fn as_f32(_: &[f16]) -> Option<&[f32]> {
         None
     }
+    /// (In parallel when long; should the host cache's allocation fail, a plain one.)
+    fn widened(s: &[f16]) -> Vec<f32> {
+        super::convert::widened(s).unwrap_or_else(|_| s.iter().map(|v| v.to_f32()).collect())
+    }
     /// A masked 16-bit load (AVX-512BW; the upper 16 lanes of the 32-lane load are masked
     /// off), widened by `vcvtph2ps` (exact).
     #[cfg(target_arch = "x86_64")]
@@ -69,6 +77,43 @@ impl PackSrc for f16 {
         // SAFETY: the masked lanes are readable (the caller's contract).
         let h = unsafe { _mm512_maskz_loadu_epi16(mask as u32, p.cast()) };
         _mm512_cvtph_ps(_mm512_castsi512_si256(h))
+    }
+}
+
+/// An f32 value that the packers round to f16 and widen back (nearest even: the value a cast
+/// to f16 gives, as f32) — an autocast weight read without its f16 copy.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct RoundedF16(pub f32);
+
+impl PackSrc for RoundedF16 {
+    fn to_f32(self) -> f32 {
+        f16::from_f32(self.0).to_f32()
+    }
+    fn simd() -> bool {
+        super::sgemm::available() && super::convert::avx512()
+    }
+    fn as_f32(_: &[RoundedF16]) -> Option<&[f32]> {
+        None
+    }
+    /// (In parallel when long; should the host cache's allocation fail, a plain one.)
+    fn widened(s: &[RoundedF16]) -> Vec<f32> {
+        let v: &[f32] = bytemuck::cast_slice(s);
+        super::convert::rounded_through::<f16>(v)
+            .unwrap_or_else(|_| s.iter().map(|v| v.to_f32()).collect())
+    }
+    /// A masked f32 load through `vcvtps2ph` (nearest even, the instruction `half` uses) and
+    /// `vcvtph2ps`.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn load16(p: *const RoundedF16, mask: u16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: the masked lanes are readable (the caller's contract).
+        let v = unsafe { _mm512_maskz_loadu_ps(mask, p.cast()) };
+        _mm512_cvtph_ps(_mm512_cvtps_ph::<
+            { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+        >(v))
     }
 }
 
@@ -348,6 +393,14 @@ mod tests {
         check_packers(&data, (rows, cols));
         let halves: Vec<f16> = data.iter().map(|&x| f16::from_f32(x * 1e3)).collect();
         check_packers(&halves, (rows, cols));
+        // f32 values that need rounding to f16 (beyond its range and subnormal ones too),
+        // against `half`'s rounding.
+        let rounded: Vec<RoundedF16> = data
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| RoundedF16(x * [1.0, 1e5, 3e-6, 7.3][i % 4]))
+            .collect();
+        check_packers(&rounded, (rows, cols));
     }
 
     fn check_packers<S: PackSrc>(data: &[S], (rows, cols): (usize, usize)) {

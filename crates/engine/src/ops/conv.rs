@@ -112,14 +112,22 @@ impl Tensor {
         let out = from_storage_in(s, spec.output_dims().into(), format);
         // Under autocast `wc` is a rounded copy of a parameter: save the parameter instead and
         // round it again in backward (the same values), rather than keep the copy alive from
-        // forward to backward.
+        // forward to backward. Where the backend rounds an F32 weight as it reads it, the
+        // backward skips the copy too and hands the parameter its gradient directly, rounded
+        // to the copy's dtype and widened (what the cast's own backward would give).
         let recast = weight.is_leaf() && weight.dtype() != wc.dtype();
+        let direct = recast
+            && weight.dtype() == DType::F32
+            && wc.dtype().is_half()
+            && x.backend()?.conv2d_rounds_f32_weight();
         let sw = Saved::new(OP, if recast { weight } else { &wc });
         let sx = Saved::new(OP, &xc);
         let (in_dtype, w_dtype) = (x.dtype(), wc.dtype());
-        let y = track(out, OP, &[&xc, &wc], move |g| {
+        let inputs = [&xc, if direct { weight } else { &wc }];
+        let y = track(out, OP, &inputs, move |g| {
             let sx = sx.get()?;
             let sw = match recast {
+                true if direct => sw.get()?.to_dense_buffer(format)?,
                 true => sw.get()?.to_dtype(w_dtype)?.to_dense_buffer(format)?,
                 false => sw.get()?,
             };
@@ -129,8 +137,17 @@ impl Tensor {
                 out_dtype: None,
                 ..spec
             };
-            let dx = be.conv2d_backward_input(&g.storage(), &sw.storage(), &spec)?;
-            let dw = be.conv2d_backward_weight(&sx.storage(), &g.storage(), &spec)?;
+            let (gs, ss, ws) = (g.storage(), sx.storage(), sw.storage());
+            let (dx, dw) = match direct {
+                true => (
+                    be.conv2d_backward_input_rounding_weight(&gs, &ws, &spec)?,
+                    be.conv2d_backward_weight_widened(&ss, &gs, &spec)?,
+                ),
+                false => (
+                    be.conv2d_backward_input(&gs, &ws, &spec)?,
+                    be.conv2d_backward_weight(&ss, &gs, &spec)?,
+                ),
+            };
             Ok(vec![
                 Some(from_storage_in(dx, sx.shape().clone(), format)),
                 Some(from_storage_in(dw, sw.shape().clone(), format)),
