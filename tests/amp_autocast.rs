@@ -247,9 +247,9 @@ fn backward_keeps_forward_dtypes() -> Result<()> {
     Ok(())
 }
 
-/// Under autocast a convolution's backward runs on the F32 parameter itself (rounded as it
-/// is read, its gradient rounded to the half dtype and widened in one pass) where the backend
-/// offers it. Output, input gradient and weight gradient must be bit-identical to convolving
+/// Under autocast a convolution runs on the F32 parameter itself where the backend offers it
+/// (the weight rounded as the GEMM packs it, forward and backward; its gradient rounded to the
+/// half dtype and widened in one pass), making no cast copy of it. Output, input gradient and weight gradient must be bit-identical to convolving
 /// an explicit half copy of the weight and widening its gradient: bf16 and f16, row-major and
 /// channels-last, odd sizes with full AMX / register tiles and edges, fresh random data.
 #[test]
@@ -287,7 +287,11 @@ fn autocast_conv_gradients_equal_the_explicit_cast_path() -> Result<()> {
                 let p = Conv2dParams::new(stride, pad);
                 let y1 = {
                     let _ac = autocast(dt)?;
-                    x1.conv2d(&w1, None, p)?
+                    let y = x1.conv2d(&w1, None, p)?;
+                    // The input was cast (and, a leaf requiring grad, cached); the weight was
+                    // rounded by the convolution itself: no copy of it was made or cached.
+                    assert_eq!(cache_len(), 1, "only the input's cast is cached");
+                    y
                 };
                 let y2 = x2.to_dtype(dt)?.conv2d(&w2.to_dtype(dt)?, None, p)?;
                 assert_eq!(y1.dtype(), dt);

@@ -23,6 +23,12 @@
 //! cached — unlike PyTorch (issue #112583), where a cast cached under `no_grad` is later reused
 //! without its autograd edge.
 //!
+//! **Weights rounded in the op.** A convolution whose backend reads an F32 weight rounded as
+//! its GEMM packs it (the CPU backend: `ConvOps::conv2d_rounds_f32_weight`) receives an F32
+//! leaf weight that has no cached cast as it is ([`CastPolicy::rounds_in_op`]): the same
+//! values, forward and backward, and the same F32 gradient as through a cast copy, but no copy
+//! is made, so none is cached either. (Its input and bias are cast as usual.)
+//!
 //! ```
 //! use hemi_amp::autocast;
 //! use hemi_engine::{DType, Device, Tensor};
@@ -204,5 +210,18 @@ impl CastPolicy for AutocastPolicy {
             .map(|t| cast_one(t, target))
             .collect::<Result<Vec<_>>>()
             .map(Some)
+    }
+
+    /// An F32 parameter (a leaf) of a lower-precision op that has no cached cast yet: the op
+    /// rounds it to the region's dtype as it reads it, so no copy is made (and none cached:
+    /// another use rounds it again, or casts and caches it if that op cannot round).
+    fn rounds_in_op(&self, op: AutocastOp, input: &Tensor) -> Option<DType> {
+        let dtype = autocast_dtype()?;
+        let cached = STATE.with(|s| s.borrow().cache.contains_key(&(input.id(), dtype)));
+        (rule_for(op) == CastRule::LowerPrecision
+            && input.dtype() == DType::F32
+            && input.is_leaf()
+            && !cached)
+            .then_some(dtype)
     }
 }

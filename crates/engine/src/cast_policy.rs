@@ -7,7 +7,7 @@
 //! autocast region is active. Backward passes run with the policy suspended, so gradients keep
 //! the dtypes of the forward pass.
 
-use crate::{Result, Tensor};
+use crate::{DType, Result, Tensor};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
@@ -86,6 +86,14 @@ impl AutocastOp {
 pub trait CastPolicy {
     /// Returns replacement inputs for `op` (same count and order), or `None` to keep them.
     fn cast_inputs(&self, op: AutocastOp, inputs: &[&Tensor]) -> Result<Option<Vec<Tensor>>>;
+    /// For an op that can read an F32 parameter rounded to a half dtype itself (a
+    /// convolution's weight, rounded as its GEMM packs it): the dtype [`CastPolicy::cast_inputs`]
+    /// would cast `input` to, when the op may round it instead of receiving a cast copy — the
+    /// same values without the copy. `None` (the default): the op takes the cast inputs.
+    fn rounds_in_op(&self, op: AutocastOp, input: &Tensor) -> Option<DType> {
+        let _ = (op, input);
+        None
+    }
 }
 
 thread_local! {
@@ -111,6 +119,15 @@ pub fn cast_inputs(op: AutocastOp, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
         }
     }
     Ok(inputs.iter().map(|&t| t.clone()).collect())
+}
+
+/// [`CastPolicy::rounds_in_op`] of the thread's policy (`None` without one, or suspended).
+pub fn rounds_in_op(op: AutocastOp, input: &Tensor) -> Option<DType> {
+    if SUSPENDED.with(Cell::get) > 0 {
+        return None;
+    }
+    let policy = POLICY.with(|p| p.borrow().clone())?;
+    policy.rounds_in_op(op, input)
 }
 
 /// Suspends the policy (ops see their inputs unchanged) until the guard drops.

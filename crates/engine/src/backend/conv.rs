@@ -146,13 +146,24 @@ pub trait ConvOps: BackendDevice {
         let _ = (x, dy, spec);
         Err(unsupported(self.device(), "conv2d_backward_weight"))
     }
-    /// Whether the device implements the two autocast-weight passes below
-    /// ([`ConvOps::conv2d_backward_input_rounding_weight`],
+    /// Whether the device implements the three autocast-weight passes below
+    /// ([`ConvOps::conv2d_rounding_weight`], [`ConvOps::conv2d_backward_input_rounding_weight`],
     /// [`ConvOps::conv2d_backward_weight_widened`]). Under autocast a convolution of a half
-    /// input with an F32 parameter then runs its backward on the F32 parameter itself instead
-    /// of a half copy of it (the same values, one cast and one widening fewer per step).
+    /// input with an F32 parameter then runs on the F32 parameter itself instead of a half
+    /// copy of it (the same values; two casts and one widening fewer per step).
     fn conv2d_rounds_f32_weight(&self) -> bool {
         false
+    }
+    /// [`ConvOps::conv2d`] of an F16/BF16 `x` with an F32 weight `w` rounded to `x`'s dtype
+    /// (nearest even) as it is read: the result of casting the weight first.
+    fn conv2d_rounding_weight(
+        &self,
+        x: &StorageRef,
+        w: &StorageRef,
+        spec: &Conv2dSpec,
+    ) -> Result<StorageRef> {
+        let _ = (x, w, spec);
+        Err(unsupported(self.device(), "conv2d_rounding_weight"))
     }
     /// [`ConvOps::conv2d_backward_input`] of an F16/BF16 `dy` with an F32 weight `w` rounded to
     /// `dy`'s dtype (nearest even) as it is read: the result of casting the weight first.

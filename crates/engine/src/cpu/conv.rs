@@ -922,10 +922,82 @@ fn expect_half(op: &'static str, what: &str, dtype: DType) -> Result<()> {
     }
 }
 
-/// [`conv2d_backward_input`] with an F32 weight rounded to `dy`'s dtype (F16 or BF16) as it
-/// is read: the values, and so the result, of casting the weight first (nearest even), without
-/// the cast's copy — on AMX (bf16) or in the f32 kernel's packing (f16); where the CPU has
-/// neither, through a rounded copy.
+/// Pass `p` (forward, or input gradient) of a half operand `a` (`x` or `dy`, F16 or BF16)
+/// with an F32 weight `w` rounded to `a`'s dtype as it is read: the values, and so the result,
+/// of casting the weight first (nearest even), without the cast's copy — on AMX (bf16) or in
+/// the f32 kernel's packing (f16); where the CPU has neither, through a rounded copy.
+fn rounding_weight(
+    op: &'static str,
+    p: Pass,
+    (a, a_dims): (&StorageRef, [usize; 4]),
+    w: &StorageRef,
+    (g, out_dims): (&Geometry, [usize; 4]),
+) -> Result<CpuStorage> {
+    let spec = &g.s;
+    let (ha, hw) = (host(op, a)?, host(op, w)?);
+    expect_half(op, "the convolved operand", ha.dtype())?;
+    if hw.dtype() != DType::F32 {
+        return Err(Error::dtype(
+            op,
+            format!("the rounded weight must be F32, got {}", hw.dtype()),
+        ));
+    }
+    let (a_view, w_view) = (
+        view(a_dims, spec.format),
+        view(spec.weight_dims(), spec.format),
+    );
+    let dtype = ha.dtype();
+    let out = if dtype == DType::BF16 && super::amx::available() {
+        let (x, w) = (
+            half_nchw::<bf16>(&ha, &a_view)?,
+            half_nchw::<f32>(&hw, &w_view)?,
+        );
+        match p {
+            Pass::Forward => forward::<bf16, RoundedBf16>(&x, bytemuck::cast_slice(&w), g)?,
+            _ => backward_input::<bf16, RoundedBf16>(&x, bytemuck::cast_slice(&w), g)?,
+        }
+    } else if dtype == DType::F16 && <f16 as super::sgemm_pack::PackSrc>::simd() {
+        let (x, w) = (
+            half_nchw::<f16>(&ha, &a_view)?,
+            half_nchw::<f32>(&hw, &w_view)?,
+        );
+        match p {
+            Pass::Forward => forward::<f16, RoundedF16>(&x, bytemuck::cast_slice(&w), g)?,
+            _ => backward_input::<f16, RoundedF16>(&x, bytemuck::cast_slice(&w), g)?,
+        }
+    } else {
+        let rounded = wrap(super::elementwise::cast(&hw, &w_view, dtype)?);
+        drop((ha, hw));
+        let b = (&rounded, spec.weight_dims());
+        return convolve(op, p, (a, a_dims), b, (g, out_dims));
+    };
+    output(
+        Compute::F32(out),
+        out_dims,
+        spec.out_dtype.unwrap_or(dtype),
+        spec,
+    )
+}
+
+/// [`conv2d`] of an F16/BF16 `x` with an F32 weight rounded to `x`'s dtype as it is read
+/// (see [`rounding_weight`]).
+pub(crate) fn conv2d_rounding_weight(
+    x: &StorageRef,
+    w: &StorageRef,
+    spec: &Conv2dSpec,
+) -> Result<CpuStorage> {
+    const OP: &str = "conv2d";
+    spec.validate(OP)?;
+    let g = Geometry::new(spec);
+    let input_len = spec.n * spec.c_in * spec.h * spec.w;
+    check_len(OP, "input", x.len(), input_len, spec)?;
+    check_len(OP, "weight", w.len(), spec.c_out * g.k, spec)?;
+    let out = (&g, spec.output_dims());
+    rounding_weight(OP, Pass::Forward, (x, spec.input_dims()), w, out)
+}
+
+/// [`conv2d_backward_input`] with an F32 weight rounded to `dy`'s dtype as it is read (see
+/// [`rounding_weight`]).
 pub(crate) fn conv2d_backward_input_rounding_weight(
     dy: &StorageRef,
     w: &StorageRef,
@@ -936,42 +1008,8 @@ pub(crate) fn conv2d_backward_input_rounding_weight(
     let g = Geometry::new(spec);
     check_len(OP, "grad_output", dy.len(), spec.n * spec.c_out * g.p, spec)?;
     check_len(OP, "weight", w.len(), spec.c_out * g.k, spec)?;
-    let (hd, hw) = (host(OP, dy)?, host(OP, w)?);
-    expect_half(OP, "grad_output", hd.dtype())?;
-    if hw.dtype() != DType::F32 {
-        return Err(Error::dtype(
-            OP,
-            format!("the rounded weight must be F32, got {}", hw.dtype()),
-        ));
-    }
-    let (dy_view, w_view) = (
-        view(spec.output_dims(), spec.format),
-        view(spec.weight_dims(), spec.format),
-    );
-    let dtype = hd.dtype();
-    let out = if dtype == DType::BF16 && super::amx::available() {
-        let (dy, w) = (
-            half_nchw::<bf16>(&hd, &dy_view)?,
-            half_nchw::<f32>(&hw, &w_view)?,
-        );
-        backward_input::<bf16, RoundedBf16>(&dy, bytemuck::cast_slice(&w), &g)?
-    } else if dtype == DType::F16 && <f16 as super::sgemm_pack::PackSrc>::simd() {
-        let (dy, w) = (
-            half_nchw::<f16>(&hd, &dy_view)?,
-            half_nchw::<f32>(&hw, &w_view)?,
-        );
-        backward_input::<f16, RoundedF16>(&dy, bytemuck::cast_slice(&w), &g)?
-    } else {
-        let rounded = wrap(super::elementwise::cast(&hw, &w_view, dtype)?);
-        drop((hd, hw));
-        return conv2d_backward_input(dy, &rounded, spec);
-    };
-    output(
-        Compute::F32(out),
-        spec.input_dims(),
-        spec.out_dtype.unwrap_or(dtype),
-        spec,
-    )
+    let out = (&g, spec.input_dims());
+    rounding_weight(OP, Pass::BackwardInput, (dy, spec.output_dims()), w, out)
 }
 
 /// [`conv2d_backward_weight`] of F16 or BF16 operands rounded to their dtype (once, nearest
@@ -1039,6 +1077,15 @@ impl crate::backend::ConvOps for super::CpuBackend {
 
     fn conv2d_rounds_f32_weight(&self) -> bool {
         true
+    }
+
+    fn conv2d_rounding_weight(
+        &self,
+        x: &StorageRef,
+        w: &StorageRef,
+        spec: &Conv2dSpec,
+    ) -> Result<StorageRef> {
+        Ok(wrap(conv2d_rounding_weight(x, w, spec)?))
     }
 
     fn conv2d_backward_input_rounding_weight(

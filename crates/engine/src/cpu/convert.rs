@@ -162,11 +162,58 @@ fn widen_f16_avx512(src: &[f16], dst: &mut [f32]) {
 
 /// A half-precision element type and its serial slice conversions (same lengths; for callers
 /// that already run in parallel, one block each).
-pub(crate) trait Half: bytemuck::Pod + Send + Sync {
+pub(crate) trait Half: bytemuck::Pod + bytemuck::Zeroable + Send + Sync {
     /// `dst = f32(src)` (exact).
     fn widen(src: &[Self], dst: &mut [f32]);
     /// `dst = Self(src)` (round to nearest even).
     fn narrow(src: &[f32], dst: &mut [Self]);
+    /// `v = f32(Self(v))` in place (what [`Half::narrow`] then [`Half::widen`] give).
+    fn round_in_place(v: &mut [f32]) {
+        let mut buf = [Self::zeroed(); 256];
+        for block in v.chunks_mut(buf.len()) {
+            let h = &mut buf[..block.len()];
+            Self::narrow(block, h);
+            Self::widen(h, block);
+        }
+    }
+}
+
+/// 16 lanes at a time: [`round_bf16_lanes`] shifted back up (a NaN is already quiet, as
+/// widening would make it), the tail through `half`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn round_bf16_in_place_avx512(v: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let whole = v.len() / 16 * 16;
+    for c in v[..whole].chunks_exact_mut(16) {
+        // SAFETY: 16 readable and writable f32 at `c` (unaligned accesses).
+        unsafe {
+            let x = round_bf16_lanes(_mm512_loadu_si512(c.as_ptr().cast()));
+            _mm512_storeu_si512(c.as_mut_ptr().cast(), _mm512_slli_epi32::<16>(x));
+        }
+    }
+    for x in &mut v[whole..] {
+        *x = half::bf16::from_f32(*x).to_f32();
+    }
+}
+
+/// 16 lanes at a time through `vcvtps2ph` and `vcvtph2ps`, the tail through `half`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn round_f16_in_place_avx512(v: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let whole = v.len() / 16 * 16;
+    for c in v[..whole].chunks_exact_mut(16) {
+        // SAFETY: 16 readable and writable f32 at `c` (unaligned accesses).
+        unsafe {
+            let x = _mm512_loadu_ps(c.as_ptr());
+            let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x);
+            _mm512_storeu_ps(c.as_mut_ptr(), _mm512_cvtph_ps(h));
+        }
+    }
+    for x in &mut v[whole..] {
+        *x = half::f16::from_f32(*x).to_f32();
+    }
 }
 
 impl Half for bf16 {
@@ -175,6 +222,14 @@ impl Half for bf16 {
     }
     fn narrow(src: &[f32], dst: &mut [bf16]) {
         narrow_bf16(src, dst)
+    }
+    fn round_in_place(v: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if avx512() {
+            // SAFETY: the CPU has AVX-512F and AVX-512BW (checked above).
+            return unsafe { round_bf16_in_place_avx512(v) };
+        }
+        v.iter_mut().for_each(|x| *x = bf16::from_f32(*x).to_f32());
     }
 }
 
@@ -194,6 +249,14 @@ impl Half for f16 {
             return unsafe { narrow_f16_avx512(src, dst) };
         }
         dst.convert_from_f32_slice(src)
+    }
+    fn round_in_place(v: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if avx512() {
+            // SAFETY: the CPU has AVX-512F.
+            return unsafe { round_f16_in_place_avx512(v) };
+        }
+        v.iter_mut().for_each(|x| *x = f16::from_f32(*x).to_f32());
     }
 }
 
@@ -225,7 +288,7 @@ pub(crate) fn narrowed<H: Half>(src: &[f32]) -> crate::Result<Vec<H>> {
 
 /// `dst = f32(H(src))` (nearest even: what a cast to `H` and back gives), 256 values at a
 /// time through a stack buffer (same lengths).
-fn round_block<H: Half + bytemuck::Zeroable>(src: &[f32], dst: &mut [f32]) {
+fn round_block<H: Half>(src: &[f32], dst: &mut [f32]) {
     let mut buf = [H::zeroed(); 256];
     for (s, d) in src.chunks(buf.len()).zip(dst.chunks_mut(buf.len())) {
         let h = &mut buf[..s.len()];
@@ -236,26 +299,16 @@ fn round_block<H: Half + bytemuck::Zeroable>(src: &[f32], dst: &mut [f32]) {
 
 /// Rounds every value of `v` to `H` and back (nearest even; what a cast to `H` and back to
 /// f32 gives), in place, in parallel when long.
-pub(crate) fn round_through<H: Half + bytemuck::Zeroable>(v: &mut [f32]) {
-    let each = |v: &mut [f32]| {
-        let mut copy = [0f32; 256];
-        for block in v.chunks_mut(copy.len()) {
-            let c = &mut copy[..block.len()];
-            c.copy_from_slice(block);
-            round_block::<H>(c, block);
-        }
-    };
+pub(crate) fn round_through<H: Half>(v: &mut [f32]) {
     if v.len() >= PAR_THRESHOLD {
-        v.par_chunks_mut(CHUNK).for_each(each);
+        v.par_chunks_mut(CHUNK).for_each(H::round_in_place);
     } else {
-        each(v);
+        H::round_in_place(v);
     }
 }
 
 /// `src` rounded to `H` and back ([`round_through`]) in a fresh buffer, in parallel when long.
-pub(crate) fn rounded_through<H: Half + bytemuck::Zeroable>(
-    src: &[f32],
-) -> crate::Result<Vec<f32>> {
+pub(crate) fn rounded_through<H: Half>(src: &[f32]) -> crate::Result<Vec<f32>> {
     let mut out = crate::alloc::for_overwrite::<f32>(src.len())?;
     chunked(src, &mut out, round_block::<H>);
     Ok(out)

@@ -336,6 +336,7 @@ unsafe fn transpose_rows_avx512<S: PackSrc>(
 /// 4 × 4 block's column), then two rounds of 128-bit lane shuffles gather each column's four
 /// lanes.
 #[cfg(target_arch = "x86_64")]
+#[inline]
 #[target_feature(enable = "avx512f")]
 pub(crate) fn transpose16(
     rows: [std::arch::x86_64::__m512; 16],

@@ -60,12 +60,12 @@ impl Tensor {
         p: Conv2dParams,
     ) -> Result<Tensor> {
         const OP: &str = "conv2d";
-        let ins = match bias {
-            Some(b) => crate::cast_policy::cast_inputs(AutocastOp::Conv2d, &[self, weight, b])?,
-            None => crate::cast_policy::cast_inputs(AutocastOp::Conv2d, &[self, weight])?,
-        };
+        let (ins, rounded) = self.conv_inputs(weight, bias)?;
         let bias = ins.get(2);
-        let (x, w) = promote_pair(OP, &ins[0], &ins[1])?;
+        let (x, w) = match rounded {
+            Some(_) => (ins[0].clone(), ins[1].clone()),
+            None => promote_pair(OP, &ins[0], &ins[1])?,
+        };
         float_only(OP, &x)?;
         expect_rank(OP, "input", &x, 4)?;
         expect_rank(OP, "weight", &w, 4)?;
@@ -108,21 +108,27 @@ impl Tensor {
         }
         spec.validate(OP)?;
         let (xc, wc) = (x.to_dense_buffer(format)?, w.to_dense_buffer(format)?);
-        let s = x.backend()?.conv2d(&xc.storage(), &wc.storage(), &spec)?;
+        let be = x.backend()?;
+        let s = match rounded {
+            Some(_) => be.conv2d_rounding_weight(&xc.storage(), &wc.storage(), &spec)?,
+            None => be.conv2d(&xc.storage(), &wc.storage(), &spec)?,
+        };
         let out = from_storage_in(s, spec.output_dims().into(), format);
+        // The dtype the weight was convolved in.
+        let w_dtype = rounded.unwrap_or(wc.dtype());
         // Under autocast `wc` is a rounded copy of a parameter: save the parameter instead and
         // round it again in backward (the same values), rather than keep the copy alive from
         // forward to backward. Where the backend rounds an F32 weight as it reads it, the
         // backward skips the copy too and hands the parameter its gradient directly, rounded
         // to the copy's dtype and widened (what the cast's own backward would give).
-        let recast = weight.is_leaf() && weight.dtype() != wc.dtype();
+        let recast = weight.is_leaf() && weight.dtype() != w_dtype;
         let direct = recast
             && weight.dtype() == DType::F32
-            && wc.dtype().is_half()
-            && x.backend()?.conv2d_rounds_f32_weight();
+            && w_dtype.is_half()
+            && be.conv2d_rounds_f32_weight();
         let sw = Saved::new(OP, if recast { weight } else { &wc });
         let sx = Saved::new(OP, &xc);
-        let (in_dtype, w_dtype) = (x.dtype(), wc.dtype());
+        let in_dtype = x.dtype();
         let inputs = [&xc, if direct { weight } else { &wc }];
         let y = track(out, OP, &inputs, move |g| {
             let sx = sx.get()?;
@@ -165,5 +171,37 @@ impl Tensor {
                 y.add(&b.reshape([1, spec.c_out, 1, 1])?)
             }
         }
+    }
+
+    /// The inputs of a convolution after autocast, and the dtype the backend rounds an F32
+    /// parameter weight to as it reads it (`None`: the weight, like the others, comes back
+    /// cast). The weight is left to the backend when the policy allows it
+    /// ([`crate::cast_policy::rounds_in_op`]), the backend can ([`ConvOps::conv2d_rounds_f32_weight`](crate::backend::ConvOps::conv2d_rounds_f32_weight)),
+    /// and the input comes back in that dtype.
+    fn conv_inputs(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> Result<(Vec<Tensor>, Option<DType>)> {
+        use crate::cast_policy::{cast_inputs, rounds_in_op};
+        let op = AutocastOp::Conv2d;
+        let rounded = rounds_in_op(op, weight)
+            .filter(|_| weight.dtype() == DType::F32 && self.dims().len() == 4)
+            .filter(|_| self.backend().is_ok_and(|b| b.conv2d_rounds_f32_weight()));
+        if let Some(dtype) = rounded {
+            let mut ins = match bias {
+                Some(b) => cast_inputs(op, &[self, b])?,
+                None => cast_inputs(op, &[self])?,
+            };
+            if ins[0].dtype() == dtype {
+                ins.insert(1, weight.clone());
+                return Ok((ins, Some(dtype)));
+            }
+        }
+        let ins = match bias {
+            Some(b) => cast_inputs(op, &[self, weight, b])?,
+            None => cast_inputs(op, &[self, weight])?,
+        };
+        Ok((ins, None))
     }
 }
