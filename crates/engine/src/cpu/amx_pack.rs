@@ -69,6 +69,9 @@ impl AmxSrc for RoundedBf16 {
     #[target_feature(enable = "avx512f,avx512bw")]
     unsafe fn lanes16(p: *const RoundedBf16) -> std::arch::x86_64::__m512i {
         use std::arch::x86_64::*;
+        // (The weight is read once per pass, from memory: the line 512 bytes on along the
+        // same row is fetched ahead — the next tiles of either packing order read it.)
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(128).cast());
         // SAFETY: 16 readable f32 (64 bytes) at `p` (the caller's contract).
         unsafe { super::convert::round_bf16_lanes(_mm512_loadu_si512(p.cast())) }
     }
