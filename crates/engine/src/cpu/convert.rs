@@ -168,14 +168,7 @@ pub(crate) trait Half: bytemuck::Pod + bytemuck::Zeroable + Send + Sync {
     /// `dst = Self(src)` (round to nearest even).
     fn narrow(src: &[f32], dst: &mut [Self]);
     /// `v = f32(Self(v))` in place (what [`Half::narrow`] then [`Half::widen`] give).
-    fn round_in_place(v: &mut [f32]) {
-        let mut buf = [Self::zeroed(); 256];
-        for block in v.chunks_mut(buf.len()) {
-            let h = &mut buf[..block.len()];
-            Self::narrow(block, h);
-            Self::widen(h, block);
-        }
-    }
+    fn round_in_place(v: &mut [f32]);
 }
 
 /// 16 lanes at a time: [`round_bf16_lanes`] shifted back up (a NaN is already quiet, as
@@ -286,17 +279,6 @@ pub(crate) fn narrowed<H: Half>(src: &[f32]) -> crate::Result<Vec<H>> {
     Ok(out)
 }
 
-/// `dst = f32(H(src))` (nearest even: what a cast to `H` and back gives), 256 values at a
-/// time through a stack buffer (same lengths).
-fn round_block<H: Half>(src: &[f32], dst: &mut [f32]) {
-    let mut buf = [H::zeroed(); 256];
-    for (s, d) in src.chunks(buf.len()).zip(dst.chunks_mut(buf.len())) {
-        let h = &mut buf[..s.len()];
-        H::narrow(s, h);
-        H::widen(h, d);
-    }
-}
-
 /// Rounds every value of `v` to `H` and back (nearest even; what a cast to `H` and back to
 /// f32 gives), in place, in parallel when long.
 pub(crate) fn round_through<H: Half>(v: &mut [f32]) {
@@ -310,7 +292,11 @@ pub(crate) fn round_through<H: Half>(v: &mut [f32]) {
 /// `src` rounded to `H` and back ([`round_through`]) in a fresh buffer, in parallel when long.
 pub(crate) fn rounded_through<H: Half>(src: &[f32]) -> crate::Result<Vec<f32>> {
     let mut out = crate::alloc::for_overwrite::<f32>(src.len())?;
-    chunked(src, &mut out, round_block::<H>);
+    // (Each chunk copied, then rounded in place while it is in cache.)
+    chunked(src, &mut out, |s, d| {
+        d.copy_from_slice(s);
+        H::round_in_place(d)
+    });
     Ok(out)
 }
 

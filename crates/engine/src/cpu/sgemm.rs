@@ -320,4 +320,27 @@ mod tests {
             },
         );
     }
+
+    /// `gemm_f16` at shapes its kernel does not serve directly: products narrower than a
+    /// register tile run transposed (in parallel over blocks of A's rows, or serially), and
+    /// the smallest ones widen for the crate; against the f64 reference.
+    #[test]
+    fn narrow_f16_products_match_f64_reference() {
+        use half::f16;
+        let mut rnd = super::super::gemm_check::uniform(0x3C6E_F372_FE94_F82B);
+        super::super::gemm_check::check_against_f64(
+            &[
+                (100, 4, 300),
+                (33, 17, 70),
+                (512, 1, 40),
+                (40, 31, 9),
+                (20, 5, 33),
+            ],
+            || f16::from_f32(rnd()),
+            f16::to_f64,
+            &|shape, c, a, sa, b, sb, accumulate, par| {
+                super::super::matmul::gemm_f16(shape, c, a, sa, b, sb, accumulate, par)
+            },
+        );
+    }
 }
