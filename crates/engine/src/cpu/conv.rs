@@ -699,20 +699,38 @@ fn backward_weight<T: ConvGemm<T>>(x: &[T], dy: &[T], g: &Geometry) -> Result<Ve
     }
 }
 
-fn check_len(
+/// An operand of a convolution pass, named as in its errors.
+#[derive(Clone, Copy)]
+enum Operand {
+    Input,
+    Weight,
+    GradOutput,
+}
+
+/// Validates `spec` for `op` and the lengths of its two operands (in order), and returns its
+/// geometry.
+fn checked(
     op: &'static str,
-    what: &str,
-    got: usize,
-    want: usize,
     spec: &Conv2dSpec,
-) -> Result<()> {
-    if got != want {
-        return Err(Error::shape(
-            op,
-            format!("{what} has {got} elements, expected {want} for {spec:?}"),
-        ));
+    operands: [(Operand, &StorageRef); 2],
+) -> Result<Geometry> {
+    spec.validate(op)?;
+    let g = Geometry::new(spec);
+    for (which, s) in operands {
+        let (what, want) = match which {
+            Operand::Input => ("input", spec.n * spec.c_in * spec.h * spec.w),
+            Operand::Weight => ("weight", spec.c_out * g.k),
+            Operand::GradOutput => ("grad_output", spec.n * spec.c_out * g.p),
+        };
+        let got = s.len();
+        if got != want {
+            return Err(Error::shape(
+                op,
+                format!("{what} has {got} elements, expected {want} for {spec:?}"),
+            ));
+        }
     }
-    Ok(())
+    Ok(g)
 }
 
 /// Both operands (one dtype, dense in `spec.format`) in their compute type, in logical
@@ -846,16 +864,7 @@ fn convolve(
 /// Forward convolution of `x [n, c_in, h, w]` and `w [c_out, c_in/groups, kh, kw]`.
 pub(crate) fn conv2d(x: &StorageRef, w: &StorageRef, spec: &Conv2dSpec) -> Result<CpuStorage> {
     const OP: &str = "conv2d";
-    spec.validate(OP)?;
-    let g = Geometry::new(spec);
-    check_len(
-        OP,
-        "input",
-        x.len(),
-        spec.n * spec.c_in * spec.h * spec.w,
-        spec,
-    )?;
-    check_len(OP, "weight", w.len(), spec.c_out * g.k, spec)?;
+    let g = checked(OP, spec, [(Operand::Input, x), (Operand::Weight, w)])?;
     convolve(
         OP,
         Pass::Forward,
@@ -872,10 +881,7 @@ pub(crate) fn conv2d_backward_input(
     spec: &Conv2dSpec,
 ) -> Result<CpuStorage> {
     const OP: &str = "conv2d_backward_input";
-    spec.validate(OP)?;
-    let g = Geometry::new(spec);
-    check_len(OP, "grad_output", dy.len(), spec.n * spec.c_out * g.p, spec)?;
-    check_len(OP, "weight", w.len(), spec.c_out * g.k, spec)?;
+    let g = checked(OP, spec, [(Operand::GradOutput, dy), (Operand::Weight, w)])?;
     convolve(
         OP,
         Pass::BackwardInput,
@@ -892,16 +898,7 @@ pub(crate) fn conv2d_backward_weight(
     spec: &Conv2dSpec,
 ) -> Result<CpuStorage> {
     const OP: &str = "conv2d_backward_weight";
-    spec.validate(OP)?;
-    let g = Geometry::new(spec);
-    check_len(
-        OP,
-        "input",
-        x.len(),
-        spec.n * spec.c_in * spec.h * spec.w,
-        spec,
-    )?;
-    check_len(OP, "grad_output", dy.len(), spec.n * spec.c_out * g.p, spec)?;
+    let g = checked(OP, spec, [(Operand::Input, x), (Operand::GradOutput, dy)])?;
     convolve(
         OP,
         Pass::BackwardWeight,
@@ -987,11 +984,7 @@ pub(crate) fn conv2d_rounding_weight(
     spec: &Conv2dSpec,
 ) -> Result<CpuStorage> {
     const OP: &str = "conv2d";
-    spec.validate(OP)?;
-    let g = Geometry::new(spec);
-    let input_len = spec.n * spec.c_in * spec.h * spec.w;
-    check_len(OP, "input", x.len(), input_len, spec)?;
-    check_len(OP, "weight", w.len(), spec.c_out * g.k, spec)?;
+    let g = checked(OP, spec, [(Operand::Input, x), (Operand::Weight, w)])?;
     let out = (&g, spec.output_dims());
     rounding_weight(OP, Pass::Forward, (x, spec.input_dims()), w, out)
 }
@@ -1004,10 +997,7 @@ pub(crate) fn conv2d_backward_input_rounding_weight(
     spec: &Conv2dSpec,
 ) -> Result<CpuStorage> {
     const OP: &str = "conv2d_backward_input";
-    spec.validate(OP)?;
-    let g = Geometry::new(spec);
-    check_len(OP, "grad_output", dy.len(), spec.n * spec.c_out * g.p, spec)?;
-    check_len(OP, "weight", w.len(), spec.c_out * g.k, spec)?;
+    let g = checked(OP, spec, [(Operand::GradOutput, dy), (Operand::Weight, w)])?;
     let out = (&g, spec.input_dims());
     rounding_weight(OP, Pass::BackwardInput, (dy, spec.output_dims()), w, out)
 }
@@ -1021,11 +1011,7 @@ pub(crate) fn conv2d_backward_weight_widened(
     spec: &Conv2dSpec,
 ) -> Result<CpuStorage> {
     const OP: &str = "conv2d_backward_weight";
-    spec.validate(OP)?;
-    let g = Geometry::new(spec);
-    let input_len = spec.n * spec.c_in * spec.h * spec.w;
-    check_len(OP, "input", x.len(), input_len, spec)?;
-    check_len(OP, "grad_output", dy.len(), spec.n * spec.c_out * g.p, spec)?;
+    let g = checked(OP, spec, [(Operand::Input, x), (Operand::GradOutput, dy)])?;
     expect_half(OP, "input", x.dtype())?;
     if dy.dtype() != x.dtype() {
         return Err(Error::dtype(
