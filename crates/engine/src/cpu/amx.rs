@@ -16,7 +16,8 @@
 //! multiples of 32;
 //! each 32 × 32 block of C is four accumulator tiles fed by two A and two B tiles per 32 `k`
 //! (tmm0–3 accumulate, tmm4–5 hold A, tmm6–7 hold B), stored once to a local buffer and added
-//! (or copied) into C's valid rows and columns.
+//! (or copied) into C's valid rows and columns. B is packed whole, once; a row-major A panel by
+//! panel (32 rows), by the worker that multiplies it, just before its row of blocks.
 //!
 //! Prediction: 1024 bf16 multiply-adds per cycle per core on the tile unit, so the packing and
 //! the epilogue (memory-bound) dominate; measured peak of one dependent `TDPBF16PS` chain on
@@ -163,9 +164,21 @@ unsafe fn block(
 }
 
 thread_local! {
-    /// Packing buffers reused across calls on this thread.
-    static SCRATCH: std::cell::RefCell<(Vec<bf16>, Vec<bf16>)> =
-        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    /// The packed B of the calling thread's product, reused across calls.
+    static PACKED_B: std::cell::RefCell<Vec<bf16>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The packed A of the calling thread's product when packed whole, reused across calls.
+    static A_WHOLE: std::cell::RefCell<Vec<bf16>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// A worker's packed panel of A (two slivers), reused across blocks and calls.
+    static A_PANEL: std::cell::RefCell<Vec<bf16>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `buf` grown to at least `len` elements (never shrunk or zero-filled per call: the packers
+/// write every element they hand on), as its first `len`.
+fn grown(buf: &mut Vec<bf16>, len: usize) -> &mut [bf16] {
+    if buf.len() < len {
+        buf.resize(len, bf16::ZERO);
+    }
+    &mut buf[..len]
 }
 
 /// `dst[m × n] (+)= A · B` for bf16 operands with element strides (row, col), f32 `dst`
@@ -197,48 +210,68 @@ pub(crate) fn gemm_bf16<A: super::amx_pack::AmxSrc>(
     }
     assert!(a.len() > (m - 1) * a_strides.0 + (k - 1) * a_strides.1);
     assert!(b.len() > (k - 1) * b_strides.0 + (n - 1) * b_strides.1);
-    let (mb, nb, kb) = (m.div_ceil(2 * TM), n.div_ceil(2 * TN), k.div_ceil(TK));
-    let (mut pa, mut pb) = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-    // The packers write every element (padding included): the buffers only grow, never
-    // zero-filled per call (that fill was 4 % of a bf16 training step).
-    let (la, lb) = (2 * mb * kb * TILE, 2 * nb * kb * TILE);
-    for (buf, len) in [(&mut pa, la), (&mut pb, lb)] {
-        if buf.len() < len {
-            buf.resize(len, bf16::ZERO);
-        }
+    let (nb, kb) = (n.div_ceil(2 * TN), k.div_ceil(TK));
+    let mut pb = PACKED_B.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    pack_b(b, b_strides, (k, n), grown(&mut pb, 2 * nb * kb * TILE));
+    // A row-major A (a weight in a forward pass, an output gradient) is packed panel by panel
+    // (32 rows): each row block packs its own two slivers right before its blocks of C use
+    // them, so the panel stays in this core's cache (packing all of A up front wrote it out to
+    // memory and read it back: at small images the whole step's largest operand, the weight).
+    // A column-major A (the transposed weight of an input gradient) is packed whole, up front,
+    // each thread a run of slivers k block by k block: a panel alone would read 128 bytes from
+    // each of `k` rows far apart (measured: its packing took twice as long).
+    let mut pa_whole = A_WHOLE.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    let whole = a_strides.1 != 1;
+    if whole {
+        let slivers = 2 * m.div_ceil(2 * TM);
+        let group = slivers.div_ceil(rayon::current_num_threads()).max(1);
+        grown(&mut pa_whole, slivers * kb * TILE)
+            .par_chunks_mut(group * kb * TILE)
+            .enumerate()
+            .for_each(|(gi, out)| pack_a(a, a_strides, (m, k), gi * group, out));
     }
-    pack_a(a, a_strides, (m, k), &mut pa[..la]);
-    pack_b(b, b_strides, (k, n), &mut pb[..lb]);
+    let packed_a = &pa_whole;
     let run_row = |bi: usize, rows: &mut [f32]| {
-        let mut acc = [0f32; 1024];
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: AMX is available (asserted) and the configuration is loaded for the blocks
-        // below and released after them, on this thread.
-        unsafe {
-            std::arch::asm!("ldtilecfg [{0}]", in(reg) &CONFIG, options(nostack, readonly));
-        }
-        for bj in 0..nb {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: configuration loaded; slivers 2·bi+1 < 2·mb and 2·bj+1 < 2·nb exist.
-            unsafe {
-                block(&pa, &pb, (bi, bj, kb), &mut acc)
+        A_PANEL.with(|panel| {
+            let mut panel = panel.borrow_mut();
+            let (pa, bi) = if whole {
+                (&packed_a[..], bi)
+            } else {
+                let pa = grown(&mut panel, 2 * kb * TILE);
+                pack_a(a, a_strides, (m, k), 2 * bi, pa);
+                (&pa[..], 0)
             };
-            let cols = (n - bj * 2 * TN).min(2 * TN);
-            for (i, row) in rows.chunks_exact_mut(n).enumerate() {
-                let out = &mut row[bj * 2 * TN..][..cols];
-                let src = &acc[i * 32..][..cols];
-                if accumulate {
-                    out.iter_mut().zip(src).for_each(|(o, s)| *o += s);
-                } else {
-                    out.copy_from_slice(src);
+            let mut acc = [0f32; 1024];
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AMX is available (asserted) and the configuration is loaded for the
+            // blocks below and released after them, on this thread.
+            unsafe {
+                std::arch::asm!("ldtilecfg [{0}]", in(reg) &CONFIG, options(nostack, readonly));
+            }
+            for bj in 0..nb {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: configuration loaded; `pa` holds A slivers 2·bi and 2·bi+1, and
+                // slivers 2·bj+1 < 2·nb of B exist.
+                unsafe {
+                    block(pa, &pb, (bi, bj, kb), &mut acc)
+                };
+                let cols = (n - bj * 2 * TN).min(2 * TN);
+                for (i, row) in rows.chunks_exact_mut(n).enumerate() {
+                    let out = &mut row[bj * 2 * TN..][..cols];
+                    let src = &acc[i * 32..][..cols];
+                    if accumulate {
+                        out.iter_mut().zip(src).for_each(|(o, s)| *o += s);
+                    } else {
+                        out.copy_from_slice(src);
+                    }
                 }
             }
-        }
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: releases this thread's tile state.
-        unsafe {
-            std::arch::asm!("tilerelease", options(nostack, nomem));
-        }
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: releases this thread's tile state.
+            unsafe {
+                std::arch::asm!("tilerelease", options(nostack, nomem));
+            }
+        })
     };
     let dst = &mut dst[..m * n];
     if parallel {
@@ -250,7 +283,8 @@ pub(crate) fn gemm_bf16<A: super::amx_pack::AmxSrc>(
             .enumerate()
             .for_each(|(bi, rows)| run_row(bi, rows));
     }
-    SCRATCH.with(|s| *s.borrow_mut() = (pa, pb));
+    PACKED_B.with(|s| *s.borrow_mut() = pb);
+    A_WHOLE.with(|s| *s.borrow_mut() = pa_whole);
 }
 
 #[cfg(test)]

@@ -90,37 +90,31 @@ impl AmxSrc for RoundedBf16 {
     }
 }
 
-/// Packs `A [m × k]` (element `(r, c)` at `a[r*rs + c*cs]`) into tiles: row sliver `s`
-/// (16 rows), k block `b` at `((s * kb + b) * TILE)`, row-major 16 × 32, zero-padded. `out`
-/// holds a whole number of slivers of `kb` tiles, at least enough for `m` rows.
+/// Packs row slivers `first..` of `A [m × k]` (element `(r, c)` at `a[r*rs + c*cs]`; sliver
+/// `s` = rows `16·s..16·s + 16`) into tiles: the `i`-th sliver of `out`, k block `b` at
+/// `((i * kb + b) * TILE)`, row-major 16 × 32, zero-padded past `m` and `k`. `out` holds a
+/// whole number of slivers of `kb` tiles; every element is written. Serial: the GEMM packs
+/// each worker's panel of A right before multiplying it, so the panel stays in that core's
+/// cache instead of going out to memory and back.
 pub(crate) fn pack_a<S: AmxSrc>(
     a: &[S],
     (rs, cs): (usize, usize),
     (m, k): (usize, usize),
+    first: usize,
     out: &mut [bf16],
 ) {
     let kb = k.div_ceil(TK);
     let fast = super::convert::avx512();
-    // A column-major A (the transposed weight of an input gradient) is read 16 values down
-    // each of its columns per tile; tile by tile along one sliver, that is one cache line from
-    // each of `k` rows far apart, which no prefetcher follows (with an f32 weight, 18 % of a
-    // bf16 training step). So each thread packs its share of the slivers block by block: the
-    // tiles of one k block read the same 32 columns onward, 32 sequential streams.
-    let slivers = out.len() / (kb * TILE).max(1);
-    let group = match cs {
-        1 => 1,
-        _ => slivers.div_ceil(rayon::current_num_threads()).max(1),
-    };
-    out.par_chunks_mut(group * kb * TILE)
-        .enumerate()
-        .for_each(|(gi, slivers)| {
-            for blk in 0..kb {
-                for (si, sliver) in slivers.chunks_exact_mut(kb * TILE).enumerate() {
-                    let tile = &mut sliver[blk * TILE..][..TILE];
-                    pack_a_tile(a, (rs, cs), (m, k), (gi * group + si, blk), tile, fast);
-                }
-            }
-        });
+    // k block by k block across the panel's slivers: for a column-major A (the transposed
+    // weight of an input gradient) the tiles of one block read the same 32 columns onward of
+    // each row, so the panel reads every row sequentially (each tile alone would take one
+    // cache line from each of 16 rows far apart, which no prefetcher follows).
+    for blk in 0..kb {
+        for (si, sliver) in out.chunks_exact_mut(kb * TILE).enumerate() {
+            let tile = &mut sliver[blk * TILE..][..TILE];
+            pack_a_tile(a, (rs, cs), (m, k), (first + si, blk), tile, fast);
+        }
+    }
 }
 
 /// Tile `(s, blk)` of [`pack_a`] (`fast`: the CPU has AVX-512F/BW).
@@ -336,7 +330,7 @@ mod tests {
             for (m, k) in [(1usize, 1usize), (16, 32), (33, 64), (50, 97), (17, 31)] {
                 let kb = k.div_ceil(TK);
                 let mut out = vec![bf16::NAN; 2 * m.div_ceil(2 * TM) * kb * TILE];
-                pack_a(&data, (rs, cs), (m, k), &mut out);
+                pack_a(&data, (rs, cs), (m, k), 0, &mut out);
                 for (q, v) in out.iter().enumerate() {
                     let (s, b, i, j) = (q / (kb * TILE), q / TILE % kb, q % TILE / TK, q % TK);
                     let (r, c) = (s * TM + i, b * TK + j);
@@ -346,7 +340,7 @@ mod tests {
                 // A as f32 values rounded while packed: the tiles hold `half`'s rounding.
                 let wide: Vec<RoundedBf16> = data32.iter().map(|&v| RoundedBf16(v)).collect();
                 let mut out32 = vec![bf16::NAN; out.len()];
-                pack_a(&wide, (rs, cs), (m, k), &mut out32);
+                pack_a(&wide, (rs, cs), (m, k), 0, &mut out32);
                 for (q, v) in out32.iter().enumerate() {
                     let (s, b, i, j) = (q / (kb * TILE), q / TILE % kb, q % TILE / TK, q % TK);
                     let (r, c) = (s * TM + i, b * TK + j);
@@ -355,6 +349,13 @@ mod tests {
                         false => bf16::ZERO,
                     };
                     assert_eq!(v.to_bits(), want.to_bits(), "rounded A ({rs},{cs}) {m}x{k}");
+                }
+                // A panel from sliver 1 on: those slivers of the whole pack (zeros past it).
+                let mut panel = vec![bf16::NAN; 2 * kb * TILE];
+                pack_a(&data, (rs, cs), (m, k), 1, &mut panel);
+                for (q, v) in panel.iter().enumerate() {
+                    let want = out.get(kb * TILE + q).copied().unwrap_or(bf16::ZERO);
+                    assert_eq!(v.to_bits(), want.to_bits(), "A panel ({rs},{cs}) {m}x{k}");
                 }
                 // The same extents as B [k × n] with n = m.
                 let (kk, n) = (m, k);
