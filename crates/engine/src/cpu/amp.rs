@@ -61,18 +61,39 @@ fn unscale_slice<T: Copy + Send + Sync>(
         .reduce(|| false, |a, b| a || b)
 }
 
+/// The bit-pattern elements [`any_non_finite_bits`] scans.
+trait Bits: bytemuck::Pod + Ord + Send + Sync + std::ops::BitAnd<Output = Self> {}
+impl<B: bytemuck::Pod + Ord + Send + Sync + std::ops::BitAnd<Output = B>> Bits for B {}
+
+/// The largest `x & magnitude` of a block (0 for an empty one).
+#[inline(always)]
+fn masked_max<B: Bits>(block: &[B], magnitude: B) -> B {
+    block.iter().fold(B::zeroed(), |m, &x| m.max(x & magnitude))
+}
+
+/// [`masked_max`], 32 or 64 bytes per instruction where the CPU has AVX-512 (baseline x86-64
+/// has no unsigned 32-bit max: SSE2 emulates it with compares and masks, which made the scan
+/// compute-bound, 8.6 % of an fp16 ResNet-18 step at 32 px).
+fn masked_max_fast<B: Bits>(block: &[B], magnitude: B) -> B {
+    #[cfg(target_arch = "x86_64")]
+    if super::convert::avx512() {
+        #[target_feature(enable = "avx512f,avx512bw")]
+        fn run<B: Bits>(block: &[B], magnitude: B) -> B {
+            masked_max(block, magnitude)
+        }
+        // SAFETY: the CPU has AVX-512F/BW (checked above).
+        return unsafe { run(block, magnitude) };
+    }
+    masked_max(block, magnitude)
+}
+
 /// Whether any of `bits` (floats as their bit patterns) is inf or NaN: its magnitude bits
 /// (`bits & magnitude`) at least `inf`'s. A max over blocks, not a short-circuiting `any` per
-/// element, so the loop vectorizes (a 47 MB ResNet-18 gradient scan went from 4 % of an fp16
-/// training step to a memory-bound pass); stops at the first block with a non-finite value.
-fn any_non_finite_bits<B>(bits: &[B], magnitude: B, inf: B) -> bool
-where
-    B: bytemuck::Pod + Ord + Send + Sync + std::ops::BitAnd<Output = B>,
-{
-    bits.par_chunks(PAR_THRESHOLD).any(|c| {
-        c.chunks(4096)
-            .any(|b| b.iter().fold(B::zeroed(), |m, &x| m.max(x & magnitude)) >= inf)
-    })
+/// element, so the loop vectorizes (a memory-bound pass over a 47 MB ResNet-18 gradient);
+/// stops at the first block with a non-finite value.
+fn any_non_finite_bits<B: Bits>(bits: &[B], magnitude: B, inf: B) -> bool {
+    bits.par_chunks(PAR_THRESHOLD)
+        .any(|c| c.chunks(4096).any(|b| masked_max_fast(b, magnitude) >= inf))
 }
 
 /// Whether any value of `g` is inf or NaN (a read-only pass).
