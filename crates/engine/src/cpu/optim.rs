@@ -175,24 +175,27 @@ fn adam_chunk_avx512<
         adam_chunk::<T, G, SCALE, L2, DECAY, AMS>(k, p, g, m, v, vmax)
     }
     debug_assert!(super::convert::avx512());
-    // SAFETY: chosen by `adam_chunk_fn` only where the CPU has AVX-512F.
+    // SAFETY: `adam_chunk_fn` returns this only for `wide`, which its callers ask for only
+    // where the CPU has AVX-512F (`convert::avx512()`).
     unsafe { run::<T, G, SCALE, L2, DECAY, AMS>(k, p, g, m, v, vmax) }
 }
 
 /// The instantiation of [`adam_chunk`] for the flags of `k`.
 type AdamChunkFn<T, G> = fn(&AdamConsts<T>, &mut [T], &mut [G], &mut [T], &mut [T], &mut [T]);
 
-fn adam_chunk_fn<T: Float, G: GradElem<T>>(k: &AdamConsts<T>, ams: bool) -> AdamChunkFn<T, G> {
+/// (`wide`: the AVX-512 instantiation, which the caller may ask for only where
+/// `convert::avx512()` holds; ignored off x86-64.)
+fn adam_chunk_fn<T: Float, G: GradElem<T>>(
+    k: &AdamConsts<T>,
+    ams: bool,
+    wide: bool,
+) -> AdamChunkFn<T, G> {
     let flags = (
         k.inv_scale.is_some(),
         k.l2 != T::zero(),
         k.decay != T::one(),
         ams,
     );
-    #[cfg(target_arch = "x86_64")]
-    let wide = super::convert::avx512();
-    #[cfg(not(target_arch = "x86_64"))]
-    let wide = false;
     macro_rules! pick {
         ($($s:literal $l:literal $d:literal $a:literal),*) => {
             match (flags, wide) {
@@ -219,7 +222,7 @@ fn adam_slices<T: Float + Send + Sync, G: GradElem<T>>(
     v: &mut [T],
     vmax: Option<&mut [T]>,
 ) {
-    let f = adam_chunk_fn::<T, G>(&k, vmax.is_some());
+    let f = adam_chunk_fn::<T, G>(&k, vmax.is_some(), super::convert::avx512());
     let chunks = p
         .par_chunks_mut(CHUNK)
         .zip(g.par_chunks_mut(CHUNK))
@@ -477,42 +480,17 @@ mod tests {
             };
             let k = AdamConsts::<f32>::new(&spec, 3.0, bit(0).then_some(1024.0));
             let ams = bit(3);
-            let f = adam_chunk_fn::<f32, f32>(&k, ams);
-            let f16_fn = adam_chunk_fn::<f32, f16>(&k, ams);
             let mut runs = Vec::new();
             for wide in [false, true] {
+                let f = adam_chunk_fn::<f32, f32>(&k, ams, wide);
+                let f16_fn = adam_chunk_fn::<f32, f16>(&k, ams, wide);
                 let (mut p, mut g, mut m, mut v, mut vm) =
                     (p.clone(), g.clone(), m.clone(), v.clone(), vmax.clone());
                 let mut gh: Vec<f16> = g.iter().map(|&x| f16::from_f32(x)).collect();
                 let mut ph = p.clone();
                 let (mut mh, mut vh, mut vmh) = (m.clone(), v.clone(), vm.clone());
-                if wide {
-                    f(&k, &mut p, &mut g, &mut m, &mut v, &mut vm);
-                    f16_fn(&k, &mut ph, &mut gh, &mut mh, &mut vh, &mut vmh);
-                } else {
-                    macro_rules! base {
-                        ($($s:literal $l:literal $d:literal $a:literal),*) => {
-                            match (k.inv_scale.is_some(), k.l2 != 0.0, k.decay != 1.0, ams) {
-                                $(($s, $l, $d, $a) => {
-                                    adam_chunk::<f32, f32, $s, $l, $d, $a>(
-                                        &k, &mut p, &mut g, &mut m, &mut v, &mut vm,
-                                    );
-                                    adam_chunk::<f32, f16, $s, $l, $d, $a>(
-                                        &k, &mut ph, &mut gh, &mut mh, &mut vh, &mut vmh,
-                                    );
-                                })*
-                            }
-                        };
-                    }
-                    base!(
-                        false false false false, false false false true, false false true false,
-                        false false true true, false true false false, false true false true,
-                        false true true false, false true true true, true false false false,
-                        true false false true, true false true false, true false true true,
-                        true true false false, true true false true, true true true false,
-                        true true true true
-                    );
-                }
+                f(&k, &mut p, &mut g, &mut m, &mut v, &mut vm);
+                f16_fn(&k, &mut ph, &mut gh, &mut mh, &mut vh, &mut vmh);
                 let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
                 let hbits = gh.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
                 runs.push((
