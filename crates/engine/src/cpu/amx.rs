@@ -1,7 +1,8 @@
 //! bf16 GEMM on AMX tiles (Intel Advanced Matrix Extensions, `TDPBF16PS`), chosen at run time
-//! where the CPU has AMX-BF16 and Linux grants the tile state; elsewhere bf16 operands are
-//! widened to f32 for the f32 GEMM. The instructions are emitted with `asm!` (the AMX
-//! intrinsics are unstable in Rust).
+//! where the CPU has AMX-BF16 and Linux grants the tile state; on CPUs with AVX512-BF16 but no
+//! AMX the same packed blocks run on `VDPBF16PS` ([`bf16_dot`](super::bf16_dot), [`Engine`]);
+//! elsewhere bf16 operands are widened to f32 for the f32 GEMM. The AMX instructions are
+//! emitted with `asm!` (the AMX intrinsics are unstable in Rust).
 //!
 //! **Numerics.** Every product of two bf16 values is exact in f32, and the tile accumulates
 //! them in f32 (round to nearest even, pairs of `k` added to the accumulator in turn), so the
@@ -50,6 +51,27 @@ pub(crate) fn available() -> bool {
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     false
+}
+
+/// The unit that multiplies bf16 blocks in [`gemm_bf16`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Engine {
+    /// AMX tiles ([`block`]).
+    Amx,
+    /// AVX512-BF16 dot products ([`bf16_dot::block`](super::bf16_dot::block)).
+    Dot,
+}
+
+/// The engine this CPU runs bf16 GEMMs on: AMX where [`available`], else AVX512-BF16 where the
+/// CPU has it, else none (bf16 operands are then widened for the f32 GEMM).
+pub(crate) fn engine() -> Option<Engine> {
+    if available() {
+        Some(Engine::Amx)
+    } else if super::bf16_dot::available() {
+        Some(Engine::Dot)
+    } else {
+        None
+    }
 }
 
 /// CPUID leaf 7: EDX bit 22 (AMX-BF16) and bit 24 (AMX-TILE). (`is_x86_feature_detected!`
@@ -185,10 +207,11 @@ fn grown(buf: &mut Vec<bf16>, len: usize) -> &mut [bf16] {
 /// contiguous; the operands hold every element the strides address (as for `gemm_strided`:
 /// an empty product does nothing, `k = 0` zeroes `dst` unless accumulating). A may be f32
 /// rounded to bf16 as it is packed ([`RoundedBf16`](super::amx_pack::RoundedBf16)). Parallel
-/// over 32 × 32 blocks of C when `parallel`. The caller checks [`available`].
+/// over 32 × 32 blocks of C when `parallel`. On the CPU's [`engine`]; the caller checks that
+/// there is one.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_bf16<A: super::amx_pack::AmxSrc>(
-    (m, n, k): (usize, usize, usize),
+    shape: (usize, usize, usize),
     dst: &mut [f32],
     a: &[A],
     a_strides: (usize, usize),
@@ -197,7 +220,27 @@ pub(crate) fn gemm_bf16<A: super::amx_pack::AmxSrc>(
     accumulate: bool,
     parallel: bool,
 ) {
-    assert!(available(), "gemm_bf16 needs AMX");
+    let engine = engine().expect("gemm_bf16 needs AMX or AVX512-BF16");
+    let (operands, strides) = ((a, b), (a_strides, b_strides));
+    gemm_bf16_on(engine, shape, dst, operands, strides, accumulate, parallel);
+}
+
+/// [`gemm_bf16`] on `engine`, which this CPU must have.
+fn gemm_bf16_on<A: super::amx_pack::AmxSrc>(
+    engine: Engine,
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    (a, b): (&[A], &[bf16]),
+    (a_strides, b_strides): ((usize, usize), (usize, usize)),
+    accumulate: bool,
+    parallel: bool,
+) {
+    let present = match engine {
+        Engine::Amx => available(),
+        Engine::Dot => super::bf16_dot::available(),
+    };
+    assert!(present, "gemm_bf16: this CPU lacks {engine:?}");
+    let amx = engine == Engine::Amx;
     assert!(dst.len() >= m * n);
     if m == 0 || n == 0 {
         return;
@@ -243,17 +286,24 @@ pub(crate) fn gemm_bf16<A: super::amx_pack::AmxSrc>(
             };
             let mut acc = [0f32; 1024];
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: AMX is available (asserted) and the configuration is loaded for the
-            // blocks below and released after them, on this thread.
-            unsafe {
-                std::arch::asm!("ldtilecfg [{0}]", in(reg) &CONFIG, options(nostack, readonly));
+            if amx {
+                // SAFETY: AMX is available (asserted) and the configuration is loaded for the
+                // blocks below and released after them, on this thread.
+                unsafe {
+                    std::arch::asm!("ldtilecfg [{0}]", in(reg) &CONFIG, options(nostack, readonly));
+                }
             }
             for bj in 0..nb {
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: configuration loaded; `pa` holds A slivers 2·bi and 2·bi+1, and
-                // slivers 2·bj+1 < 2·nb of B exist.
+                // SAFETY: the engine is available (asserted; for AMX the configuration is
+                // loaded); `pa` holds A slivers 2·bi and 2·bi+1, and slivers 2·bj+1 < 2·nb of
+                // B exist.
                 unsafe {
-                    block(pa, &pb, (bi, bj, kb), &mut acc)
+                    if amx {
+                        block(pa, &pb, (bi, bj, kb), &mut acc)
+                    } else {
+                        super::bf16_dot::block(pa, &pb, (bi, bj, kb), &mut acc)
+                    }
                 };
                 let cols = (n - bj * 2 * TN).min(2 * TN);
                 for (i, row) in rows.chunks_exact_mut(n).enumerate() {
@@ -267,9 +317,11 @@ pub(crate) fn gemm_bf16<A: super::amx_pack::AmxSrc>(
                 }
             }
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: releases this thread's tile state.
-            unsafe {
-                std::arch::asm!("tilerelease", options(nostack, nomem));
+            if amx {
+                // SAFETY: releases this thread's tile state.
+                unsafe {
+                    std::arch::asm!("tilerelease", options(nostack, nomem));
+                }
             }
         })
     };
@@ -292,13 +344,27 @@ mod tests {
     use super::*;
 
     /// Odd sizes across every tile edge, both operand layouts, overwrite and accumulate,
-    /// against an f64 reference of the bf16 operands within the GEMM bound.
+    /// against an f64 reference of the bf16 operands within the GEMM bound, on AMX.
     #[test]
     fn matches_f64_reference_at_odd_sizes() {
         if !available() {
             println!("skipped: this CPU has no AMX-BF16 (or Linux refused the tile state)");
             return;
         }
+        check_engine(Engine::Amx);
+    }
+
+    /// The same on AVX512-BF16 dot products.
+    #[test]
+    fn dot_products_match_f64_reference_at_odd_sizes() {
+        if !super::super::bf16_dot::available() {
+            println!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        check_engine(Engine::Dot);
+    }
+
+    fn check_engine(engine: Engine) {
         let mut rnd = super::super::gemm_check::uniform(0x9E37_79B9_7F4A_7C15);
         super::super::gemm_check::check_against_f64(
             &[
@@ -311,7 +377,7 @@ mod tests {
             || bf16::from_f32(rnd()),
             bf16::to_f64,
             &|shape, c, a, sa, b, sb, accumulate, trans| {
-                gemm_bf16(shape, c, a, sa, b, sb, accumulate, trans)
+                gemm_bf16_on(engine, shape, c, (a, b), (sa, sb), accumulate, trans)
             },
         );
     }

@@ -446,7 +446,7 @@ fn over_chunks<T: Send>(
 }
 
 /// An element type convolutions read and the type they accumulate and return in: f32 → f32,
-/// f64 → f64, bf16 → f32 (on AMX tiles), f16 → f32 (widened while the f32 kernel packs it).
+/// f64 → f64, bf16 → f32 (on AMX tiles or AVX512-BF16), f16 → f32 (widened while the f32 kernel packs it).
 trait ConvElem: bytemuck::Pod + Send + Sync + 'static {
     type Acc: Float + bytemuck::Pod + Send + Sync + 'static;
 }
@@ -803,8 +803,8 @@ fn view(dims: [usize; 4], format: crate::MemoryFormat) -> Layout {
     Layout::dense(dims, format).unwrap_or_else(|| Layout::contiguous(dims))
 }
 
-/// Runs pass `p` on two operands of one dtype (dense in `spec.format`): BF16 pairs on AMX
-/// where the CPU has it (bf16 products, f32 accumulation), F16 pairs read as f16 and widened
+/// Runs pass `p` on two operands of one dtype (dense in `spec.format`): BF16 pairs on AMX or
+/// AVX512-BF16 where the CPU has one (bf16 products, f32 accumulation), F16 pairs read as f16 and widened
 /// inside the f32 GEMM's packing where the CPU has AVX-512 (the same f32 arithmetic as
 /// widening first), everything else in its compute type (f32; f64 for F64). Returns the
 /// unrounded result in logical (NCHW) order and the operands' dtype.
@@ -819,7 +819,7 @@ fn compute_pass(
     let (ha, hb) = (host(op, a)?, host(op, b)?);
     let view = |dims: [usize; 4]| view(dims, spec.format);
     let both = |d: DType| ha.dtype() == d && hb.dtype() == d;
-    Ok(if both(DType::BF16) && super::amx::available() {
+    Ok(if both(DType::BF16) && super::amx::engine().is_some() {
         let (x, y) = (
             half_nchw::<bf16>(&ha, &view(a_dims))?,
             half_nchw::<bf16>(&hb, &view(b_dims))?,
@@ -921,7 +921,7 @@ fn expect_half(op: &'static str, what: &str, dtype: DType) -> Result<()> {
 
 /// Pass `p` (forward, or input gradient) of a half operand `a` (`x` or `dy`, F16 or BF16)
 /// with an F32 weight `w` rounded to `a`'s dtype as it is read: the values, and so the result,
-/// of casting the weight first (nearest even), without the cast's copy — on AMX (bf16) or in
+/// of casting the weight first (nearest even), without the cast's copy — on AMX or AVX512-BF16 (bf16) or in
 /// the f32 kernel's packing (f16); where the CPU has neither, through a rounded copy.
 fn rounding_weight(
     op: &'static str,
@@ -944,7 +944,7 @@ fn rounding_weight(
         view(spec.weight_dims(), spec.format),
     );
     let dtype = ha.dtype();
-    let out = if dtype == DType::BF16 && super::amx::available() {
+    let out = if dtype == DType::BF16 && super::amx::engine().is_some() {
         let (x, w) = (
             half_nchw::<bf16>(&ha, &a_view)?,
             half_nchw::<f32>(&hw, &w_view)?,

@@ -6,6 +6,7 @@
 mod amp;
 mod amx;
 mod amx_pack;
+mod bf16_dot;
 mod buffer;
 pub(crate) mod compute;
 mod conv;
