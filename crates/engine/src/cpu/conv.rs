@@ -1040,7 +1040,7 @@ pub(crate) fn conv2d_backward_weight_widened(
 
 impl crate::backend::ConvOps for super::CpuBackend {
     fn conv2d(&self, x: &StorageRef, w: &StorageRef, spec: &Conv2dSpec) -> Result<StorageRef> {
-        Ok(wrap(conv2d(x, w, spec)?))
+        Ok(wrap(super::in_pool(|| conv2d(x, w, spec))?))
     }
 
     fn conv2d_backward_input(
@@ -1049,7 +1049,7 @@ impl crate::backend::ConvOps for super::CpuBackend {
         w: &StorageRef,
         spec: &Conv2dSpec,
     ) -> Result<StorageRef> {
-        Ok(wrap(conv2d_backward_input(dy, w, spec)?))
+        Ok(wrap(super::in_pool(|| conv2d_backward_input(dy, w, spec))?))
     }
 
     fn conv2d_backward_weight(
@@ -1058,7 +1058,9 @@ impl crate::backend::ConvOps for super::CpuBackend {
         dy: &StorageRef,
         spec: &Conv2dSpec,
     ) -> Result<StorageRef> {
-        Ok(wrap(conv2d_backward_weight(x, dy, spec)?))
+        Ok(wrap(super::in_pool(|| {
+            conv2d_backward_weight(x, dy, spec)
+        })?))
     }
 
     fn conv2d_rounds_f32_weight(&self) -> bool {
@@ -1071,7 +1073,7 @@ impl crate::backend::ConvOps for super::CpuBackend {
         w: &StorageRef,
         spec: &Conv2dSpec,
     ) -> Result<StorageRef> {
-        Ok(wrap(conv2d_rounding_weight(x, w, spec)?))
+        Ok(wrap(super::in_pool(|| conv2d_rounding_weight(x, w, spec))?))
     }
 
     fn conv2d_backward_input_rounding_weight(
@@ -1080,7 +1082,9 @@ impl crate::backend::ConvOps for super::CpuBackend {
         w: &StorageRef,
         spec: &Conv2dSpec,
     ) -> Result<StorageRef> {
-        Ok(wrap(conv2d_backward_input_rounding_weight(dy, w, spec)?))
+        Ok(wrap(super::in_pool(|| {
+            conv2d_backward_input_rounding_weight(dy, w, spec)
+        })?))
     }
 
     fn conv2d_backward_weight_widened(
@@ -1089,6 +1093,8 @@ impl crate::backend::ConvOps for super::CpuBackend {
         dy: &StorageRef,
         spec: &Conv2dSpec,
     ) -> Result<StorageRef> {
-        Ok(wrap(conv2d_backward_weight_widened(x, dy, spec)?))
+        Ok(wrap(super::in_pool(|| {
+            conv2d_backward_weight_widened(x, dy, spec)
+        })?))
     }
 }

@@ -42,6 +42,18 @@ impl CpuBackend {
     }
 }
 
+/// Runs `f` on a worker of rayon's pool: in place when the caller is one, else handed over
+/// once (`rayon::scope`) so that the parallel loops inside `f` split among the workers without
+/// each crossing from the caller's thread into the pool and back (a wake-up and a sleep per
+/// loop: a convolution runs up to a dozen). For operations with several parallel phases.
+pub(crate) fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        rayon::scope(|_| f())
+    }
+}
+
 /// Wraps host data as a counted CPU storage.
 pub(crate) fn wrap(s: CpuStorage) -> StorageRef {
     Arc::new(CpuBuffer::new(s))

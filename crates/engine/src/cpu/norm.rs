@@ -359,7 +359,7 @@ impl crate::backend::NormOps for super::CpuBackend {
         eps: f64,
         relu: bool,
     ) -> Result<BatchNormForward> {
-        batch_norm_train(x, weight, bias, dims, eps, relu)
+        super::in_pool(|| batch_norm_train(x, weight, bias, dims, eps, relu))
     }
 
     fn batch_norm_backward(
@@ -372,6 +372,6 @@ impl crate::backend::NormOps for super::CpuBackend {
         dims: (usize, usize, usize),
         relu_out: Option<&StorageRef>,
     ) -> Result<BatchNormBackward> {
-        batch_norm_backward(dy, x, weight, mean, invstd, dims, relu_out)
+        super::in_pool(|| batch_norm_backward(dy, x, weight, mean, invstd, dims, relu_out))
     }
 }

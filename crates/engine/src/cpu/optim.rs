@@ -432,7 +432,8 @@ impl OptimOps for CpuBackend {
         if gs.is_some_and(|g| !(1.0 / g as f32).is_finite()) {
             return Ok(());
         }
-        tensors.iter().try_for_each(|t| adam_one(t, spec, gs))
+        // (One hand-over into the pool for all parameters, not one per parameter.)
+        super::in_pool(|| tensors.iter().try_for_each(|t| adam_one(t, spec, gs)))
     }
 
     fn sgd_step(
@@ -444,7 +445,7 @@ impl OptimOps for CpuBackend {
         if overflowed("sgd_step", found_inf)? {
             return Ok(());
         }
-        tensors.iter().try_for_each(|t| sgd_one(t, spec))
+        super::in_pool(|| tensors.iter().try_for_each(|t| sgd_one(t, spec)))
     }
 }
 
