@@ -62,16 +62,20 @@ pub(crate) enum Engine {
     Dot,
 }
 
+impl Engine {
+    /// Whether this CPU has the engine (detected once each).
+    fn present(self) -> bool {
+        match self {
+            Engine::Amx => available(),
+            Engine::Dot => super::bf16_dot::available(),
+        }
+    }
+}
+
 /// The engine this CPU runs bf16 GEMMs on: AMX where [`available`], else AVX512-BF16 where the
 /// CPU has it, else none (bf16 operands are then widened for the f32 GEMM).
 pub(crate) fn engine() -> Option<Engine> {
-    if available() {
-        Some(Engine::Amx)
-    } else if super::bf16_dot::available() {
-        Some(Engine::Dot)
-    } else {
-        None
-    }
+    [Engine::Amx, Engine::Dot].into_iter().find(|e| e.present())
 }
 
 /// CPUID leaf 7: EDX bit 22 (AMX-BF16) and bit 24 (AMX-TILE). (`is_x86_feature_detected!`
@@ -235,11 +239,7 @@ fn gemm_bf16_on<A: super::amx_pack::AmxSrc>(
     accumulate: bool,
     parallel: bool,
 ) {
-    let present = match engine {
-        Engine::Amx => available(),
-        Engine::Dot => super::bf16_dot::available(),
-    };
-    assert!(present, "gemm_bf16: this CPU lacks {engine:?}");
+    assert!(engine.present(), "gemm_bf16: this CPU lacks {engine:?}");
     let amx = engine == Engine::Amx;
     assert!(dst.len() >= m * n);
     if m == 0 || n == 0 {

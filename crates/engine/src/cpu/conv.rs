@@ -446,7 +446,8 @@ fn over_chunks<T: Send>(
 }
 
 /// An element type convolutions read and the type they accumulate and return in: f32 → f32,
-/// f64 → f64, bf16 → f32 (on AMX tiles or AVX512-BF16), f16 → f32 (widened while the f32 kernel packs it).
+/// f64 → f64, bf16 → f32 (on AMX tiles or AVX512-BF16), f16 → f32 (widened while the f32
+/// kernel packs it).
 trait ConvElem: bytemuck::Pod + Send + Sync + 'static {
     type Acc: Float + bytemuck::Pod + Send + Sync + 'static;
 }
@@ -804,9 +805,9 @@ fn view(dims: [usize; 4], format: crate::MemoryFormat) -> Layout {
 }
 
 /// Runs pass `p` on two operands of one dtype (dense in `spec.format`): BF16 pairs on AMX or
-/// AVX512-BF16 where the CPU has one (bf16 products, f32 accumulation), F16 pairs read as f16 and widened
-/// inside the f32 GEMM's packing where the CPU has AVX-512 (the same f32 arithmetic as
-/// widening first), everything else in its compute type (f32; f64 for F64). Returns the
+/// AVX512-BF16 where the CPU has one (bf16 products, f32 accumulation), F16 pairs read as f16
+/// and widened inside the f32 GEMM's packing where the CPU has AVX-512 (the same f32
+/// arithmetic as widening first), everything else in its compute type (f32; f64 for F64). Returns the
 /// unrounded result in logical (NCHW) order and the operands' dtype.
 fn compute_pass(
     op: &'static str,
@@ -921,8 +922,9 @@ fn expect_half(op: &'static str, what: &str, dtype: DType) -> Result<()> {
 
 /// Pass `p` (forward, or input gradient) of a half operand `a` (`x` or `dy`, F16 or BF16)
 /// with an F32 weight `w` rounded to `a`'s dtype as it is read: the values, and so the result,
-/// of casting the weight first (nearest even), without the cast's copy — on AMX or AVX512-BF16 (bf16) or in
-/// the f32 kernel's packing (f16); where the CPU has neither, through a rounded copy.
+/// of casting the weight first (nearest even), without the cast's copy — on AMX or AVX512-BF16
+/// (bf16) or in the f32 kernel's packing (f16); where the CPU has neither, through a rounded
+/// copy.
 fn rounding_weight(
     op: &'static str,
     p: Pass,
