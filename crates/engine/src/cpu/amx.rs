@@ -253,6 +253,10 @@ fn gemm_bf16_on<A: super::amx_pack::AmxSrc>(
     }
     assert!(a.len() > (m - 1) * a_strides.0 + (k - 1) * a_strides.1);
     assert!(b.len() > (k - 1) * b_strides.0 + (n - 1) * b_strides.1);
+    if !amx && super::bf16_skinny::applies(n, a_strides) {
+        let (operands, strides) = ((a, b), (a_strides, b_strides));
+        return super::bf16_skinny::gemm((m, n, k), dst, operands, strides, accumulate, parallel);
+    }
     let (nb, kb) = (n.div_ceil(2 * TN), k.div_ceil(TK));
     let mut pb = PACKED_B.with(|s| std::mem::take(&mut *s.borrow_mut()));
     pack_b(b, b_strides, (k, n), grown(&mut pb, 2 * nb * kb * TILE));
@@ -302,7 +306,7 @@ fn gemm_bf16_on<A: super::amx_pack::AmxSrc>(
                     if amx {
                         block(pa, &pb, (bi, bj, kb), &mut acc)
                     } else {
-                        super::bf16_dot::block(pa, &pb, (bi, bj, kb), &mut acc)
+                        super::bf16_dot::block(pa, &pb, (bi, bj, kb), k, &mut acc)
                     }
                 };
                 let cols = (n - bj * 2 * TN).min(2 * TN);

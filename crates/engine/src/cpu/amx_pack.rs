@@ -30,6 +30,13 @@ pub(crate) trait AmxSrc: Copy + Send + Sync + 'static {
     /// The CPU has AVX-512F/BW; 16 values are readable at `p`.
     #[cfg(target_arch = "x86_64")]
     unsafe fn lanes16(p: *const Self) -> std::arch::x86_64::__m512i;
+    /// As [`lanes16`](AmxSrc::lanes16), lane `i` read only where bit `i` of `mask` is set
+    /// (else 0; masked-off values are not accessed).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F/BW; the values `mask` selects are readable at `p`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn lanes16_masked(p: *const Self, mask: u16) -> std::arch::x86_64::__m512i;
     /// Writes the 32 values at `p` as 32 bf16 at `out`.
     ///
     /// # Safety
@@ -49,6 +56,17 @@ impl AmxSrc for bf16 {
         use std::arch::x86_64::*;
         // SAFETY: 16 readable bf16 (32 bytes) at `p` (the caller's contract).
         unsafe { _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast())) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn lanes16_masked(p: *const bf16, mask: u16) -> std::arch::x86_64::__m512i {
+        use std::arch::x86_64::*;
+        // SAFETY: only the selected values (the low 16 of a 32-lane masked load) are read.
+        unsafe {
+            let v = _mm512_maskz_loadu_epi16(u32::from(mask), p.cast());
+            _mm512_cvtepu16_epi32(_mm512_castsi512_si256(v))
+        }
     }
     #[cfg(target_arch = "x86_64")]
     #[inline]
@@ -74,6 +92,17 @@ impl AmxSrc for RoundedBf16 {
         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(128).cast());
         // SAFETY: 16 readable f32 (64 bytes) at `p` (the caller's contract).
         unsafe { super::convert::round_bf16_lanes(_mm512_loadu_si512(p.cast())) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn lanes16_masked(p: *const RoundedBf16, mask: u16) -> std::arch::x86_64::__m512i {
+        use std::arch::x86_64::*;
+        // SAFETY: only the selected f32 are read.
+        unsafe {
+            let v = _mm512_maskz_loadu_ps(mask, p.cast());
+            super::convert::round_bf16_lanes(_mm512_castps_si512(v))
+        }
     }
     #[cfg(target_arch = "x86_64")]
     #[inline]
@@ -180,14 +209,14 @@ pub(crate) fn pack_b(
                 let rows = (k - r0).min(TK);
                 let base = r0 * rs + c0 * cs;
                 #[cfg(target_arch = "x86_64")]
-                if rows == TK && cols == TN && fast && (cs == 1 || rs == 1) {
-                    // SAFETY: AVX-512F/BW detected; a full tile's 32 rows × 16 columns lie
+                if cols == TN && fast && (cs == 1 || rs == 1) {
+                    // SAFETY: AVX-512F/BW detected; the tile's `rows` rows × 16 columns lie
                     // inside `b` (the caller's extent check), `tile` holds TILE values.
                     unsafe {
                         if cs == 1 {
-                            interleave_b_rows(&b[base..], rs, tile)
+                            interleave_b_rows(&b[base..], rs, rows, tile)
                         } else {
-                            transpose_b(&b[base..], cs, tile)
+                            transpose_b(&b[base..], cs, rows, tile)
                         }
                     };
                     continue;
@@ -257,39 +286,52 @@ unsafe fn transpose_a<S: AmxSrc>(a: &[S], cs: usize, tile: &mut [bf16]) {
     }
 }
 
-/// Pair row `p` = rows `2p` and `2p + 1` of a row-major B interleaved (16 columns).
+/// Pair row `p` = rows `2p` and `2p + 1` of a row-major B interleaved (16 columns); rows from
+/// `rows` (≤ 32) on are zeros.
 ///
 /// # Safety
-/// The CPU has AVX-512F/BW; `b` holds `31 * rs + 16` values, `tile` TILE.
+/// The CPU has AVX-512F/BW; `b` holds `(rows - 1) * rs + 16` values, `tile` TILE.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn interleave_b_rows(b: &[bf16], rs: usize, tile: &mut [bf16]) {
+unsafe fn interleave_b_rows(b: &[bf16], rs: usize, rows: usize, tile: &mut [bf16]) {
     use std::arch::x86_64::*;
-    debug_assert!(b.len() >= 31 * rs + TN && tile.len() >= TILE);
+    debug_assert!((1..=TK).contains(&rows) && tile.len() >= TILE);
+    debug_assert!(b.len() >= (rows - 1) * rs + TN);
     let s = b.as_ptr();
     for p in 0..TK / 2 {
-        // SAFETY: rows 2p and 2p + 1 hold 16 values each inside `b`; pair row p inside `tile`.
+        let out = tile.as_mut_ptr().wrapping_add(p * 2 * TN);
+        // SAFETY: rows 2p and 2p + 1 (when < `rows`) hold 16 values each inside `b`; pair
+        // row p lies inside `tile`.
         unsafe {
-            let v = pairs(s.add(2 * p * rs), s.add((2 * p + 1) * rs));
-            _mm512_storeu_si512(tile.as_mut_ptr().add(p * 2 * TN).cast(), v);
+            let v = match rows - (2 * p).min(rows) {
+                0 => _mm512_setzero_si512(),
+                1 => <half::bf16 as AmxSrc>::lanes16(s.add(2 * p * rs)),
+                _ => pairs(s.add(2 * p * rs), s.add((2 * p + 1) * rs)),
+            };
+            _mm512_storeu_si512(out.cast(), v);
         }
     }
 }
 
 /// Pair row `p`, column `j` = the adjacent pair at `b[j·cs + 2p]` (column-major B: the weight
 /// gradient's im2col matrix read transposed): each column's 32 values are 16 pairs, and the
-/// 16 columns' pair vectors are transposed.
+/// 16 columns' pair vectors are transposed. Rows from `rows` (≤ 32) on are zeros (a last k
+/// block; at small images the whole `k`).
 ///
 /// # Safety
-/// The CPU has AVX-512F/BW; `b` holds `15 * cs + 32` values, `tile` TILE.
+/// The CPU has AVX-512F/BW; `b` holds `15 * cs + rows` values, `tile` TILE.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn transpose_b(b: &[bf16], cs: usize, tile: &mut [bf16]) {
+unsafe fn transpose_b(b: &[bf16], cs: usize, rows: usize, tile: &mut [bf16]) {
     use std::arch::x86_64::*;
-    debug_assert!(b.len() >= 15 * cs + TK && tile.len() >= TILE);
+    debug_assert!((1..=TK).contains(&rows) && tile.len() >= TILE);
+    debug_assert!(b.len() >= 15 * cs + rows);
     let s = b.as_ptr();
-    // SAFETY: column j's 32 values (64 bytes) lie inside `b`.
-    let v: [__m512; 16] = std::array::from_fn(|j| unsafe { _mm512_loadu_ps(s.add(j * cs).cast()) });
+    let mask = u32::MAX >> (TK - rows);
+    // SAFETY: column j's first `rows` values lie inside `b` (the mask reads no others).
+    let v: [__m512; 16] = std::array::from_fn(|j| unsafe {
+        _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(mask, s.add(j * cs).cast()))
+    });
     for (p, row) in super::sgemm_pack::transpose16(v).iter().enumerate() {
         // SAFETY: pair row p (64 bytes) lies inside `tile`.
         unsafe { _mm512_storeu_ps(tile.as_mut_ptr().add(p * 2 * TN).cast(), *row) };

@@ -41,7 +41,9 @@ pub(crate) fn available() -> bool {
 const ROWS: usize = 8;
 
 /// One 32 × 32 block of C from A slivers `2·bi, 2·bi+1` and B slivers `2·bj, 2·bj+1` (AMX
-/// packing) over `kb` k blocks, into `acc` (row-major 32 × 32 f32, overwritten).
+/// packing) over `kb` k blocks of a product with inner dimension `k`, into `acc` (row-major
+/// 32 × 32 f32, overwritten). The last k block's pairs past `k` (zero padding) are skipped:
+/// a product with `k = 4` (a weight gradient at 4 output pixels) runs 2 pairs, not 16.
 ///
 /// # Safety
 /// [`available`] holds; `pa` holds the A slivers and `pb` the B slivers named (each
@@ -52,10 +54,12 @@ pub(crate) unsafe fn block(
     pa: &[bf16],
     pb: &[bf16],
     (bi, bj, kb): (usize, usize, usize),
+    k: usize,
     acc: &mut [f32; 1024],
 ) {
     use std::arch::x86_64::*;
     let sliver = kb * TILE;
+    debug_assert!(k > (kb - 1) * TK && k <= kb * TK);
     let b0 = pb[2 * bj * sliver..][..sliver].as_ptr();
     let b1 = pb[(2 * bj + 1) * sliver..][..sliver].as_ptr();
     for group in 0..4 {
@@ -65,7 +69,7 @@ pub(crate) unsafe fn block(
         let mut c = [[_mm512_setzero_ps(); 2]; ROWS];
         for blk in 0..kb {
             let o = blk * TILE;
-            for p in 0..TK / 2 {
+            for p in 0..(k - blk * TK).min(TK).div_ceil(2) {
                 // SAFETY: pair row `p` (64 bytes) of tile `blk` of each B sliver, and pair `p`
                 // of rows 8·(group % 2) + r (< 16) of tile `blk` of the A sliver, all lie in the
                 // slivers (`blk < kb`, checked lengths above).

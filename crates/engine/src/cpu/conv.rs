@@ -647,16 +647,26 @@ fn backward_weight<T: ConvGemm<T>>(x: &[T], dy: &[T], g: &Geometry) -> Result<Ve
     // Fewer chunks than threads: the chunks run one after another, each parallel inside.
     let few_chunks = chunks < threads;
     // dW_g [cout_g, K] += dy_g [cout_g, ld] · col^T [ld, K], chunk by chunk, block by block.
-    let accumulate_chunk = |acc: Result<Vec<T::Acc>>, c: usize| {
-        let mut acc = acc?;
+    // A run's first chunk starts from no accumulator (`None`): its first block of each group
+    // overwrites a fresh buffer (no zero fill, and no read of zeros back: at small images the
+    // weight-sized passes bound the step).
+    let accumulate_chunk = |acc: Result<Option<Vec<T::Acc>>>, c: usize| {
+        let (mut acc, mut fresh) = match acc? {
+            Some(acc) => (acc, false),
+            None => (crate::alloc::for_overwrite::<T::Acc>(wlen)?, true),
+        };
         let imgs = per.min(s.n - c * per);
         let (blocks, most) = g.blocks(imgs);
+        if blocks.is_empty() && fresh {
+            acc.fill(<T::Acc as bytemuck::Zeroable>::zeroed());
+            fresh = false;
+        }
         let mut col = crate::alloc::for_overwrite::<T>(g.k * most)?;
         let mut wide = wide_buffer::<T>(&g.wide(imgs, img_out, 0, &blocks[0]), false)?;
         let dy_c = &dy[c * per * img_out..][..imgs * img_out];
         let x_c = &x[c * per * img_in..][..imgs * img_in];
         for grp in 0..s.groups {
-            for oys in &blocks {
+            for (bi, oys) in blocks.iter().enumerate() {
                 let ld = imgs * oys.len() * g.ow;
                 g.im2col((x_c, imgs), (grp, oys.clone()), &mut col, few_chunks);
                 let (dy_g, dy_ld) = g.wide(imgs, img_out, grp, oys).of(&mut wide, dy_c);
@@ -669,18 +679,19 @@ fn backward_weight<T: ConvGemm<T>>(x: &[T], dy: &[T], g: &Geometry) -> Result<Ve
                     a.1,
                     b.0,
                     b.1,
-                    true,
+                    !(fresh && bi == 0),
                     few_chunks,
                 );
             }
         }
         crate::alloc::recycle(col);
         crate::alloc::recycle(wide);
-        Ok(acc)
+        Ok(Some(acc))
     };
     let zeros = || crate::alloc::filled(wlen, <T::Acc as bytemuck::Zeroable>::zeroed());
+    let summed = |run: Result<Option<Vec<T::Acc>>>| run?.map_or_else(zeros, Ok);
     if few_chunks {
-        (0..chunks).fold(zeros(), accumulate_chunk)
+        summed((0..chunks).fold(Ok(None), accumulate_chunk))
     } else {
         // At most one accumulator per thread: `threads` fixed runs of consecutive chunks, each
         // summed in chunk order, the runs' sums added in run order — the same grouping on
@@ -689,7 +700,10 @@ fn backward_weight<T: ConvGemm<T>>(x: &[T], dy: &[T], g: &Geometry) -> Result<Ve
         let per_run = chunks.div_ceil(threads);
         let runs: Vec<Result<Vec<T::Acc>>> = (0..chunks.div_ceil(per_run))
             .into_par_iter()
-            .map(|r| (r * per_run..((r + 1) * per_run).min(chunks)).fold(zeros(), accumulate_chunk))
+            .map(|r| {
+                let run = r * per_run..((r + 1) * per_run).min(chunks);
+                summed(run.fold(Ok(None), accumulate_chunk))
+            })
             .collect();
         let mut runs = runs.into_iter();
         let mut sum = runs.next().unwrap_or_else(zeros)?;

@@ -7,6 +7,7 @@ mod amp;
 mod amx;
 mod amx_pack;
 mod bf16_dot;
+mod bf16_skinny;
 mod buffer;
 pub(crate) mod compute;
 mod conv;
