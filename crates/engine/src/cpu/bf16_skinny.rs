@@ -24,7 +24,12 @@
 //! Prediction: A (the weight) is read once from memory, 4 bytes per f32 element against one
 //! dot-product lane-pair per column of C; at `n ≤ 8` the kernels are bound by that read
 //! (≈ 20 GB/s per core here: 5 G weights/s), not by the dot products (≈ 96 G pair-products/s
-//! per core).
+//! per core). Measured (criterion `cpu_conv2d_train_small`, layer4 at 1 px, batch 4, forward
+//! and both gradients, 2 threads of a Zen 5 VM, old/new binaries interleaved): 10–12 GFLOP/s
+//! on the block path, 26–37 here, 39–48 with the software prefetches below (the samples sat on
+//! the instructions waiting for A's loads: the column-major kernel reads two rows of Aᵀ
+//! 18 KB apart per pair of `k`, which no hardware prefetcher follows). In a 4 × 32 px
+//! training step the kernels' samples fell from 2930 + 1611 to 2023 + 743 with them.
 
 use super::amx_pack::AmxSrc;
 use half::bf16;
@@ -47,6 +52,10 @@ thread_local! {
 
 /// Rows of C per parallel task.
 const TASK_ROWS: usize = 64;
+/// How far ahead the row-major kernel prefetches each row of A, in bytes.
+const ROW_AHEAD: usize = 1024;
+/// How many pairs of `k` ahead the column-major kernel prefetches A.
+const PAIRS_AHEAD: usize = 12;
 
 /// `dst[m × n] (+)= A · B` (as `amx::gemm_bf16`, whose checks the caller made: `m, n, k > 0`,
 /// the operands cover their strides, [`applies`], AVX512-BF16 present).
@@ -171,6 +180,11 @@ impl<A: AmxSrc> Job<'_, A> {
                     });
                     for (i, ci) in c.iter_mut().enumerate() {
                         let p = row[i].wrapping_add(kk);
+                        // (The rows stream from memory: their lines `ROW_AHEAD` bytes on are
+                        // fetched now; prefetches never fault.)
+                        let ahead = p.cast::<i8>().wrapping_add(ROW_AHEAD);
+                        _mm_prefetch::<_MM_HINT_T0>(ahead);
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
                         let x = _mm512_permutex2var_epi16(
                             A::lanes16_masked(p, lo),
                             evens,
@@ -212,6 +226,13 @@ impl<A: AmxSrc> Job<'_, A> {
             let mut c = [[_mm512_setzero_ps(); NJ]; G];
             for q in 0..k.div_ceil(2) {
                 let odd = 2 * q + 1 < k;
+                // (Each pair reads 16·G values from two rows of Aᵀ far apart, which no
+                // hardware prefetcher follows: the rows `PAIRS_AHEAD` pairs on are fetched now.)
+                for g in 0..G {
+                    let p = base.wrapping_add(g0 + 16 * g + 2 * (q + PAIRS_AHEAD) * cs);
+                    _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>());
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(cs).cast::<i8>());
+                }
                 // SAFETY: the masks select rows `< rows` of A's columns 2q and (when `odd`)
                 // 2q + 1 < k, which lie in `a`; B pair q of each Bᵀ row lies in `bt`.
                 unsafe {
