@@ -253,9 +253,12 @@ fn gemm_bf16_on<A: super::amx_pack::AmxSrc>(
     }
     assert!(a.len() > (m - 1) * a_strides.0 + (k - 1) * a_strides.1);
     assert!(b.len() > (k - 1) * b_strides.0 + (n - 1) * b_strides.1);
-    if !amx && super::bf16_skinny::applies(n, a_strides) {
+    #[cfg(target_arch = "x86_64")]
+    if !amx && super::skinny::applies(n, a_strides) {
+        // (At most 8 columns: A read in place, see `skinny`.)
         let (operands, strides) = ((a, b), (a_strides, b_strides));
-        return super::bf16_skinny::gemm((m, n, k), dst, operands, strides, accumulate, parallel);
+        use super::{bf16_skinny::Bf16Dot, skinny::gemm};
+        return gemm::<_, _, Bf16Dot>((m, n, k), dst, operands, strides, accumulate, parallel);
     }
     let (nb, kb) = (n.div_ceil(2 * TN), k.div_ceil(TK));
     let mut pb = PACKED_B.with(|s| std::mem::take(&mut *s.borrow_mut()));

@@ -1,156 +1,47 @@
-//! bf16 GEMMs with few output columns on AVX512-BF16 (`VDPBF16PS`): `C [m × n] (+)= A · B`
-//! with `n ≤ 8`, the late layers of a convolution at small images (`n` = images × output
-//! pixels: 4 in ResNet-18's last stage at 4 × 32 px). The block path (`amx::gemm_bf16`) pads
-//! `n` to 32 columns there — 8× the products at `n = 4` — and packs all of A (the weight, the
-//! step's largest operand) for blocks that use each packed value once. Here A is read where it
-//! lies, once, rounded to bf16 in registers ([`AmxSrc`]), and only `B` (`k × n`, small) is
-//! packed, transposed.
-//!
-//! Two kernels, by A's layout:
-//! - **row-major A** (a forward weight): vectors run along `k` — 32 bf16 of one row of A
-//!   against 32 of one column of B, 16 lanes each summing the pairs `k ≡ 2l, 2l + 1 (mod 32)`
-//!   in `k` order; the 16 lanes are added at the end (a tree). 2 or 4 rows × 8 or 4 columns
-//!   of C in 16 accumulators.
-//! - **column-major A** (the transposed weight of an input gradient): vectors run along `m` —
-//!   16 rows of C, each lane a pair of `k` from two contiguous rows of Aᵀ — against a pair of
-//!   B broadcast, in `k` order (the block kernel's order). 32 or 64 rows × 8 or 4 columns.
-//!
-//! **Numerics.** Exact bf16 products, f32 sums (each rounded to nearest even) in the orders
-//! above: within DESIGN.md's f32 GEMM bound (`K · 2^-23 · Σ|a||b|`, any order). As on every
-//! AVX512-BF16 unit, bf16 subnormal inputs count as zero and f32 subnormal results of the dot
-//! products flush to zero (`bf16_dot`'s extra absolute error). A rounded from f32 as read
-//! holds `half`'s rounding, bit for bit the values a cast would give.
+//! The bf16 kernels of the few-column GEMM ([`skinny`](super::skinny), which states the
+//! layouts, orders and bound) on AVX512-BF16 (`VDPBF16PS`): for the bf16 GEMM on dot products
+//! (`amx::gemm_bf16` where the CPU has AVX512-BF16 but no AMX). Each instruction multiplies
+//! pairs of `k`: the row-major kernel's vectors hold 16 pairs of one row of A (32 values,
+//! converted to bf16 and gathered from two loads by one `vpermt2w`), the column-major kernel's
+//! 16 pairs from two rows of Aᵀ (interleaved). As on every AVX512-BF16 unit, bf16 subnormal
+//! inputs count as zero and subnormal f32 results of the dot products flush to zero
+//! (`bf16_dot`'s extra absolute error). A rounded from f32 as read ([`RoundedBf16`]) holds
+//! `half`'s rounding, bit for bit the values a cast would give.
 //!
 //! Prediction: A (the weight) is read once from memory, 4 bytes per f32 element against one
 //! dot-product lane-pair per column of C; at `n ≤ 8` the kernels are bound by that read
 //! (≈ 20 GB/s per core here: 5 G weights/s), not by the dot products (≈ 96 G pair-products/s
 //! per core). Measured (criterion `cpu_conv2d_train_small`, layer4 at 1 px, batch 4, forward
 //! and both gradients, 2 threads of a Zen 5 VM, old/new binaries interleaved): 10–12 GFLOP/s
-//! on the block path, 26–37 here, 39–48 with the software prefetches below (the samples sat on
-//! the instructions waiting for A's loads: the column-major kernel reads two rows of Aᵀ
-//! 18 KB apart per pair of `k`, which no hardware prefetcher follows). In a 4 × 32 px
-//! training step the kernels' samples fell from 2930 + 1611 to 2023 + 743 with them.
+//! on the block path, 26–37 here, 39–48 with the software prefetches (the samples sat on
+//! the instructions waiting for A's loads). In a 4 × 32 px training step the kernels' samples
+//! fell from 2930 + 1611 to 2023 + 743 with them.
+//!
+//! [`RoundedBf16`]: super::amx_pack::RoundedBf16
 
 use super::amx_pack::AmxSrc;
+use super::skinny::{mask16, Job, Kernels};
 use half::bf16;
-use rayon::prelude::*;
 
-/// The most columns of C this path takes.
-pub(crate) const MAX_N: usize = 8;
-
-/// Whether `amx::gemm_bf16` on dot products takes this path: at most [`MAX_N`] columns and A
-/// row- or column-major.
-pub(crate) fn applies(n: usize, (rs, cs): (usize, usize)) -> bool {
-    n <= MAX_N && (cs == 1 || rs == 1)
-}
-
-thread_local! {
-    /// The calling thread's transposed B, reused across calls.
-    static PACKED_BT: std::cell::RefCell<Vec<bf16>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Rows of C per parallel task.
-const TASK_ROWS: usize = 64;
 /// How far ahead the row-major kernel prefetches each row of A, in bytes.
 const ROW_AHEAD: usize = 1024;
 /// How many pairs of `k` ahead the column-major kernel prefetches A.
 const PAIRS_AHEAD: usize = 12;
 
-/// `dst[m × n] (+)= A · B` (as `amx::gemm_bf16`, whose checks the caller made: `m, n, k > 0`,
-/// the operands cover their strides, [`applies`], AVX512-BF16 present).
-pub(crate) fn gemm<A: AmxSrc>(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    (a, b): (&[A], &[bf16]),
-    (a_strides, b_strides): ((usize, usize), (usize, usize)),
-    accumulate: bool,
-    parallel: bool,
-) {
-    debug_assert!(applies(n, a_strides) && m > 0 && n > 0 && k > 0);
-    let nj = if n <= 4 { 4 } else { MAX_N };
-    let kp = k.div_ceil(32) * 32;
-    // Bᵀ: `nj` rows of `kp`, zero past `n` and `k` (the kernels read whole rows).
-    let mut bt = PACKED_BT.with(|s| std::mem::take(&mut *s.borrow_mut()));
-    bt.clear();
-    bt.resize(nj * kp, bf16::ZERO);
-    for j in 0..n {
-        let row = &mut bt[j * kp..][..k];
-        for (kk, v) in row.iter_mut().enumerate() {
-            *v = b[kk * b_strides.0 + j * b_strides.1];
-        }
-    }
-    let task = |(t, out): (usize, &mut [f32])| {
-        let rows = out.len() / n;
-        let job = Job {
-            a,
-            a_strides,
-            k,
-            bt: &bt,
-            kp,
-            n,
-            accumulate,
-        };
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX512-BF16 is present (the caller's contract); the rows `t·TASK_ROWS..` of
-        // A and of `out` exist (`out` is that chunk of `dst`), `bt` holds `nj` rows of `kp`.
-        unsafe {
-            match (a_strides.1 == 1, nj) {
-                (true, 4) => job.rows::<4, 4>(t * TASK_ROWS, rows, out),
-                (true, _) => job.rows::<2, MAX_N>(t * TASK_ROWS, rows, out),
-                (false, 4) => job.columns::<4, 4>(t * TASK_ROWS, rows, out),
-                (false, _) => job.columns::<2, MAX_N>(t * TASK_ROWS, rows, out),
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (t, rows, job, out);
-    };
-    let dst = &mut dst[..m * n];
-    if parallel {
-        dst.par_chunks_mut(TASK_ROWS * n).enumerate().for_each(task);
-    } else {
-        dst.chunks_mut(TASK_ROWS * n).enumerate().for_each(task);
-    }
-    PACKED_BT.with(|s| *s.borrow_mut() = bt);
-}
+/// The bf16 unit: [`Kernels`] on `VDPBF16PS`.
+pub(crate) struct Bf16Dot;
 
-/// One product's operands, shared by its tasks.
-struct Job<'a, A> {
-    a: &'a [A],
-    a_strides: (usize, usize),
-    k: usize,
-    /// Bᵀ, rows of `kp` bf16.
-    bt: &'a [bf16],
-    kp: usize,
-    n: usize,
-    accumulate: bool,
-}
-
-/// The low `count` bits of a 16-bit mask.
-fn mask16(count: usize) -> u16 {
-    if count >= 16 {
-        u16::MAX
-    } else {
-        (1u16 << count) - 1
-    }
-}
-
-impl<A: AmxSrc> Job<'_, A> {
-    /// `out[i][j]` (+)= `value` for the valid columns.
-    fn put(&self, out: &mut [f32], i: usize, j: usize, value: f32) {
-        let o = &mut out[i * self.n + j];
-        *o = if self.accumulate { *o + value } else { value };
+impl<A: AmxSrc> Kernels<A, bf16> for Bf16Dot {
+    type P = bf16;
+    /// (One vector of 32 bf16.)
+    const K_STEP: usize = 32;
+    fn pack(b: bf16) -> bf16 {
+        b
     }
 
-    /// Rows `r0..r0 + rows` of C into `out` (row-major, `n` columns) for a row-major A, `R`
-    /// rows × `NJ` columns at a time.
-    ///
-    /// # Safety
-    /// AVX512-BF16 is present; A holds rows `r0..r0 + rows`; `bt` holds `NJ` rows of `kp`.
-    #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     unsafe fn rows<const R: usize, const NJ: usize>(
-        &self,
+        job: &Job<'_, A, bf16>,
         r0: usize,
         rows: usize,
         out: &mut [f32],
@@ -161,11 +52,11 @@ impl<A: AmxSrc> Job<'_, A> {
             62, 60, 58, 56, 54, 52, 50, 48, 46, 44, 42, 40, 38, 36, 34, 32, 30, 28, 26, 24, 22, 20,
             18, 16, 14, 12, 10, 8, 6, 4, 2, 0,
         );
-        let (k, kp, rs) = (self.k, self.kp, self.a_strides.0);
+        let (k, kp, rs) = (job.k, job.kp, job.a_strides.0);
         for g in (0..rows).step_by(R) {
             // Rows past the task's last repeat it (their sums are dropped).
             let row: [*const A; R] =
-                std::array::from_fn(|i| self.a[(r0 + (g + i).min(rows - 1)) * rs..].as_ptr());
+                std::array::from_fn(|i| job.a[(r0 + (g + i).min(rows - 1)) * rs..].as_ptr());
             let mut c = [[_mm512_setzero_ps(); NJ]; R];
             for kk in (0..kp).step_by(32) {
                 let valid = k - kk;
@@ -175,7 +66,7 @@ impl<A: AmxSrc> Job<'_, A> {
                 unsafe {
                     let b: [__m512bh; NJ] = std::array::from_fn(|j| {
                         std::mem::transmute(_mm512_loadu_si512(
-                            self.bt.as_ptr().add(j * kp + kk).cast(),
+                            job.bt.as_ptr().add(j * kp + kk).cast(),
                         ))
                     });
                     for (i, ci) in c.iter_mut().enumerate() {
@@ -198,29 +89,23 @@ impl<A: AmxSrc> Job<'_, A> {
                 }
             }
             for (i, ci) in c.iter().enumerate().take(rows - g) {
-                for (j, cij) in ci.iter().enumerate().take(self.n) {
-                    self.put(out, g + i, j, _mm512_reduce_add_ps(*cij));
+                for (j, cij) in ci.iter().enumerate().take(job.n) {
+                    job.put(out, g + i, j, _mm512_reduce_add_ps(*cij));
                 }
             }
         }
     }
 
-    /// Rows `r0..r0 + rows` of C into `out` for a column-major A (`A[r][c]` at
-    /// `a[r + c·cs]`), `16·G` rows × `NJ` columns at a time.
-    ///
-    /// # Safety
-    /// As [`rows`](Self::rows).
-    #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     unsafe fn columns<const G: usize, const NJ: usize>(
-        &self,
+        job: &Job<'_, A, bf16>,
         r0: usize,
         rows: usize,
         out: &mut [f32],
     ) {
         use std::arch::x86_64::*;
-        let (k, kp, cs) = (self.k, self.kp, self.a_strides.1);
-        let base = self.a[r0..].as_ptr();
+        let (k, kp, cs) = (job.k, job.kp, job.a_strides.1);
+        let base = job.a[r0..].as_ptr();
         for g0 in (0..rows).step_by(16 * G) {
             let masks: [u16; G] = std::array::from_fn(|g| mask16(rows.saturating_sub(g0 + 16 * g)));
             let mut c = [[_mm512_setzero_ps(); NJ]; G];
@@ -243,7 +128,7 @@ impl<A: AmxSrc> Job<'_, A> {
                         std::mem::transmute(_mm512_or_si512(even, _mm512_slli_epi32::<16>(next)))
                     });
                     for j in 0..NJ {
-                        let pair = self.bt.as_ptr().add(j * kp + 2 * q);
+                        let pair = job.bt.as_ptr().add(j * kp + 2 * q);
                         let y = _mm512_set1_epi32(pair.cast::<i32>().read_unaligned());
                         let y: __m512bh = std::mem::transmute(y);
                         for (cg, xg) in c.iter_mut().zip(&x) {
@@ -254,12 +139,12 @@ impl<A: AmxSrc> Job<'_, A> {
             }
             let mut lanes = [0f32; 16];
             for (g, cg) in c.iter().enumerate() {
-                for (j, cgj) in cg.iter().enumerate().take(self.n) {
+                for (j, cgj) in cg.iter().enumerate().take(job.n) {
                     // SAFETY: `lanes` holds 16 f32.
                     unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *cgj) };
                     let first = g0 + 16 * g;
                     for (i, v) in lanes.iter().enumerate().take(rows.saturating_sub(first)) {
-                        self.put(out, first + i, j, *v);
+                        job.put(out, first + i, j, *v);
                     }
                 }
             }
@@ -270,6 +155,7 @@ impl<A: AmxSrc> Job<'_, A> {
 #[cfg(test)]
 mod tests {
     use super::super::amx_pack::RoundedBf16;
+    use super::super::skinny::{applies, gemm};
     use super::*;
 
     /// Odd shapes with `n ≤ 8` (both A layouts, overwrite and accumulate) against the f64
@@ -295,7 +181,7 @@ mod tests {
             bf16::to_f64,
             &|shape, c, a, sa, b, sb, accumulate, parallel| {
                 assert!(applies(shape.1, sa));
-                gemm(shape, c, (a, b), (sa, sb), accumulate, parallel)
+                gemm::<_, _, Bf16Dot>(shape, c, (a, b), (sa, sb), accumulate, parallel)
             },
         );
     }
@@ -336,7 +222,7 @@ mod tests {
                         (0..m * k).map(|i| rounded[(i % m) * k + i / m]).collect(),
                     ),
                 };
-                gemm(
+                gemm::<_, _, Bf16Dot>(
                     (m, n, k),
                     &mut want,
                     (&cast, &b),
@@ -344,7 +230,7 @@ mod tests {
                     false,
                     false,
                 );
-                gemm(
+                gemm::<_, _, Bf16Dot>(
                     (m, n, k),
                     &mut got,
                     (&rounded, &b),

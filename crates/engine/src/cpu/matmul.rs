@@ -112,6 +112,14 @@ pub(crate) fn gemm_f16<A: super::sgemm_pack::PackSrc>(
         lhs.len() >= ea && rhs.len() >= eb,
         "gemm_f16: operand too small"
     );
+    #[cfg(target_arch = "x86_64")]
+    if m > 0 && n > 0 && k > 0 && A::simd() && f16::simd() && super::skinny::applies(n, ls) {
+        // At most 8 columns (a late layer at small images: 512 × 4 × 4608): A read in place,
+        // widened in registers, `n` not padded (see `skinny`).
+        use super::{f16_skinny::F16Fma, skinny::gemm};
+        gemm::<_, _, F16Fma>((m, n, k), dst, (lhs, rhs), (ls, rs), accumulate, parallel);
+        return;
+    }
     if m > 0 && n > 0 && k > 0 && A::simd() && f16::simd() && super::sgemm::suits((m, n)) {
         // (From n = 32 on: at 8 × 64 px the last stage's n = 32 products would otherwise
         // widen their 512 × 4608 weights first. f16 A is packed even then: only f32 is read in

@@ -7,12 +7,15 @@ mod amp;
 mod amx;
 mod amx_pack;
 mod bf16_dot;
+#[cfg(target_arch = "x86_64")]
 mod bf16_skinny;
 mod buffer;
 pub(crate) mod compute;
 mod conv;
 mod convert;
 mod elementwise;
+#[cfg(target_arch = "x86_64")]
+mod f16_skinny;
 #[cfg(test)]
 mod gemm_check;
 mod half_blocks;
@@ -25,6 +28,8 @@ mod pool;
 mod reduce;
 mod sgemm;
 mod sgemm_pack;
+#[cfg(target_arch = "x86_64")]
+mod skinny;
 mod sum;
 
 use crate::{CpuStorage, Device, StorageRef};

@@ -321,9 +321,10 @@ mod tests {
         );
     }
 
-    /// `gemm_f16` at shapes its kernel does not serve directly: products narrower than a
-    /// register tile run transposed (in parallel over blocks of A's rows, or serially), and
-    /// the smallest ones widen for the crate; against the f64 reference.
+    /// `gemm_f16` at shapes its kernel does not serve directly: products at most 8 columns
+    /// wide run `skinny`, others narrower than a register tile run transposed (in parallel
+    /// over blocks of A's rows, or serially), and the smallest ones widen for the crate;
+    /// against the f64 reference.
     #[test]
     fn narrow_f16_products_match_f64_reference() {
         use half::f16;
@@ -335,6 +336,7 @@ mod tests {
                 (512, 1, 40),
                 (40, 31, 9),
                 (20, 5, 33),
+                (20, 12, 33),
             ],
             || f16::from_f32(rnd()),
             f16::to_f64,
