@@ -189,6 +189,45 @@ unsafe fn block(
     }
 }
 
+/// Rows of `acc` (32 × 32, row-major) into columns `c0..c0 + cols` (`cols` ≤ 32) of the
+/// `n`-wide rows of `rows`, added or stored: two masked 16-lane stores a row (a `memmove` call
+/// per row of a copy cost a weight gradient's write-back 4× the dot products' time at small
+/// images).
+///
+/// # Safety
+/// The CPU has AVX-512F; `c0 + cols ≤ n`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_block(
+    acc: &[f32; 1024],
+    rows: &mut [f32],
+    n: usize,
+    c0: usize,
+    cols: usize,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    let masks = [
+        super::skinny::mask16(cols),
+        super::skinny::mask16(cols.saturating_sub(16)),
+    ];
+    for (i, row) in rows.chunks_exact_mut(n).enumerate() {
+        let out = row[c0..][..cols].as_mut_ptr();
+        for (h, &mask) in masks.iter().enumerate() {
+            // SAFETY: the masks select columns `< cols` of the row's `c0..` and of `acc`'s
+            // row `i` (masked-off lanes are not accessed).
+            unsafe {
+                let (o, s) = (out.wrapping_add(16 * h), acc.as_ptr().add(i * 32 + 16 * h));
+                let mut v = _mm512_maskz_loadu_ps(mask, s);
+                if accumulate {
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, o));
+                }
+                _mm512_mask_storeu_ps(o, mask, v);
+            }
+        }
+    }
+}
+
 thread_local! {
     /// The packed B of the calling thread's product, reused across calls.
     static PACKED_B: std::cell::RefCell<Vec<bf16>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -281,6 +320,7 @@ fn gemm_bf16_on<A: super::amx_pack::AmxSrc>(
             .for_each(|(gi, out)| pack_a(a, a_strides, (m, k), gi * group, out));
     }
     let packed_a = &pa_whole;
+    let fast = super::convert::avx512();
     let run_row = |bi: usize, rows: &mut [f32]| {
         A_PANEL.with(|panel| {
             let mut panel = panel.borrow_mut();
@@ -313,6 +353,12 @@ fn gemm_bf16_on<A: super::amx_pack::AmxSrc>(
                     }
                 };
                 let cols = (n - bj * 2 * TN).min(2 * TN);
+                #[cfg(target_arch = "x86_64")]
+                if fast {
+                    // SAFETY: AVX-512F detected; `rows` holds whole rows of `n` ≥ 32·bj + cols.
+                    unsafe { store_block(&acc, rows, n, bj * 2 * TN, cols, accumulate) };
+                    continue;
+                }
                 for (i, row) in rows.chunks_exact_mut(n).enumerate() {
                     let out = &mut row[bj * 2 * TN..][..cols];
                     let src = &acc[i * 32..][..cols];
