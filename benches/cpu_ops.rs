@@ -1,5 +1,6 @@
 //! CPU throughput baseline: matmul (f32, f16) and conv2d (f32, f16, bf16 — bf16 runs on AMX
-//! where the CPU has it) at several sizes.
+//! or AVX512-BF16 where the CPU has them) at several sizes, and a conv2d training pass
+//! (forward and both gradients) of the late stages at small images (`cpu_conv2d_train_small`).
 //!
 //! Criterion's throughput is set to the op's FLOP count (2·M·N·K for matmul,
 //! 2·N·C_out·OH·OW·C_in·KH·KW for conv), so its `elem/s` column reads as FLOP/s.
