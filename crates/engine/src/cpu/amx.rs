@@ -320,6 +320,7 @@ fn gemm_bf16_on<A: super::amx_pack::AmxSrc>(
             .for_each(|(gi, out)| pack_a(a, a_strides, (m, k), gi * group, out));
     }
     let packed_a = &pa_whole;
+    #[cfg(target_arch = "x86_64")]
     let fast = super::convert::avx512();
     let run_row = |bi: usize, rows: &mut [f32]| {
         A_PANEL.with(|panel| {

@@ -62,11 +62,8 @@ impl<A: PackSrc> Kernels<A, f16> for F16Fma {
                     }
                 }
             }
-            for (i, ci) in c.iter().enumerate().take(rows - g) {
-                for (j, cij) in ci.iter().enumerate().take(job.n) {
-                    job.put(out, g + i, j, _mm512_reduce_add_ps(*cij));
-                }
-            }
+            // SAFETY: AVX-512F is present (the caller's contract).
+            unsafe { job.put_sums(out, g, rows, &c) };
         }
     }
 
@@ -100,17 +97,8 @@ impl<A: PackSrc> Kernels<A, f16> for F16Fma {
                     }
                 }
             }
-            let mut lanes = [0f32; 16];
-            for (g, cg) in c.iter().enumerate() {
-                for (j, cgj) in cg.iter().enumerate().take(job.n) {
-                    // SAFETY: `lanes` holds 16 f32.
-                    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *cgj) };
-                    let first = g0 + 16 * g;
-                    for (i, v) in lanes.iter().enumerate().take(rows.saturating_sub(first)) {
-                        job.put(out, first + i, j, *v);
-                    }
-                }
-            }
+            // SAFETY: AVX-512F is present (the caller's contract).
+            unsafe { job.put_lanes(out, g0, rows, &c) };
         }
     }
 }

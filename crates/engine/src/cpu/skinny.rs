@@ -83,9 +83,56 @@ pub(crate) struct Job<'a, A, P> {
 
 impl<A, P> Job<'_, A, P> {
     /// `out[i][j]` (+)= `value`.
-    pub(crate) fn put(&self, out: &mut [f32], i: usize, j: usize, value: f32) {
+    fn put(&self, out: &mut [f32], i: usize, j: usize, value: f32) {
         let o = &mut out[i * self.n + j];
         *o = if self.accumulate { *o + value } else { value };
+    }
+
+    /// A row-major kernel's accumulators for rows `g..` of `out`: row `g + i`, column `j` is
+    /// the sum of the lanes of `c[i][j]` (rows from `rows` on and columns from `n` on dropped).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn put_sums<const R: usize, const NJ: usize>(
+        &self,
+        out: &mut [f32],
+        g: usize,
+        rows: usize,
+        c: &[[std::arch::x86_64::__m512; NJ]; R],
+    ) {
+        use std::arch::x86_64::_mm512_reduce_add_ps;
+        for (i, ci) in c.iter().enumerate().take(rows - g) {
+            for (j, cij) in ci.iter().enumerate().take(self.n) {
+                self.put(out, g + i, j, _mm512_reduce_add_ps(*cij));
+            }
+        }
+    }
+
+    /// A column-major kernel's accumulators: lane `i` of `c[gi][j]` is row `g0 + 16·gi + i`,
+    /// column `j` of `out` (rows from `rows` on and columns from `n` on dropped).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn put_lanes<const G: usize, const NJ: usize>(
+        &self,
+        out: &mut [f32],
+        g0: usize,
+        rows: usize,
+        c: &[[std::arch::x86_64::__m512; NJ]; G],
+    ) {
+        let mut lanes = [0f32; 16];
+        for (gi, cg) in c.iter().enumerate() {
+            let first = g0 + 16 * gi;
+            for (j, cgj) in cg.iter().enumerate().take(self.n) {
+                // SAFETY: `lanes` holds 16 f32.
+                unsafe { std::arch::x86_64::_mm512_storeu_ps(lanes.as_mut_ptr(), *cgj) };
+                for (i, v) in lanes.iter().enumerate().take(rows.saturating_sub(first)) {
+                    self.put(out, first + i, j, *v);
+                }
+            }
+        }
     }
 }
 
