@@ -141,3 +141,32 @@ fn graph_is_released_after_backward() {
         "saved tensors are freed by backward"
     );
 }
+
+/// A convolution whose input needs no gradient (a network's input image) computes only the
+/// weight's: the same weight gradient as when the input's is computed too, and none for x.
+#[test]
+fn conv_weight_gradient_without_input_gradient() {
+    use hemi::{Conv2dParams, Generator};
+    let mut g = Generator::new(7);
+    let x = Tensor::randn_with(&mut g, [2, 3, 9, 7], DType::F32, Device::Cpu).expect("x");
+    let w = Tensor::randn_with(&mut g, [4, 3, 3, 3], DType::F32, Device::Cpu).expect("w");
+    let p = Conv2dParams::new(2, 1);
+    let weight_grad = |x: &Tensor| {
+        let w = w.detach().requires_grad_(true).expect("w leaf");
+        let y = x.conv2d(&w, None, p).expect("conv2d");
+        y.mul(&y)
+            .expect("square")
+            .sum_all()
+            .expect("sum")
+            .backward()
+            .expect("backward");
+        grad_of(&w)
+    };
+    let with_dx = x.detach().requires_grad_(true).expect("x leaf");
+    let want = weight_grad(&with_dx);
+    assert!(with_dx.grad().is_some());
+    let got = weight_grad(&x);
+    assert!(x.grad().is_none());
+    assert_eq!(got, want);
+    assert!(got.iter().any(|v| *v != 0.0));
+}

@@ -30,6 +30,24 @@ pub(crate) fn avx512() -> bool {
     false
 }
 
+/// Runs `f` compiled for AVX-512 (F, BW) where the CPU has it, else as is: the same
+/// operations in the same order (no contraction into FMAs), so the same results, in wider
+/// vectors. Only code inlined into `f` gains: keep its loops free of calls that are not
+/// `#[inline]` (the crate is built for baseline x86-64, whose f64 loops run 2 lanes wide).
+#[inline(always)]
+pub(crate) fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        #[target_feature(enable = "avx512f,avx512bw")]
+        fn run<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        // SAFETY: the CPU has AVX-512F/BW (checked above).
+        return unsafe { run(f) };
+    }
+    f()
+}
+
 /// 16 lanes of `half`'s f32 → bf16 rounding on the f32 bits `x`, each bf16 in the low half
 /// of its 32-bit lane (the high half zero): non-NaN `x` becomes
 /// `(x + 0x7FFF + ((x >> 16) & 1)) >> 16` (nearest even; a carry out of the mantissa bumps

@@ -9,6 +9,7 @@
 //! vectors are widened to f64, and every pass over the elements runs in parallel.
 
 use super::compute::{host, to_f64_vec};
+use super::convert::with_avx512;
 use super::sum::{blocked_sums, pairwise_sum_by, BLOCK};
 use crate::backend::{BatchNormBackward, BatchNormForward};
 use crate::{alloc, CpuStorage, DType, Error, Layout, Result, StorageRef};
@@ -63,7 +64,8 @@ fn store(mut v: Vec<f64>, compute_f64: bool, dtype: DType) -> Result<StorageRef>
 /// `K` sums over the `N·S` values of channel `ch` in a contiguous `[N, C, S]` tensor: per image,
 /// [`blocked_sums`] over the plane (`fill(plane start, range in the plane, bufs)` writes the
 /// terms), then pairwise across images — at most `(19 + ⌈log2 ⌈S/128⌉⌉ + ⌈log2 N⌉)·2^-53·Σ|term|`
-/// per sum.
+/// per sum. (Inlined, so the block loops get the caller's vector width.)
+#[inline(always)]
 fn channel_sums<const K: usize>(
     (n, c, s): (usize, usize, usize),
     ch: usize,
@@ -120,18 +122,23 @@ fn train_core<T: Elem>(
     let stats: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ch| {
-            let [sum] = channel_sums(dims, ch, |base, r, [b]| {
-                for (t, &x) in b.iter_mut().zip(&xv[base + r.start..base + r.end]) {
-                    *t = x.into();
-                }
-            });
-            let mean = sum / m;
-            let [sq] = channel_sums(dims, ch, |base, r, [b]| {
-                for (t, &x) in b.iter_mut().zip(&xv[base + r.start..base + r.end]) {
-                    *t = (x.into() - mean).powi(2);
-                }
-            });
-            (mean, sq / m)
+            with_avx512(
+                #[inline(always)]
+                move || {
+                    let [sum] = channel_sums(dims, ch, move |base, r, [b]| {
+                        for (t, &x) in b.iter_mut().zip(&xv[base + r.start..base + r.end]) {
+                            *t = x.into();
+                        }
+                    });
+                    let mean = sum / m;
+                    let [sq] = channel_sums(dims, ch, move |base, r, [b]| {
+                        for (t, &x) in b.iter_mut().zip(&xv[base + r.start..base + r.end]) {
+                            *t = (x.into() - mean).powi(2);
+                        }
+                    });
+                    (mean, sq / m)
+                },
+            )
         })
         .collect();
     let invstd: Vec<f64> = stats
@@ -146,10 +153,23 @@ fn train_core<T: Elem>(
             let ch = row % c;
             let scale = invstd[ch] * p.weight[ch];
             let shift = p.bias[ch] - stats[ch].0 * scale;
-            for (o, &x) in out.iter_mut().zip(plane) {
-                let v = x.into() * scale + shift;
-                *o = T::round(if p.relu && v <= 0.0 { 0.0 } else { v });
-            }
+            let relu = p.relu;
+            with_avx512(
+                #[inline(always)]
+                move || match relu {
+                    true => {
+                        for (o, &x) in out.iter_mut().zip(plane) {
+                            let v = x.into() * scale + shift;
+                            *o = T::round(if v <= 0.0 { 0.0 } else { v });
+                        }
+                    }
+                    false => {
+                        for (o, &x) in out.iter_mut().zip(plane) {
+                            *o = T::round(x.into() * scale + shift);
+                        }
+                    }
+                },
+            )
         });
     Ok((y, stats, invstd))
 }
@@ -221,29 +241,47 @@ fn backward_core<T: Elem>(
     let (n, c, s) = dims;
     let m = (n * s) as f64;
     // dy, zeroed where the fused ReLU's output was not positive.
-    let grad = |d: T, z: Option<T>| -> f64 {
-        match z {
-            Some(z) if z.into() <= 0.0 => 0.0,
-            _ => d.into(),
+    #[inline(always)]
+    fn grad<T: Elem>(d: T, z: T) -> f64 {
+        if z.into() <= 0.0 {
+            0.0
+        } else {
+            d.into()
         }
-    };
+    }
     let zs = |r: std::ops::Range<usize>| relu.map(|z| &z[r]);
     let sums: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ch| {
             let mean = p.mean[ch];
-            let [sd, sdxc] = channel_sums(dims, ch, |base, r, [bd, bx]| {
-                let r = base + r.start..base + r.end;
-                let (d, x, z) = (&dyv[r.clone()], &xv[r.clone()], zs(r));
-                let mut terms = |g: f64, x: T, j: usize| {
-                    bd[j] = g;
-                    bx[j] = g * (x.into() - mean);
-                };
-                match z {
-                    Some(z) => (0..d.len()).for_each(|j| terms(grad(d[j], Some(z[j])), x[j], j)),
-                    None => (0..d.len()).for_each(|j| terms(d[j].into(), x[j], j)),
-                }
-            });
+            let [sd, sdxc] = with_avx512(
+                #[inline(always)]
+                move || {
+                    channel_sums(dims, ch, move |base, r, [bd, bx]| {
+                        let r = base + r.start..base + r.end;
+                        let (d, x, z) = (&dyv[r.clone()], &xv[r.clone()], zs(r));
+                        let (bd, bx) = (&mut bd[..d.len()], &mut bx[..d.len()]);
+                        match z {
+                            Some(z) => {
+                                for (((td, tx), (&d, &z)), &x) in
+                                    bd.iter_mut().zip(bx.iter_mut()).zip(d.iter().zip(z)).zip(x)
+                                {
+                                    let g = grad(d, z);
+                                    (*td, *tx) = (g, g * (x.into() - mean));
+                                }
+                            }
+                            None => {
+                                for ((td, tx), (&d, &x)) in
+                                    bd.iter_mut().zip(bx.iter_mut()).zip(d.iter().zip(x))
+                                {
+                                    let g = d.into();
+                                    (*td, *tx) = (g, g * (x.into() - mean));
+                                }
+                            }
+                        }
+                    })
+                },
+            );
             // Σ dy·x̂ = invstd · Σ dy·(x − mean)
             (sd, sdxc * p.invstd[ch])
         })
@@ -258,22 +296,25 @@ fn backward_core<T: Elem>(
             let k = p.weight[ch] * invstd / m;
             let r = row * s..row * s + out.len();
             let (d, x, z) = (&dyv[r.clone()], &xv[r.clone()], zs(r));
-            let value = |g: f64, x: T| {
+            let value = move |g: f64, x: T| {
                 let xhat = (x.into() - mean) * invstd;
                 T::round(k * (m * g - sd - xhat * sdx))
             };
-            match z {
-                Some(z) => {
-                    for (j, o) in out.iter_mut().enumerate() {
-                        *o = value(grad(d[j], Some(z[j])), x[j]);
+            with_avx512(
+                #[inline(always)]
+                move || match z {
+                    Some(z) => {
+                        for ((o, (&d, &z)), &x) in out.iter_mut().zip(d.iter().zip(z)).zip(x) {
+                            *o = value(grad(d, z), x);
+                        }
                     }
-                }
-                None => {
-                    for ((o, &g), &x) in out.iter_mut().zip(d).zip(x) {
-                        *o = value(g.into(), x);
+                    None => {
+                        for ((o, &g), &x) in out.iter_mut().zip(d).zip(x) {
+                            *o = value(g.into(), x);
+                        }
                     }
-                }
-            }
+                },
+            )
         });
     Ok((dx, sums))
 }

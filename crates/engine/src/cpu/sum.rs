@@ -80,46 +80,80 @@ pub(crate) const BLOCK: usize = 128;
 /// `K` f64 sums of `n` terms each, computed from slices block by block: `fill(range, bufs)`
 /// writes the terms of `range` (at most [`BLOCK`] long, starting at a multiple of it) into
 /// `bufs[k][..range.len()]`. Inside a block the terms go to 8 lanes (at most 16 additions
-/// each) and a 3-level tree; blocks combine pairwise — so a sum's error is at most
+/// each) and a 3-level tree; blocks combine pairwise (a binary counter: a term's block sum
+/// passes through at most `⌈log2 ⌈n/128⌉⌉` additions) — so a sum's error is at most
 /// `(19 + ⌈log2 ⌈n/128⌉⌉)·2^-53·Σ|term|`, growing like log n, while the block loops vectorize
 /// (the per-term closure of [`pairwise_sum_by`] does not).
+///
+/// A loop, not a recursion, and inlined: a caller compiled for wider vectors
+/// ([`super::convert::with_avx512`]) gets them in `fill` and the lane sums too.
+#[inline(always)]
 pub(crate) fn blocked_sums<const K: usize>(
     n: usize,
     fill: &impl Fn(std::ops::Range<usize>, &mut [[f64; BLOCK]; K]),
 ) -> [f64; K] {
+    // (Plain loops over `k`, not `array::from_fn` or `map`: those stay calls, compiled for
+    // the baseline.)
+    let sums = |bufs: &[[f64; BLOCK]; K], len: usize| {
+        let mut out = [0f64; K];
+        for k in 0..K {
+            out[k] = lanes_sum(&bufs[k][..len]);
+        }
+        out
+    };
+    let add = |a: &[f64; K], b: &[f64; K]| {
+        let mut out = [0f64; K];
+        for k in 0..K {
+            out[k] = a[k] + b[k];
+        }
+        out
+    };
+    let mut bufs = [[0f64; BLOCK]; K];
     if n <= BLOCK {
-        let mut bufs = [[0f64; BLOCK]; K];
         fill(0..n, &mut bufs);
-        return bufs.map(|b| lanes_sum(&b[..n]));
+        return sums(&bufs, n);
     }
-    blocked_range(0, n, fill)
-}
-
-fn blocked_range<const K: usize>(
-    start: usize,
-    len: usize,
-    fill: &impl Fn(std::ops::Range<usize>, &mut [[f64; BLOCK]; K]),
-) -> [f64; K] {
-    if len <= BLOCK {
-        let mut bufs = [[0f64; BLOCK]; K];
+    // Pending subtree sums, left to right: after `b` blocks the stack holds one sum per set
+    // bit of `b` (2^level blocks each, levels decreasing), so it never exceeds 64 entries.
+    let mut stack = [[0f64; K]; usize::BITS as usize];
+    let (mut depth, mut blocks) = (0usize, 0usize);
+    for start in (0..n).step_by(BLOCK) {
+        let len = BLOCK.min(n - start);
         fill(start..start + len, &mut bufs);
-        return bufs.map(|b| lanes_sum(&b[..len]));
+        let mut cur = sums(&bufs, len);
+        blocks += 1;
+        // Each trailing zero of the block count closes a pair of equal subtrees.
+        for _ in 0..blocks.trailing_zeros() {
+            depth -= 1;
+            cur = add(&stack[depth], &cur);
+        }
+        stack[depth] = cur;
+        depth += 1;
     }
-    let left = len.div_ceil(BLOCK).div_ceil(2) * BLOCK;
-    let (a, b) = (
-        blocked_range(start, left, fill),
-        blocked_range(start + left, len - left, fill),
-    );
-    std::array::from_fn(|k| a[k] + b[k])
+    // The leftover subtrees, right to left: a term in the i-th (2^j_i blocks, j_i ≤ j_1 − i + 1)
+    // gains i additions here, within ⌈log2 blocks⌉ in all.
+    let mut total = stack[depth - 1];
+    for sub in stack[..depth - 1].iter().rev() {
+        total = add(sub, &total);
+    }
+    total
 }
 
 /// At most [`BLOCK`] terms in 8 lanes, then a tree over the lanes.
+#[inline(always)]
 fn lanes_sum(v: &[f64]) -> f64 {
     let mut acc = [0f64; 8];
-    for c in v.chunks(8) {
+    // (Whole chunks as fixed-size arrays: one vector add each. The same additions, in the
+    // same order, as a loop over `chunks(8)`.)
+    let mut chunks = v.chunks_exact(8);
+    for c in &mut chunks {
+        let c: &[f64; 8] = c.try_into().expect("chunks_exact(8)");
         for (a, &x) in acc.iter_mut().zip(c) {
             *a += x;
         }
+    }
+    for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
+        *a += x;
     }
     let q = [
         acc[0] + acc[4],

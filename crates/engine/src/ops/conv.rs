@@ -130,6 +130,9 @@ impl Tensor {
         let sx = Saved::new(OP, &xc);
         let in_dtype = x.dtype();
         let inputs = [&xc, if direct { weight } else { &wc }];
+        // Only the gradients something needs (the stem's input image needs none: its
+        // `dx` was a whole backward-input convolution for nothing).
+        let (need_dx, need_dw) = (inputs[0].requires_grad(), inputs[1].requires_grad());
         let y = track(out, OP, &inputs, move |g| {
             let sx = sx.get()?;
             let sw = match recast {
@@ -144,19 +147,19 @@ impl Tensor {
                 ..spec
             };
             let (gs, ss, ws) = (g.storage(), sx.storage(), sw.storage());
-            let (dx, dw) = match direct {
-                true => (
-                    be.conv2d_backward_input_rounding_weight(&gs, &ws, &spec)?,
-                    be.conv2d_backward_weight_widened(&ss, &gs, &spec)?,
-                ),
-                false => (
-                    be.conv2d_backward_input(&gs, &ws, &spec)?,
-                    be.conv2d_backward_weight(&ss, &gs, &spec)?,
-                ),
+            let dx = match (need_dx, direct) {
+                (false, _) => None,
+                (true, true) => Some(be.conv2d_backward_input_rounding_weight(&gs, &ws, &spec)?),
+                (true, false) => Some(be.conv2d_backward_input(&gs, &ws, &spec)?),
+            };
+            let dw = match (need_dw, direct) {
+                (false, _) => None,
+                (true, true) => Some(be.conv2d_backward_weight_widened(&ss, &gs, &spec)?),
+                (true, false) => Some(be.conv2d_backward_weight(&ss, &gs, &spec)?),
             };
             Ok(vec![
-                Some(from_storage_in(dx, sx.shape().clone(), format)),
-                Some(from_storage_in(dw, sw.shape().clone(), format)),
+                dx.map(|dx| from_storage_in(dx, sx.shape().clone(), format)),
+                dw.map(|dw| from_storage_in(dw, sw.shape().clone(), format)),
             ])
         });
         match bias {
