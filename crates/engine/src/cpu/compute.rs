@@ -259,19 +259,25 @@ macro_rules! map_compute {
 pub(crate) use map_compute;
 
 /// [`map_compute!`] over a [`ComputeRef`]: `$v` is a `Cow` slice of `$T`; the body returns the
-/// output vector, wrapped into a [`Compute`].
+/// output vector, wrapped into a [`Compute`]. A gathered copy goes back to the host cache
+/// afterwards (dropped, its block left the cache on every call and the next call page-faulted
+/// a fresh one).
 macro_rules! map_compute_ref {
     ($c:expr, |$v:ident : $T:ident| $body:expr) => {
         match $c {
             $crate::cpu::compute::ComputeRef::F32($v) => {
                 #[allow(dead_code)]
                 type $T = f32;
-                $crate::cpu::compute::Compute::F32($body)
+                let out = $body;
+                $crate::cpu::compute::ComputeRef::F32($v).recycle();
+                $crate::cpu::compute::Compute::F32(out)
             }
             $crate::cpu::compute::ComputeRef::F64($v) => {
                 #[allow(dead_code)]
                 type $T = f64;
-                $crate::cpu::compute::Compute::F64($body)
+                let out = $body;
+                $crate::cpu::compute::ComputeRef::F64($v).recycle();
+                $crate::cpu::compute::Compute::F64(out)
             }
         }
     };

@@ -708,7 +708,11 @@ fn backward_weight<T: ConvGemm<T>>(x: &[T], dy: &[T], g: &Geometry) -> Result<Ve
         let mut runs = runs.into_iter();
         let mut sum = runs.next().unwrap_or_else(zeros)?;
         for run in runs {
-            sum.iter_mut().zip(run?).for_each(|(x, y)| *x = *x + y);
+            let run = run?;
+            sum.iter_mut().zip(&run).for_each(|(x, &y)| *x = *x + y);
+            // (Back to the host cache: dropped, a thread's accumulator left it every step and
+            // the next step's took a fresh, page-faulted block.)
+            crate::alloc::recycle(run);
         }
         Ok(sum)
     }
