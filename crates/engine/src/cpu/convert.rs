@@ -66,53 +66,70 @@ pub(crate) fn round_bf16_lanes(x: std::arch::x86_64::__m512i) -> std::arch::x86_
     _mm512_mask_blend_epi32(nan, rounded, _mm512_or_si512(high, _mm512_set1_epi32(0x40)))
 }
 
-/// 16 lanes of [`round_bf16_lanes`] at a time, the tail through `half`.
+/// The lane mask of the first `n` (< 16) lanes: a tail's masked loads and stores (short rows
+/// convert as fast as long ones, without a call into `half` per value).
+#[cfg(target_arch = "x86_64")]
+fn tail_mask(n: usize) -> u16 {
+    ((1u32 << n) - 1) as u16
+}
+
+/// 16 lanes of [`round_bf16_lanes`] at a time, the tail masked.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
 fn narrow_bf16_avx512(src: &[f32], dst: &mut [bf16]) {
     use std::arch::x86_64::*;
-    let whole = src.len().min(dst.len()) / 16 * 16;
-    for (s, d) in src[..whole]
-        .chunks_exact(16)
-        .zip(dst[..whole].chunks_exact_mut(16))
-    {
-        // SAFETY: 16 readable f32 at `s`, 16 writable bf16 (u16) at `d` (unaligned accesses).
+    let len = src.len().min(dst.len());
+    for i in (0..len).step_by(16) {
+        let m = if len - i >= 16 {
+            u16::MAX
+        } else {
+            tail_mask(len - i)
+        };
+        // SAFETY: the masked lanes are the `min(16, len - i)` readable f32 at `src[i..]` and
+        // writable bf16 (u16) at `dst[i..]` (unaligned; masked-off lanes are not accessed).
         unsafe {
-            let out = round_bf16_lanes(_mm512_loadu_si512(s.as_ptr().cast()));
-            _mm256_storeu_si256(d.as_mut_ptr().cast(), _mm512_cvtepi32_epi16(out));
+            let x = _mm512_maskz_loadu_epi32(m, src.as_ptr().add(i).cast());
+            let out = _mm512_cvtepi32_epi16(round_bf16_lanes(x));
+            _mm512_mask_storeu_epi16(
+                dst.as_mut_ptr().add(i).cast(),
+                u32::from(m),
+                _mm512_castsi256_si512(out),
+            );
         }
-    }
-    for (d, &s) in dst[whole..].iter_mut().zip(&src[whole..]) {
-        *d = half::bf16::from_f32(s);
     }
 }
 
 /// 16 lanes of bf16 → f32 (the bits shifted up by 16: exact; a NaN made quiet, as `half`
-/// does), the tail through `half`.
+/// does), the tail masked.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
 fn widen_bf16_avx512(src: &[bf16], dst: &mut [f32]) {
     use std::arch::x86_64::*;
-    let whole = src.len().min(dst.len()) / 16 * 16;
+    let len = src.len().min(dst.len());
     let (abs, inf, quiet) = (
         _mm512_set1_epi32(0x7FFF),
         _mm512_set1_epi32(0x7F80),
         _mm512_set1_epi32(0x40),
     );
-    for (s, d) in src[..whole]
-        .chunks_exact(16)
-        .zip(dst[..whole].chunks_exact_mut(16))
-    {
-        // SAFETY: 16 readable bf16 (u16) at `s`, 16 writable f32 at `d` (unaligned accesses).
+    for i in (0..len).step_by(16) {
+        let m = if len - i >= 16 {
+            u16::MAX
+        } else {
+            tail_mask(len - i)
+        };
+        // SAFETY: the masked lanes are the `min(16, len - i)` readable bf16 (u16) at `src[i..]`
+        // and writable f32 at `dst[i..]` (unaligned; masked-off lanes are not accessed).
         unsafe {
-            let h = _mm512_cvtepu16_epi32(_mm256_loadu_si256(s.as_ptr().cast()));
+            let h = _mm512_maskz_loadu_epi16(u32::from(m), src.as_ptr().add(i).cast());
+            let h = _mm512_cvtepu16_epi32(_mm512_castsi512_si256(h));
             let nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(h, abs), inf);
             let h = _mm512_mask_or_epi32(h, nan, h, quiet);
-            _mm512_storeu_si512(d.as_mut_ptr().cast(), _mm512_slli_epi32::<16>(h));
+            _mm512_mask_storeu_epi32(
+                dst.as_mut_ptr().add(i).cast(),
+                m,
+                _mm512_slli_epi32::<16>(h),
+            );
         }
-    }
-    for (d, &s) in dst[whole..].iter_mut().zip(&src[whole..]) {
-        *d = s.to_f32();
     }
 }
 
@@ -139,43 +156,52 @@ fn widen_bf16(src: &[bf16], dst: &mut [f32]) {
 }
 
 /// 16 lanes of `vcvtps2ph` (round to nearest even, the instruction `half` uses with F16C),
-/// the tail through `half`.
+/// the tail masked.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512bw")]
 fn narrow_f16_avx512(src: &[f32], dst: &mut [f16]) {
     use std::arch::x86_64::*;
-    let whole = src.len() / 16 * 16;
-    for (s, d) in src[..whole]
-        .chunks_exact(16)
-        .zip(dst[..whole].chunks_exact_mut(16))
-    {
-        // SAFETY: 16 readable f32 at `s`, 16 writable f16 (u16) at `d` (unaligned accesses).
+    let len = src.len().min(dst.len());
+    for i in (0..len).step_by(16) {
+        let m = if len - i >= 16 {
+            u16::MAX
+        } else {
+            tail_mask(len - i)
+        };
+        // SAFETY: the masked lanes are the `min(16, len - i)` readable f32 at `src[i..]` and
+        // writable f16 (u16) at `dst[i..]` (unaligned; masked-off lanes are not accessed).
         unsafe {
-            let v = _mm512_loadu_ps(s.as_ptr());
+            let v = _mm512_maskz_loadu_ps(m, src.as_ptr().add(i));
             let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
-            _mm256_storeu_si256(d.as_mut_ptr().cast(), h);
+            _mm512_mask_storeu_epi16(
+                dst.as_mut_ptr().add(i).cast(),
+                u32::from(m),
+                _mm512_castsi256_si512(h),
+            );
         }
     }
-    dst[whole..].convert_from_f32_slice(&src[whole..]);
 }
 
-/// 16 lanes of `vcvtph2ps` (exact), the tail through `half`.
+/// 16 lanes of `vcvtph2ps` (exact), the tail masked.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512bw")]
 fn widen_f16_avx512(src: &[f16], dst: &mut [f32]) {
     use std::arch::x86_64::*;
-    let whole = src.len() / 16 * 16;
-    for (s, d) in src[..whole]
-        .chunks_exact(16)
-        .zip(dst[..whole].chunks_exact_mut(16))
-    {
-        // SAFETY: 16 readable f16 (u16) at `s`, 16 writable f32 at `d` (unaligned accesses).
+    let len = src.len().min(dst.len());
+    for i in (0..len).step_by(16) {
+        let m = if len - i >= 16 {
+            u16::MAX
+        } else {
+            tail_mask(len - i)
+        };
+        // SAFETY: the masked lanes are the `min(16, len - i)` readable f16 (u16) at `src[i..]`
+        // and writable f32 at `dst[i..]` (unaligned; masked-off lanes are not accessed).
         unsafe {
-            let h = _mm256_loadu_si256(s.as_ptr().cast());
-            _mm512_storeu_ps(d.as_mut_ptr(), _mm512_cvtph_ps(h));
+            let h = _mm512_maskz_loadu_epi16(u32::from(m), src.as_ptr().add(i).cast());
+            let v = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
+            _mm512_mask_storeu_ps(dst.as_mut_ptr().add(i), m, v);
         }
     }
-    src[whole..].convert_to_f32_slice(&mut dst[whole..]);
 }
 
 /// A half-precision element type and its serial slice conversions (same lengths; for callers
@@ -249,6 +275,7 @@ impl Half for f16 {
         #[cfg(target_arch = "x86_64")]
         if avx512() {
             // SAFETY: the CPU has AVX-512F.
+            // (AVX-512BW too: `avx512()` checks both.)
             return unsafe { widen_f16_avx512(src, dst) };
         }
         src.convert_to_f32_slice(dst)
@@ -257,6 +284,7 @@ impl Half for f16 {
         #[cfg(target_arch = "x86_64")]
         if avx512() {
             // SAFETY: the CPU has AVX-512F.
+            // (AVX-512BW too: `avx512()` checks both.)
             return unsafe { narrow_f16_avx512(src, dst) };
         }
         dst.convert_from_f32_slice(src)
@@ -321,6 +349,42 @@ pub(crate) fn rounded_through<H: Half>(src: &[f32]) -> crate::Result<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every length up to 40 (the masked tails), through the serial slice conversions.
+    #[test]
+    fn short_slices_convert_exactly() {
+        let src: Vec<f32> = (0..40)
+            .map(|i| {
+                [1.0f32 / 3.0, -7.5e-6, 65504.0, 70000.0, f32::NAN, -0.0][i % 6] * (i as f32 + 1.0)
+            })
+            .collect();
+        for len in 0..=src.len() {
+            let s = &src[..len];
+            let mut h = vec![f16::ZERO; len];
+            let mut b = vec![bf16::ZERO; len];
+            <f16 as Half>::narrow(s, &mut h);
+            <bf16 as Half>::narrow(s, &mut b);
+            for i in 0..len {
+                assert_eq!(
+                    h[i].to_bits(),
+                    f16::from_f32(s[i]).to_bits(),
+                    "f16 {len} {i}"
+                );
+                assert_eq!(
+                    b[i].to_bits(),
+                    bf16::from_f32(s[i]).to_bits(),
+                    "bf16 {len} {i}"
+                );
+            }
+            let (mut wh, mut wb) = (vec![0f32; len], vec![0f32; len]);
+            <f16 as Half>::widen(&h, &mut wh);
+            <bf16 as Half>::widen(&b, &mut wb);
+            for i in 0..len {
+                assert_eq!(wh[i].to_bits(), h[i].to_f32().to_bits(), "f16 {len} {i}");
+                assert_eq!(wb[i].to_bits(), b[i].to_f32().to_bits(), "bf16 {len} {i}");
+            }
+        }
+    }
 
     /// Every bf16 widens exactly; f32 values around every rounding case, subnormals, infinities
     /// and NaNs narrow exactly as `half` does, on the AVX-512 path and the plain one.
