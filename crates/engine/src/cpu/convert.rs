@@ -66,12 +66,10 @@ pub(crate) fn round_bf16_lanes(x: std::arch::x86_64::__m512i) -> std::arch::x86_
     _mm512_mask_blend_epi32(nan, rounded, _mm512_or_si512(high, _mm512_set1_epi32(0x40)))
 }
 
-/// The lane mask of the first `n` (< 16) lanes: a tail's masked loads and stores (short rows
-/// convert as fast as long ones, without a call into `half` per value).
+// Lane masks of the converters below: all 16 lanes, or a tail's first ones (short rows
+// convert as fast as long ones, without a call into `half` per value).
 #[cfg(target_arch = "x86_64")]
-fn tail_mask(n: usize) -> u16 {
-    ((1u32 << n) - 1) as u16
-}
+use super::skinny::mask16;
 
 /// 16 lanes of [`round_bf16_lanes`] at a time, the tail masked.
 #[cfg(target_arch = "x86_64")]
@@ -80,11 +78,7 @@ fn narrow_bf16_avx512(src: &[f32], dst: &mut [bf16]) {
     use std::arch::x86_64::*;
     let len = src.len().min(dst.len());
     for i in (0..len).step_by(16) {
-        let m = if len - i >= 16 {
-            u16::MAX
-        } else {
-            tail_mask(len - i)
-        };
+        let m = mask16(len - i);
         // SAFETY: the masked lanes are the `min(16, len - i)` readable f32 at `src[i..]` and
         // writable bf16 (u16) at `dst[i..]` (unaligned; masked-off lanes are not accessed).
         unsafe {
@@ -112,11 +106,7 @@ fn widen_bf16_avx512(src: &[bf16], dst: &mut [f32]) {
         _mm512_set1_epi32(0x40),
     );
     for i in (0..len).step_by(16) {
-        let m = if len - i >= 16 {
-            u16::MAX
-        } else {
-            tail_mask(len - i)
-        };
+        let m = mask16(len - i);
         // SAFETY: the masked lanes are the `min(16, len - i)` readable bf16 (u16) at `src[i..]`
         // and writable f32 at `dst[i..]` (unaligned; masked-off lanes are not accessed).
         unsafe {
@@ -163,11 +153,7 @@ fn narrow_f16_avx512(src: &[f32], dst: &mut [f16]) {
     use std::arch::x86_64::*;
     let len = src.len().min(dst.len());
     for i in (0..len).step_by(16) {
-        let m = if len - i >= 16 {
-            u16::MAX
-        } else {
-            tail_mask(len - i)
-        };
+        let m = mask16(len - i);
         // SAFETY: the masked lanes are the `min(16, len - i)` readable f32 at `src[i..]` and
         // writable f16 (u16) at `dst[i..]` (unaligned; masked-off lanes are not accessed).
         unsafe {
@@ -189,11 +175,7 @@ fn widen_f16_avx512(src: &[f16], dst: &mut [f32]) {
     use std::arch::x86_64::*;
     let len = src.len().min(dst.len());
     for i in (0..len).step_by(16) {
-        let m = if len - i >= 16 {
-            u16::MAX
-        } else {
-            tail_mask(len - i)
-        };
+        let m = mask16(len - i);
         // SAFETY: the masked lanes are the `min(16, len - i)` readable f16 (u16) at `src[i..]`
         // and writable f32 at `dst[i..]` (unaligned; masked-off lanes are not accessed).
         unsafe {
@@ -274,8 +256,7 @@ impl Half for f16 {
     fn widen(src: &[f16], dst: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if avx512() {
-            // SAFETY: the CPU has AVX-512F.
-            // (AVX-512BW too: `avx512()` checks both.)
+            // SAFETY: the CPU has AVX-512F and AVX-512BW (`avx512()` checks both).
             return unsafe { widen_f16_avx512(src, dst) };
         }
         src.convert_to_f32_slice(dst)
@@ -283,8 +264,7 @@ impl Half for f16 {
     fn narrow(src: &[f32], dst: &mut [f16]) {
         #[cfg(target_arch = "x86_64")]
         if avx512() {
-            // SAFETY: the CPU has AVX-512F.
-            // (AVX-512BW too: `avx512()` checks both.)
+            // SAFETY: the CPU has AVX-512F and AVX-512BW (`avx512()` checks both).
             return unsafe { narrow_f16_avx512(src, dst) };
         }
         dst.convert_from_f32_slice(src)
