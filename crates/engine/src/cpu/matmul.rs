@@ -120,47 +120,20 @@ pub(crate) fn gemm_f16<A: super::sgemm_pack::PackSrc>(
         gemm::<_, _, F16Fma>((m, n, k), dst, (lhs, rhs), (ls, rs), accumulate, parallel);
         return;
     }
-    if m > 0 && n > 0 && k > 0 && A::simd() && f16::simd() && super::sgemm::suits((m, n)) {
+    if m > 0
+        && n > 0
+        && k > 0
+        && A::simd()
+        && f16::simd()
+        && (m >= super::sgemm::NR || super::sgemm::suits((m, n)))
+    {
         // (From n = 32 on: at 8 × 64 px the last stage's n = 32 products would otherwise
         // widen their 512 × 4608 weights first. f16 A is packed even then: only f32 is read in
-        // place.)
+        // place.) A product narrower than a tile but at least one tall (a late layer at small
+        // images: 512 × 12 × 4608) runs transposed inside `sgemm`: A (the weight) is read
+        // once while packed as the B operand, rather than widened into a fresh copy for the
+        // crate (a memory-bound pass over every late weight, twice per step).
         super::sgemm::sgemm((m, n, k), dst, lhs, ls, rhs, rs, accumulate, parallel);
-        return;
-    }
-    if m >= super::sgemm::NR && n > 0 && k > 0 && A::simd() && f16::simd() {
-        // A narrower product (a late layer at small images: 512 × 4 × 4608) as its transpose
-        // `Cᵀ [n × m] = Bᵀ · Aᵀ`: `n` rows of full 32-column tiles instead of 32-column tiles
-        // with `n` columns used, and A (the weight) read once while packed as the B operand,
-        // rather than widened into a fresh copy for the crate (a memory-bound pass over every
-        // late weight, twice per step). The same f32 products and sums.
-        // (In parallel over blocks of A's rows: the transposed product has too few rows for
-        // the kernel's own row split.)
-        use rayon::prelude::*;
-        let threads = if parallel {
-            rayon::current_num_threads()
-        } else {
-            1
-        };
-        let rows = m.div_ceil(threads).next_multiple_of(super::sgemm::NR);
-        dst[..m * n]
-            .par_chunks_mut(rows * n)
-            .enumerate()
-            .for_each(|(c, d)| {
-                let mm = d.len() / n;
-                // (Should the host cache's allocation fail, a plain one.)
-                let mut t = crate::alloc::for_overwrite::<f32>(n * mm)
-                    .unwrap_or_else(|_| vec![0.0; n * mm]);
-                let a = &lhs[c * rows * ls.0..];
-                let (b_t, a_t) = ((rs.1, rs.0), (ls.1, ls.0));
-                super::sgemm::sgemm((n, mm, k), &mut t, rhs, b_t, a, a_t, false, false);
-                for (i, row) in d.chunks_exact_mut(n).enumerate() {
-                    for (j, o) in row.iter_mut().enumerate() {
-                        let v = t[j * mm + i];
-                        *o = if accumulate { *o + v } else { v };
-                    }
-                }
-                crate::alloc::recycle(t);
-            });
         return;
     }
     // (In parallel when long. Should the host cache's allocation fail, a plain one aborts as

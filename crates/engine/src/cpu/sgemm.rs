@@ -37,15 +37,43 @@ pub(crate) fn available() -> bool {
     false
 }
 
-/// Whether the AVX-512 kernel beats the `gemm` crate for an `m × n` product: it needs rows of
-/// C at least one register tile (32 columns) wide. Measured per ResNet shape (one core, a
-/// throwaway timing loop over both kernels; the train-step bench shows the effect):
-/// 64×256×576 108 vs 79 GFLOP/s, 64×3136×576 94 vs 77; but 256×16×2304 36 vs 95 and 512×4×4608
-/// 9 vs 28 (most of each 32-wide tile masked off) — narrower products stay with the crate.
-/// Products 32 to 63 columns wide went to the crate too while A was always packed (for one or
-/// two B slivers); with A read in place (see `gemm_serial`) they run here.
+/// Whether the AVX-512 kernel beats the `gemm` crate for an `m × n` f32 product: rows of C at
+/// least one register tile (32 columns) wide, or (run transposed, see [`transposed_better`])
+/// 4 to 15 columns and at least 32 rows. Measured per ResNet shape at 2 threads (a throwaway
+/// timing loop over the kernels and the crate; the train-step bench shows the effect), in
+/// GFLOP/s, kernel vs crate: 64×256×576 108 vs 79 (one core), 512×98×4608 237 (transposed)
+/// vs 137, 4608×98×512 218 vs 93; narrow ones transposed: 512×4×4608 53 vs 34, 4608×4×512 39
+/// vs 19, 512×8×4608 87 vs 76, 512×12×4608 119 vs 89. Between 16 and 31 columns neither
+/// orientation wins everywhere (256×16×2304 104 as is, 100 transposed, 147 in the crate;
+/// 2304×16×256 64, 112, 99; 256×24×2304 142, 130, 87): those stay with the crate.
 pub(crate) fn suits((m, n): (usize, usize)) -> bool {
-    available() && n >= NR && m >= 16
+    available() && ((n >= NR && m >= 16) || (m >= NR && (4..16).contains(&n)))
+}
+
+/// The padded rows the kernel computes for `rows` rows of C: full 12-row tiles and one tile
+/// of 4, 8 or 12 for the rest ([`kernel_for`]).
+fn padded_rows(rows: usize) -> usize {
+    rows / MR * MR + (rows % MR).next_multiple_of(4)
+}
+
+/// Whether the product runs faster as its transpose `Cᵀ [n × m] = Bᵀ · Aᵀ` (then transposed
+/// back): always when C is narrower than a tile but at least one tall; otherwise when the
+/// share of the kernel's multiply-adds that land in C, `m/padded_rows(m) · n/(32·⌈n/32⌉)`, is
+/// higher that way by more than 10 % (measured: the transposed run costs that much more at
+/// equal shares, 256×392×2304 242 vs 228 GFLOP/s) plus the two passes over C (a 2·k-flop dot
+/// product per element against one or two element moves: `32/k`). A 224-px ResNet's last
+/// stage multiplies 98 columns (2 images × 7 × 7): 77 % of its four 32-wide tiles are used,
+/// transposed 98 % of its rows (512×98×4608: 189 → 237 GFLOP/s). The same f32 products summed
+/// in the same `k` order either way, so the same bits.
+pub(crate) fn transposed_better((m, n, k): (usize, usize, usize)) -> bool {
+    let used = |rows: usize, cols: usize| {
+        (rows as f64 / padded_rows(rows) as f64) * (cols as f64 / cols.next_multiple_of(NR) as f64)
+    };
+    if n >= NR || m < NR {
+        m >= NR && used(n, m) > used(m, n) * (1.1 + 32.0 / k.max(1) as f64)
+    } else {
+        true
+    }
 }
 
 use super::sgemm_pack::{pack_a, pack_b_sliver, PackSrc};
@@ -231,6 +259,7 @@ fn gemm_serial<SA: PackSrc, SB: PackSrc>(
 /// same f32 products and sums as widening them first), or f32 rounded to f16 while packed
 /// ([`RoundedF16`](super::sgemm_pack::RoundedF16)). Callers check `SA::simd()` and
 /// `SB::simd()` (for f32: `available()`) and the slice extents (as for `gemm_strided`).
+/// Shapes that use the kernel's tiles better transposed run so ([`transposed_better`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn sgemm<SA: PackSrc, SB: PackSrc>(
     (m, n, k): (usize, usize, usize),
@@ -250,23 +279,109 @@ pub(crate) fn sgemm<SA: PackSrc, SB: PackSrc>(
         let (pa, pb) = (&mut pa, &mut pb);
         let b = (rhs, (rhs_rs, rhs_cs));
         let threads = rayon::current_num_threads();
-        if parallel && threads > 1 && m >= 2 * MR && m * n * k >= 1 << 20 {
+        let transposed = transposed_better((m, n, k));
+        // Row blocks of C: whole tiles of the orientation that runs (rows of Cᵀ's columns).
+        let unit = if transposed { NR } else { MR };
+        if parallel && threads > 1 && m >= 2 * unit && m * n * k >= 1 << 20 {
             // Row blocks across threads, each packing its own A.
-            let rows = m.div_ceil(threads).next_multiple_of(MR);
+            let rows = m.div_ceil(threads).next_multiple_of(unit);
             dst[..m * n]
                 .par_chunks_mut(rows * n)
                 .enumerate()
                 .for_each(|(i, d)| {
                     let a = (&lhs[i * rows * lhs_rs..], (lhs_rs, lhs_cs));
                     let (mut pa, mut pb) = (Vec::new(), Vec::new());
-                    gemm_serial((d.len() / n, n, k), d, a, b, accumulate, (&mut pa, &mut pb));
+                    let shape = (d.len() / n, n, k);
+                    gemm_block(
+                        shape,
+                        d,
+                        (a, b),
+                        (accumulate, transposed),
+                        (&mut pa, &mut pb),
+                    );
                 });
         } else {
             let a = (lhs, (lhs_rs, lhs_cs));
-            gemm_serial((m, n, k), dst, a, b, accumulate, (pa, pb));
+            gemm_block((m, n, k), dst, (a, b), (accumulate, transposed), (pa, pb));
         }
     }
     SCRATCH.with(|s| *s.borrow_mut() = (pa, pb));
+}
+
+/// An operand and its element strides (row, column).
+type Operand<'a, S> = (&'a [S], (usize, usize));
+
+/// `dst[m × n] (+)= A · B` serially, as is or (`transposed`) as `Cᵀ = Bᵀ · Aᵀ` into a scratch
+/// `Cᵀ` (holding C's values first when accumulating) transposed back into `dst`.
+fn gemm_block<SA: PackSrc, SB: PackSrc>(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    (a, b): (Operand<'_, SA>, Operand<'_, SB>),
+    (accumulate, transposed): (bool, bool),
+    bufs: (&mut Vec<f32>, &mut Vec<f32>),
+) {
+    if !transposed {
+        gemm_serial((m, n, k), dst, a, b, accumulate, bufs);
+        return;
+    }
+    // (Should the host cache's allocation fail, a plain one.)
+    let mut t = crate::alloc::for_overwrite::<f32>(n * m).unwrap_or_else(|_| vec![0.0; n * m]);
+    if accumulate {
+        transpose(&dst[..m * n], (m, n), &mut t);
+    }
+    let (a_t, b_t) = ((b.0, (b.1 .1, b.1 .0)), (a.0, (a.1 .1, a.1 .0)));
+    gemm_serial((n, m, k), &mut t, a_t, b_t, accumulate, bufs);
+    transpose(&t, (n, m), &mut dst[..m * n]);
+    crate::alloc::recycle(t);
+}
+
+/// `dst[j × rows + i] = src[i × cols + j]`: the transpose of a row-major `rows × cols` matrix,
+/// in 16 × 16 blocks through registers where the CPU has AVX-512.
+pub(crate) fn transpose(src: &[f32], (rows, cols): (usize, usize), dst: &mut [f32]) {
+    assert!(src.len() >= rows * cols && dst.len() >= rows * cols);
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: AVX-512F was detected; both extents were just checked.
+        unsafe { transpose_avx512(src, (rows, cols), dst) };
+        return;
+    }
+    for (i, row) in src.chunks_exact(cols.max(1)).take(rows).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            dst[j * rows + i] = v;
+        }
+    }
+}
+
+/// [`transpose`] by 16 × 16 blocks: up to 16 rows of up to 16 values loaded (masked at the
+/// edges; missing rows are zero vectors), transposed in registers, stored as up to 16 rows.
+///
+/// # Safety
+/// The CPU has AVX-512F; `src` and `dst` hold `rows · cols` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_avx512(src: &[f32], (rows, cols): (usize, usize), dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let mask = |n: usize| if n >= 16 { u16::MAX } else { (1u16 << n) - 1 };
+    for i0 in (0..rows).step_by(16) {
+        let h = (rows - i0).min(16);
+        for j0 in (0..cols).step_by(16) {
+            let w = (cols - j0).min(16);
+            let mut r = [_mm512_setzero_ps(); 16];
+            for (i, v) in r.iter_mut().enumerate().take(h) {
+                // SAFETY: row i0 + i < rows, columns j0..j0 + w < cols of `src`.
+                *v = unsafe {
+                    _mm512_maskz_loadu_ps(mask(w), src.as_ptr().add((i0 + i) * cols + j0))
+                };
+            }
+            let t = super::sgemm_pack::transpose16(r);
+            for (j, v) in t.iter().enumerate().take(w) {
+                // SAFETY: row j0 + j < cols, columns i0..i0 + h < rows of `dst`.
+                unsafe {
+                    _mm512_mask_storeu_ps(dst.as_mut_ptr().add((j0 + j) * rows + i0), mask(h), *v)
+                };
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -292,6 +407,10 @@ mod tests {
                 (25, 7, 513),
                 (48, 29, 600),
                 (100, 32, 400),
+                // (Run transposed: narrower than a tile, or a last tile mostly masked off.)
+                (64, 17, 40),
+                (200, 98, 300),
+                (45, 20, 9),
             ],
             super::super::gemm_check::uniform(0x2545_F491_4F6C_DD1D),
             f64::from,
@@ -300,6 +419,64 @@ mod tests {
                 sgemm(shape, c, a, sa, b, sb, accumulate, true)
             },
         );
+    }
+
+    /// The orientation choice: narrow products and mostly masked last tiles transpose, full
+    /// tiles and short k do not.
+    #[test]
+    fn transposes_where_tiles_are_used_better() {
+        assert!(transposed_better((512, 98, 4608)));
+        assert!(transposed_better((256, 16, 2304)));
+        assert!(transposed_better((4608, 98, 512)));
+        assert!(!transposed_better((256, 392, 2304)));
+        assert!(!transposed_better((512, 128, 4608)));
+        assert!(!transposed_better((20, 98, 4608)));
+        assert!(!transposed_better((20, 10, 4608)));
+    }
+
+    /// Transposed and as-is runs give the same bits (the same products summed in the same
+    /// order), overwriting and accumulating, for strided operands of both layouts.
+    #[test]
+    fn transposed_run_gives_the_same_bits() {
+        if !available() {
+            println!("skipped: this CPU has no AVX-512F (the gemm crate serves it)");
+            return;
+        }
+        let mut rnd = super::super::gemm_check::uniform(0x1234_5678_9ABC_DEF1);
+        for (m, n, k) in [(37, 45, 300), (64, 98, 513), (13, 33, 7)] {
+            let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
+            let c0: Vec<f32> = (0..m * n).map(|_| rnd()).collect();
+            for (sa, sb) in [((k, 1), (n, 1)), ((1, m), (1, k))] {
+                for accumulate in [false, true] {
+                    let run = |transposed: bool| {
+                        let mut c = c0.clone();
+                        let (mut pa, mut pb) = (Vec::new(), Vec::new());
+                        let ops = ((&a[..], sa), (&b[..], sb));
+                        let how = (accumulate, transposed);
+                        gemm_block((m, n, k), &mut c, ops, how, (&mut pa, &mut pb));
+                        c.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                    };
+                    assert_eq!(run(false), run(true), "({m},{n},{k}) {sa:?} {accumulate}");
+                }
+            }
+        }
+    }
+
+    /// `transpose` at odd sizes across the 16 × 16 block edges, against its definition.
+    #[test]
+    fn transpose_matches_definition() {
+        let mut rnd = super::super::gemm_check::uniform(0x0F0F_1234_AAAA_5555);
+        for (rows, cols) in [(1, 1), (16, 16), (17, 33), (98, 5), (3, 40)] {
+            let src: Vec<f32> = (0..rows * cols).map(|_| rnd()).collect();
+            let mut dst = vec![f32::NAN; rows * cols];
+            transpose(&src, (rows, cols), &mut dst);
+            for i in 0..rows {
+                for j in 0..cols {
+                    assert_eq!(dst[j * rows + i].to_bits(), src[i * cols + j].to_bits());
+                }
+            }
+        }
     }
 
     /// f16 operands, widened while packed, against the f64 reference of the f16 values.
