@@ -1,7 +1,10 @@
 //! CPU 2-D convolution (NCHW input, OIHW weight) by im2col + GEMM per group over chunks of
 //! images (as many images per GEMM as make its N = images × pixels ≥ 256 wide), parallel over
-//! the chunks (or inside the GEMMs when there are fewer chunks than threads). Computes in f32 (f64 for F64) and rounds once at the output, into
-//! `spec.out_dtype`. Channels-last operands are gathered into NCHW order on the way in and
+//! the chunks (or inside the GEMMs when there are fewer chunks than threads). Computes in f32
+//! (f64 for F64) and rounds once at the output, into `spec.out_dtype`. Kernel taps that read
+//! only padding for every output (a 3 × 3 kernel on a 1 × 1 map: 8 of its 9 taps) are left
+//! out of the GEMMs' K ([`Geometry::taps`]): their products are zeros, so the sums are the
+//! same. Channels-last operands are gathered into NCHW order on the way in and
 //! the result scattered back to NHWC on the way out (two extra passes over memory: the CPU
 //! accepts both formats; a native NHWC path is CPU-speed work).
 
@@ -24,12 +27,21 @@ use std::ops::Range;
 /// input column of the first ([`Geometry::valid_cols`]).
 type ColumnRun = (Range<usize>, usize);
 
-/// Sizes derived from a spec: per-group channels, patch length `K` and output pixels `P`.
-#[derive(Clone, Copy)]
+/// Sizes derived from a spec: per-group channels, the kernel taps that read the image
+/// (`taps`), patch length `K` over those taps and output pixels `P`.
+#[derive(Clone)]
 struct Geometry {
     s: Conv2dSpec,
     cin_g: usize,
     cout_g: usize,
+    /// The kernel rows and columns `(ki, kj)` some output reads inside the image through: a
+    /// tap outside this box reads padding for every output (a 3 × 3 kernel on a 1 × 1 map
+    /// reads the image through its centre only), so its im2col rows are zero and its GEMM
+    /// work is skipped — the weight's columns of the box are gathered ([`Geometry::taps_of`])
+    /// and the weight gradient is zero outside it ([`Geometry::spread`]). The whole kernel
+    /// when every tap reads the image somewhere, or when none does.
+    taps: [Range<usize>; 2],
+    /// `cin_g ·` the box's taps.
     k: usize,
     p: usize,
     ow: usize,
@@ -39,14 +51,106 @@ impl Geometry {
     fn new(s: &Conv2dSpec) -> Self {
         let (oh, ow) = (s.out_h(), s.out_w());
         let cin_g = s.c_in / s.groups;
-        Geometry {
+        let mut g = Geometry {
             s: *s,
             cin_g,
             cout_g: s.c_out / s.groups,
+            taps: [0..s.kh, 0..s.kw],
             k: cin_g * s.kh * s.kw,
             p: oh * ow,
             ow,
+        };
+        let box_of = |axis: usize, n: usize| {
+            let used: Vec<usize> = (0..n)
+                .filter(|&t| !g.valid_outputs(axis, t).0.is_empty())
+                .collect();
+            Some(*used.first()?..*used.last()? + 1)
+        };
+        if let (Some(rows), Some(cols)) = (box_of(0, s.kh), box_of(1, s.kw)) {
+            g.k = cin_g * rows.len() * cols.len();
+            g.taps = [rows, cols];
         }
+        g
+    }
+
+    /// Whether some kernel taps are skipped (the box is smaller than the kernel).
+    fn skips_taps(&self) -> bool {
+        self.k < self.k_full()
+    }
+
+    /// The weight's patch length over the whole kernel: `cin_g · kh · kw`.
+    fn k_full(&self) -> usize {
+        self.cin_g * self.s.kh * self.s.kw
+    }
+
+    /// The taps of the box in im2col row order: `(ki, kj, row within a channel's block)`.
+    fn box_taps(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        let [rows, cols] = self.taps.clone();
+        let tw = cols.len();
+        rows.enumerate().flat_map(move |(r, ki)| {
+            cols.clone()
+                .enumerate()
+                .map(move |(c, kj)| (ki, kj, r * tw + c))
+        })
+    }
+
+    /// The box's columns of a weight `[c_out, cin_g, kh, kw]`, as `[c_out, K]` (the weight
+    /// itself, borrowed, when no tap is skipped); in parallel over output channels.
+    fn taps_of<'w, W: bytemuck::Pod + Send + Sync>(&self, w: &'w [W]) -> Result<Cow<'w, [W]>> {
+        if !self.skips_taps() {
+            return Ok(Cow::Borrowed(w));
+        }
+        let (kk, at) = self.box_offsets();
+        // (Every element written: each row gets every tap of the box.)
+        let mut out = crate::alloc::for_overwrite::<W>(self.s.c_out * self.k)?;
+        let rows = out
+            .par_chunks_mut(self.k.max(1))
+            .zip(w.par_chunks(self.k_full().max(1)));
+        // (Per output channel, tap by tap: a strided copy each, the row in L1; a loop per
+        // channel and tap cost more than the memory.)
+        rows.for_each(|(o, full)| {
+            for (r, &t) in at.iter().enumerate() {
+                let to = o[r..].iter_mut().step_by(at.len());
+                for (v, &x) in to.zip(full[t..].iter().step_by(kk)) {
+                    *v = x;
+                }
+            }
+        });
+        Ok(Cow::Owned(out))
+    }
+
+    /// A weight gradient over the box's columns `[c_out, K]` spread over the whole kernel
+    /// `[c_out, cin_g, kh, kw]`, zero at the skipped taps (returned as is when none is); in
+    /// parallel over output channels.
+    fn spread<T: bytemuck::Pod + Send + Sync>(&self, dw: Vec<T>) -> Result<Vec<T>> {
+        if !self.skips_taps() {
+            return Ok(dw);
+        }
+        let (kk, at) = self.box_offsets();
+        // (Every element written: zeros, then the box's taps.)
+        let mut out = crate::alloc::for_overwrite::<T>(self.s.c_out * self.k_full())?;
+        let rows = out
+            .par_chunks_mut(self.k_full().max(1))
+            .zip(dw.par_chunks(self.k.max(1)));
+        rows.for_each(|(full, o)| {
+            full.fill(T::zeroed());
+            for (r, &t) in at.iter().enumerate() {
+                let from = o[r..].iter().step_by(at.len());
+                for (v, &x) in full[t..].iter_mut().step_by(kk).zip(from) {
+                    *v = x;
+                }
+            }
+        });
+        crate::alloc::recycle(dw);
+        Ok(out)
+    }
+
+    /// The kernel's tap count `kh · kw` and the offsets `ki · kw + kj` of the box's taps
+    /// within one channel's `kh × kw` block, in im2col row order.
+    fn box_offsets(&self) -> (usize, Vec<usize>) {
+        let kw = self.s.kw;
+        let at = self.box_taps().map(|(ki, kj, _)| ki * kw + kj).collect();
+        (self.s.kh * kw, at)
     }
 
     /// Input coordinate of output `o` and kernel tap `t` along one axis, if inside the image.
@@ -66,8 +170,24 @@ impl Geometry {
     /// The outputs `ox` whose input column `ox·stride + kj·dilation − padding` lies inside
     /// `0..w`: a contiguous range, and that first input column.
     fn valid_cols(&self, kj: usize) -> (std::ops::Range<usize>, usize) {
+        self.valid_outputs(1, kj)
+    }
+
+    /// [`Self::valid_cols`] along `axis` (0: rows, tap `ki`; 1: columns, tap `kj`).
+    fn valid_outputs(&self, axis: usize, t: usize) -> (std::ops::Range<usize>, usize) {
         let s = &self.s;
-        let terms = [s.stride.1, s.padding.1, s.w, kj, s.dilation.1, self.ow];
+        let terms = if axis == 0 {
+            [
+                s.stride.0,
+                s.padding.0,
+                s.h,
+                t,
+                s.dilation.0,
+                self.p / self.ow.max(1),
+            ]
+        } else {
+            [s.stride.1, s.padding.1, s.w, t, s.dilation.1, self.ow]
+        };
         // Real layers: every term below 2^20, so no intermediate reaches 2^64 and the run
         // costs 64-bit divisions. Otherwise u128 (a huge stride or padding exceeds usize,
         // found by the fuzz harness); every result that is used lies inside the image.
@@ -127,9 +247,9 @@ impl Geometry {
     ) {
         let s = &self.s;
         let st = s.stride.1;
-        for ki in 0..s.kh {
-            for kj in 0..s.kw {
-                let dst = &mut col[(ki * s.kw + kj) * ld..][..oys.len() * self.ow];
+        {
+            for (ki, kj, r) in self.box_taps() {
+                let dst = &mut col[r * ld..][..oys.len() * self.ow];
                 let (run, ix0) = runs[kj].clone();
                 if s.stride == (1, 1) && self.ow == s.w && !run.is_empty() {
                     self.shifted_rows(plane, dst, (ki, kj), (oys.clone(), run));
@@ -217,9 +337,9 @@ impl Geometry {
     ) {
         let s = &self.s;
         let st = s.stride.1;
-        for ki in 0..s.kh {
-            for kj in 0..s.kw {
-                let src = &col[(ki * s.kw + kj) * ld..][..oys.len() * self.ow];
+        {
+            for (ki, kj, r) in self.box_taps() {
+                let src = &col[r * ld..][..oys.len() * self.ow];
                 let (run, ix0) = runs[kj].clone();
                 if run.is_empty() {
                     continue;
@@ -260,7 +380,7 @@ impl Geometry {
         let (plane, img_in) = (s.h * s.w, s.c_in * s.h * s.w);
         let px = oys.len() * self.ow;
         let ld = imgs * px;
-        let block = s.kh * s.kw * ld;
+        let block = self.k / self.cin_g.max(1) * ld;
         let runs = self.column_runs();
         let channel = |(ci, rows): (usize, &mut [T])| {
             for j in 0..imgs {
@@ -294,7 +414,7 @@ impl Geometry {
         }
         let px = oys.len() * self.ow;
         let ld = imgs * px;
-        let block = s.kh * s.kw * ld;
+        let block = self.k / self.cin_g.max(1) * ld;
         let group = g * self.cin_g * plane..(g + 1) * self.cin_g * plane;
         let runs = self.column_runs();
         let channel = |j: usize, ci: usize, to: &mut [T]| {
@@ -535,11 +655,12 @@ impl Geometry {
 fn forward<T, W>(x: &[T], w: &[W], g: &Geometry) -> Result<Vec<T::Acc>>
 where
     T: ConvGemm<W>,
-    W: Sync,
+    W: bytemuck::Pod + Send + Sync,
 {
     let s = &g.s;
     let img_in = s.c_in * s.h * s.w;
     let img_out = s.c_out * g.p;
+    let w = &*g.taps_of(w)?;
     // Every element is written (by the GEMM or the scatter of its rows).
     let mut out = crate::alloc::for_overwrite::<T::Acc>(s.n * img_out)?;
     if img_out == 0 {
@@ -591,12 +712,13 @@ where
 fn backward_input<T, W>(dy: &[T], w: &[W], g: &Geometry) -> Result<Vec<T::Acc>>
 where
     T: ConvGemm<W>,
-    W: Sync,
+    W: bytemuck::Pod + Send + Sync,
 {
     let s = &g.s;
     let img_in = s.c_in * s.h * s.w;
     let img_out = s.c_out * g.p;
     let mut dx = crate::alloc::filled(s.n * img_in, <T::Acc as bytemuck::Zeroable>::zeroed())?;
+    let w = &*g.taps_of(w)?;
     if img_in == 0 || img_out == 0 {
         // An empty input (H or W of 0 under padding) has an empty gradient; an empty output
         // adds nothing to it.
@@ -636,7 +758,13 @@ where
     Ok(dx)
 }
 
+/// `dw` from `x` and `dy`: over the tap box ([`Geometry::taps`]), spread over the kernel.
 fn backward_weight<T: ConvGemm<T>>(x: &[T], dy: &[T], g: &Geometry) -> Result<Vec<T::Acc>> {
+    g.spread(backward_weight_box(x, dy, g)?)
+}
+
+/// [`backward_weight`] over the tap box: `[c_out, K]`.
+fn backward_weight_box<T: ConvGemm<T>>(x: &[T], dy: &[T], g: &Geometry) -> Result<Vec<T::Acc>> {
     let s = &g.s;
     let img_in = s.c_in * s.h * s.w;
     let img_out = s.c_out * g.p;
@@ -738,7 +866,7 @@ fn checked(
     for (which, s) in operands {
         let (what, want) = match which {
             Operand::Input => ("input", spec.n * spec.c_in * spec.h * spec.w),
-            Operand::Weight => ("weight", spec.c_out * g.k),
+            Operand::Weight => ("weight", spec.c_out * g.k_full()),
             Operand::GradOutput => ("grad_output", spec.n * spec.c_out * g.p),
         };
         let got = s.len();
@@ -1116,5 +1244,71 @@ impl crate::backend::ConvOps for super::CpuBackend {
         Ok(wrap(super::in_pool(|| {
             conv2d_backward_weight_widened(x, dy, spec)
         })?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(
+        c: usize,
+        (h, w): (usize, usize),
+        ks: usize,
+        st: usize,
+        pad: usize,
+        dil: usize,
+    ) -> Conv2dSpec {
+        Conv2dSpec {
+            format: crate::MemoryFormat::Contiguous,
+            out_dtype: None,
+            n: 2,
+            c_in: c,
+            h,
+            w,
+            c_out: 4,
+            kh: ks,
+            kw: ks,
+            stride: (st, st),
+            padding: (pad, pad),
+            dilation: (dil, dil),
+            groups: 1,
+        }
+    }
+
+    /// The tap box: the taps some output reads the image through, the whole kernel otherwise.
+    #[test]
+    fn tap_box_holds_the_taps_that_read_the_image() {
+        let g = Geometry::new(&spec(8, (1, 1), 3, 1, 1, 1));
+        assert_eq!((g.taps.clone(), g.k), ([1..2, 1..2], 8));
+        let g = Geometry::new(&spec(8, (2, 2), 3, 2, 1, 1));
+        assert_eq!((g.taps.clone(), g.k), ([1..3, 1..3], 32));
+        let g = Geometry::new(&spec(3, (2, 1), 3, 1, 2, 2));
+        assert_eq!((g.taps.clone(), g.k), ([1..2, 1..2], 3));
+        // Every tap reads the image somewhere: the whole kernel.
+        let g = Geometry::new(&spec(8, (2, 2), 3, 1, 1, 1));
+        assert_eq!(
+            (g.taps.clone(), g.k, g.skips_taps()),
+            ([0..3, 0..3], 72, false)
+        );
+        let g = Geometry::new(&spec(8, (7, 7), 3, 2, 1, 1));
+        assert!(!g.skips_taps());
+    }
+
+    /// Gathering the box's weight columns and spreading a box gradient back are inverse on
+    /// the box and zero outside it.
+    #[test]
+    fn taps_gather_and_spread_round_trip() -> Result<()> {
+        let g = Geometry::new(&spec(3, (2, 2), 3, 2, 1, 1));
+        let w: Vec<f32> = (0..4 * 3 * 9).map(|i| i as f32 + 0.5).collect();
+        let boxed = g.taps_of(&w)?.into_owned();
+        assert_eq!(boxed.len(), 4 * g.k);
+        assert_eq!(&boxed[..4], &[w[4], w[5], w[7], w[8]]);
+        let full = g.spread(boxed)?;
+        for (i, (&a, &b)) in full.iter().zip(&w).enumerate() {
+            let inside = [4, 5, 7, 8].contains(&(i % 9));
+            assert_eq!(a, if inside { b } else { 0.0 }, "{i}");
+        }
+        Ok(())
     }
 }
