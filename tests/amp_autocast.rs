@@ -249,9 +249,11 @@ fn backward_keeps_forward_dtypes() -> Result<()> {
 
 /// Under autocast a convolution runs on the F32 parameter itself where the backend offers it
 /// (the weight rounded as the GEMM packs it, forward and backward; its gradient rounded to the
-/// half dtype and widened in one pass), making no cast copy of it. Output, input gradient and weight gradient must be bit-identical to convolving
-/// an explicit half copy of the weight and widening its gradient: bf16 and f16, row-major and
-/// channels-last, odd sizes with full AMX / register tiles and edges, fresh random data.
+/// half dtype and widened as its sums are finished), making no cast copy of it. Output,
+/// input gradient and weight gradient must be bit-identical to convolving an explicit half
+/// copy of the weight and widening its gradient: bf16 and f16, row-major and channels-last,
+/// odd sizes with full AMX / register tiles and edges, several chunks of images, skipped
+/// padding-only taps, fresh random data.
 #[test]
 fn autocast_conv_gradients_equal_the_explicit_cast_path() -> Result<()> {
     use hemi::MemoryFormat;
@@ -270,6 +272,11 @@ fn autocast_conv_gradients_equal_the_explicit_cast_path() -> Result<()> {
         ([3usize, 5, 9, 11], 7usize, 3usize, 2usize, 1usize),
         ([2, 19, 13, 10], 37, 3, 1, 1),
         ([4, 40, 3, 3], 33, 1, 1, 0),
+        // (Several chunks of images: per-thread weight-gradient runs added, then rounded.)
+        ([3, 6, 17, 16], 9, 3, 1, 1),
+        // (Taps that read only padding, skipped: centre only; 2 × 2 of 3 × 3.)
+        ([3, 24, 1, 1], 20, 3, 1, 1),
+        ([5, 16, 2, 2], 12, 3, 2, 1),
     ];
     for dt in [DType::BF16, DType::F16] {
         for format in [MemoryFormat::Contiguous, MemoryFormat::ChannelsLast] {

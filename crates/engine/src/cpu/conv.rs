@@ -758,13 +758,42 @@ where
     Ok(dx)
 }
 
-/// `dw` from `x` and `dy`: over the tap box ([`Geometry::taps`]), spread over the kernel.
-fn backward_weight<T: ConvGemm<T>>(x: &[T], dy: &[T], g: &Geometry) -> Result<Vec<T::Acc>> {
-    g.spread(backward_weight_box(x, dy, g)?)
+/// How a weight gradient's f32 sums end: as they are (`None`), or rounded through the
+/// autocast dtype (a [`Half::round_in_place`](super::convert::Half::round_in_place)) when
+/// the gradient reaches an F32 weight through its cast — applied chunk by chunk while the
+/// sums are last in cache, not as a pass of its own over every weight gradient.
+type Finish = Option<fn(&mut [f32])>;
+
+/// Applies `finish` to `v` when the sums are f32 (the only ones rounded).
+fn finish_chunk<A: 'static + bytemuck::Pod>(finish: Finish, v: &mut [A]) {
+    if let Some(f) = finish {
+        if std::any::TypeId::of::<A>() == std::any::TypeId::of::<f32>() {
+            f(bytemuck::cast_slice_mut(v));
+        }
+    }
+}
+
+/// Elements per chunk of the weight gradient's last pass (runs added, `finish` applied): in L1.
+const FINISH_CHUNK: usize = 4096;
+
+/// `dw` from `x` and `dy`: over the tap box ([`Geometry::taps`]), ended by `finish`, spread
+/// over the kernel (rounding leaves the skipped taps' zeros zero).
+fn backward_weight<T: ConvGemm<T>>(
+    x: &[T],
+    dy: &[T],
+    g: &Geometry,
+    finish: Finish,
+) -> Result<Vec<T::Acc>> {
+    g.spread(backward_weight_box(x, dy, g, finish)?)
 }
 
 /// [`backward_weight`] over the tap box: `[c_out, K]`.
-fn backward_weight_box<T: ConvGemm<T>>(x: &[T], dy: &[T], g: &Geometry) -> Result<Vec<T::Acc>> {
+fn backward_weight_box<T: ConvGemm<T>>(
+    x: &[T],
+    dy: &[T],
+    g: &Geometry,
+    finish: Finish,
+) -> Result<Vec<T::Acc>> {
     let s = &g.s;
     let img_in = s.c_in * s.h * s.w;
     let img_out = s.c_out * g.p;
@@ -819,7 +848,12 @@ fn backward_weight_box<T: ConvGemm<T>>(x: &[T], dy: &[T], g: &Geometry) -> Resul
     let zeros = || crate::alloc::filled(wlen, <T::Acc as bytemuck::Zeroable>::zeroed());
     let summed = |run: Result<Option<Vec<T::Acc>>>| run?.map_or_else(zeros, Ok);
     if few_chunks {
-        summed((0..chunks).fold(Ok(None), accumulate_chunk))
+        let mut sum = summed((0..chunks).fold(Ok(None), accumulate_chunk))?;
+        if finish.is_some() {
+            sum.par_chunks_mut(FINISH_CHUNK)
+                .for_each(|c| finish_chunk(finish, c));
+        }
+        Ok(sum)
     } else {
         // At most one accumulator per thread: `threads` fixed runs of consecutive chunks, each
         // summed in chunk order, the runs' sums added in run order — the same grouping on
@@ -835,9 +869,19 @@ fn backward_weight_box<T: ConvGemm<T>>(x: &[T], dy: &[T], g: &Geometry) -> Resul
             .collect();
         let mut runs = runs.into_iter();
         let mut sum = runs.next().unwrap_or_else(zeros)?;
-        for run in runs {
-            let run = run?;
-            sum.iter_mut().zip(&run).for_each(|(x, &y)| *x = *x + y);
+        let rest = runs.collect::<Result<Vec<_>>>()?;
+        // The other runs added (each element in run order) and `finish` applied, chunk by
+        // chunk in parallel: one pass over the sum.
+        sum.par_chunks_mut(FINISH_CHUNK)
+            .enumerate()
+            .for_each(|(i, c)| {
+                for run in &rest {
+                    let run = &run[i * FINISH_CHUNK..];
+                    c.iter_mut().zip(run).for_each(|(x, &y)| *x = *x + y);
+                }
+                finish_chunk(finish, c);
+            });
+        for run in rest {
             // (Back to the host cache: dropped, a thread's accumulator left it every step and
             // the next step's took a fresh, page-faulted block.)
             crate::alloc::recycle(run);
@@ -921,15 +965,15 @@ enum Pass {
     Forward,
     /// `(dy, w) → dx`
     BackwardInput,
-    /// `(x, dy) → dw`
-    BackwardWeight,
+    /// `(x, dy) → dw`, ended by a [`Finish`]
+    BackwardWeight(Finish),
 }
 
 fn run_pass<T: ConvGemm<T>>(p: Pass, a: &[T], b: &[T], g: &Geometry) -> Result<Vec<T::Acc>> {
     match p {
         Pass::Forward => forward(a, b, g),
         Pass::BackwardInput => backward_input(a, b, g),
-        Pass::BackwardWeight => backward_weight(a, b, g),
+        Pass::BackwardWeight(finish) => backward_weight(a, b, g, finish),
     }
 }
 
@@ -1048,7 +1092,7 @@ pub(crate) fn conv2d_backward_weight(
     let g = checked(OP, spec, [(Operand::Input, x), (Operand::GradOutput, dy)])?;
     convolve(
         OP,
-        Pass::BackwardWeight,
+        Pass::BackwardWeight(None),
         (x, spec.input_dims()),
         (dy, spec.output_dims()),
         (&g, spec.weight_dims()),
@@ -1171,16 +1215,16 @@ pub(crate) fn conv2d_backward_weight_widened(
             ),
         ));
     }
+    use super::convert::Half;
+    let finish: fn(&mut [f32]) = match x.dtype() {
+        DType::BF16 => <bf16 as Half>::round_in_place,
+        _ => <f16 as Half>::round_in_place,
+    };
     let (a, b) = ((x, spec.input_dims()), (dy, spec.output_dims()));
-    let (c, dtype) = compute_pass(OP, Pass::BackwardWeight, a, b, &g)?;
-    match (c, dtype) {
-        (Compute::F32(mut v), DType::BF16) => {
-            super::convert::round_through::<bf16>(&mut v);
-            output(Compute::F32(v), spec.weight_dims(), DType::F32, spec)
-        }
-        (Compute::F32(mut v), DType::F16) => {
-            super::convert::round_through::<f16>(&mut v);
-            output(Compute::F32(v), spec.weight_dims(), DType::F32, spec)
+    let pass = Pass::BackwardWeight(Some(finish));
+    match compute_pass(OP, pass, a, b, &g)? {
+        (c @ Compute::F32(_), DType::BF16 | DType::F16) => {
+            output(c, spec.weight_dims(), DType::F32, spec)
         }
         _ => Err(Error::dtype(OP, "expected F16 or BF16 operands")),
     }

@@ -305,17 +305,8 @@ pub(crate) fn narrowed<H: Half>(src: &[f32]) -> crate::Result<Vec<H>> {
     Ok(out)
 }
 
-/// Rounds every value of `v` to `H` and back (nearest even; what a cast to `H` and back to
-/// f32 gives), in place, in parallel when long.
-pub(crate) fn round_through<H: Half>(v: &mut [f32]) {
-    if v.len() >= PAR_THRESHOLD {
-        v.par_chunks_mut(CHUNK).for_each(H::round_in_place);
-    } else {
-        H::round_in_place(v);
-    }
-}
-
-/// `src` rounded to `H` and back ([`round_through`]) in a fresh buffer, in parallel when long.
+/// `src` rounded to `H` and back (nearest even: what a cast to `H` and back to f32 gives) in a
+/// fresh buffer, in parallel when long.
 pub(crate) fn rounded_through<H: Half>(src: &[f32]) -> crate::Result<Vec<f32>> {
     let mut out = crate::alloc::for_overwrite::<f32>(src.len())?;
     // (Each chunk copied, then rounded in place while it is in cache.)
@@ -403,12 +394,12 @@ mod tests {
             );
         }
         let mut through = src.clone();
-        round_through::<bf16>(&mut through);
+        <bf16 as Half>::round_in_place(&mut through);
         for i in 0..src.len() {
             assert_eq!(through[i].to_bits(), plain[i].to_f32().to_bits(), "{i}");
         }
         let mut through = src.clone();
-        round_through::<f16>(&mut through);
+        <f16 as Half>::round_in_place(&mut through);
         let copied = rounded_through::<f16>(&src).expect("fits");
         for i in 0..src.len() {
             let want = f16::from_f32(src[i]).to_f32();
