@@ -120,6 +120,14 @@ impl PackSrc for RoundedF16 {
     }
 }
 
+/// Makes `out` at least `len` long (the packers write every element they use: a buffer reused
+/// across calls is not zero-filled again each time it had been shorter).
+fn grow(out: &mut Vec<f32>, len: usize) {
+    if out.len() < len {
+        out.resize(len, 0.0);
+    }
+}
+
 /// Packs rows `0..m` × cols `k0..k0+kc` of A (element `(r, c)` at `a[r*rs + c*cs]`) into
 /// `MR`-row slivers: sliver `s` holds `kc` groups of `MR` values; rows past `m` are 0.
 pub(crate) fn pack_a<S: PackSrc>(
@@ -130,7 +138,7 @@ pub(crate) fn pack_a<S: PackSrc>(
     out: &mut Vec<f32>,
 ) {
     let slivers = m.div_ceil(MR);
-    out.resize(slivers * kc * MR, 0.0);
+    grow(out, slivers * kc * MR);
     // Column-major A (a transposed weight): full slivers 16 at a time, k step by k step, so
     // that each step reads 192 adjacent values of one weight row (sliver by sliver, each k
     // step read 48 bytes of a different row far from the last, which no prefetcher follows:
@@ -193,7 +201,7 @@ pub(crate) fn pack_b_sliver<S: PackSrc>(
     (j0, cols): (usize, usize),
     out: &mut Vec<f32>,
 ) {
-    out.resize(kc * NR, 0.0);
+    grow(out, kc * NR);
     if cs == 1 {
         #[cfg(target_arch = "x86_64")]
         if S::simd() && cols > 0 {
