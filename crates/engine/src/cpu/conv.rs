@@ -267,6 +267,8 @@ impl Geometry {
                     let out = &mut out[run.clone()];
                     if st == 1 {
                         out.copy_from_slice(&src[..out.len()]);
+                    } else if st == 2 {
+                        super::strided::copy_even(out, src);
                     } else {
                         for (o, v) in out.iter_mut().zip(src.iter().step_by(st)) {
                             *o = *v;

@@ -30,6 +30,7 @@ mod sgemm;
 mod sgemm_pack;
 #[cfg(target_arch = "x86_64")]
 mod skinny;
+mod strided;
 mod sum;
 
 use crate::{CpuStorage, Device, StorageRef};
