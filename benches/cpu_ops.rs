@@ -69,16 +69,19 @@ fn conv2d(c: &mut Criterion) {
 /// A training pass (forward, then the input and weight gradients) of ResNet-18's late stages
 /// at small images, batch 4: 32-px images leave layer3 at 2 × 2 and layer4 at 1 × 1 pixels,
 /// products 16 and 4 columns wide (bf16 runs `bf16_skinny` there on AVX512-BF16 CPUs
-/// without AMX). Throughput: the pass's three products, 3 × the forward FLOPs.
+/// without AMX; at 1 × 1 only the kernel's centre tap reads the image, the other 8 are
+/// skipped) — and layer4 at 224 px, batch 2: 98 columns (run transposed). Throughput: the
+/// pass's three products at the nominal (all-tap) count, 3 × the forward FLOPs.
 fn conv2d_train_small(c: &mut Criterion) {
     let mut group = c.benchmark_group("cpu_conv2d_train_small");
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(3));
     let mut g = Generator::new(3);
-    let shapes: [ConvShape; 2] = [
+    let shapes: [ConvShape; 3] = [
         ("layer3_3x3_2px", [4, 256, 2, 2], [256, 256, 3, 3], 1, 1),
         ("layer4_3x3_1px", [4, 512, 1, 1], [512, 512, 3, 3], 1, 1),
+        ("layer4_3x3_7px_b2", [2, 512, 7, 7], [512, 512, 3, 3], 1, 1),
     ];
     for (name, xs, ws, stride, pad) in shapes {
         for dt in [DType::F32, DType::F16, DType::BF16] {
