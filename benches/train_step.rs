@@ -1,7 +1,8 @@
 //! One ResNet-18 training step (forward, cross-entropy, backward, Adam) on the CPU at small
 //! image sizes, in fp32 and under bf16 autocast. Criterion's throughput is the batch size, so
 //! `elem/s` reads as images/s. Run: `cargo bench --bench train_step`
-//! (`scripts/compare-torch-cpu.sh` runs the same step against PyTorch).
+//! (`scripts/compare-torch-cpu.sh` runs the same step against PyTorch). The bench's thread is
+//! one of the CPU pool's threads ([`hemi::cpu::init_threads`]).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hemi::amp::autocast;
@@ -11,6 +12,10 @@ use hemi::{manual_seed, CrossEntropySpec, DType, Device, Tensor};
 use std::time::Duration;
 
 fn train_step(c: &mut Criterion) {
+    // (Before any op; should the pool exist already, ops are handed to its workers.)
+    if let Err(e) = hemi::cpu::init_threads(None) {
+        eprintln!("the calling thread stays outside the pool: {e}");
+    }
     let mut group = c.benchmark_group("cpu_resnet18_train_step");
     group
         .sample_size(10)

@@ -2,7 +2,8 @@
 //! `scripts/torch_cpu_step.py` (torchvision's resnet18 with 1000 classes, Adam, cross-entropy
 //! on a random batch; `--amp bf16|fp16` runs the forward under autocast, fp16 with a
 //! GradScaler). Prints `RESULT hemi BxS AMP img_per_s`, the median of `--steps` timed steps
-//! after one warm-up step. Threads: `RAYON_NUM_THREADS`.
+//! after one warm-up step. Threads: `RAYON_NUM_THREADS` in all, this one among them
+//! ([`hemi::cpu::init_threads`]).
 //!
 //! `cargo bench --bench train_step_compare -- --batch 8 --image 64 --steps 6 --amp off`
 
@@ -21,6 +22,9 @@ fn arg(name: &str, default: &str) -> String {
 }
 
 fn main() -> Result<()> {
+    // This thread is one of the pool's (RAYON_NUM_THREADS in all), as PyTorch's caller is
+    // OpenMP's thread 0: ops are not handed to a worker and back.
+    hemi::cpu::init_threads(None)?;
     let batch: usize = arg("--batch", "8").parse().unwrap_or(8);
     let image: usize = arg("--image", "64").parse().unwrap_or(64);
     let steps: usize = arg("--steps", "6").parse().unwrap_or(6);

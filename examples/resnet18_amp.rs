@@ -202,6 +202,11 @@ fn run(args: &Args) -> Result<()> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // The CPU backend's pool with this thread as one of its workers (ops are not handed to
+    // another thread and back); harmless where the pool exists or the device is a GPU.
+    if let Err(e) = hemi::cpu::init_threads(None) {
+        eprintln!("note: {e}");
+    }
     if log::set_logger(&StderrLog).is_ok() {
         log::set_max_level(log::LevelFilter::Warn);
     }

@@ -554,6 +554,11 @@ fn lead_println(lead: bool, line: String) {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // The CPU backend's pool with this thread as one of its workers (ops are not handed to
+    // another thread and back); harmless where the pool exists or the device is a GPU.
+    if let Err(e) = hemi::cpu::init_threads(None) {
+        eprintln!("note: {e}");
+    }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,7 +1,8 @@
-//! The CPU backend: the reference implementation of every op. Simple loops over f32/f64
-//! compute vectors, GEMM through the `gemm` crate, parallel with rayon. One file per op
-//! family, each holding the family's trait implementation (`impl ConvOps for CpuBackend` in
-//! `conv.rs`, ...).
+//! The CPU backend: the reference implementation of every op. Loops over f32/f64 compute
+//! vectors (AVX-512 where the CPU has it), GEMMs on our AVX-512 / AMX / AVX512-BF16 kernels
+//! (the `gemm` crate elsewhere), parallel on rayon's global pool ([`init_threads`] makes the
+//! calling thread one of its workers). One file per op family, each holding the family's
+//! trait implementation (`impl ConvOps for CpuBackend` in `conv.rs`, ...).
 
 mod amp;
 mod amx;
@@ -32,6 +33,9 @@ mod sgemm_pack;
 mod skinny;
 mod strided;
 mod sum;
+mod threads;
+
+pub use threads::init_threads;
 
 use crate::{CpuStorage, Device, StorageRef};
 
