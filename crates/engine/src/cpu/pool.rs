@@ -109,7 +109,7 @@ fn tap_runs(
 /// window order (rows, then columns), but consecutive updates belong to different outputs, so
 /// they pipeline instead of waiting on one running maximum (at 224 px the per-output loop was
 /// 4.7 % of an fp32 training step).
-fn max_plane<T: Float>(
+fn max_plane<T: Float + 'static>(
     (x, w): (&[T], usize),
     (ys, xs): (&AxisTaps, &AxisTaps),
     (runs, stride): (&[(Range<usize>, usize)], usize),
@@ -132,6 +132,10 @@ fn max_plane<T: Float>(
             let row = &x[y * w..][..w];
             for (run, x0) in runs {
                 let (o, i) = (&mut out[run.clone()], &mut idx[run.clone()]);
+                if stride == 2 {
+                    super::strided::max_even(o, i, &row[*x0..], (y * w + x0) as i64);
+                    continue;
+                }
                 let taps = row[*x0..].iter().step_by(stride);
                 for ((best, arg), (j, &v)) in o.iter_mut().zip(i.iter_mut()).zip(taps.enumerate()) {
                     // Without branches on the data: a later tap replaces the best when larger

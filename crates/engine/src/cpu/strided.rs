@@ -1,7 +1,9 @@
 //! Every other element of a slice: the row copy of a stride-2 convolution's im2col (the
-//! stem's 7 × 7 and every downsampling layer). Element by element it was 2 % of a 224-px f32
-//! training step; with AVX-512 each 16 (4-byte) or 32 (2-byte) outputs are one pair of masked
-//! loads, one two-source permute and one masked store. Moves bits only.
+//! stem's 7 × 7 and every downsampling layer), and the running maximum of a stride-2 max
+//! pool's tap (the stem's 3 × 3 pool). Element by element the copy was 2 % of a 224-px f32
+//! training step and the pool 1.5 %; with AVX-512 each 16 (4-byte) or 32 (2-byte) elements
+//! are one pair of masked loads and one two-source permute. The copy moves bits only; the
+//! maximum compares and selects exactly as the element-wise loop does.
 
 /// `dst[i] = src[2·i]` for every `i < dst.len()`; `src` holds at least `2·dst.len() − 1`
 /// elements (panics otherwise).
@@ -37,6 +39,94 @@ pub(crate) fn copy_even<T: bytemuck::Pod>(dst: &mut [T], src: &[T]) {
     }
     for (o, v) in dst.iter_mut().zip(src.iter().step_by(2)) {
         *o = *v;
+    }
+}
+
+/// One tap of a stride-2 max pool over an output row: for every `j < best.len()`, with
+/// `v = row[2·j]`, where `v > best[j]` or `v` is NaN (PyTorch's `val > maxval || isnan(val)`),
+/// `best[j] = v` and `arg[j] = base + 2·j`. `row` holds at least `2·best.len() − 1` elements
+/// and `arg` as many as `best` (panics otherwise).
+pub(crate) fn max_even<T: num_traits::Float + 'static>(
+    best: &mut [T],
+    arg: &mut [i64],
+    row: &[T],
+    base: i64,
+) {
+    let n = best.len();
+    assert!(
+        arg.len() == n,
+        "max_even: {} indices for {n} outputs",
+        arg.len()
+    );
+    assert!(n == 0 || row.len() >= 2 * n - 1, "max_even: row too short");
+    #[cfg(target_arch = "x86_64")]
+    if n > 0
+        && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && super::convert::avx512()
+    {
+        // SAFETY: `T` is f32 (same TypeId): the same slices retyped.
+        let (best, row) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(best.as_mut_ptr().cast::<f32>(), n),
+                std::slice::from_raw_parts(row.as_ptr().cast::<f32>(), row.len()),
+            )
+        };
+        // SAFETY: AVX-512F was detected; the extents were checked above.
+        unsafe { max_even_f32(best, arg, row, base) };
+        return;
+    }
+    for (j, ((b, a), &v)) in best
+        .iter_mut()
+        .zip(arg.iter_mut())
+        .zip(row.iter().step_by(2))
+        .enumerate()
+    {
+        let take = v > *b || v.is_nan();
+        *b = if take { v } else { *b };
+        *a = if take { base + 2 * j as i64 } else { *a };
+    }
+}
+
+/// [`max_even`] for f32, 16 outputs per step: the taps gathered by a two-source permute,
+/// compared (`>` ordered, or the tap unordered with itself), values and the two halves of the
+/// i64 indices blended under that mask.
+///
+/// # Safety
+/// The CPU has AVX-512F; `row.len() ≥ 2·best.len() − 1`, `arg.len() == best.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn max_even_f32(best: &mut [f32], arg: &mut [i64], row: &[f32], base: i64) {
+    use std::arch::x86_64::*;
+    let idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let step = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+    for j0 in (0..best.len()).step_by(16) {
+        let cnt = (best.len() - j0).min(16);
+        let need = 2 * cnt - 1;
+        let (m0, m1) = (
+            lanes(need, 16) as u16,
+            lanes(need.saturating_sub(16), 16) as u16,
+        );
+        let live = lanes(cnt, 16) as u16;
+        // SAFETY: the masked lanes lie inside `row` (2·j0 + need ≤ row.len()), `best` and
+        // `arg` (j0 + cnt ≤ best.len() == arg.len()).
+        unsafe {
+            let p = row.as_ptr().add(2 * j0);
+            let a = _mm512_maskz_loadu_ps(m0, p);
+            let b = _mm512_maskz_loadu_ps(m1, p.add(16));
+            let v = _mm512_permutex2var_ps(a, idx, b);
+            let bp = best.as_mut_ptr().add(j0);
+            let old = _mm512_maskz_loadu_ps(live, bp);
+            let take = (_mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, old)
+                | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v))
+                & live;
+            _mm512_mask_storeu_ps(bp, take, v);
+            let first = _mm512_set1_epi64(base + 2 * j0 as i64);
+            let ap = arg.as_mut_ptr().add(j0);
+            let lo = _mm512_add_epi64(first, step);
+            let hi = _mm512_add_epi64(lo, _mm512_set1_epi64(16));
+            _mm512_mask_storeu_epi64(ap, take as u8, lo);
+            _mm512_mask_storeu_epi64(ap.add(8), (take >> 8) as u8, hi);
+        }
     }
 }
 
@@ -136,6 +226,50 @@ mod tests {
                     assert_eq!(d16[i], s16[2 * i], "{n} {extra} {i}");
                     assert_eq!(d64[i], s64[2 * i], "{n} {extra} {i}");
                 }
+            }
+        }
+    }
+
+    /// Every length up to 70, f32 (AVX-512) against f64 (the portable loop) on the same
+    /// values: equal maxima and indices, with NaNs in the row and in the running maximum,
+    /// ties (the earlier tap kept) and infinities.
+    #[test]
+    fn max_of_every_other_element_matches_the_loop() {
+        let special = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.25, -0.0];
+        for n in 0..70usize {
+            let len = (2 * n).saturating_sub(1) + n % 3;
+            let row: Vec<f32> = (0..len)
+                .map(|i| {
+                    if i % 11 == 3 {
+                        special[i % 5]
+                    } else {
+                        ((i * 7) % 13) as f32 * 0.25
+                    }
+                })
+                .collect();
+            let best0: Vec<f32> = (0..n)
+                .map(|j| {
+                    if j % 9 == 4 {
+                        f32::NAN
+                    } else {
+                        ((j * 5) % 7) as f32 * 0.25
+                    }
+                })
+                .collect();
+            let arg0: Vec<i64> = (0..n as i64).map(|j| -1 - j).collect();
+            let (mut best, mut arg) = (best0.clone(), arg0.clone());
+            max_even(&mut best, &mut arg, &row, 100);
+            let mut best64: Vec<f64> = best0.iter().map(|&v| f64::from(v)).collect();
+            let mut arg64 = arg0.clone();
+            let row64: Vec<f64> = row.iter().map(|&v| f64::from(v)).collect();
+            max_even(&mut best64, &mut arg64, &row64, 100);
+            for j in 0..n {
+                let (got, want) = (f64::from(best[j]), best64[j]);
+                assert!(
+                    got == want || (got.is_nan() && want.is_nan()),
+                    "{n} {j}: {got} vs {want}"
+                );
+                assert_eq!(arg[j], arg64[j], "{n} {j}");
             }
         }
     }
