@@ -34,8 +34,13 @@ NVCC="$DEST/nvidia/cu13/bin/nvcc"
 chmod +x "$DEST"/nvidia/cu13/bin/* 2>/dev/null || true
 "$NVCC" --version | tail -2
 
+# The linker cache, read whole (under pipefail, a reader that stops at its first match —
+# `grep -q`, awk's `exit` — can leave ldconfig writing into a closed pipe: SIGPIPE, status 141,
+# and `set -e` ended the script whenever the cache was longer than one pipe write).
+ld_cache=$(ldconfig -p 2>/dev/null || true)
+
 # libcuda for linking: only as root on Debian, only when no driver library is present.
-if ! ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\b'; then
+if ! grep -q 'libcuda\.so\b' <<<"$ld_cache"; then
     if [[ $(id -u) -eq 0 && -f /etc/debian_version ]]; then
         codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
         src=/etc/apt/sources.list.d/hemi-non-free.sources
@@ -52,7 +57,8 @@ fi
 
 # cust's build script (find_cuda_helper) wants CUDA_LIBRARY_PATH/<dir>/lib64 holding libcuda;
 # .cargo/config.toml points CUDA_LIBRARY_PATH at .cuda-toolchain/driver.
-libcuda=$(ldconfig -p 2>/dev/null | awk '/libcuda\.so( |$)/ {print $NF; exit}')
+ld_cache=$(ldconfig -p 2>/dev/null || true)
+libcuda=$(awk '/libcuda\.so( |$)/ {print $NF; exit}' <<<"$ld_cache")
 if [[ -n "$libcuda" ]]; then
     mkdir -p "$DEST/driver/lib64"
     ln -sf "$libcuda" "$DEST/driver/lib64/libcuda.so"

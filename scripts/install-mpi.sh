@@ -4,7 +4,8 @@
 # libclang are there. Installs only as root on Debian/Ubuntu; elsewhere it says what to install.
 set -euo pipefail
 have_libclang() {
-    ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so' || ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1
+    # (The cache read whole: `grep -q` on a pipe can leave ldconfig to die of SIGPIPE.)
+    grep -q 'libclang[-.0-9]*\.so' <<<"$(ldconfig -p 2>/dev/null || true)" || ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1
 }
 if command -v mpicc >/dev/null 2>&1 && command -v mpirun >/dev/null 2>&1 && have_libclang; then
     echo "mpi: $(mpirun --version 2>/dev/null | head -1)"
