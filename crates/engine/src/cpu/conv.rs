@@ -78,6 +78,11 @@ impl Geometry {
         self.k < self.k_full()
     }
 
+    /// The box's tap count (im2col rows per input channel).
+    fn box_len(&self) -> usize {
+        self.taps[0].len() * self.taps[1].len()
+    }
+
     /// The weight's patch length over the whole kernel: `cin_g · kh · kw`.
     fn k_full(&self) -> usize {
         self.cin_g * self.s.kh * self.s.kw
@@ -247,32 +252,30 @@ impl Geometry {
     ) {
         let s = &self.s;
         let st = s.stride.1;
-        {
-            for (ki, kj, r) in self.box_taps() {
-                let dst = &mut col[r * ld..][..oys.len() * self.ow];
-                let (run, ix0) = runs[kj].clone();
-                if s.stride == (1, 1) && self.ow == s.w && !run.is_empty() {
-                    self.shifted_rows(plane, dst, (ki, kj), (oys.clone(), run));
+        for (ki, kj, r) in self.box_taps() {
+            let dst = &mut col[r * ld..][..oys.len() * self.ow];
+            let (run, ix0) = runs[kj].clone();
+            if s.stride == (1, 1) && self.ow == s.w && !run.is_empty() {
+                self.shifted_rows(plane, dst, (ki, kj), (oys.clone(), run));
+                continue;
+            }
+            for (oy, out) in oys.clone().zip(dst.chunks_exact_mut(self.ow.max(1))) {
+                let iy = Self::src(oy, ki, s.stride.0, s.padding.0, s.dilation.0, s.h);
+                let Some(iy) = iy.filter(|_| !run.is_empty()) else {
+                    out.fill(T::zeroed());
                     continue;
-                }
-                for (oy, out) in oys.clone().zip(dst.chunks_exact_mut(self.ow.max(1))) {
-                    let iy = Self::src(oy, ki, s.stride.0, s.padding.0, s.dilation.0, s.h);
-                    let Some(iy) = iy.filter(|_| !run.is_empty()) else {
-                        out.fill(T::zeroed());
-                        continue;
-                    };
-                    out[..run.start].fill(T::zeroed());
-                    out[run.end..].fill(T::zeroed());
-                    let src = &plane[iy * s.w + ix0..];
-                    let out = &mut out[run.clone()];
-                    if st == 1 {
-                        out.copy_from_slice(&src[..out.len()]);
-                    } else if st == 2 {
-                        super::strided::copy_even(out, src);
-                    } else {
-                        for (o, v) in out.iter_mut().zip(src.iter().step_by(st)) {
-                            *o = *v;
-                        }
+                };
+                out[..run.start].fill(T::zeroed());
+                out[run.end..].fill(T::zeroed());
+                let src = &plane[iy * s.w + ix0..];
+                let out = &mut out[run.clone()];
+                if st == 1 {
+                    out.copy_from_slice(&src[..out.len()]);
+                } else if st == 2 {
+                    super::strided::copy_even(out, src);
+                } else {
+                    for (o, v) in out.iter_mut().zip(src.iter().step_by(st)) {
+                        *o = *v;
                     }
                 }
             }
@@ -339,28 +342,26 @@ impl Geometry {
     ) {
         let s = &self.s;
         let st = s.stride.1;
-        {
-            for (ki, kj, r) in self.box_taps() {
-                let src = &col[r * ld..][..oys.len() * self.ow];
-                let (run, ix0) = runs[kj].clone();
-                if run.is_empty() {
+        for (ki, kj, r) in self.box_taps() {
+            let src = &col[r * ld..][..oys.len() * self.ow];
+            let (run, ix0) = runs[kj].clone();
+            if run.is_empty() {
+                continue;
+            }
+            for (oy, from) in oys.clone().zip(src.chunks_exact(self.ow.max(1))) {
+                let iy = Self::src(oy, ki, s.stride.0, s.padding.0, s.dilation.0, s.h);
+                let Some(iy) = iy else {
                     continue;
-                }
-                for (oy, from) in oys.clone().zip(src.chunks_exact(self.ow.max(1))) {
-                    let iy = Self::src(oy, ki, s.stride.0, s.padding.0, s.dilation.0, s.h);
-                    let Some(iy) = iy else {
-                        continue;
-                    };
-                    let to = &mut plane[iy * s.w + ix0..];
-                    let from = &from[run.clone()];
-                    if st == 1 {
-                        for (d, &v) in to.iter_mut().zip(from) {
-                            *d = *d + v;
-                        }
-                    } else {
-                        for (d, &v) in to.iter_mut().step_by(st).zip(from) {
-                            *d = *d + v;
-                        }
+                };
+                let to = &mut plane[iy * s.w + ix0..];
+                let from = &from[run.clone()];
+                if st == 1 {
+                    for (d, &v) in to.iter_mut().zip(from) {
+                        *d = *d + v;
+                    }
+                } else {
+                    for (d, &v) in to.iter_mut().step_by(st).zip(from) {
+                        *d = *d + v;
                     }
                 }
             }
@@ -382,7 +383,7 @@ impl Geometry {
         let (plane, img_in) = (s.h * s.w, s.c_in * s.h * s.w);
         let px = oys.len() * self.ow;
         let ld = imgs * px;
-        let block = self.k / self.cin_g.max(1) * ld;
+        let block = self.box_len() * ld;
         let runs = self.column_runs();
         let channel = |(ci, rows): (usize, &mut [T])| {
             for j in 0..imgs {
@@ -416,7 +417,7 @@ impl Geometry {
         }
         let px = oys.len() * self.ow;
         let ld = imgs * px;
-        let block = self.k / self.cin_g.max(1) * ld;
+        let block = self.box_len() * ld;
         let group = g * self.cin_g * plane..(g + 1) * self.cin_g * plane;
         let runs = self.column_runs();
         let channel = |j: usize, ci: usize, to: &mut [T]| {
@@ -662,12 +663,12 @@ where
     let s = &g.s;
     let img_in = s.c_in * s.h * s.w;
     let img_out = s.c_out * g.p;
-    let w = &*g.taps_of(w)?;
     // Every element is written (by the GEMM or the scatter of its rows).
     let mut out = crate::alloc::for_overwrite::<T::Acc>(s.n * img_out)?;
     if img_out == 0 {
         return Ok(out);
     }
+    let w = &*g.taps_of(w)?;
     let per = g.chunk_images();
     over_chunks(&mut out, per * img_out, |c, dst, serial| {
         let imgs = dst.len() / img_out;
@@ -720,12 +721,12 @@ where
     let img_in = s.c_in * s.h * s.w;
     let img_out = s.c_out * g.p;
     let mut dx = crate::alloc::filled(s.n * img_in, <T::Acc as bytemuck::Zeroable>::zeroed())?;
-    let w = &*g.taps_of(w)?;
     if img_in == 0 || img_out == 0 {
         // An empty input (H or W of 0 under padding) has an empty gradient; an empty output
         // adds nothing to it.
         return Ok(dx);
     }
+    let w = &*g.taps_of(w)?;
     let per = g.chunk_images();
     over_chunks(&mut dx, per * img_in, |c, dst, serial| {
         let imgs = dst.len() / img_in;

@@ -65,7 +65,7 @@ fn padded_rows(rows: usize) -> usize {
 /// stage multiplies 98 columns (2 images × 7 × 7): 77 % of its four 32-wide tiles are used,
 /// transposed 98 % of its rows (512×98×4608: 189 → 237 GFLOP/s). The same f32 products summed
 /// in the same `k` order either way, so the same bits.
-pub(crate) fn transposed_better((m, n, k): (usize, usize, usize)) -> bool {
+fn transposed_better((m, n, k): (usize, usize, usize)) -> bool {
     let used = |rows: usize, cols: usize| {
         (rows as f64 / padded_rows(rows) as f64) * (cols as f64 / cols.next_multiple_of(NR) as f64)
     };
@@ -333,7 +333,7 @@ fn gemm_block<SA: PackSrc, SB: PackSrc>(
 
 /// `dst[j × rows + i] = src[i × cols + j]`: the transpose of a row-major `rows × cols` matrix,
 /// in 16 × 16 blocks through registers where the CPU has AVX-512.
-pub(crate) fn transpose(src: &[f32], (rows, cols): (usize, usize), dst: &mut [f32]) {
+fn transpose(src: &[f32], (rows, cols): (usize, usize), dst: &mut [f32]) {
     assert!(src.len() >= rows * cols && dst.len() >= rows * cols);
     #[cfg(target_arch = "x86_64")]
     if available() {
@@ -356,8 +356,8 @@ pub(crate) fn transpose(src: &[f32], (rows, cols): (usize, usize), dst: &mut [f3
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn transpose_avx512(src: &[f32], (rows, cols): (usize, usize), dst: &mut [f32]) {
+    use super::skinny::mask16 as mask;
     use std::arch::x86_64::*;
-    let mask = |n: usize| if n >= 16 { u16::MAX } else { (1u16 << n) - 1 };
     for i0 in (0..rows).step_by(16) {
         let h = (rows - i0).min(16);
         for j0 in (0..cols).step_by(16) {

@@ -102,11 +102,8 @@ unsafe fn max_even_f32(best: &mut [f32], arg: &mut [i64], row: &[f32], base: i64
     for j0 in (0..best.len()).step_by(16) {
         let cnt = (best.len() - j0).min(16);
         let need = 2 * cnt - 1;
-        let (m0, m1) = (
-            lanes(need, 16) as u16,
-            lanes(need.saturating_sub(16), 16) as u16,
-        );
-        let live = lanes(cnt, 16) as u16;
+        let (m0, m1) = super::sgemm::masks(need);
+        let live = super::skinny::mask16(cnt);
         // SAFETY: the masked lanes lie inside `row` (2·j0 + need ≤ row.len()), `best` and
         // `arg` (j0 + cnt ≤ best.len() == arg.len()).
         unsafe {
@@ -130,13 +127,14 @@ unsafe fn max_even_f32(best: &mut [f32], arg: &mut [i64], row: &[f32], base: i64
     }
 }
 
-/// The lane mask of the first `n` lanes (all when `n ≥ bits`).
-fn lanes(n: usize, bits: u32) -> u64 {
-    if n >= bits as usize {
-        u64::MAX >> (64 - bits)
-    } else {
-        (1u64 << n) - 1
-    }
+/// The lane mask of the first `n` (≤ 64) of two 32-lane vectors' lanes, low vector first.
+#[cfg(target_arch = "x86_64")]
+fn masks32(n: usize) -> (u32, u32) {
+    let half = |n: usize| {
+        let (lo, hi) = super::sgemm::masks(n);
+        u32::from(lo) | u32::from(hi) << 16
+    };
+    (half(n), half(n.saturating_sub(32)))
 }
 
 /// [`copy_even`] of 4-byte elements, 16 outputs per step.
@@ -152,10 +150,7 @@ unsafe fn even_u32(dst: &mut [u32], src: &[u32]) {
         let out = (dst.len() - i0).min(16);
         // Source elements 2·i0 .. 2·i0 + 2·out − 1 are read (the last odd one is not needed).
         let need = 2 * out - 1;
-        let (m0, m1) = (
-            lanes(need, 16) as u16,
-            lanes(need.saturating_sub(16), 16) as u16,
-        );
+        let (m0, m1) = super::sgemm::masks(need);
         // SAFETY: the masked lanes lie inside `src` (2·i0 + need ≤ src.len()), the stored
         // ones inside `dst`.
         unsafe {
@@ -164,7 +159,7 @@ unsafe fn even_u32(dst: &mut [u32], src: &[u32]) {
             let b = _mm512_maskz_loadu_epi32(m1, p.wrapping_add(16));
             let v = _mm512_permutex2var_epi32(a, idx, b);
             let q = dst.as_mut_ptr().add(i0).cast::<i32>();
-            _mm512_mask_storeu_epi32(q, lanes(out, 16) as u16, v);
+            _mm512_mask_storeu_epi32(q, super::skinny::mask16(out), v);
         }
     }
 }
@@ -183,10 +178,7 @@ unsafe fn even_u16(dst: &mut [u16], src: &[u16]) {
     for i0 in (0..dst.len()).step_by(32) {
         let out = (dst.len() - i0).min(32);
         let need = 2 * out - 1;
-        let (m0, m1) = (
-            lanes(need, 32) as u32,
-            lanes(need.saturating_sub(32), 32) as u32,
-        );
+        let (m0, m1) = masks32(need);
         // SAFETY: as in `even_u32`.
         unsafe {
             let p = src.as_ptr().add(2 * i0).cast::<i16>();
@@ -194,7 +186,7 @@ unsafe fn even_u16(dst: &mut [u16], src: &[u16]) {
             let b = _mm512_maskz_loadu_epi16(m1, p.wrapping_add(32));
             let v = _mm512_permutex2var_epi16(a, idx, b);
             let q = dst.as_mut_ptr().add(i0).cast::<i16>();
-            _mm512_mask_storeu_epi16(q, lanes(out, 32) as u32, v);
+            _mm512_mask_storeu_epi16(q, masks32(out).0, v);
         }
     }
 }
