@@ -6,6 +6,14 @@
 # first when it is missing (scripts/install-cuda-toolchain.sh; a no-op once installed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Keep the build small on disk: with full debug info every test binary is ~150 MB and a whole
+# run (two feature sets, the ASan build, the dependent crate) filled 17 GB; a CI machine ran
+# out of space. Line tables keep panics' backtraces readable; incremental caches only help
+# rebuilds, which CI never does.
+export CARGO_INCREMENTAL=0
+export CARGO_PROFILE_DEV_DEBUG=line-tables-only
+export CARGO_PROFILE_TEST_DEBUG=line-tables-only
+echo "disk before the build: $(df -h . | awk 'NR == 2 {print $4}') free"
 bash scripts/install-cuda-toolchain.sh
 # Open MPI for feature `mpi` (the data-parallel tests launch `mpirun -np 2`); without it the
 # workspace is tested without the feature and the 2-rank tests say they skipped.
@@ -46,3 +54,4 @@ HEMI_SIM_ASAN=1 \
     CARGO_TARGET_DIR=target/asan \
     CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/scripts/asan-runner.sh" \
     cargo test -p hemi-fuzz --features cuda --test slice
+echo "disk after the tests: $(df -h . | awk 'NR == 2 {print $4}') free, target/ $(du -sh target | cut -f1)"
