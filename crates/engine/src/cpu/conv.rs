@@ -1158,7 +1158,11 @@ fn rounding_weight(
             _ => backward_input::<f16, RoundedF16>(&x, bytemuck::cast_slice(&w), g)?,
         }
     } else {
-        let rounded = wrap(super::elementwise::cast(&hw, &w_view, dtype)?);
+        // The weight's elements in their physical order (dense in `spec.format` from 0, as
+        // `convolve` reads its operands): a cast through `w_view` would gather them into
+        // NCHW order, which `convolve` would then read as channels-last.
+        let flat = Layout::contiguous([w_view.elem_count()]);
+        let rounded = wrap(super::elementwise::cast(&hw, &flat, dtype)?);
         drop((ha, hw));
         let b = (&rounded, spec.weight_dims());
         return convolve(op, p, (a, a_dims), b, (g, out_dims));
