@@ -23,9 +23,23 @@
 //! Prediction: 1024 bf16 multiply-adds per cycle per core on the tile unit, so the packing and
 //! the epilogue (memory-bound) dominate; measured peak of one dependent `TDPBF16PS` chain on
 //! this 2-core VM: 2.9 TFLOP/s per core.
+//!
+//! **f16 operands** ([`gemm_f16`]) run on the same tiles, each element split into two bf16
+//! parts whose sum is exactly its value (`hi` = its nearest bf16, `lo` = the rest: an f16 has
+//! 11 significant bits, a bf16 8, so the rest fits in one more bf16). The product of two f16
+//! values is the sum of four exact part products; the three small ones accumulate on tiles of
+//! their own and join the large sums once per block, so the f32 GEMM bound still holds. Four
+//! tile products per `k` step, and twice the packed bytes of bf16 (as many as the f32
+//! kernel's widened panels). Prediction (per core): the tile unit at a quarter of its bf16 rate
+//! (~0.7 TFLOP/s) is still ~4× AVX-512's f32 peak (~0.19 TFLOP/s at 3 GHz), so these GEMMs
+//! become as packing-bound as the bf16 ones and should take about the f32 kernel's packing
+//! time. (Written and tested on Sapphire Rapids; its step time is still to be measured there:
+//! the session that wrote it ran on a CPU without AMX.)
 
-use super::amx_pack::{pack_a, pack_b};
-use half::bf16;
+use super::amx_pack::{pack_a, pack_b, AmxSrc, Hi, Lo, RoundedBf16};
+use super::sgemm_pack::RoundedF16;
+use bytemuck::TransparentWrapper;
+use half::{bf16, f16};
 use rayon::prelude::*;
 
 /// Rows of an A tile and of a C tile.
@@ -189,6 +203,92 @@ unsafe fn block(
     }
 }
 
+/// [`block`] for operands split into two bf16 parts each ([`Parts`]): A parts `pa = [hi, lo]`,
+/// B parts `pb = [hi, lo]`. The products of the high parts accumulate on tiles of their own,
+/// the three others (each at most 2^-8 of them) together on a second set, and the two sums are
+/// added once at the end: the large sums see one rounding per k pair, as in [`block`], not
+/// four, and the small ones' roundings are 2^-8 as large — so the f32 GEMM bound holds. Two
+/// 32 × 16 halves in turn, each on two high and two low accumulators, two A tiles (high parts,
+/// then low) and both parts of one B sliver.
+///
+/// # Safety
+/// As [`block`], for each part.
+#[cfg(target_arch = "x86_64")]
+unsafe fn block_split(
+    pa: [&[bf16]; 2],
+    pb: [&[bf16]; 2],
+    (bi, bj, kb): (usize, usize, usize),
+    acc: &mut [f32; 1024],
+) {
+    use std::arch::asm;
+    let sliver = |p: &[bf16], s: usize| p[s * kb * TILE..].as_ptr();
+    let (ah0, ah1) = (sliver(pa[0], 2 * bi), sliver(pa[0], 2 * bi + 1));
+    let (al0, al1) = (sliver(pa[1], 2 * bi), sliver(pa[1], 2 * bi + 1));
+    let mut small = [0f32; 512];
+    for half in 0..2 {
+        let (bh, bl) = (sliver(pb[0], 2 * bj + half), sliver(pb[1], 2 * bj + half));
+        // SAFETY: as in `block`: the configuration is loaded, each load reads one tile inside
+        // a packed sliver, the stores write 16 rows of 64 bytes inside `acc` (128-byte rows,
+        // from column 16·half) and `small` (64-byte rows).
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack)
+            );
+            for b in 0..kb {
+                let o = b * TILE;
+                asm!(
+                    "tileloadd tmm4, [{ah0} + {s}*1]",
+                    "tileloadd tmm5, [{ah1} + {s}*1]",
+                    "tileloadd tmm6, [{bh} + {s}*1]",
+                    "tileloadd tmm7, [{bl} + {s}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm5, tmm6",
+                    "tdpbf16ps tmm2, tmm4, tmm7",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    "tileloadd tmm4, [{al0} + {s}*1]",
+                    "tileloadd tmm5, [{al1} + {s}*1]",
+                    "tdpbf16ps tmm2, tmm4, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm6",
+                    "tdpbf16ps tmm2, tmm4, tmm7",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    ah0 = in(reg) ah0.add(o),
+                    ah1 = in(reg) ah1.add(o),
+                    al0 = in(reg) al0.add(o),
+                    al1 = in(reg) al1.add(o),
+                    bh = in(reg) bh.add(o),
+                    bl = in(reg) bl.add(o),
+                    s = in(reg) 64usize,
+                    options(nostack, readonly),
+                );
+            }
+            let (c, t) = (acc.as_mut_ptr().add(16 * half), small.as_mut_ptr());
+            asm!(
+                "tilestored [{c0} + {s}*1], tmm0",
+                "tilestored [{c1} + {s}*1], tmm1",
+                "tilestored [{t0} + {u}*1], tmm2",
+                "tilestored [{t1} + {u}*1], tmm3",
+                c0 = in(reg) c,
+                c1 = in(reg) c.add(TM * 32),
+                t0 = in(reg) t,
+                t1 = in(reg) t.add(TM * 16),
+                s = in(reg) 128usize,
+                u = in(reg) 64usize,
+                options(nostack),
+            );
+        }
+        for (row, add) in acc.chunks_exact_mut(32).zip(small.chunks_exact(16)) {
+            row[16 * half..][..16]
+                .iter_mut()
+                .zip(add)
+                .for_each(|(v, a)| *v += a);
+        }
+    }
+}
+
 /// Rows of `acc` (32 × 32, row-major) into columns `c0..c0 + cols` (`cols` ≤ 32) of the
 /// `n`-wide rows of `rows`, added or stored: two masked 16-lane stores a row (a `memmove` call
 /// per row of a copy cost a weight gradient's write-back 4× the dot products' time at small
@@ -246,6 +346,101 @@ fn grown(buf: &mut Vec<bf16>, len: usize) -> &mut [bf16] {
     &mut buf[..len]
 }
 
+/// A GEMM operand's element as the bf16 parts whose sum is its value exactly: one for bf16
+/// (and for an f32 rounded to bf16 as it is packed), two for f16 ([`Hi`] and [`Lo`]; also for
+/// an f32 rounded to f16 as it is packed). A product of two operands is the sum of the
+/// products of their parts, each exact in f32.
+pub(crate) trait Parts: Copy + Send + Sync + 'static {
+    /// How many parts (1 or 2).
+    const COUNT: usize;
+    /// The value the parts sum to, as f32 (exact).
+    fn value(self) -> f32;
+    /// Packs part `part` of A (see [`pack_a`]).
+    fn pack_a_part(
+        a: &[Self],
+        strides: (usize, usize),
+        extent: (usize, usize),
+        first: usize,
+        out: &mut [bf16],
+        part: usize,
+    );
+    /// Packs part `part` of B (see [`pack_b`]).
+    fn pack_b_part(
+        b: &[Self],
+        strides: (usize, usize),
+        extent: (usize, usize),
+        out: &mut [bf16],
+        part: usize,
+    );
+}
+
+macro_rules! parts {
+    ($t:ty, 1) => {
+        impl Parts for $t {
+            const COUNT: usize = 1;
+            fn value(self) -> f32 {
+                self.to_bf16().to_f32()
+            }
+            fn pack_a_part(
+                a: &[$t],
+                s: (usize, usize),
+                e: (usize, usize),
+                first: usize,
+                out: &mut [bf16],
+                _: usize,
+            ) {
+                pack_a(a, s, e, first, out)
+            }
+            fn pack_b_part(
+                b: &[$t],
+                s: (usize, usize),
+                e: (usize, usize),
+                out: &mut [bf16],
+                _: usize,
+            ) {
+                pack_b(b, s, e, out)
+            }
+        }
+    };
+    ($t:ty, 2) => {
+        impl Parts for $t {
+            const COUNT: usize = 2;
+            fn value(self) -> f32 {
+                super::sgemm_pack::PackSrc::to_f32(self)
+            }
+            fn pack_a_part(
+                a: &[$t],
+                s: (usize, usize),
+                e: (usize, usize),
+                first: usize,
+                out: &mut [bf16],
+                part: usize,
+            ) {
+                match part {
+                    0 => pack_a(Hi::wrap_slice(a), s, e, first, out),
+                    _ => pack_a(Lo::wrap_slice(a), s, e, first, out),
+                }
+            }
+            fn pack_b_part(
+                b: &[$t],
+                s: (usize, usize),
+                e: (usize, usize),
+                out: &mut [bf16],
+                part: usize,
+            ) {
+                match part {
+                    0 => pack_b(Hi::wrap_slice(b), s, e, out),
+                    _ => pack_b(Lo::wrap_slice(b), s, e, out),
+                }
+            }
+        }
+    };
+}
+parts!(bf16, 1);
+parts!(RoundedBf16, 1);
+parts!(f16, 2);
+parts!(RoundedF16, 2);
+
 /// `dst[m × n] (+)= A · B` for bf16 operands with element strides (row, col), f32 `dst`
 /// contiguous; the operands hold every element the strides address (as for `gemm_strided`:
 /// an empty product does nothing, `k = 0` zeroes `dst` unless accumulating). A may be f32
@@ -253,7 +448,7 @@ fn grown(buf: &mut Vec<bf16>, len: usize) -> &mut [bf16] {
 /// over 32 × 32 blocks of C when `parallel`. On the CPU's [`engine`]; the caller checks that
 /// there is one.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_bf16<A: super::amx_pack::AmxSrc>(
+pub(crate) fn gemm_bf16<A: AmxSrc + Parts>(
     shape: (usize, usize, usize),
     dst: &mut [f32],
     a: &[A],
@@ -268,8 +463,41 @@ pub(crate) fn gemm_bf16<A: super::amx_pack::AmxSrc>(
     gemm_bf16_on(engine, shape, dst, operands, strides, accumulate, parallel);
 }
 
+/// `dst[m × n] (+)= A · B` for f16 operands (A may be f32 rounded to f16 as it is packed,
+/// [`RoundedF16`]) on AMX tiles, each operand split into two bf16 parts ([`Hi`], [`Lo`]): the
+/// four products of parts are exact, so C holds f32 sums of the exact f16 products — the f32
+/// GEMM bound of DESIGN.md (`K · 2^-23 · Σ|a||b|`), as the widening f32 kernel. An infinite
+/// or NaN operand makes its sums NaN on the tiles (its low part is 0, and `inf · 0` is NaN)
+/// where f32 arithmetic may give an infinity, so every NaN sum is computed again from the
+/// widened operands in f32 ([`redo_nan_sums`]): non-finite results are those of the f32 GEMM,
+/// as in PyTorch. Four tile products per k step instead of one; the packing (twice the bf16
+/// one) still dominates (see the module notes). Requires [`available`]; otherwise as
+/// [`gemm_bf16`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_f16<A: Parts>(
+    shape: (usize, usize, usize),
+    dst: &mut [f32],
+    a: &[A],
+    a_strides: (usize, usize),
+    b: &[f16],
+    b_strides: (usize, usize),
+    accumulate: bool,
+    parallel: bool,
+) {
+    let (operands, strides) = ((a, b), (a_strides, b_strides));
+    gemm_parts(
+        Engine::Amx,
+        shape,
+        dst,
+        operands,
+        strides,
+        accumulate,
+        parallel,
+    );
+}
+
 /// [`gemm_bf16`] on `engine`, which this CPU must have.
-fn gemm_bf16_on<A: super::amx_pack::AmxSrc>(
+fn gemm_bf16_on<A: AmxSrc + Parts>(
     engine: Engine,
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
@@ -278,8 +506,45 @@ fn gemm_bf16_on<A: super::amx_pack::AmxSrc>(
     accumulate: bool,
     parallel: bool,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if engine == Engine::Dot && m * n * k > 0 && super::skinny::applies(n, a_strides) {
+        // (At most 8 columns: A read in place, see `skinny`.)
+        let (operands, strides) = ((a, b), (a_strides, b_strides));
+        use super::{bf16_skinny::Bf16Dot, skinny::gemm};
+        return gemm::<_, _, Bf16Dot>((m, n, k), dst, operands, strides, accumulate, parallel);
+    }
+    let (operands, strides) = ((a, b), (a_strides, b_strides));
+    gemm_parts(
+        engine,
+        (m, n, k),
+        dst,
+        operands,
+        strides,
+        accumulate,
+        parallel,
+    );
+}
+
+/// The blocked GEMM of [`gemm_bf16`] and [`gemm_f16`] over the operands' [`Parts`] on
+/// `engine` (two-part operands on AMX only).
+fn gemm_parts<A: Parts, B: Parts>(
+    engine: Engine,
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    (a, b): (&[A], &[B]),
+    (a_strides, b_strides): ((usize, usize), (usize, usize)),
+    accumulate: bool,
+    parallel: bool,
+) {
     assert!(engine.present(), "gemm_bf16: this CPU lacks {engine:?}");
     let amx = engine == Engine::Amx;
+    assert!(
+        A::COUNT == B::COUNT,
+        "gemm_bf16: operands of {} and {} parts",
+        A::COUNT,
+        B::COUNT
+    );
+    assert!(amx || A::COUNT == 1, "split operands need AMX");
     assert!(dst.len() >= m * n);
     if m == 0 || n == 0 {
         return;
@@ -292,16 +557,16 @@ fn gemm_bf16_on<A: super::amx_pack::AmxSrc>(
     }
     assert!(a.len() > (m - 1) * a_strides.0 + (k - 1) * a_strides.1);
     assert!(b.len() > (k - 1) * b_strides.0 + (n - 1) * b_strides.1);
-    #[cfg(target_arch = "x86_64")]
-    if !amx && super::skinny::applies(n, a_strides) {
-        // (At most 8 columns: A read in place, see `skinny`.)
-        let (operands, strides) = ((a, b), (a_strides, b_strides));
-        use super::{bf16_skinny::Bf16Dot, skinny::gemm};
-        return gemm::<_, _, Bf16Dot>((m, n, k), dst, operands, strides, accumulate, parallel);
-    }
     let (nb, kb) = (n.div_ceil(2 * TN), k.div_ceil(TK));
+    let b_len = 2 * nb * kb * TILE;
     let mut pb = PACKED_B.with(|s| std::mem::take(&mut *s.borrow_mut()));
-    pack_b(b, b_strides, (k, n), grown(&mut pb, 2 * nb * kb * TILE));
+    for (part, out) in grown(&mut pb, B::COUNT * b_len)
+        .chunks_exact_mut(b_len)
+        .enumerate()
+    {
+        B::pack_b_part(b, b_strides, (k, n), out, part);
+    }
+    let b_parts: [&[bf16]; 2] = std::array::from_fn(|p| &pb[p.min(B::COUNT - 1) * b_len..]);
     // A row-major A (a weight in a forward pass, an output gradient) is packed panel by panel
     // (32 rows): each row block packs its own two slivers right before its blocks of C use
     // them, so the panel stays in this core's cache (packing all of A up front wrote it out to
@@ -311,13 +576,16 @@ fn gemm_bf16_on<A: super::amx_pack::AmxSrc>(
     // each of `k` rows far apart (measured: its packing took twice as long).
     let mut pa_whole = A_WHOLE.with(|s| std::mem::take(&mut *s.borrow_mut()));
     let whole = a_strides.1 != 1;
+    let slivers = 2 * m.div_ceil(2 * TM);
+    let a_len = if whole { slivers } else { 2 } * kb * TILE;
     if whole {
-        let slivers = 2 * m.div_ceil(2 * TM);
         let group = slivers.div_ceil(rayon::current_num_threads()).max(1);
-        grown(&mut pa_whole, slivers * kb * TILE)
-            .par_chunks_mut(group * kb * TILE)
-            .enumerate()
-            .for_each(|(gi, out)| pack_a(a, a_strides, (m, k), gi * group, out));
+        let packed = grown(&mut pa_whole, A::COUNT * a_len);
+        for (part, out) in packed.chunks_exact_mut(a_len).enumerate() {
+            out.par_chunks_mut(group * kb * TILE)
+                .enumerate()
+                .for_each(|(gi, out)| A::pack_a_part(a, a_strides, (m, k), gi * group, out, part));
+        }
     }
     let packed_a = &pa_whole;
     #[cfg(target_arch = "x86_64")]
@@ -325,13 +593,17 @@ fn gemm_bf16_on<A: super::amx_pack::AmxSrc>(
     let run_row = |bi: usize, rows: &mut [f32]| {
         A_PANEL.with(|panel| {
             let mut panel = panel.borrow_mut();
-            let (pa, bi) = if whole {
+            // (`si`: the row block's sliver pair in `pa`.)
+            let (pa, si) = if whole {
                 (&packed_a[..], bi)
             } else {
-                let pa = grown(&mut panel, 2 * kb * TILE);
-                pack_a(a, a_strides, (m, k), 2 * bi, pa);
+                let pa = grown(&mut panel, A::COUNT * a_len);
+                for (part, out) in pa.chunks_exact_mut(a_len).enumerate() {
+                    A::pack_a_part(a, a_strides, (m, k), 2 * bi, out, part);
+                }
                 (&pa[..], 0)
             };
+            let a_parts: [&[bf16]; 2] = std::array::from_fn(|p| &pa[p.min(A::COUNT - 1) * a_len..]);
             let mut acc = [0f32; 1024];
             #[cfg(target_arch = "x86_64")]
             if amx {
@@ -344,16 +616,24 @@ fn gemm_bf16_on<A: super::amx_pack::AmxSrc>(
             for bj in 0..nb {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: the engine is available (asserted; for AMX the configuration is
-                // loaded); `pa` holds A slivers 2·bi and 2·bi+1, and slivers 2·bj+1 < 2·nb of
-                // B exist.
+                // loaded); each part of `pa` holds A slivers 2·si and 2·si+1, and slivers
+                // 2·bj+1 < 2·nb of each part of B exist.
                 unsafe {
-                    if amx {
-                        block(pa, &pb, (bi, bj, kb), &mut acc)
+                    if amx && A::COUNT == 2 {
+                        block_split(a_parts, b_parts, (si, bj, kb), &mut acc)
+                    } else if amx {
+                        block(pa, &pb, (si, bj, kb), &mut acc)
                     } else {
-                        super::bf16_dot::block(pa, &pb, (bi, bj, kb), k, &mut acc)
+                        super::bf16_dot::block(pa, &pb, (si, bj, kb), k, &mut acc)
                     }
                 };
                 let cols = (n - bj * 2 * TN).min(2 * TN);
+                if A::COUNT > 1 && acc.iter().fold(false, |f, v| f | v.is_nan()) {
+                    let origin = (bi * 2 * TM, bj * 2 * TN);
+                    let extent = (rows.len() / n, cols);
+                    let operands = ((a, a_strides), (b, b_strides));
+                    redo_nan_sums(&mut acc, origin, extent, operands, k);
+                }
                 #[cfg(target_arch = "x86_64")]
                 if fast {
                     // SAFETY: AVX-512F detected; `rows` holds whole rows of `n` ≥ 32·bj + cols.
@@ -393,6 +673,31 @@ fn gemm_bf16_on<A: super::amx_pack::AmxSrc>(
     A_WHOLE.with(|s| *s.borrow_mut() = pa_whole);
 }
 
+/// An operand and its element strides (row, column).
+type Strided<'a, T> = (&'a [T], (usize, usize));
+
+/// Recomputes, from the widened operands in f32 (k in order), each sum of the block of C at
+/// `origin` (`extent` rows × columns of it valid) that came out NaN on the tiles: for split
+/// operands a NaN there may be an infinity in f32 arithmetic (see [`gemm_f16`]).
+fn redo_nan_sums<A: Parts, B: Parts>(
+    acc: &mut [f32; 1024],
+    (r0, c0): (usize, usize),
+    (rows, cols): (usize, usize),
+    ((a, (ars, acs)), (b, (brs, bcs))): (Strided<'_, A>, Strided<'_, B>),
+    k: usize,
+) {
+    for i in 0..rows {
+        for j in 0..cols {
+            if acc[i * 32 + j].is_nan() {
+                let (ai, bj) = ((r0 + i) * ars, (c0 + j) * bcs);
+                acc[i * 32 + j] = (0..k).fold(0.0, |s, p| {
+                    s + a[ai + p * acs].value() * b[p * brs + bj].value()
+                });
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,6 +721,83 @@ mod tests {
             return;
         }
         check_engine(Engine::Dot);
+    }
+
+    /// f16 operands split into bf16 parts (`gemm_f16`): odd sizes, both layouts, overwrite and
+    /// accumulate, against the f64 reference within the f32 GEMM bound (dropping a low part
+    /// would err by ~2^-9 of a term: far outside it).
+    #[test]
+    fn f16_splits_match_f64_reference_at_odd_sizes() {
+        if !available() {
+            println!("skipped: this CPU has no AMX-BF16 (or Linux refused the tile state)");
+            return;
+        }
+        let mut rnd = super::super::gemm_check::uniform(0xD1B5_4A32_D192_ED03);
+        super::super::gemm_check::check_against_f64(
+            &[
+                (1, 1, 1),
+                (17, 33, 7),
+                (37, 65, 300),
+                (64, 96, 64),
+                (5, 200, 33),
+            ],
+            || f16::from_f32(rnd() * 3.0),
+            f16::to_f64,
+            &|shape, c, a, sa, b, sb, accumulate, trans| {
+                gemm_f16(shape, c, a, sa, b, sb, accumulate, trans)
+            },
+        );
+    }
+
+    /// Infinities and NaNs in split f16 operands give the f32 GEMM's results: an infinity
+    /// where every product it enters is nonzero and of one sign, NaN where it meets a zero or
+    /// the opposite infinity or a NaN — not the NaN the tiles alone give (`inf · 0` of a
+    /// zero low part); finite sums stay within the bound.
+    #[test]
+    fn f16_non_finite_operands_give_f32_results() {
+        if !available() {
+            println!("skipped: this CPU has no AMX-BF16 (or Linux refused the tile state)");
+            return;
+        }
+        let (m, n, k) = (37, 41, 45);
+        let mut rnd = super::super::gemm_check::uniform(0x94D0_49BB_1331_11EB);
+        let mut a: Vec<f16> = (0..m * k).map(|_| f16::from_f32(rnd())).collect();
+        let mut b: Vec<f16> = (0..k * n).map(|_| f16::from_f32(rnd())).collect();
+        a[3 * k + 5] = f16::INFINITY; // row 3: ±inf where column's b[5] is nonzero
+        a[7 * k + 2] = f16::INFINITY; // row 7: inf and -inf: NaN
+        a[7 * k + 9] = f16::NEG_INFINITY;
+        a[11 * k + 4] = f16::NAN; // row 11: NaN
+        b[5 * n + 6] = f16::ZERO; // (3, 6): inf · 0: NaN
+        b[5 * n + 8] = f16::from_f32(0.75); // (3, 8): inf (b's low part 0)
+        b[20 * n + 30] = f16::NEG_INFINITY; // column 30: -inf ⋅ a[i][20]
+        for (sa, sb) in [((k, 1), (n, 1)), ((1, m), (1, k))] {
+            let (at, bt) = if sa.0 == 1 {
+                let at: Vec<f16> = (0..m * k).map(|q| a[(q % m) * k + q / m]).collect();
+                let bt: Vec<f16> = (0..k * n).map(|q| b[(q % k) * n + q / k]).collect();
+                (at, bt)
+            } else {
+                (a.clone(), b.clone())
+            };
+            let mut c = vec![0f32; m * n];
+            gemm_f16((m, n, k), &mut c, &at, sa, &bt, sb, false, true);
+            let mut non_finite = 0;
+            for i in 0..m {
+                for j in 0..n {
+                    let terms = (0..k).map(|p| a[i * k + p].to_f64() * b[p * n + j].to_f64());
+                    let (r, mag) = terms.fold((0.0, 0.0), |(r, g), t| (r + t, g + t.abs()));
+                    let got = c[i * n + j] as f64;
+                    if r.is_finite() {
+                        let bound = (k + 1) as f64 * 2f64.powi(-23) * mag;
+                        assert!((got - r).abs() <= bound, "({i},{j}): {got} vs {r}");
+                    } else {
+                        non_finite += 1;
+                        let same = (got.is_nan() && r.is_nan()) || got == r;
+                        assert!(same, "{sa:?} ({i},{j}): {got} vs {r}");
+                    }
+                }
+            }
+            assert!(non_finite > 3 * n, "{non_finite} non-finite sums");
+        }
     }
 
     fn check_engine(engine: Engine) {

@@ -12,6 +12,7 @@
 //! keep the element-wise loops.
 
 use super::amx::{TILE, TK, TM, TN};
+use super::sgemm_pack::PackSrc;
 use half::bf16;
 use rayon::prelude::*;
 
@@ -42,7 +43,38 @@ pub(crate) trait AmxSrc: Copy + Send + Sync + 'static {
     /// # Safety
     /// The CPU has AVX-512F/BW; 32 values are readable at `p`, 32 writable at `out`.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn row32(p: *const Self, out: *mut bf16);
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn row32(p: *const Self, out: *mut bf16) {
+        use std::arch::x86_64::*;
+        // SAFETY: 32 readable values at `p`, 32 writable bf16 at `out` (the caller's contract).
+        unsafe {
+            let lo = _mm512_cvtepi32_epi16(Self::lanes16(p));
+            let hi = _mm512_cvtepi32_epi16(Self::lanes16(p.add(16)));
+            _mm256_storeu_si256(out.cast(), lo);
+            _mm256_storeu_si256(out.add(16).cast(), hi);
+        }
+    }
+    /// The 32 values at `p` whose `mask` bit is set as bf16 bits in the 16-bit lanes (others
+    /// 0; masked-off values are not accessed).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F/BW; the values `mask` selects are readable at `p`.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn lanes32_masked(p: *const Self, mask: u32) -> std::arch::x86_64::__m512i {
+        use std::arch::x86_64::*;
+        // SAFETY: each half reads only the values its 16 bits of `mask` select.
+        unsafe {
+            let lo = _mm512_cvtepi32_epi16(Self::lanes16_masked(p, mask as u16));
+            let hi = _mm512_cvtepi32_epi16(Self::lanes16_masked(
+                p.wrapping_add(16),
+                (mask >> 16) as u16,
+            ));
+            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+        }
+    }
 }
 
 impl AmxSrc for bf16 {
@@ -76,6 +108,13 @@ impl AmxSrc for bf16 {
         // SAFETY: 64 readable bytes at `p`, 64 writable at `out` (the caller's contract).
         unsafe { _mm512_storeu_si512(out.cast(), _mm512_loadu_si512(p.cast())) }
     }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn lanes32_masked(p: *const bf16, mask: u32) -> std::arch::x86_64::__m512i {
+        // SAFETY: only the selected values are read (the caller's contract).
+        unsafe { std::arch::x86_64::_mm512_maskz_loadu_epi16(mask, p.cast()) }
+    }
 }
 
 impl AmxSrc for RoundedBf16 {
@@ -104,20 +143,85 @@ impl AmxSrc for RoundedBf16 {
             super::convert::round_bf16_lanes(_mm512_castps_si512(v))
         }
     }
-    #[cfg(target_arch = "x86_64")]
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn row32(p: *const RoundedBf16, out: *mut bf16) {
-        use std::arch::x86_64::*;
-        // SAFETY: 32 readable f32 at `p`, 32 writable bf16 at `out` (the caller's contract).
-        unsafe {
-            let lo = _mm512_cvtepi32_epi16(Self::lanes16(p));
-            let hi = _mm512_cvtepi32_epi16(Self::lanes16(p.add(16)));
-            _mm256_storeu_si256(out.cast(), lo);
-            _mm256_storeu_si256(out.add(16).cast(), hi);
-        }
+}
+
+/// The high bf16 part of an f16 value `S` ([`PackSrc`]: f16 itself, or an f32 rounded to f16
+/// as it is packed): the value rounded to bf16 (nearest even). With [`Lo`] it splits the
+/// value exactly: an f16 has 11 significant bits, its bf16 rounding 8, and the remainder —
+/// at most half a bf16 unit in the last place, a multiple of 2^-24 — fits the 8 bits of a
+/// bf16 with room to spare; bf16's exponent range holds both parts of every f16 (subnormals
+/// included), so the AMX unit, which flushes values below 2^-126, sees none. Products of
+/// parts are exact in f32, so an f16 GEMM runs as four bf16 ones (`amx::gemm_f16`).
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Hi<S>(pub S);
+
+/// The low bf16 part of an f16 value: its difference from [`Hi`] (exact), 0 for an infinity or
+/// a NaN (whose [`Hi`] part carries it).
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Lo<S>(pub S);
+
+// SAFETY: both are `repr(transparent)` wrappers of their one field.
+unsafe impl<S> bytemuck::TransparentWrapper<S> for Hi<S> {}
+// SAFETY: as above.
+unsafe impl<S> bytemuck::TransparentWrapper<S> for Lo<S> {}
+
+/// The low part of `x` given its high part `hi` (see [`Lo`]).
+fn low_part(x: f32, hi: bf16) -> bf16 {
+    match x.is_finite() {
+        true => bf16::from_f32(x - hi.to_f32()),
+        false => bf16::ZERO,
     }
 }
+
+/// 16 f32 lanes of f16 values split into bf16 parts: `(hi, lo)` as bf16 bits in the low halves
+/// of 32-bit lanes (see [`Hi`], [`Lo`]).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn split_lanes(
+    x: std::arch::x86_64::__m512,
+) -> (std::arch::x86_64::__m512i, std::arch::x86_64::__m512i) {
+    use std::arch::x86_64::*;
+    let bits = _mm512_castps_si512(x);
+    let hi = super::convert::round_bf16_lanes(bits);
+    let rest = _mm512_sub_ps(x, _mm512_castsi512_ps(_mm512_slli_epi32::<16>(hi)));
+    // (The rest has at most 4 significant bits: its low 16 bits are zero, the shift is exact.)
+    let magnitude = _mm512_and_si512(bits, _mm512_set1_epi32(0x7FFF_FFFF));
+    let finite = _mm512_cmplt_epu32_mask(magnitude, _mm512_set1_epi32(0x7F80_0000));
+    let lo = _mm512_maskz_srli_epi32::<16>(finite, _mm512_castps_si512(rest));
+    (hi, lo)
+}
+
+macro_rules! split_src {
+    ($part:ident, $pick:expr) => {
+        impl<S: PackSrc> AmxSrc for $part<S> {
+            fn to_bf16(self) -> bf16 {
+                let x = self.0.to_f32();
+                let hi = bf16::from_f32(x);
+                $pick((hi, low_part(x, hi)))
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[inline]
+            #[target_feature(enable = "avx512f,avx512bw")]
+            unsafe fn lanes16(p: *const Self) -> std::arch::x86_64::__m512i {
+                // SAFETY: 16 readable values at `p` (the caller's contract).
+                unsafe { Self::lanes16_masked(p, u16::MAX) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[inline]
+            #[target_feature(enable = "avx512f,avx512bw")]
+            unsafe fn lanes16_masked(p: *const Self, mask: u16) -> std::arch::x86_64::__m512i {
+                // SAFETY: only the selected values are read (the caller's contract; `PackSrc`
+                // holds its `simd` whenever AVX-512F/BW do).
+                $pick(split_lanes(unsafe { S::load16(p.cast(), mask) }))
+            }
+        }
+    };
+}
+split_src!(Hi, |(hi, _)| hi);
+split_src!(Lo, |(_, lo)| lo);
 
 /// Packs row slivers `first..` of `A [m × k]` (element `(r, c)` at `a[r*rs + c*cs]`; sliver
 /// `s` = rows `16·s..16·s + 16`) into tiles: the `i`-th sliver of `out`, k block `b` at
@@ -192,8 +296,8 @@ fn pack_a_tile<S: AmxSrc>(
 /// (16 columns), k block `b` at `((t * kb + b) * TILE)`; inside, pair row `p` holds
 /// `(B[2p][c], B[2p+1][c])` for the 16 columns (the order `TDPBF16PS` reads), zero-padded.
 /// `out` holds a whole number of slivers of `kb` tiles (slivers past `n`: all zero).
-pub(crate) fn pack_b(
-    b: &[bf16],
+pub(crate) fn pack_b<S: AmxSrc>(
+    b: &[S],
     (rs, cs): (usize, usize),
     (k, n): (usize, usize),
     out: &mut [bf16],
@@ -225,7 +329,7 @@ pub(crate) fn pack_b(
                     // Pair row q / 32, column (q % 32) / 2, row 2·(q / 32) + q % 2 of the block.
                     let (r, j) = (2 * (q / (2 * TN)) + q % 2, (q % (2 * TN)) / 2);
                     *v = if r < rows && j < cols {
-                        b[base + r * rs + j * cs]
+                        b[base + r * rs + j * cs].to_bf16()
                     } else {
                         bf16::ZERO
                     };
@@ -293,7 +397,7 @@ unsafe fn transpose_a<S: AmxSrc>(a: &[S], cs: usize, tile: &mut [bf16]) {
 /// The CPU has AVX-512F/BW; `b` holds `(rows - 1) * rs + 16` values, `tile` TILE.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn interleave_b_rows(b: &[bf16], rs: usize, rows: usize, tile: &mut [bf16]) {
+unsafe fn interleave_b_rows<S: AmxSrc>(b: &[S], rs: usize, rows: usize, tile: &mut [bf16]) {
     use std::arch::x86_64::*;
     debug_assert!((1..=TK).contains(&rows) && tile.len() >= TILE);
     debug_assert!(b.len() >= (rows - 1) * rs + TN);
@@ -305,7 +409,7 @@ unsafe fn interleave_b_rows(b: &[bf16], rs: usize, rows: usize, tile: &mut [bf16
         unsafe {
             let v = match rows - (2 * p).min(rows) {
                 0 => _mm512_setzero_si512(),
-                1 => <half::bf16 as AmxSrc>::lanes16(s.add(2 * p * rs)),
+                1 => S::lanes16(s.add(2 * p * rs)),
                 _ => pairs(s.add(2 * p * rs), s.add((2 * p + 1) * rs)),
             };
             _mm512_storeu_si512(out.cast(), v);
@@ -322,7 +426,7 @@ unsafe fn interleave_b_rows(b: &[bf16], rs: usize, rows: usize, tile: &mut [bf16
 /// The CPU has AVX-512F/BW; `b` holds `15 * cs + rows` values, `tile` TILE.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn transpose_b(b: &[bf16], cs: usize, rows: usize, tile: &mut [bf16]) {
+unsafe fn transpose_b<S: AmxSrc>(b: &[S], cs: usize, rows: usize, tile: &mut [bf16]) {
     use std::arch::x86_64::*;
     debug_assert!((1..=TK).contains(&rows) && tile.len() >= TILE);
     debug_assert!(b.len() >= 15 * cs + rows);
@@ -330,7 +434,7 @@ unsafe fn transpose_b(b: &[bf16], cs: usize, rows: usize, tile: &mut [bf16]) {
     let mask = u32::MAX >> (TK - rows);
     // SAFETY: column j's first `rows` values lie inside `b` (the mask reads no others).
     let v: [__m512; 16] = std::array::from_fn(|j| unsafe {
-        _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(mask, s.add(j * cs).cast()))
+        _mm512_castsi512_ps(S::lanes32_masked(s.add(j * cs), mask))
     });
     for (p, row) in super::sgemm_pack::transpose16(v).iter().enumerate() {
         // SAFETY: pair row p (64 bytes) lies inside `tile`.
@@ -341,6 +445,76 @@ unsafe fn transpose_b(b: &[bf16], cs: usize, rows: usize, tile: &mut [bf16]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every f16 (all 65 536 bit patterns, and f32 values rounded to f16) splits into bf16
+    /// parts that sum to it exactly, infinities and NaNs into themselves and 0; the packers'
+    /// AVX-512 paths (full tiles) give the element-wise parts, for A and for B in both layouts.
+    #[test]
+    fn f16_splits_into_exact_bf16_parts() {
+        use bytemuck::TransparentWrapper;
+        use half::f16;
+        let all: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
+        for x in &all {
+            let (hi, lo) = (Hi(*x).to_bf16(), Lo(*x).to_bf16());
+            if x.is_finite() {
+                assert_eq!(hi.to_f64() + lo.to_f64(), x.to_f64(), "{x:?}");
+                assert!(
+                    lo.to_f64().abs() <= x.to_f64().abs() / 256.0,
+                    "{x:?}: low part {lo}"
+                );
+            } else {
+                let same = (x.is_nan() && hi.is_nan()) || hi.to_f64() == x.to_f64();
+                assert!(same && lo.to_bits() == 0, "{x:?}: {hi:?} {lo:?}");
+            }
+        }
+        let mut draw = super::super::gemm_check::uniform(0x2545_F491_4F6C_DD1D);
+        let wide: Vec<crate::cpu::sgemm_pack::RoundedF16> = (0..all.len())
+            .map(|_| crate::cpu::sgemm_pack::RoundedF16(draw() * 1e4))
+            .collect();
+        for v in &wide {
+            let x = f16::from_f32(v.0).to_f64();
+            assert_eq!(Hi(*v).to_bf16().to_f64() + Lo(*v).to_bf16().to_f64(), x);
+        }
+        // 2048 × 32: full tiles only (the vector paths), row- and column-major.
+        let (m, k) = (2048, 32);
+        for (rs, cs) in [(k, 1), (1, m)] {
+            let mut out = vec![bf16::NAN; m * k];
+            let check = |out: &[bf16], part: &dyn Fn(f16) -> bf16, what: &str| {
+                for (q, v) in out.iter().enumerate() {
+                    let (s, i, j) = (q / TILE, q % TILE / TK, q % TK);
+                    let want = part(all[(s * TM + i) * rs + j * cs]);
+                    assert_eq!(v.to_bits(), want.to_bits(), "{what} ({rs},{cs}) at {q}");
+                }
+            };
+            pack_a(Hi::wrap_slice(&all[..]), (rs, cs), (m, k), 0, &mut out);
+            check(&out, &|x| Hi(x).to_bf16(), "A high");
+            pack_a(Lo::wrap_slice(&all[..]), (rs, cs), (m, k), 0, &mut out);
+            check(&out, &|x| Lo(x).to_bf16(), "A low");
+            // The same values as B [k × n] = [32 × 2048], packed against the definition.
+            let (kk, n) = (k, m);
+            let (brs, bcs) = (cs, rs);
+            for (src, part) in [
+                (0, &(|x: f16| Hi(x).to_bf16()) as &dyn Fn(f16) -> bf16),
+                (1, &|x: f16| Lo(x).to_bf16()),
+            ] {
+                let mut out = vec![bf16::NAN; n * kk];
+                match src {
+                    0 => pack_b(Hi::wrap_slice(&all[..]), (brs, bcs), (kk, n), &mut out),
+                    _ => pack_b(Lo::wrap_slice(&all[..]), (brs, bcs), (kk, n), &mut out),
+                }
+                for (q, v) in out.iter().enumerate() {
+                    let (t, w) = (q / TILE, q % TILE);
+                    let (r, c) = (2 * (w / (2 * TN)) + w % 2, t * TN + w % (2 * TN) / 2);
+                    let want = part(all[r * brs + c * bcs]);
+                    assert_eq!(
+                        v.to_bits(),
+                        want.to_bits(),
+                        "B part {src} ({brs},{bcs}) {q}"
+                    );
+                }
+            }
+        }
+    }
 
     /// Both packers against their element-wise definition in every layout, at sizes with full
     /// and edge tiles, into buffers pre-filled with NaN (every element must be written).

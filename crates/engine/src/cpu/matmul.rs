@@ -86,12 +86,14 @@ pub(crate) fn gemm_strided<T: 'static + Copy + num_traits::Zero + num_traits::On
 }
 
 /// [`gemm_strided`] for f16 operands into an f32 `dst` (A may also be f32 rounded to f16 on
-/// the way in, [`RoundedF16`](super::sgemm_pack::RoundedF16)): through the AVX-512 kernel,
-/// which widens them (exactly) while packing, where the CPU has it and the shape suits it;
-/// elsewhere the addressed extents are widened into f32 copies first. Either way the f32
-/// products and sums of the widened values: DESIGN.md's GEMM bound.
+/// the way in, [`RoundedF16`](super::sgemm_pack::RoundedF16)): at most 8 columns through the
+/// AVX-512 skinny kernel; else on AMX tiles where the CPU has them (each operand split into two
+/// exact bf16 parts, [`amx::gemm_f16`](super::amx::gemm_f16)); else through the AVX-512
+/// kernel, which widens them (exactly) while packing, where the CPU has it and the shape suits
+/// it; elsewhere the addressed extents are widened into f32 copies first. Every path gives f32
+/// sums of the exact products: DESIGN.md's GEMM bound, and the f32 GEMM's infinities and NaNs.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_f16<A: super::sgemm_pack::PackSrc>(
+pub(crate) fn gemm_f16<A: super::sgemm_pack::PackSrc + super::amx::Parts>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     lhs: &[A],
@@ -118,6 +120,12 @@ pub(crate) fn gemm_f16<A: super::sgemm_pack::PackSrc>(
         // widened in registers, `n` not padded (see `skinny`).
         use super::{f16_skinny::F16Fma, skinny::gemm};
         gemm::<_, _, F16Fma>((m, n, k), dst, (lhs, rhs), (ls, rs), accumulate, parallel);
+        return;
+    }
+    if m * n * k > 0 && super::amx::available() {
+        // Each operand split into two bf16 parts, four exact tile products (see
+        // `amx::gemm_f16`).
+        super::amx::gemm_f16((m, n, k), dst, lhs, ls, rhs, rs, accumulate, parallel);
         return;
     }
     if m > 0
