@@ -1116,8 +1116,8 @@ fn expect_half(op: &'static str, what: &str, dtype: DType) -> Result<()> {
 /// Pass `p` (forward, or input gradient) of a half operand `a` (`x` or `dy`, F16 or BF16)
 /// with an F32 weight `w` rounded to `a`'s dtype as it is read: the values, and so the result,
 /// of casting the weight first (nearest even), without the cast's copy — on AMX or AVX512-BF16
-/// (bf16) or in the f32 kernel's packing (f16); where the CPU has neither, through a rounded
-/// copy.
+/// (bf16) or in the f32 kernel's packing (f16); where the CPU has neither, through an f32 copy
+/// of the rounded weight and the operand widened.
 fn rounding_weight(
     op: &'static str,
     p: Pass,
@@ -1158,14 +1158,25 @@ fn rounding_weight(
             _ => backward_input::<f16, RoundedF16>(&x, bytemuck::cast_slice(&w), g)?,
         }
     } else {
-        // The weight's elements in their physical order (dense in `spec.format` from 0, as
-        // `convolve` reads its operands): a cast through `w_view` would gather them into
-        // NCHW order, which `convolve` would then read as channels-last.
-        let flat = Layout::contiguous([w_view.elem_count()]);
-        let rounded = wrap(super::elementwise::cast(&hw, &flat, dtype)?);
-        drop((ha, hw));
-        let b = (&rounded, spec.weight_dims());
-        return convolve(op, p, (a, a_dims), b, (g, out_dims));
+        // The f32 GEMM on `a` widened and the weight rounded to `dtype` but kept in f32: one
+        // pass over the weight where a cast to half and the widening of that copy would make
+        // two (the values, and so the result, are the same). Both in NCHW order.
+        use super::convert::rounded_through;
+        let w = half_nchw::<f32>(&hw, &w_view)?;
+        let w = match dtype {
+            DType::BF16 => rounded_through::<bf16>(&w)?,
+            _ => rounded_through::<f16>(&w)?,
+        };
+        let ComputeRef::F32(x) = to_compute_ref(op, &ha, &a_view)? else {
+            return Err(Error::dtype(op, "a half operand widened to f64"));
+        };
+        let out = match p {
+            Pass::Forward => forward::<f32, f32>(&x, &w, g)?,
+            _ => backward_input::<f32, f32>(&x, &w, g)?,
+        };
+        ComputeRef::F32(x).recycle();
+        crate::alloc::recycle(w);
+        out
     };
     output(
         Compute::F32(out),

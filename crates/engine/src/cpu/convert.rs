@@ -6,7 +6,10 @@
 //! bits and is made quiet) written with vector instructions. (The CPU's own `vcvtneps2bf16`
 //! flushes subnormals, so it is not used for bf16.) Measured in a bf16-autocast training step
 //! (batch 8, 64 px): `half`'s per-element bf16 rounding compiled for AVX-512 took 12 % of the
-//! step, as much as the AMX GEMMs; the vector form is memory-bound.
+//! step, as much as the AMX GEMMs; the vector form is memory-bound. CPUs with AVX2 but no
+//! AVX-512 (AMD Zen, older Intel) run f16 8 lanes at a time through F16C, and bf16 as the same
+//! integer arithmetic in a branch-free loop compiled for AVX2 (measured on Zen 3 in an f16
+//! autocast step at batch 4, 32 px: `half`'s slice and per-element conversions took 27 %).
 
 use super::compute::PAR_THRESHOLD;
 use half::slice::HalfFloatSliceExt;
@@ -30,20 +33,69 @@ pub(crate) fn avx512() -> bool {
     false
 }
 
-/// Runs `f` compiled for AVX-512 (F, BW) where the CPU has it, else as is: the same
-/// operations in the same order (no contraction into FMAs), so the same results, in wider
-/// vectors. Only code inlined into `f` gains: keep its loops free of calls that are not
-/// `#[inline]` (the crate is built for baseline x86-64, whose f64 loops run 2 lanes wide).
-#[inline(always)]
-pub(crate) fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
+/// Whether this CPU has AVX2 and F16C (detected once; every AVX2 CPU has F16C).
+pub(crate) fn avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
+    {
+        static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("f16c")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// The widest vectors this CPU runs code that is compiled for a target feature at run time
+/// ([`with_wide_vectors`] and the loops that take a `Vector` argument).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Vector {
+    /// Baseline x86-64 (SSE2: 4 f32 lanes), or not x86-64.
+    Base,
+    /// AVX2 and F16C (8 f32 lanes): AMD Zen, Intel from Haswell.
+    Avx2,
+    /// AVX-512F/BW (16 f32 lanes).
+    Avx512,
+}
+
+/// This CPU's [`Vector`] width (detected once).
+pub(crate) fn vector() -> Vector {
     if avx512() {
-        #[target_feature(enable = "avx512f,avx512bw")]
-        fn run<R>(f: impl FnOnce() -> R) -> R {
-            f()
+        Vector::Avx512
+    } else if avx2() {
+        Vector::Avx2
+    } else {
+        Vector::Base
+    }
+}
+
+/// Runs `f` compiled for the CPU's widest [`vector`] width — AVX-512 (F, BW), else AVX2, else
+/// as is: the same operations in the same order (no contraction into FMAs: neither feature
+/// set enables FMA), so the same results, in wider vectors. Only code inlined into `f` gains:
+/// keep its loops free of calls that are not `#[inline]` (the crate is built for baseline
+/// x86-64, whose f64 loops run 2 lanes wide).
+#[inline(always)]
+pub(crate) fn with_wide_vectors<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    match vector() {
+        Vector::Avx512 => {
+            #[target_feature(enable = "avx512f,avx512bw")]
+            fn run<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            // SAFETY: the CPU has AVX-512F/BW (`vector` checked).
+            return unsafe { run(f) };
         }
-        // SAFETY: the CPU has AVX-512F/BW (checked above).
-        return unsafe { run(f) };
+        Vector::Avx2 => {
+            #[target_feature(enable = "avx2")]
+            fn run<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            // SAFETY: the CPU has AVX2 (`vector` checked).
+            return unsafe { run(f) };
+        }
+        Vector::Base => {}
     }
     f()
 }
@@ -123,15 +175,38 @@ fn widen_bf16_avx512(src: &[bf16], dst: &mut [f32]) {
     }
 }
 
+/// `half`'s f32 → bf16 rounding of the bits `x` (see [`round_bf16_lanes`]), branch-free so
+/// that a loop of it vectorizes.
+#[inline(always)]
+fn round_bf16_bits(x: u32) -> u16 {
+    let high = x >> 16;
+    let rounded = x.wrapping_add(0x7FFF + (high & 1)) >> 16;
+    let nan = x & 0x7FFF_FFFF > 0x7F80_0000;
+    (if nan { high | 0x40 } else { rounded }) as u16
+}
+
+/// bf16 bits `h` widened to f32 bits (exact; a NaN made quiet, as `half` does), branch-free.
+#[inline(always)]
+fn widen_bf16_bits(h: u16) -> u32 {
+    let nan = h & 0x7FFF > 0x7F80;
+    u32::from(if nan { h | 0x40 } else { h }) << 16
+}
+
 fn narrow_bf16(src: &[f32], dst: &mut [bf16]) {
     #[cfg(target_arch = "x86_64")]
     if avx512() {
         // SAFETY: the CPU has AVX-512F and AVX-512BW (checked above).
         return unsafe { narrow_bf16_avx512(src, dst) };
     }
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d = half::bf16::from_f32(s);
-    }
+    let dst: &mut [u16] = bytemuck::cast_slice_mut(dst);
+    with_wide_vectors(
+        #[inline(always)]
+        || {
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = round_bf16_bits(s.to_bits());
+            }
+        },
+    )
 }
 
 fn widen_bf16(src: &[bf16], dst: &mut [f32]) {
@@ -140,8 +215,82 @@ fn widen_bf16(src: &[bf16], dst: &mut [f32]) {
         // SAFETY: the CPU has AVX-512F and AVX-512BW (checked above).
         return unsafe { widen_bf16_avx512(src, dst) };
     }
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d = s.to_f32();
+    let (src, dst): (&[u16], &mut [u32]) =
+        (bytemuck::cast_slice(src), bytemuck::cast_slice_mut(dst));
+    with_wide_vectors(
+        #[inline(always)]
+        || {
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = widen_bf16_bits(s);
+            }
+        },
+    )
+}
+
+/// `f(src[i..i + 8], dst[i..i + 8])` over whole groups of 8, the tail through `tail`: the
+/// F16C (AVX2-class CPU) converters' loop.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn by_eight<S: Copy, D>(
+    src: &[S],
+    dst: &mut [D],
+    f: impl Fn(*const S, *mut D),
+    tail: impl Fn(S) -> D,
+) {
+    let len = src.len().min(dst.len());
+    let whole = len / 8 * 8;
+    for i in (0..whole).step_by(8) {
+        f(src[i..i + 8].as_ptr(), dst[i..i + 8].as_mut_ptr());
+    }
+    for (d, &s) in dst[whole..len].iter_mut().zip(&src[whole..len]) {
+        *d = tail(s);
+    }
+}
+
+/// 8 lanes of `vcvtps2ph` (nearest even) at a time, the tail through `half` (which uses the
+/// same instruction).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+fn narrow_f16_avx2(src: &[f32], dst: &mut [f16]) {
+    use std::arch::x86_64::*;
+    let store = |s: *const f32, d: *mut f16| {
+        // SAFETY: `by_eight` passes 8 readable f32 and 8 writable f16 (unaligned accesses).
+        unsafe {
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(s));
+            _mm_storeu_si128(d.cast(), h)
+        }
+    };
+    by_eight(src, dst, store, f16::from_f32)
+}
+
+/// 8 lanes of `vcvtph2ps` (exact) at a time, the tail through `half`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+fn widen_f16_avx2(src: &[f16], dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let store = |s: *const f16, d: *mut f32| {
+        // SAFETY: `by_eight` passes 8 readable f16 and 8 writable f32 (unaligned accesses).
+        unsafe { _mm256_storeu_ps(d, _mm256_cvtph_ps(_mm_loadu_si128(s.cast()))) }
+    };
+    by_eight(src, dst, store, f16::to_f32)
+}
+
+/// [`Half::round_in_place`] for f16, 8 lanes at a time through `vcvtps2ph` and `vcvtph2ps`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+fn round_f16_in_place_avx2(v: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let whole = v.len() / 8 * 8;
+    for c in v[..whole].chunks_exact_mut(8) {
+        // SAFETY: 8 readable and writable f32 at `c` (unaligned accesses).
+        unsafe {
+            let x = _mm256_loadu_ps(c.as_ptr());
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x);
+            _mm256_storeu_ps(c.as_mut_ptr(), _mm256_cvtph_ps(h));
+        }
+    }
+    for x in &mut v[whole..] {
+        *x = f16::from_f32(*x).to_f32();
     }
 }
 
@@ -248,32 +397,49 @@ impl Half for bf16 {
             // SAFETY: the CPU has AVX-512F and AVX-512BW (checked above).
             return unsafe { round_bf16_in_place_avx512(v) };
         }
-        v.iter_mut().for_each(|x| *x = bf16::from_f32(*x).to_f32());
+        let v: &mut [u32] = bytemuck::cast_slice_mut(v);
+        with_wide_vectors(
+            #[inline(always)]
+            || {
+                for x in v.iter_mut() {
+                    *x = widen_bf16_bits(round_bf16_bits(*x));
+                }
+            },
+        )
     }
 }
 
 impl Half for f16 {
     fn widen(src: &[f16], dst: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if avx512() {
+        match vector() {
             // SAFETY: the CPU has AVX-512F and AVX-512BW (`avx512()` checks both).
-            return unsafe { widen_f16_avx512(src, dst) };
+            Vector::Avx512 => return unsafe { widen_f16_avx512(src, dst) },
+            // SAFETY: the CPU has AVX2 and F16C (`avx2()` checks both).
+            Vector::Avx2 => return unsafe { widen_f16_avx2(src, dst) },
+            Vector::Base => {}
         }
         src.convert_to_f32_slice(dst)
     }
     fn narrow(src: &[f32], dst: &mut [f16]) {
         #[cfg(target_arch = "x86_64")]
-        if avx512() {
+        match vector() {
             // SAFETY: the CPU has AVX-512F and AVX-512BW (`avx512()` checks both).
-            return unsafe { narrow_f16_avx512(src, dst) };
+            Vector::Avx512 => return unsafe { narrow_f16_avx512(src, dst) },
+            // SAFETY: the CPU has AVX2 and F16C (`avx2()` checks both).
+            Vector::Avx2 => return unsafe { narrow_f16_avx2(src, dst) },
+            Vector::Base => {}
         }
         dst.convert_from_f32_slice(src)
     }
     fn round_in_place(v: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if avx512() {
+        match vector() {
             // SAFETY: the CPU has AVX-512F.
-            return unsafe { round_f16_in_place_avx512(v) };
+            Vector::Avx512 => return unsafe { round_f16_in_place_avx512(v) },
+            // SAFETY: the CPU has AVX2 and F16C (`avx2()` checks both).
+            Vector::Avx2 => return unsafe { round_f16_in_place_avx2(v) },
+            Vector::Base => {}
         }
         v.iter_mut().for_each(|x| *x = f16::from_f32(*x).to_f32());
     }
@@ -411,6 +577,63 @@ mod tests {
         for i in 0..src.len() {
             assert_eq!(h[i].to_bits(), f16::from_f32(src[i]).to_bits());
             assert_eq!(back[i].to_bits(), h[i].to_f32().to_bits());
+        }
+    }
+
+    /// The AVX2 / F16C converters and the branch-free bf16 bit functions (what CPUs without
+    /// AVX-512 run; an AVX-512 CPU runs them only here) equal `half` on every f16 and bf16
+    /// and on f32 values around every rounding case, at every tail length to 20.
+    #[test]
+    fn narrow_paths_equal_half() {
+        let mut src: Vec<f32> = Vec::new();
+        for hi in (0..=u16::MAX as u32).step_by(3) {
+            for lo in [
+                0u32, 1, 0x0FFF, 0x1000, 0x1001, 0x7FFF, 0x8000, 0x8001, 0xFFFF,
+            ] {
+                src.push(f32::from_bits(hi << 16 | lo));
+            }
+        }
+        for (i, &x) in src.iter().enumerate() {
+            let want = bf16::from_f32(x);
+            assert_eq!(round_bf16_bits(x.to_bits()), want.to_bits(), "{i}");
+        }
+        for h in 0..=u16::MAX {
+            let want = bf16::from_bits(h).to_f32().to_bits();
+            assert_eq!(widen_bf16_bits(h), want, "{h:#x}");
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            if !avx2() {
+                println!("skipped the F16C part: this CPU has no AVX2/F16C");
+                return;
+            }
+            let all: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
+            for len in (0..20).chain([src.len()]) {
+                let s = &src[..len];
+                let mut h = vec![f16::ZERO; len];
+                // SAFETY: the CPU has AVX2 and F16C (checked above).
+                unsafe { narrow_f16_avx2(s, &mut h) };
+                let mut r = s.to_vec();
+                // SAFETY: as above.
+                unsafe { round_f16_in_place_avx2(&mut r) };
+                for i in 0..len {
+                    assert_eq!(h[i].to_bits(), f16::from_f32(s[i]).to_bits(), "{len} {i}");
+                    assert_eq!(r[i].to_bits(), h[i].to_f32().to_bits(), "{len} {i}");
+                }
+                let a = &all[..len.min(all.len())];
+                let mut w = vec![0f32; a.len()];
+                // SAFETY: as above.
+                unsafe { widen_f16_avx2(a, &mut w) };
+                for (x, y) in a.iter().zip(&w) {
+                    assert_eq!(y.to_bits(), x.to_f32().to_bits(), "{x:?}");
+                }
+            }
+            let mut w = vec![0f32; all.len()];
+            // SAFETY: as above.
+            unsafe { widen_f16_avx2(&all, &mut w) };
+            for (x, y) in all.iter().zip(&w) {
+                assert_eq!(y.to_bits(), x.to_f32().to_bits(), "{x:?}");
+            }
         }
     }
 }

@@ -9,7 +9,7 @@
 //! vectors are widened to f64, and every pass over the elements runs in parallel.
 
 use super::compute::{host, to_f64_vec};
-use super::convert::with_avx512;
+use super::convert::with_wide_vectors;
 use super::sum::{blocked_sums, pairwise_sum_by, BLOCK};
 use crate::backend::{BatchNormBackward, BatchNormForward};
 use crate::{alloc, CpuStorage, DType, Error, Layout, Result, StorageRef};
@@ -122,7 +122,7 @@ fn train_core<T: Elem>(
     let stats: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ch| {
-            with_avx512(
+            with_wide_vectors(
                 #[inline(always)]
                 move || {
                     let [sum] = channel_sums(dims, ch, move |base, r, [b]| {
@@ -154,7 +154,7 @@ fn train_core<T: Elem>(
             let scale = invstd[ch] * p.weight[ch];
             let shift = p.bias[ch] - stats[ch].0 * scale;
             let relu = p.relu;
-            with_avx512(
+            with_wide_vectors(
                 #[inline(always)]
                 move || match relu {
                     true => {
@@ -254,7 +254,7 @@ fn backward_core<T: Elem>(
         .into_par_iter()
         .map(|ch| {
             let mean = p.mean[ch];
-            let [sd, sdxc] = with_avx512(
+            let [sd, sdxc] = with_wide_vectors(
                 #[inline(always)]
                 move || {
                     channel_sums(dims, ch, move |base, r, [bd, bx]| {
@@ -300,7 +300,7 @@ fn backward_core<T: Elem>(
                 let xhat = (x.into() - mean) * invstd;
                 T::round(k * (m * g - sd - xhat * sdx))
             };
-            with_avx512(
+            with_wide_vectors(
                 #[inline(always)]
                 move || match z {
                     Some(z) => {

@@ -86,7 +86,7 @@ pub(crate) const BLOCK: usize = 128;
 /// (the per-term closure of [`pairwise_sum_by`] does not).
 ///
 /// A loop, not a recursion, and inlined: a caller compiled for wider vectors
-/// ([`super::convert::with_avx512`]) gets them in `fill` and the lane sums too.
+/// ([`super::convert::with_wide_vectors`]) gets them in `fill` and the lane sums too.
 #[inline(always)]
 pub(crate) fn blocked_sums<const K: usize>(
     n: usize,
