@@ -459,7 +459,13 @@ mod mpi_ranks {
         let reference = train_resnet(Arc::new(SingleProcess), false).expect("reference");
         let d = max_abs_diff(&s0, &reference);
         eprintln!("ResNet-18 SyncBN, 2 ranks vs 1 process: max |Δ| = {d:.3e}");
-        assert!(d < 2e-5, "2-rank ResNet-18 differs from 1 process by {d}");
+        // The same bound as the one-process comparison of synchronized and fused batch norm
+        // (`resnet18_with_synchronized_batch_norm_in_one_process_trains_like_batch_norm`):
+        // rounding differences grow chaotically through 20 layers and two momentum steps. On
+        // an AVX2-only CPU (the `gemm` crate's kernels) this comparison reads 2.14e-5, at a
+        // stem weight of 0.0092. (Wrong statistics differ by far more, see that test; ranks
+        // normalizing with their own half batches already fail the equality above.)
+        assert!(d < 1e-4, "2-rank ResNet-18 differs from 1 process by {d}");
         let _ = std::fs::remove_dir_all(dir);
     }
 
