@@ -506,6 +506,13 @@ fn gemm_bf16_on<A: AmxSrc + Parts>(
     accumulate: bool,
     parallel: bool,
 ) {
+    check_operands(
+        engine,
+        (m, n, k),
+        dst.len(),
+        (a.len(), b.len()),
+        (a_strides, b_strides),
+    );
     #[cfg(target_arch = "x86_64")]
     if engine == Engine::Dot && m * n * k > 0 && super::skinny::applies(n, a_strides) {
         // (At most 8 columns: A read in place, see `skinny`.)
@@ -525,6 +532,24 @@ fn gemm_bf16_on<A: AmxSrc + Parts>(
     );
 }
 
+/// What every entry asserts before its kernels read the operands through raw pointers: the
+/// engine is present, `dst` holds `m × n`, and (for a non-empty product) each operand holds
+/// every element its strides address.
+fn check_operands(
+    engine: Engine,
+    (m, n, k): (usize, usize, usize),
+    dst_len: usize,
+    (a_len, b_len): (usize, usize),
+    (a_strides, b_strides): ((usize, usize), (usize, usize)),
+) {
+    assert!(engine.present(), "gemm_bf16: this CPU lacks {engine:?}");
+    assert!(dst_len >= m * n, "gemm_bf16: dst too small");
+    if m * n * k > 0 {
+        assert!(a_len > (m - 1) * a_strides.0 + (k - 1) * a_strides.1);
+        assert!(b_len > (k - 1) * b_strides.0 + (n - 1) * b_strides.1);
+    }
+}
+
 /// The blocked GEMM of [`gemm_bf16`] and [`gemm_f16`] over the operands' [`Parts`] on
 /// `engine` (two-part operands on AMX only).
 fn gemm_parts<A: Parts, B: Parts>(
@@ -536,7 +561,13 @@ fn gemm_parts<A: Parts, B: Parts>(
     accumulate: bool,
     parallel: bool,
 ) {
-    assert!(engine.present(), "gemm_bf16: this CPU lacks {engine:?}");
+    check_operands(
+        engine,
+        (m, n, k),
+        dst.len(),
+        (a.len(), b.len()),
+        (a_strides, b_strides),
+    );
     let amx = engine == Engine::Amx;
     assert!(
         A::COUNT == B::COUNT,
@@ -545,7 +576,6 @@ fn gemm_parts<A: Parts, B: Parts>(
         B::COUNT
     );
     assert!(amx || A::COUNT == 1, "split operands need AMX");
-    assert!(dst.len() >= m * n);
     if m == 0 || n == 0 {
         return;
     }
@@ -555,8 +585,6 @@ fn gemm_parts<A: Parts, B: Parts>(
         }
         return;
     }
-    assert!(a.len() > (m - 1) * a_strides.0 + (k - 1) * a_strides.1);
-    assert!(b.len() > (k - 1) * b_strides.0 + (n - 1) * b_strides.1);
     let (nb, kb) = (n.div_ceil(2 * TN), k.div_ceil(TK));
     let b_len = 2 * nb * kb * TILE;
     let mut pb = PACKED_B.with(|s| std::mem::take(&mut *s.borrow_mut()));

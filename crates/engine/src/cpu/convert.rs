@@ -587,8 +587,11 @@ mod tests {
     fn narrow_paths_equal_half() {
         let mut src: Vec<f32> = Vec::new();
         for hi in (0..=u16::MAX as u32).step_by(3) {
+            // (f16 ties: 0x1000 with an even kept bit, 0x3000 with an odd one; bf16 ties:
+            // 0x8000, the kept bit from `hi`.)
             for lo in [
-                0u32, 1, 0x0FFF, 0x1000, 0x1001, 0x7FFF, 0x8000, 0x8001, 0xFFFF,
+                0u32, 1, 0x0FFF, 0x1000, 0x1001, 0x2FFF, 0x3000, 0x3001, 0x7FFF, 0x8000, 0x8001,
+                0xFFFF,
             ] {
                 src.push(f32::from_bits(hi << 16 | lo));
             }
