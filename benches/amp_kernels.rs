@@ -1,5 +1,5 @@
 //! Bandwidth of the in-place AMP and optimizer kernels: the multi-tensor non-finite check +
-//! unscale and fused Adam, over ResNet-18-sized parameter lists (11.7M f32 elements in 62
+//! unscale (and the read-only check a fused optimizer needs: 4 B per element) and fused Adam, over ResNet-18-sized parameter lists (11.7M f32 elements in 62
 //! tensors), next to a parallel memcpy of the same bytes on the CPU (the ceiling). Throughput is
 //! set in bytes moved (unscale: read + write 4 B per element; fused Adam with a grad scale:
 //! read p, g, m, v and write p, g, m, v = 32 B per element; memcpy: read + write), so
@@ -85,6 +85,17 @@ fn amp_kernels(c: &mut Criterion) {
             b.iter(|| {
                 be.non_finite_check_and_unscale(&storages, &found, &inv)
                     .expect("unscale")
+            })
+        });
+        // The read-only check a fused optimizer's step needs (inverse scale 1: 4 B per element).
+        let one = Tensor::full((), 1.0, DType::F32, dev)
+            .expect("one")
+            .storage();
+        group.throughput(Throughput::Bytes((elems * 4) as u64));
+        group.bench_with_input(BenchmarkId::new("check_f32", dev), &dev, |b, _| {
+            b.iter(|| {
+                be.non_finite_check_and_unscale(&storages, &found, &one)
+                    .expect("check")
             })
         });
         let zeros = |t: &Tensor| t.zeros_like().expect("zeros").storage();
