@@ -611,6 +611,8 @@ mod tests {
                 return;
             }
             let all: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
+            // The last length, `src.len()`, exceeds 65 536: every f16 pattern is widened once.
+            assert!(src.len() > all.len());
             for len in (0..20).chain([src.len()]) {
                 let s = &src[..len];
                 let mut h = vec![f16::ZERO; len];
@@ -630,12 +632,6 @@ mod tests {
                 for (x, y) in a.iter().zip(&w) {
                     assert_eq!(y.to_bits(), x.to_f32().to_bits(), "{x:?}");
                 }
-            }
-            let mut w = vec![0f32; all.len()];
-            // SAFETY: as above.
-            unsafe { widen_f16_avx2(&all, &mut w) };
-            for (x, y) in all.iter().zip(&w) {
-                assert_eq!(y.to_bits(), x.to_f32().to_bits(), "{x:?}");
             }
         }
     }
