@@ -12,11 +12,13 @@ use super::amx_pack::RoundedBf16;
 use super::compute::{
     gather_same, host, nchw_to_format_gather, to_compute_ref, Compute, ComputeRef,
 };
+use super::convert::rounded_through;
 use super::matmul::{gemm_f16, gemm_strided};
 use super::sgemm_pack::RoundedF16;
 use super::wrap;
 use crate::backend::Conv2dSpec;
 use crate::{CpuStorage, DType, Error, Layout, Result, StorageRef};
+use bytemuck::cast_slice as cast;
 use half::{bf16, f16};
 use num_traits::Float;
 use rayon::prelude::*;
@@ -617,6 +619,51 @@ conv_gemm!(bf16, bf16, super::amx::gemm_bf16);
 conv_gemm!(bf16, RoundedBf16, super::amx::gemm_bf16);
 conv_gemm!(f16, f16, gemm_f16);
 conv_gemm!(f16, RoundedF16, gemm_f16);
+conv_gemm!(f32, RoundedF16, rounded_gemm::<f16, RoundedF16>);
+conv_gemm!(f32, RoundedBf16, rounded_gemm::<bf16, RoundedBf16>);
+
+/// The f32 GEMM with an A operand of F32 weight values rounded to `H` (`R`: `RoundedF16` or
+/// `RoundedBf16`), for CPUs with no kernel that rounds as it packs ([`rounds_as_read`]
+/// false): the span of A this product reads — one group's tap box, not the whole weight: at
+/// 32 px a ResNet's last stage reads 1 of its 9 taps — is rounded into a scratch copy (the
+/// same strides) and multiplied by [`gemm_strided`]. The same values, shapes and strides as
+/// the GEMM of a weight cast to `H` and widened, so the same bits.
+#[allow(clippy::too_many_arguments)]
+fn rounded_gemm<H: super::convert::Half, R: bytemuck::Pod>(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    a: &[R],
+    (a_rs, a_cs): (usize, usize),
+    b: &[f32],
+    b_strides: (usize, usize),
+    accumulate: bool,
+    parallel: bool,
+) {
+    let a: &[f32] = bytemuck::cast_slice(a);
+    let span = match m * k {
+        0 => 0,
+        _ => (m - 1) * a_rs + (k - 1) * a_cs + 1,
+    };
+    let a = &a[..span.min(a.len())];
+    // (Should the host cache's allocation fail, a plain one.)
+    let rounded = rounded_through::<H>(a).unwrap_or_else(|_| {
+        let mut v = a.to_vec();
+        H::round_in_place(&mut v);
+        v
+    });
+    let shape = (m, n, k);
+    gemm_strided(
+        shape,
+        dst,
+        &rounded,
+        (a_rs, a_cs),
+        b,
+        b_strides,
+        accumulate,
+        parallel,
+    );
+    crate::alloc::recycle(rounded);
+}
 
 impl ConvElem for f32 {
     type Acc = f32;
@@ -1116,8 +1163,8 @@ fn expect_half(op: &'static str, what: &str, dtype: DType) -> Result<()> {
 /// Pass `p` (forward, or input gradient) of a half operand `a` (`x` or `dy`, F16 or BF16)
 /// with an F32 weight `w` rounded to `a`'s dtype as it is read: the values, and so the result,
 /// of casting the weight first (nearest even), without the cast's copy — on AMX or AVX512-BF16
-/// (bf16) or in the f32 kernel's packing (f16); where the CPU has neither, through an f32 copy
-/// of the rounded weight and the operand widened.
+/// (bf16) or in the f32 kernel's packing (f16); where the CPU has neither, by the f32 GEMM
+/// on the operand widened and a rounded copy of the span of the weight each GEMM reads.
 fn rounding_weight(
     op: &'static str,
     p: Pass,
@@ -1158,24 +1205,21 @@ fn rounding_weight(
             _ => backward_input::<f16, RoundedF16>(&x, bytemuck::cast_slice(&w), g)?,
         }
     } else {
-        // The f32 GEMM on `a` widened and the weight rounded to `dtype` but kept in f32: one
-        // pass over the weight where a cast to half and the widening of that copy would make
-        // two (the values, and so the result, are the same). Both in NCHW order.
-        use super::convert::rounded_through;
+        // The f32 GEMM on `a` widened, each GEMM's span of the weight rounded to `dtype` into
+        // an f32 scratch copy ([`rounded_gemm`]): the values, and so the result, of a cast to
+        // half and its widening, with no pass over the whole weight (at small images most
+        // taps are skipped). In NCHW order.
         let w = half_nchw::<f32>(&hw, &w_view)?;
-        let w = match dtype {
-            DType::BF16 => rounded_through::<bf16>(&w)?,
-            _ => rounded_through::<f16>(&w)?,
-        };
         let ComputeRef::F32(x) = to_compute_ref(op, &ha, &a_view)? else {
             return Err(Error::dtype(op, "a half operand widened to f64"));
         };
-        let out = match p {
-            Pass::Forward => forward::<f32, f32>(&x, &w, g)?,
-            _ => backward_input::<f32, f32>(&x, &w, g)?,
+        let out = match (p, dtype) {
+            (Pass::Forward, DType::BF16) => forward::<f32, RoundedBf16>(&x, cast(&w), g)?,
+            (Pass::Forward, _) => forward::<f32, RoundedF16>(&x, cast(&w), g)?,
+            (_, DType::BF16) => backward_input::<f32, RoundedBf16>(&x, cast(&w), g)?,
+            _ => backward_input::<f32, RoundedF16>(&x, cast(&w), g)?,
         };
         ComputeRef::F32(x).recycle();
-        crate::alloc::recycle(w);
         out
     };
     output(
@@ -1355,6 +1399,61 @@ mod tests {
         );
         let g = Geometry::new(&spec(8, (7, 7), 3, 2, 1, 1));
         assert!(!g.skips_taps());
+    }
+
+    /// [`rounded_gemm`] reads only its span of A (a group's rows in a longer weight, row-major
+    /// and transposed) and gives the bits of the f32 GEMM of that span cast to the half type
+    /// and widened; odd sizes, fresh random data.
+    #[test]
+    fn rounded_gemm_equals_the_gemm_of_the_cast_weight() {
+        use super::super::convert::Half;
+        use crate::{Device, Tensor};
+        fn check<H: Half>(rounded: fn(f32) -> f32) {
+            let (m, n, k) = (13, 7, 21);
+            let randn = |len: usize| {
+                Tensor::randn([len], DType::F32, Device::Cpu)
+                    .and_then(|t| t.to_vec::<f32>())
+                    .expect("random data")
+            };
+            // Two groups' worth of weight: the product reads the second, from an offset.
+            let (w, b) = (randn(2 * m * k), randn(k * n));
+            let a = &w[m * k..];
+            for strides in [(k, 1), (1, m)] {
+                let mut got = vec![0f32; m * n];
+                // (The carrier type of the weight does not matter; `H` rounds.)
+                let r: &[RoundedF16] = bytemuck::cast_slice(a);
+                rounded_gemm::<H, RoundedF16>(
+                    (m, n, k),
+                    &mut got,
+                    r,
+                    strides,
+                    &b,
+                    (n, 1),
+                    false,
+                    false,
+                );
+                let cast: Vec<f32> = a.iter().map(|&v| rounded(v)).collect();
+                let mut want = vec![0f32; m * n];
+                gemm_strided(
+                    (m, n, k),
+                    &mut want,
+                    &cast,
+                    strides,
+                    &b,
+                    (n, 1),
+                    false,
+                    false,
+                );
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{strides:?}");
+                // The rounding happened: the unrounded weight gives other sums.
+                let mut raw = vec![0f32; m * n];
+                gemm_strided((m, n, k), &mut raw, a, strides, &b, (n, 1), false, false);
+                assert_ne!(bits(&raw), bits(&want), "{strides:?}");
+            }
+        }
+        check::<f16>(|v| f16::from_f32(v).to_f32());
+        check::<bf16>(|v| bf16::from_f32(v).to_f32());
     }
 
     /// Gathering the box's weight columns and spreading a box gradient back are inverse on
