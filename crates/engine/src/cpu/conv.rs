@@ -623,8 +623,8 @@ conv_gemm!(f32, RoundedF16, rounded_gemm::<f16, RoundedF16>);
 conv_gemm!(f32, RoundedBf16, rounded_gemm::<bf16, RoundedBf16>);
 
 /// The f32 GEMM with an A operand of F32 weight values rounded to `H` (`R`: `RoundedF16` or
-/// `RoundedBf16`), for CPUs with no kernel that rounds as it packs ([`rounds_as_read`]
-/// false): the span of A this product reads — one group's tap box, not the whole weight: at
+/// `RoundedBf16`), for CPUs with no kernel that rounds as it packs (see [`rounding_weight`]):
+/// the span of A this product reads — one group's tap box, not the whole weight: at
 /// 32 px a ResNet's last stage reads 1 of its 9 taps — is rounded into a scratch copy (the
 /// same strides) and multiplied by [`gemm_strided`]. The same values, shapes and strides as
 /// the GEMM of a weight cast to `H` and widened, so the same bits.
@@ -1164,7 +1164,8 @@ fn expect_half(op: &'static str, what: &str, dtype: DType) -> Result<()> {
 /// with an F32 weight `w` rounded to `a`'s dtype as it is read: the values, and so the result,
 /// of casting the weight first (nearest even), without the cast's copy — on AMX or AVX512-BF16
 /// (bf16) or in the f32 kernel's packing (f16); where the CPU has neither, by the f32 GEMM
-/// on the operand widened and a rounded copy of the span of the weight each GEMM reads.
+/// on the operand widened and a rounded f32 copy of the weight (of the tap box's span each
+/// GEMM reads, where taps are skipped).
 fn rounding_weight(
     op: &'static str,
     p: Pass,
@@ -1205,19 +1206,34 @@ fn rounding_weight(
             _ => backward_input::<f16, RoundedF16>(&x, bytemuck::cast_slice(&w), g)?,
         }
     } else {
-        // The f32 GEMM on `a` widened, each GEMM's span of the weight rounded to `dtype` into
-        // an f32 scratch copy ([`rounded_gemm`]): the values, and so the result, of a cast to
-        // half and its widening, with no pass over the whole weight (at small images most
-        // taps are skipped). In NCHW order.
+        // The f32 GEMM on `a` widened and the weight rounded to `dtype` in f32: the values,
+        // and so the result, of a cast to half and its widening. Where taps are skipped (small
+        // images), each GEMM rounds the span of the tap box it reads ([`rounded_gemm`]: at
+        // 32 px a ResNet's last stage reads 1 of its 9 taps); otherwise the whole weight is
+        // rounded once for the pass (several GEMMs per pass at large images read it). In
+        // NCHW order.
         let w = half_nchw::<f32>(&hw, &w_view)?;
         let ComputeRef::F32(x) = to_compute_ref(op, &ha, &a_view)? else {
             return Err(Error::dtype(op, "a half operand widened to f64"));
         };
-        let out = match (p, dtype) {
-            (Pass::Forward, DType::BF16) => forward::<f32, RoundedBf16>(&x, cast(&w), g)?,
-            (Pass::Forward, _) => forward::<f32, RoundedF16>(&x, cast(&w), g)?,
-            (_, DType::BF16) => backward_input::<f32, RoundedBf16>(&x, cast(&w), g)?,
-            _ => backward_input::<f32, RoundedF16>(&x, cast(&w), g)?,
+        let out = if g.skips_taps() {
+            match (p, dtype) {
+                (Pass::Forward, DType::BF16) => forward::<f32, RoundedBf16>(&x, cast(&w), g)?,
+                (Pass::Forward, _) => forward::<f32, RoundedF16>(&x, cast(&w), g)?,
+                (_, DType::BF16) => backward_input::<f32, RoundedBf16>(&x, cast(&w), g)?,
+                _ => backward_input::<f32, RoundedF16>(&x, cast(&w), g)?,
+            }
+        } else {
+            let w = match dtype {
+                DType::BF16 => rounded_through::<bf16>(&w)?,
+                _ => rounded_through::<f16>(&w)?,
+            };
+            let out = match p {
+                Pass::Forward => forward::<f32, f32>(&x, &w, g)?,
+                _ => backward_input::<f32, f32>(&x, &w, g)?,
+            };
+            crate::alloc::recycle(w);
+            out
         };
         ComputeRef::F32(x).recycle();
         out
