@@ -1,7 +1,8 @@
 //! Bandwidth of the in-place AMP and optimizer kernels: the multi-tensor non-finite check +
-//! unscale (and the read-only check a fused optimizer needs: 4 B per element) and fused Adam, over ResNet-18-sized parameter lists (11.7M f32 elements in 62
-//! tensors), next to a parallel memcpy of the same bytes on the CPU (the ceiling). Throughput is
-//! set in bytes moved (unscale: read + write 4 B per element; fused Adam with a grad scale:
+//! unscale, the read-only check a fused optimizer's step needs, and fused Adam, over
+//! ResNet-18-sized parameter lists (11.7M f32 elements in 62 tensors), next to a parallel
+//! memcpy of the same bytes on the CPU (the ceiling). Throughput is set in bytes moved
+//! (unscale: read + write 4 B per element; check: read 4 B; fused Adam with a grad scale:
 //! read p, g, m, v and write p, g, m, v = 32 B per element; memcpy: read + write), so
 //! criterion's `B/s` is memory bandwidth. Runs on the CPU always and on every GPU
 //! `hemi::cuda::init()` finds (built with `--features cuda`); it says when it skips the GPU.

@@ -454,6 +454,13 @@ impl Geometry {
         256usize.div_ceil(self.p.max(1)).clamp(1, self.s.n.max(1))
     }
 
+    /// Whether a pass over all `n` images runs one GEMM per group (one chunk of images, one
+    /// block of output rows), so that each reads the weight once.
+    fn one_gemm_per_group(&self) -> bool {
+        let per = self.chunk_images();
+        per >= self.s.n && self.row_blocks(per).len() == 1
+    }
+
     /// The output rows of one image cut into blocks whose im2col matrix `[K, rows·ow]` stays
     /// near 1 MiB, so that it is written and packed inside the core's L2 instead of making a
     /// round trip through memory (a 224-px ResNet's first stage has a 7 MiB im2col matrix per
@@ -577,9 +584,10 @@ trait ConvElem: bytemuck::Pod + Send + Sync + 'static {
     type Acc: Float + bytemuck::Pod + Send + Sync + 'static;
 }
 
-/// The GEMM of `Self`'s convolutions with an A operand of `A` elements: `Self` itself, or
-/// (for the half types) an f32 weight rounded to `Self` as it is packed — the values of the
-/// autocast cast, without its copy.
+/// The GEMM of `Self`'s convolutions with an A operand of `A` elements: `Self` itself, or an
+/// F32 weight rounded to a half type (`RoundedF16`, `RoundedBf16`) — for the half types as it
+/// is packed, for f32 in a scratch copy of the span the product reads ([`rounded_gemm`]): the
+/// values of the autocast cast, without a copy of the whole weight.
 trait ConvGemm<A>: ConvElem {
     /// `dst[m × n] (+)= A · B` (see `gemm_strided`).
     #[allow(clippy::too_many_arguments)]
@@ -622,12 +630,21 @@ conv_gemm!(f16, RoundedF16, gemm_f16);
 conv_gemm!(f32, RoundedF16, rounded_gemm::<f16, RoundedF16>);
 conv_gemm!(f32, RoundedBf16, rounded_gemm::<bf16, RoundedBf16>);
 
+/// The elements an `m × k` operand with strides `(rs, cs)` spans from its first one.
+fn span((m, k): (usize, usize), (rs, cs): (usize, usize)) -> usize {
+    match m * k {
+        0 => 0,
+        _ => (m - 1) * rs + (k - 1) * cs + 1,
+    }
+}
+
 /// The f32 GEMM with an A operand of F32 weight values rounded to `H` (`R`: `RoundedF16` or
-/// `RoundedBf16`), for CPUs with no kernel that rounds as it packs (see [`rounding_weight`]):
-/// the span of A this product reads — one group's tap box, not the whole weight: at
-/// 32 px a ResNet's last stage reads 1 of its 9 taps — is rounded into a scratch copy (the
-/// same strides) and multiplied by [`gemm_strided`]. The same values, shapes and strides as
-/// the GEMM of a weight cast to `H` and widened, so the same bits.
+/// `RoundedBf16`), for CPUs with no kernel that rounds as it packs, where the convolution
+/// skips taps and runs one GEMM per group and pass (see [`rounding_weight`]): the span of A
+/// this product reads — one group's tap box, not the whole weight: at 32 px a ResNet's last
+/// stage reads 1 of its 9 taps — is rounded into a scratch copy (the same strides) and
+/// multiplied by [`gemm_strided`]. The same values, shapes and strides as the GEMM of a
+/// weight cast to `H` and widened, so the same bits.
 #[allow(clippy::too_many_arguments)]
 fn rounded_gemm<H: super::convert::Half, R: bytemuck::Pod>(
     (m, n, k): (usize, usize, usize),
@@ -640,11 +657,7 @@ fn rounded_gemm<H: super::convert::Half, R: bytemuck::Pod>(
     parallel: bool,
 ) {
     let a: &[f32] = bytemuck::cast_slice(a);
-    let span = match m * k {
-        0 => 0,
-        _ => (m - 1) * a_rs + (k - 1) * a_cs + 1,
-    };
-    let a = &a[..span.min(a.len())];
+    let a = &a[..span((m, k), (a_rs, a_cs))];
     // (Should the host cache's allocation fail, a plain one.)
     let rounded = rounded_through::<H>(a).unwrap_or_else(|_| {
         let mut v = a.to_vec();
@@ -701,7 +714,8 @@ impl Geometry {
     }
 }
 
-/// `y = conv(x, w)`: the weight `w` in `T` or rounded to it as packed (`W`).
+/// `y = conv(x, w)`: the weight `w` in `T`, or an F32 weight rounded to a half type as the
+/// GEMM reads it (`W`, see [`ConvGemm`]).
 fn forward<T, W>(x: &[T], w: &[W], g: &Geometry) -> Result<Vec<T::Acc>>
 where
     T: ConvGemm<W>,
@@ -758,7 +772,8 @@ where
     Ok(out)
 }
 
-/// `dx` from `dy` and the weight `w` (in `T`, or rounded to it as packed: `W`).
+/// `dx` from `dy` and the weight `w` (in `T`, or an F32 weight rounded to a half type as the
+/// GEMM reads it: `W`, see [`ConvGemm`]).
 fn backward_input<T, W>(dy: &[T], w: &[W], g: &Geometry) -> Result<Vec<T::Acc>>
 where
     T: ConvGemm<W>,
@@ -1208,15 +1223,15 @@ fn rounding_weight(
     } else {
         // The f32 GEMM on `a` widened and the weight rounded to `dtype` in f32: the values,
         // and so the result, of a cast to half and its widening. Where taps are skipped (small
-        // images), each GEMM rounds the span of the tap box it reads ([`rounded_gemm`]: at
-        // 32 px a ResNet's last stage reads 1 of its 9 taps); otherwise the whole weight is
-        // rounded once for the pass (several GEMMs per pass at large images read it). In
-        // NCHW order.
+        // images) and one GEMM per group reads the weight, that GEMM rounds the span of the tap
+        // box it reads ([`rounded_gemm`]: at 32 px a ResNet's last stage reads 1 of its 9
+        // taps); otherwise the whole weight is rounded once for the pass (at large images
+        // several GEMMs per pass read it: each would round it again). In NCHW order.
         let w = half_nchw::<f32>(&hw, &w_view)?;
         let ComputeRef::F32(x) = to_compute_ref(op, &ha, &a_view)? else {
             return Err(Error::dtype(op, "a half operand widened to f64"));
         };
-        let out = if g.skips_taps() {
+        let out = if g.skips_taps() && g.one_gemm_per_group() {
             match (p, dtype) {
                 (Pass::Forward, DType::BF16) => forward::<f32, RoundedBf16>(&x, cast(&w), g)?,
                 (Pass::Forward, _) => forward::<f32, RoundedF16>(&x, cast(&w), g)?,
@@ -1431,10 +1446,12 @@ mod tests {
                     .and_then(|t| t.to_vec::<f32>())
                     .expect("random data")
             };
-            // Two groups' worth of weight: the product reads the second, from an offset.
-            let (w, b) = (randn(2 * m * k), randn(k * n));
+            // Three groups' worth of weight: the product reads the second, from an offset,
+            // with a group after it.
+            let (w, b) = (randn(3 * m * k), randn(k * n));
             let a = &w[m * k..];
             for strides in [(k, 1), (1, m)] {
+                assert_eq!(span((m, k), strides), m * k, "{strides:?}");
                 let mut got = vec![0f32; m * n];
                 // (The carrier type of the weight does not matter; `H` rounds.)
                 let r: &[RoundedF16] = bytemuck::cast_slice(a);
@@ -1448,7 +1465,7 @@ mod tests {
                     false,
                     false,
                 );
-                let cast: Vec<f32> = a.iter().map(|&v| rounded(v)).collect();
+                let cast: Vec<f32> = a[..m * k].iter().map(|&v| rounded(v)).collect();
                 let mut want = vec![0f32; m * n];
                 gemm_strided(
                     (m, n, k),
@@ -1470,6 +1487,58 @@ mod tests {
         }
         check::<f16>(|v| f16::from_f32(v).to_f32());
         check::<bf16>(|v| bf16::from_f32(v).to_f32());
+    }
+
+    /// The convolution passes with an F32 weight rounded per GEMM (`RoundedF16`, `RoundedBf16`
+    /// through [`rounded_gemm`]) give the bits of the same passes on the weight rounded first:
+    /// grouped convolutions that skip taps (a 1 × 1 map; a 2 × 3 map at stride 2), forward and
+    /// input gradient, each half type through its own carrier.
+    #[test]
+    fn passes_rounding_per_gemm_equal_the_passes_on_a_rounded_weight() -> Result<()> {
+        use crate::{Device, Tensor};
+        let randn = |len: usize| -> Result<Vec<f32>> {
+            Tensor::randn([len], DType::F32, Device::Cpu)?.to_vec::<f32>()
+        };
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for (hw, st) in [((1, 1), 1), ((2, 3), 2)] {
+            let s = Conv2dSpec {
+                c_in: 6,
+                c_out: 4,
+                groups: 2,
+                ..spec(6, hw, 3, st, 1, 1)
+            };
+            let g = Geometry::new(&s);
+            assert!(g.skips_taps(), "{hw:?}");
+            let size = |d: [usize; 4]| d.iter().product::<usize>();
+            let x = randn(size(s.input_dims()))?;
+            let dy = randn(size(s.output_dims()))?;
+            let w = randn(size(s.weight_dims()))?;
+            let f16_w: Vec<f32> = w.iter().map(|&v| f16::from_f32(v).to_f32()).collect();
+            let bf16_w: Vec<f32> = w.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
+            let f16_r: &[RoundedF16] = cast(&w);
+            let bf16_r: &[RoundedBf16] = cast(&w);
+            assert_eq!(
+                bits(&forward::<f32, RoundedF16>(&x, f16_r, &g)?),
+                bits(&forward::<f32, f32>(&x, &f16_w, &g)?),
+                "f16 forward {hw:?}"
+            );
+            assert_eq!(
+                bits(&forward::<f32, RoundedBf16>(&x, bf16_r, &g)?),
+                bits(&forward::<f32, f32>(&x, &bf16_w, &g)?),
+                "bf16 forward {hw:?}"
+            );
+            assert_eq!(
+                bits(&backward_input::<f32, RoundedF16>(&dy, f16_r, &g)?),
+                bits(&backward_input::<f32, f32>(&dy, &f16_w, &g)?),
+                "f16 input gradient {hw:?}"
+            );
+            assert_eq!(
+                bits(&backward_input::<f32, RoundedBf16>(&dy, bf16_r, &g)?),
+                bits(&backward_input::<f32, f32>(&dy, &bf16_w, &g)?),
+                "bf16 input gradient {hw:?}"
+            );
+        }
+        Ok(())
     }
 
     /// Gathering the box's weight columns and spreading a box gradient back are inverse on
