@@ -209,6 +209,20 @@ impl Layout {
     pub fn elem_count(&self) -> usize {
         self.shape.elem_count()
     }
+    /// Storage elements from the first addressed one to the last, inclusive (0 when empty):
+    /// the elements are all within `offset..offset + span`.
+    pub(crate) fn span(&self) -> usize {
+        if self.elem_count() == 0 {
+            return 0;
+        }
+        let last: usize = self
+            .dims()
+            .iter()
+            .zip(&self.strides)
+            .map(|(&d, &s)| (d - 1) * s)
+            .sum();
+        last + 1
+    }
     /// True when the elements are row-major and dense (dims of size 1 may have any stride).
     pub fn is_contiguous(&self) -> bool {
         let mut acc = 1usize;

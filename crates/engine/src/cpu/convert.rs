@@ -275,22 +275,27 @@ fn widen_f16_avx2(src: &[f16], dst: &mut [f32]) {
     by_eight(src, dst, store, f16::to_f32)
 }
 
-/// [`Half::round_in_place`] for f16, 8 lanes at a time through `vcvtps2ph` and `vcvtph2ps`.
+/// [`Half::round_raw`] for f16, 8 lanes at a time through `vcvtps2ph` and `vcvtph2ps`.
+///
+/// # Safety
+/// The CPU has AVX2 and F16C; `src` is readable and `dst` writable for `len` f32, and they are
+/// the same place or do not overlap (each group of 8 is loaded before it is stored).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,f16c")]
-fn round_f16_in_place_avx2(v: &mut [f32]) {
+unsafe fn round_f16_avx2(src: *const f32, dst: *mut f32, len: usize) {
     use std::arch::x86_64::*;
-    let whole = v.len() / 8 * 8;
-    for c in v[..whole].chunks_exact_mut(8) {
-        // SAFETY: 8 readable and writable f32 at `c` (unaligned accesses).
+    let whole = len / 8 * 8;
+    for i in (0..whole).step_by(8) {
+        // SAFETY: 8 readable f32 at `src + i` and writable at `dst + i` (the caller's
+        // contract; unaligned accesses).
         unsafe {
-            let x = _mm256_loadu_ps(c.as_ptr());
-            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x);
-            _mm256_storeu_ps(c.as_mut_ptr(), _mm256_cvtph_ps(h));
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(src.add(i)));
+            _mm256_storeu_ps(dst.add(i), _mm256_cvtph_ps(h));
         }
     }
-    for x in &mut v[whole..] {
-        *x = f16::from_f32(*x).to_f32();
+    for i in whole..len {
+        // SAFETY: as above, one f32.
+        unsafe { *dst.add(i) = f16::from_f32(*src.add(i)).to_f32() };
     }
 }
 
@@ -342,45 +347,79 @@ pub(crate) trait Half: bytemuck::Pod + bytemuck::Zeroable + Send + Sync {
     fn widen(src: &[Self], dst: &mut [f32]);
     /// `dst = Self(src)` (round to nearest even).
     fn narrow(src: &[f32], dst: &mut [Self]);
+    /// `dst[i] = f32(Self(src[i]))` for `i < len` (what [`Half::narrow`] then [`Half::widen`]
+    /// give).
+    ///
+    /// # Safety
+    /// `src` is readable and `dst` writable for `len` f32, and they are either the same place
+    /// (in place) or do not overlap.
+    unsafe fn round_raw(src: *const f32, dst: *mut f32, len: usize);
     /// `v = f32(Self(v))` in place (what [`Half::narrow`] then [`Half::widen`] give).
-    fn round_in_place(v: &mut [f32]);
+    fn round_in_place(v: &mut [f32]) {
+        let p = v.as_mut_ptr();
+        // SAFETY: `v` is readable and writable for its length; source and destination are the
+        // same place.
+        unsafe { Self::round_raw(p, p, v.len()) }
+    }
+    /// `dst = f32(Self(src))` (same lengths): [`Half::round_in_place`] without a copy first.
+    fn round(src: &[f32], dst: &mut [f32]) {
+        assert_eq!(
+            src.len(),
+            dst.len(),
+            "rounding between slices of different lengths"
+        );
+        // SAFETY: `src` readable and `dst` writable for the length; a `&` and a `&mut` never
+        // overlap.
+        unsafe { Self::round_raw(src.as_ptr(), dst.as_mut_ptr(), src.len()) }
+    }
 }
 
-/// 16 lanes at a time: [`round_bf16_lanes`] shifted back up (a NaN is already quiet, as
-/// widening would make it), the tail through `half`.
+/// [`Half::round_raw`] for bf16, 16 lanes at a time: [`round_bf16_lanes`] shifted back up (a
+/// NaN is already quiet, as widening would make it), the tail through `half`.
+///
+/// # Safety
+/// The CPU has AVX-512F/BW; `src`, `dst` and `len` as [`Half::round_raw`] asks.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-fn round_bf16_in_place_avx512(v: &mut [f32]) {
+unsafe fn round_bf16_avx512(src: *const f32, dst: *mut f32, len: usize) {
     use std::arch::x86_64::*;
-    let whole = v.len() / 16 * 16;
-    for c in v[..whole].chunks_exact_mut(16) {
-        // SAFETY: 16 readable and writable f32 at `c` (unaligned accesses).
+    let whole = len / 16 * 16;
+    for i in (0..whole).step_by(16) {
+        // SAFETY: 16 readable f32 at `src + i` and writable at `dst + i` (the caller's
+        // contract; unaligned accesses).
         unsafe {
-            let x = round_bf16_lanes(_mm512_loadu_si512(c.as_ptr().cast()));
-            _mm512_storeu_si512(c.as_mut_ptr().cast(), _mm512_slli_epi32::<16>(x));
+            let x = round_bf16_lanes(_mm512_loadu_si512(src.add(i).cast()));
+            _mm512_storeu_si512(dst.add(i).cast(), _mm512_slli_epi32::<16>(x));
         }
     }
-    for x in &mut v[whole..] {
-        *x = half::bf16::from_f32(*x).to_f32();
+    for i in whole..len {
+        // SAFETY: as above, one f32.
+        unsafe { *dst.add(i) = half::bf16::from_f32(*src.add(i)).to_f32() };
     }
 }
 
-/// 16 lanes at a time through `vcvtps2ph` and `vcvtph2ps`, the tail through `half`.
+/// [`Half::round_raw`] for f16, 16 lanes at a time through `vcvtps2ph` and `vcvtph2ps`, the
+/// tail through `half`.
+///
+/// # Safety
+/// The CPU has AVX-512F; `src`, `dst` and `len` as [`Half::round_raw`] asks.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn round_f16_in_place_avx512(v: &mut [f32]) {
+unsafe fn round_f16_avx512(src: *const f32, dst: *mut f32, len: usize) {
     use std::arch::x86_64::*;
-    let whole = v.len() / 16 * 16;
-    for c in v[..whole].chunks_exact_mut(16) {
-        // SAFETY: 16 readable and writable f32 at `c` (unaligned accesses).
+    let whole = len / 16 * 16;
+    for i in (0..whole).step_by(16) {
+        // SAFETY: 16 readable f32 at `src + i` and writable at `dst + i` (the caller's
+        // contract; unaligned accesses).
         unsafe {
-            let x = _mm512_loadu_ps(c.as_ptr());
+            let x = _mm512_loadu_ps(src.add(i));
             let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x);
-            _mm512_storeu_ps(c.as_mut_ptr(), _mm512_cvtph_ps(h));
+            _mm512_storeu_ps(dst.add(i), _mm512_cvtph_ps(h));
         }
     }
-    for x in &mut v[whole..] {
-        *x = half::f16::from_f32(*x).to_f32();
+    for i in whole..len {
+        // SAFETY: as above, one f32.
+        unsafe { *dst.add(i) = half::f16::from_f32(*src.add(i)).to_f32() };
     }
 }
 
@@ -391,21 +430,38 @@ impl Half for bf16 {
     fn narrow(src: &[f32], dst: &mut [bf16]) {
         narrow_bf16(src, dst)
     }
-    fn round_in_place(v: &mut [f32]) {
+    unsafe fn round_raw(src: *const f32, dst: *mut f32, len: usize) {
         #[cfg(target_arch = "x86_64")]
         if avx512() {
-            // SAFETY: the CPU has AVX-512F and AVX-512BW (checked above).
-            return unsafe { round_bf16_in_place_avx512(v) };
+            // SAFETY: the CPU has AVX-512F and AVX-512BW (checked above); the pointers are the
+            // caller's.
+            return unsafe { round_bf16_avx512(src, dst, len) };
         }
-        let v: &mut [u32] = bytemuck::cast_slice_mut(v);
-        with_wide_vectors(
-            #[inline(always)]
-            || {
-                for x in v.iter_mut() {
-                    *x = widen_bf16_bits(round_bf16_bits(*x));
-                }
-            },
-        )
+        let (src, dst) = (src.cast::<u32>(), dst.cast::<u32>());
+        let round = |x: u32| widen_bf16_bits(round_bf16_bits(x));
+        // (Two loops over slices, not one over the pointers: a loop that may write where it
+        // reads does not vectorize, and the in-place one would fail the overlap check.)
+        if std::ptr::eq(src, dst) {
+            // SAFETY: `len` readable and writable u32 (f32 bits) at `dst` (the caller's).
+            let v = unsafe { std::slice::from_raw_parts_mut(dst, len) };
+            with_wide_vectors(
+                #[inline(always)]
+                || v.iter_mut().for_each(|x| *x = round(*x)),
+            )
+        } else {
+            // SAFETY: `len` readable u32 at `src`, writable at `dst`, not overlapping (the
+            // caller's contract).
+            let (s, d) = unsafe {
+                (
+                    std::slice::from_raw_parts(src, len),
+                    std::slice::from_raw_parts_mut(dst, len),
+                )
+            };
+            with_wide_vectors(
+                #[inline(always)]
+                || d.iter_mut().zip(s).for_each(|(d, &s)| *d = round(s)),
+            )
+        }
     }
 }
 
@@ -432,16 +488,20 @@ impl Half for f16 {
         }
         dst.convert_from_f32_slice(src)
     }
-    fn round_in_place(v: &mut [f32]) {
+    unsafe fn round_raw(src: *const f32, dst: *mut f32, len: usize) {
         #[cfg(target_arch = "x86_64")]
         match vector() {
-            // SAFETY: the CPU has AVX-512F.
-            Vector::Avx512 => return unsafe { round_f16_in_place_avx512(v) },
-            // SAFETY: the CPU has AVX2 and F16C (`avx2()` checks both).
-            Vector::Avx2 => return unsafe { round_f16_in_place_avx2(v) },
+            // SAFETY: the CPU has AVX-512F; the pointers are the caller's.
+            Vector::Avx512 => return unsafe { round_f16_avx512(src, dst, len) },
+            // SAFETY: the CPU has AVX2 and F16C (`avx2()` checks both); the pointers are the
+            // caller's.
+            Vector::Avx2 => return unsafe { round_f16_avx2(src, dst, len) },
             Vector::Base => {}
         }
-        v.iter_mut().for_each(|x| *x = f16::from_f32(*x).to_f32());
+        for i in 0..len {
+            // SAFETY: one readable f32 at `src + i`, writable at `dst + i` (the caller's).
+            unsafe { *dst.add(i) = f16::from_f32(*src.add(i)).to_f32() };
+        }
     }
 }
 
@@ -475,11 +535,7 @@ pub(crate) fn narrowed<H: Half>(src: &[f32]) -> crate::Result<Vec<H>> {
 /// fresh buffer, in parallel when long.
 pub(crate) fn rounded_through<H: Half>(src: &[f32]) -> crate::Result<Vec<f32>> {
     let mut out = crate::alloc::for_overwrite::<f32>(src.len())?;
-    // (Each chunk copied, then rounded in place while it is in cache.)
-    chunked(src, &mut out, |s, d| {
-        d.copy_from_slice(s);
-        H::round_in_place(d)
-    });
+    chunked(src, &mut out, H::round);
     Ok(out)
 }
 
@@ -510,6 +566,26 @@ mod tests {
                 assert_eq!(
                     b[i].to_bits(),
                     bf16::from_f32(s[i]).to_bits(),
+                    "bf16 {len} {i}"
+                );
+            }
+            // Rounded in place and from one slice into another (the masked tails).
+            let (mut ih, mut ib) = (s.to_vec(), s.to_vec());
+            <f16 as Half>::round_in_place(&mut ih);
+            <bf16 as Half>::round_in_place(&mut ib);
+            let (mut rh, mut rb) = (vec![0f32; len], vec![0f32; len]);
+            <f16 as Half>::round(s, &mut rh);
+            <bf16 as Half>::round(s, &mut rb);
+            for i in 0..len {
+                let (want_h, want_b) = (h[i].to_f32().to_bits(), b[i].to_f32().to_bits());
+                assert_eq!(
+                    (ih[i].to_bits(), rh[i].to_bits()),
+                    (want_h, want_h),
+                    "f16 {len} {i}"
+                );
+                assert_eq!(
+                    (ib[i].to_bits(), rb[i].to_bits()),
+                    (want_b, want_b),
                     "bf16 {len} {i}"
                 );
             }
@@ -561,8 +637,10 @@ mod tests {
         }
         let mut through = src.clone();
         <bf16 as Half>::round_in_place(&mut through);
+        let copied = rounded_through::<bf16>(&src).expect("fits");
         for i in 0..src.len() {
             assert_eq!(through[i].to_bits(), plain[i].to_f32().to_bits(), "{i}");
+            assert_eq!(copied[i].to_bits(), plain[i].to_f32().to_bits(), "{i}");
         }
         let mut through = src.clone();
         <f16 as Half>::round_in_place(&mut through);
@@ -618,12 +696,17 @@ mod tests {
                 let mut h = vec![f16::ZERO; len];
                 // SAFETY: the CPU has AVX2 and F16C (checked above).
                 unsafe { narrow_f16_avx2(s, &mut h) };
+                // In place, and from one slice into another.
                 let mut r = s.to_vec();
-                // SAFETY: as above.
-                unsafe { round_f16_in_place_avx2(&mut r) };
+                // SAFETY: as above; `len` f32 at one place.
+                unsafe { round_f16_avx2(r.as_ptr(), r.as_mut_ptr(), len) };
+                let mut into = vec![0f32; len];
+                // SAFETY: as above; `len` f32 in each of two buffers.
+                unsafe { round_f16_avx2(s.as_ptr(), into.as_mut_ptr(), len) };
                 for i in 0..len {
                     assert_eq!(h[i].to_bits(), f16::from_f32(s[i]).to_bits(), "{len} {i}");
                     assert_eq!(r[i].to_bits(), h[i].to_f32().to_bits(), "{len} {i}");
+                    assert_eq!(into[i].to_bits(), h[i].to_f32().to_bits(), "{len} {i}");
                 }
                 let a = &all[..len.min(all.len())];
                 let mut w = vec![0f32; a.len()];
