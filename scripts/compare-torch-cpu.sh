@@ -28,12 +28,18 @@ fi
 cargo build --release -q --bench train_step_compare
 BIN=$(ls -t target/release/deps/train_step_compare-* | grep -v '\.d$' | head -1)
 
+AMX=$(grep -m1 -o amx_tile /proc/cpuinfo || true)
 out=$(mktemp)
 for round in $(seq "$ROUNDS"); do
     for cfg in $CONFIGS; do
         b=${cfg%x*}; s=${cfg#*x}
         for amp in off bf16 fp16; do
             RAYON_NUM_THREADS=$THREADS "$BIN" --batch "$b" --image "$s" --steps "$STEPS" --amp "$amp" >>"$out"
+            if [ "$amp" = fp16 ] && [ -n "$AMX" ]; then
+                # On AMX CPUs also the fp16 GEMMs on the AVX-512 kernel instead of split tiles.
+                HEMI_CPU_NO_F16_AMX=1 RAYON_NUM_THREADS=$THREADS "$BIN" --batch "$b" --image "$s" \
+                    --steps "$STEPS" --amp fp16 | sed 's/ fp16 / fp16-avx512 /' >>"$out"
+            fi
             # PyTorch's fp16 autocast on the CPU is one to two orders of magnitude slower than
             # its fp32 here: a few steps say so.
             steps=$STEPS
@@ -59,6 +65,11 @@ for c in cfgs:
     g = lambda e, a: rows.get((e, c, a), float("nan"))
     hf, hb, hh, tf, tb, th = g("hemi", "off"), g("hemi", "bf16"), g("hemi", "fp16"), g("torch", "off"), g("torch", "bf16"), g("torch", "fp16")
     print(f"| {c} | {hf:.2f} | {hb:.2f} | {hh:.2f} | {tf:.2f} | {tb:.2f} | {th:.2f} | {hf/tf:.2f}x | {hb/hf:.2f}x | {hh/hf:.2f}x | {tb/tf:.2f}x | {th/tf:.2f}x |")
+for c in cfgs:
+    # AMX CPUs only: fp16 with its GEMMs on the AVX-512 kernel (HEMI_CPU_NO_F16_AMX=1).
+    v = rows.get(("hemi", c, "fp16-avx512"))
+    if v is not None:
+        print(f"{c}: hemi fp16 without f16 AMX tiles {v:.2f} img/s = {v / rows[('hemi', c, 'off')]:.2f}x hemi fp32")
 print(f"(images/s: per run the median of the timed steps after one warm-up step; per cell the median of {max(len(v) for v in runs.values())} interleaved runs)")
 PY
 rm -f "$out"

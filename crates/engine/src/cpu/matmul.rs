@@ -122,7 +122,7 @@ pub(crate) fn gemm_f16<A: super::sgemm_pack::PackSrc + super::amx::Parts>(
         gemm::<_, _, F16Fma>((m, n, k), dst, (lhs, rhs), (ls, rs), accumulate, parallel);
         return;
     }
-    if m * n * k > 0 && super::amx::available() {
+    if m * n * k > 0 && f16_on_amx() {
         // Each operand split into two bf16 parts, four exact tile products (see
         // `amx::gemm_f16`).
         super::amx::gemm_f16((m, n, k), dst, lhs, ls, rhs, rs, accumulate, parallel);
@@ -150,6 +150,16 @@ pub(crate) fn gemm_f16<A: super::sgemm_pack::PackSrc + super::amx::Parts>(
     gemm_strided((m, n, k), dst, &a, ls, &b, rs, accumulate, parallel);
     crate::alloc::recycle(a);
     crate::alloc::recycle(b);
+}
+
+/// Whether f16 products run on AMX tiles (split into bf16 parts): where the CPU has AMX, unless
+/// `HEMI_CPU_NO_F16_AMX` is set (then they take the AVX-512 kernel, which widens them while
+/// packing; `scripts/compare-torch-cpu.sh` times both on AMX machines). Detected once.
+fn f16_on_amx() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var_os("HEMI_CPU_NO_F16_AMX").is_none() && super::amx::available()
+    })
 }
 
 fn batched<T: 'static + bytemuck::Pod + num_traits::Zero + num_traits::One + Send + Sync>(
