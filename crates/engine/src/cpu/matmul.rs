@@ -157,9 +157,7 @@ pub(crate) fn gemm_f16<A: super::sgemm_pack::PackSrc + super::amx::Parts>(
 /// packing; `scripts/compare-torch-cpu.sh` times both on AMX machines). Detected once.
 fn f16_on_amx() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        std::env::var_os("HEMI_CPU_NO_F16_AMX").is_none() && super::amx::available()
-    })
+    *ON.get_or_init(|| std::env::var_os("HEMI_CPU_NO_F16_AMX").is_none() && super::amx::available())
 }
 
 fn batched<T: 'static + bytemuck::Pod + num_traits::Zero + num_traits::One + Send + Sync>(
