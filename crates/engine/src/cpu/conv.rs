@@ -1623,7 +1623,7 @@ mod tests {
     /// fresh random data. Wider rows get no table.
     #[test]
     fn gather_table_equals_the_row_copies() {
-        let mut seed = 0x5EED_0F_7AB1Eu64;
+        let mut seed = 0x05EE_D0F7_AB1E_u64;
         let mut rand = move || {
             seed ^= seed << 13;
             seed ^= seed >> 7;
