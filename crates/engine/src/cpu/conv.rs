@@ -214,8 +214,9 @@ impl Geometry {
         (0..self.s.kw).map(|kj| self.valid_cols(kj)).collect()
     }
 
-    /// Where output rows are narrow (at most [`TABLE_MAX_OW`] pixels, half that for stride-1
-    /// rows as wide as the input's), im2col and col2im go through a table instead of per-row
+    /// Where output rows are narrow (at most [`TABLE_MAX_OW`] pixels; twice that on CPUs
+    /// without AVX-512, whose strided row copies go one element at a time; half of it for
+    /// stride-1 rows as wide as the input's), im2col and col2im go through a table instead of per-row
     /// copies, whose bookkeeping there costs more than the data: for box row `r` and output
     /// pixel `p` of one image's rows `oys`, entry `r · px + p` is the plane offset read
     /// (`y · w + x`), or [`PAD`] where it reads padding. `None` for wider rows, or a table
@@ -224,16 +225,19 @@ impl Geometry {
     /// Measured per element on Zen 3 (one channel, rows vs table; im2col, col2im): 3 × 3 "same"
     /// on 16 × 16 0.29 vs 0.47 and 0.37 vs 0.86 ns (rows kept), on 8 × 8 0.77 vs 0.43 and
     /// 0.82 vs 0.60, on 2 × 2 4.8 vs 1.1 and 2.4 vs 1.5; stride 2 to 8 × 8 1.39 vs 0.42 and
-    /// 1.16 vs 0.72; the 7 × 7 stem to 16 × 16 1.12 vs 0.52 and 0.95 vs 0.61.
+    /// 1.16 vs 0.72; the 7 × 7 stem to 16 × 16 1.12 vs 0.52 and 0.95 vs 0.61, to 32 × 32 0.86
+    /// vs 0.49 and 0.81 vs 0.61.
     fn gather_table(&self, oys: &Range<usize>) -> Option<Vec<u32>> {
         let s = &self.s;
         // (Stride-1 rows as wide as the input's take one shifted copy per tap, `shifted_rows`:
         // the table wins there only on the narrowest rows.)
         let shifted = s.stride == (1, 1) && self.ow == s.w;
-        let widest = if shifted {
-            TABLE_MAX_OW / 2
-        } else {
-            TABLE_MAX_OW
+        // (Strided rows copy through AVX-512 permutes where the CPU has them, else one element
+        // at a time: without AVX-512 the table wins on twice as wide rows.)
+        let widest = match (shifted, super::convert::avx512()) {
+            (true, _) => TABLE_MAX_OW / 2,
+            (false, true) => TABLE_MAX_OW,
+            (false, false) => TABLE_MAX_OW * 2,
         };
         let len = self.box_len().checked_mul(oys.len() * self.ow)?;
         let addressable = s.h.checked_mul(s.w).is_some_and(|n| n < PAD as usize);
@@ -242,17 +246,20 @@ impl Geometry {
         }
         let mut t = Vec::with_capacity(len);
         for (ki, kj, _) in self.box_taps() {
-            let xs: Vec<Option<usize>> = (0..self.ow)
+            // The input column of each output column (`PAD` outside), then per output row
+            // those shifted by the input row (all `PAD` outside). (Below `PAD`: `h · w` is,
+            // checked above, and a valid entry plus `y · w` stays below it.)
+            let xs: Vec<u32> = (0..self.ow)
                 .map(|ox| Self::src(ox, kj, s.stride.1, s.padding.1, s.dilation.1, s.w))
+                .map(|x| x.map_or(PAD, |x| x as u32))
                 .collect();
             for oy in oys.clone() {
-                let iy = Self::src(oy, ki, s.stride.0, s.padding.0, s.dilation.0, s.h);
-                for &ix in &xs {
-                    t.push(match (iy, ix) {
-                        // (Below `PAD`: `h · w` is, checked above.)
-                        (Some(y), Some(x)) => (y * s.w + x) as u32,
-                        _ => PAD,
-                    });
+                match Self::src(oy, ki, s.stride.0, s.padding.0, s.dilation.0, s.h) {
+                    Some(y) => {
+                        let row = (y * s.w) as u32;
+                        t.extend(xs.iter().map(|&x| if x == PAD { PAD } else { row + x }));
+                    }
+                    None => t.resize(t.len() + self.ow, PAD),
                 }
             }
         }
@@ -1666,10 +1673,16 @@ mod tests {
                 assert_ne!(bits(&dx_rows), bits(&plane), "col2im added nothing {sp:?}");
             }
         }
-        // Rows too wide: 9 pixels of a stride-1 "same" row, 17 of a stride-2 one.
+        // Rows too wide: 9 pixels of a stride-1 "same" row, 33 of a stride-2 one (17 with
+        // AVX-512).
         let wide = Geometry::new(&spec(1, (4, 9), 3, 1, 1, 1));
         assert!(wide.gather_table(&(0..4)).is_none());
-        let wide = Geometry::new(&spec(1, (4, 33), 3, 2, 1, 1));
+        let cols = if super::super::convert::avx512() {
+            33
+        } else {
+            65
+        };
+        let wide = Geometry::new(&spec(1, (4, cols), 3, 2, 1, 1));
         assert!(wide.gather_table(&(0..2)).is_none());
     }
 
