@@ -216,9 +216,9 @@ impl Geometry {
 
     /// Where output rows are narrow (at most [`TABLE_MAX_OW`] pixels; twice that on CPUs
     /// without AVX-512, whose strided row copies go one element at a time; half of it for
-    /// stride-1 rows as wide as the input's), im2col and col2im go through a table instead of per-row
-    /// copies, whose bookkeeping there costs more than the data: for box row `r` and output
-    /// pixel `p` of one image's rows `oys`, entry `r · px + p` is the plane offset read
+    /// stride-1 rows as wide as the input's), im2col and col2im go through a table instead of
+    /// per-row copies, whose bookkeeping there costs more than the data: for box row `r` and
+    /// output pixel `p` of one image's rows `oys`, entry `r · px + p` is the plane offset read
     /// (`y · w + x`), or [`PAD`] where it reads padding. `None` for wider rows, or a table
     /// longer than [`TABLE_MAX`].
     ///
