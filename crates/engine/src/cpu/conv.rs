@@ -13,6 +13,7 @@ use super::compute::{
     gather_same, host, nchw_to_format_gather, to_compute_ref, Compute, ComputeRef,
 };
 use super::convert::rounded_through;
+use super::matmul::span;
 use super::matmul::{gemm_f16, gemm_strided};
 use super::sgemm_pack::RoundedF16;
 use super::wrap;
@@ -169,7 +170,9 @@ impl Geometry {
         dil: usize,
         size: usize,
     ) -> Option<usize> {
-        (o * stride + t * dil)
+        // (An overflow lies past any image: outside.)
+        o.checked_mul(stride)?
+            .checked_add(t.checked_mul(dil)?)?
             .checked_sub(pad)
             .filter(|&i| i < size)
     }
@@ -214,9 +217,9 @@ impl Geometry {
         (0..self.s.kw).map(|kj| self.valid_cols(kj)).collect()
     }
 
-    /// Where output rows are narrow (at most [`TABLE_MAX_OW`] pixels; twice that on CPUs
-    /// without AVX-512, whose strided row copies go one element at a time; half of it for
-    /// stride-1 rows as wide as the input's), im2col and col2im go through a table instead of
+    /// Where output rows are narrow (at most [`TABLE_MAX_OW`] pixels; twice that where the
+    /// row copies go one element at a time — strides above 2, and stride 2 without AVX-512;
+    /// half of it for stride-1 rows as wide as the input's), im2col and col2im go through a table instead of
     /// per-row copies, whose bookkeeping there costs more than the data: for box row `r` and
     /// output pixel `p` of one image's rows `oys`, entry `r · px + p` is the plane offset read
     /// (`y · w + x`), or [`PAD`] where it reads padding. `None` for wider rows, or a table
@@ -232,12 +235,14 @@ impl Geometry {
         // (Stride-1 rows as wide as the input's take one shifted copy per tap, `shifted_rows`:
         // the table wins there only on the narrowest rows.)
         let shifted = s.stride == (1, 1) && self.ow == s.w;
-        // (Strided rows copy through AVX-512 permutes where the CPU has them, else one element
-        // at a time: without AVX-512 the table wins on twice as wide rows.)
-        let widest = match (shifted, super::convert::avx512()) {
+        // (Strided rows copy one element at a time — stride 2 through AVX-512 permutes where
+        // the CPU has them — and there the table wins on twice as wide rows.)
+        let st = s.stride.1;
+        let one_by_one = st > 2 || (st == 2 && !super::convert::avx512());
+        let widest = match (shifted, one_by_one) {
             (true, _) => TABLE_MAX_OW / 2,
-            (false, true) => TABLE_MAX_OW,
-            (false, false) => TABLE_MAX_OW * 2,
+            (false, true) => TABLE_MAX_OW * 2,
+            (false, false) => TABLE_MAX_OW,
         };
         let len = self.box_len().checked_mul(oys.len() * self.ow)?;
         let addressable = s.h.checked_mul(s.w).is_some_and(|n| n < PAD as usize);
@@ -264,6 +269,12 @@ impl Geometry {
             }
         }
         Some(t)
+    }
+
+    /// [`Self::gather_table`] of each block of output rows (built once per pass over a chunk,
+    /// not per group: a depthwise convolution has as many groups as channels).
+    fn gather_tables(&self, blocks: &[Range<usize>]) -> Vec<Option<Vec<u32>>> {
+        blocks.iter().map(|oys| self.gather_table(oys)).collect()
     }
 
     /// [`Self::valid_cols`] in an integer type wide enough for `w + pad` and `ow·st + tap`:
@@ -293,10 +304,10 @@ impl Geometry {
         (small(lo), small(hi), small(first))
     }
 
-    /// Fills the `kh·kw` rows of `col` (`ld` apart, `oys.len()·ow` long) that belong to one
-    /// input channel `plane [h, w]` of one image, for the output rows `oys`: per output row,
-    /// zeros left and right of the valid run and the run itself copied (contiguous for
-    /// stride 1).
+    /// Fills the box's rows of `col` (`ld` apart, `oys.len()·ow` long) that belong to one
+    /// input channel `plane [h, w]` of one image, for the output rows `oys`: through `table`
+    /// ([`Self::gather_table`] of `oys`) when given, else per output row, zeros left and right
+    /// of the valid run and the run itself copied (contiguous for stride 1).
     fn im2col_channel<T: bytemuck::Pod>(
         &self,
         plane: &[T],
@@ -394,9 +405,9 @@ impl Geometry {
         }
     }
 
-    /// Adds the `kh·kw` rows of `col` (`ld` apart, output rows `oys`) of one input channel
-    /// back into that channel's gradient `plane [h, w]` of one image (the valid run of each
-    /// output row only).
+    /// Adds the box's rows of `col` (`ld` apart, output rows `oys`) of one input channel back
+    /// into that channel's gradient `plane [h, w]` of one image (the valid run of each output
+    /// row only), through `table` ([`Self::gather_table`] of `oys`) when given.
     fn col2im_channel<T: Float>(
         &self,
         col: &[T],
@@ -447,25 +458,26 @@ impl Geometry {
 
     /// Fills `col [K, imgs·B]` (rows `ld = imgs·B` apart) for the output rows `oys`
     /// (`B = oys.len()·ow` pixels) from the channels of group `g` of the images
-    /// `x [imgs, c_in, h, w]`, image `j` in columns `j·B..`; in parallel over channels when
-    /// `parallel` (the chunk's GEMM is parallel too: there are fewer chunks than threads).
+    /// `x [imgs, c_in, h, w]`, image `j` in columns `j·B..`, through `table` (the
+    /// [`Self::gather_table`] of `oys`) when given; in parallel over channels when `parallel`
+    /// (the chunk's GEMM is parallel too: there are fewer chunks than threads).
     fn im2col<T: bytemuck::Pod + Send + Sync>(
         &self,
         (x, imgs): (&[T], usize),
         (g, oys): (usize, Range<usize>),
         col: &mut [T],
-        parallel: bool,
+        (table, parallel): (Option<&[u32]>, bool),
     ) {
         let s = &self.s;
         let (plane, img_in) = (s.h * s.w, s.c_in * s.h * s.w);
         let px = oys.len() * self.ow;
         let ld = imgs * px;
         let block = self.box_len() * ld;
-        let (runs, table) = (self.column_runs(), self.gather_table(&oys));
+        let runs = self.column_runs();
         let channel = |(ci, rows): (usize, &mut [T])| {
             for j in 0..imgs {
                 let src = &x[j * img_in + (g * self.cin_g + ci) * plane..][..plane];
-                let how = (&runs[..], table.as_deref());
+                let how = (&runs[..], table);
                 self.im2col_channel(src, &mut rows[j * px..], (ld, oys.clone()), how);
             }
         };
@@ -478,14 +490,15 @@ impl Geometry {
     }
 
     /// Adds `col [K, imgs·B]` (output rows `oys`, `B = oys.len()·ow`, rows `imgs·B` apart)
-    /// back into the channels of group `g` of the image gradients `dx [imgs, c_in, h, w]`; in
-    /// parallel over (image, channel) when `parallel`.
+    /// back into the channels of group `g` of the image gradients `dx [imgs, c_in, h, w]`,
+    /// through `table` (the [`Self::gather_table`] of `oys`) when given; in parallel over
+    /// (image, channel) when `parallel`.
     fn col2im<T: Float + Send + Sync>(
         &self,
         col: &[T],
         (g, oys): (usize, Range<usize>),
         (dx, imgs): (&mut [T], usize),
-        parallel: bool,
+        (table, parallel): (Option<&[u32]>, bool),
     ) {
         let s = &self.s;
         let (plane, img_in) = (s.h * s.w, s.c_in * s.h * s.w);
@@ -497,10 +510,10 @@ impl Geometry {
         let ld = imgs * px;
         let block = self.box_len() * ld;
         let group = g * self.cin_g * plane..(g + 1) * self.cin_g * plane;
-        let (runs, table) = (self.column_runs(), self.gather_table(&oys));
+        let runs = self.column_runs();
         let channel = |j: usize, ci: usize, to: &mut [T]| {
             let col = &col[ci * block + j * px..];
-            let how = (&runs[..], table.as_deref());
+            let how = (&runs[..], table);
             self.col2im_channel(col, (ld, oys.clone()), how, to);
         };
         if parallel {
@@ -714,14 +727,6 @@ conv_gemm!(f16, RoundedF16, gemm_f16);
 conv_gemm!(f32, RoundedF16, rounded_gemm::<f16, RoundedF16>);
 conv_gemm!(f32, RoundedBf16, rounded_gemm::<bf16, RoundedBf16>);
 
-/// The elements an `m × k` operand with strides `(rs, cs)` spans from its first one.
-fn span((m, k): (usize, usize), (rs, cs): (usize, usize)) -> usize {
-    match m * k {
-        0 => 0,
-        _ => (m - 1) * rs + (k - 1) * cs + 1,
-    }
-}
-
 /// The f32 GEMM with an A operand of F32 weight values rounded to `H` (`R`: `RoundedF16` or
 /// `RoundedBf16`), for CPUs with no kernel that rounds as it packs, where the convolution
 /// skips taps and runs one GEMM per group and pass (see [`rounding_weight`]): the span of A
@@ -744,8 +749,8 @@ fn rounded_gemm<H: super::convert::Half, R: bytemuck::Pod>(
     let a = &a[..span((m, k), (a_rs, a_cs))];
     // (Should the host cache's allocation fail, a plain one.)
     let rounded = rounded_through::<H>(a).unwrap_or_else(|_| {
-        let mut v = a.to_vec();
-        H::round_in_place(&mut v);
+        let mut v = vec![0f32; a.len()];
+        H::round(a, &mut v);
         v
     });
     let shape = (m, n, k);
@@ -818,15 +823,17 @@ where
     over_chunks(&mut out, per * img_out, |c, dst, serial| {
         let imgs = dst.len() / img_out;
         let (blocks, most) = g.blocks(imgs);
+        let tables = g.gather_tables(&blocks);
         let mut col = crate::alloc::for_overwrite::<T>(g.k * most)?;
         // (The first block is the widest.)
         let mut wide = wide_buffer::<T::Acc>(&g.wide(imgs, img_out, 0, &blocks[0]), true)?;
         let x_c = &x[c * per * img_in..][..imgs * img_in];
         for grp in 0..s.groups {
-            for oys in &blocks {
+            for (oys, table) in blocks.iter().zip(&tables) {
                 let ld = imgs * oys.len() * g.ow;
                 let shape = g.wide(imgs, img_out, grp, oys);
-                g.im2col((x_c, imgs), (grp, oys.clone()), &mut col, !serial);
+                let how = (table.as_deref(), !serial);
+                g.im2col((x_c, imgs), (grp, oys.clone()), &mut col, how);
                 let w_g = &w[grp * g.cout_g * g.k..];
                 let y: &mut [T::Acc] = if shape.is_view(true) {
                     &mut dst[grp * g.cout_g * g.p..]
@@ -878,10 +885,11 @@ where
         let imgs = dst.len() / img_in;
         let (blocks, most) = g.blocks(imgs);
         let dy_c = &dy[c * per * img_out..][..imgs * img_out];
+        let tables = g.gather_tables(&blocks);
         let mut dcol = crate::alloc::for_overwrite::<T::Acc>(g.k * most)?;
         let mut wide = wide_buffer::<T>(&g.wide(imgs, img_out, 0, &blocks[0]), false)?;
         for grp in 0..s.groups {
-            for oys in &blocks {
+            for (oys, table) in blocks.iter().zip(&tables) {
                 let ld = imgs * oys.len() * g.ow;
                 // dcol [K, ld] = W_g^T [K, cout_g] · dy_g [cout_g, ld]
                 let (dy_g, dy_ld) = g.wide(imgs, img_out, grp, oys).of(&mut wide, dy_c);
@@ -897,7 +905,8 @@ where
                     false,
                     !serial,
                 );
-                g.col2im(&dcol, (grp, oys.clone()), (dst, imgs), !serial);
+                let how = (table.as_deref(), !serial);
+                g.col2im(&dcol, (grp, oys.clone()), (dst, imgs), how);
             }
         }
         crate::alloc::recycle(dcol);
@@ -967,6 +976,7 @@ fn backward_weight_box<T: ConvGemm<T>>(
             acc.fill(<T::Acc as bytemuck::Zeroable>::zeroed());
             fresh = false;
         }
+        let tables = g.gather_tables(&blocks);
         let mut col = crate::alloc::for_overwrite::<T>(g.k * most)?;
         let mut wide = wide_buffer::<T>(&g.wide(imgs, img_out, 0, &blocks[0]), false)?;
         let dy_c = &dy[c * per * img_out..][..imgs * img_out];
@@ -974,7 +984,8 @@ fn backward_weight_box<T: ConvGemm<T>>(
         for grp in 0..s.groups {
             for (bi, oys) in blocks.iter().enumerate() {
                 let ld = imgs * oys.len() * g.ow;
-                g.im2col((x_c, imgs), (grp, oys.clone()), &mut col, few_chunks);
+                let how = (tables[bi].as_deref(), few_chunks);
+                g.im2col((x_c, imgs), (grp, oys.clone()), &mut col, how);
                 let (dy_g, dy_ld) = g.wide(imgs, img_out, grp, oys).of(&mut wide, dy_c);
                 let dw_g = &mut acc[grp * g.cout_g * g.k..];
                 let (a, b) = ((dy_g, (dy_ld, 1)), (&col[..], (1, ld)));
@@ -1671,6 +1682,27 @@ mod tests {
                 g.col2im_channel(&col, rows, (&runs, Some(&table)), &mut dx_table);
                 assert_eq!(bits(&dx_rows), bits(&dx_table), "col2im {sp:?} {oys:?}");
                 assert_ne!(bits(&dx_rows), bits(&plane), "col2im added nothing {sp:?}");
+                // Whole passes over two images (rows `2·px` apart), in parallel or not.
+                let x: Vec<f32> = (0..2 * sp.h * sp.w).map(|_| rand()).collect();
+                let len = g.box_len() * 2 * px;
+                let (mut c_rows, mut c_table) = (vec![7.0; len], vec![7.0; len]);
+                g.im2col((&x, 2), (0, oys.clone()), &mut c_rows, (None, false));
+                g.im2col(
+                    (&x, 2),
+                    (0, oys.clone()),
+                    &mut c_table,
+                    (Some(&table), true),
+                );
+                assert_eq!(bits(&c_rows), bits(&c_table), "im2col x2 {sp:?} {oys:?}");
+                let (mut d_rows, mut d_table) = (x.clone(), x.clone());
+                g.col2im(&c_rows, (0, oys.clone()), (&mut d_rows, 2), (None, true));
+                g.col2im(
+                    &c_rows,
+                    (0, oys.clone()),
+                    (&mut d_table, 2),
+                    (Some(&table), false),
+                );
+                assert_eq!(bits(&d_rows), bits(&d_table), "col2im x2 {sp:?} {oys:?}");
             }
         }
         // Rows too wide: 9 pixels of a stride-1 "same" row, 33 of a stride-2 one (17 with
@@ -1684,6 +1716,12 @@ mod tests {
         };
         let wide = Geometry::new(&spec(1, (4, cols), 3, 2, 1, 1));
         assert!(wide.gather_table(&(0..2)).is_none());
+        // 33 pixels of a stride-3 row; a table too long (9 taps × 5 000 rows × 8 pixels).
+        let wide = Geometry::new(&spec(1, (4, 97), 3, 3, 1, 1));
+        assert!(wide.gather_table(&(0..1)).is_none());
+        let tall = Geometry::new(&spec(1, (5000, 8), 3, 1, 1, 1));
+        assert!(tall.gather_table(&(0..5000)).is_none());
+        assert!(tall.gather_table(&(0..100)).is_some());
     }
 
     /// Gathering the box's weight columns and spreading a box gradient back are inverse on

@@ -278,8 +278,8 @@ fn widen_f16_avx2(src: &[f16], dst: &mut [f32]) {
 /// [`Half::round_raw`] for f16, 8 lanes at a time through `vcvtps2ph` and `vcvtph2ps`.
 ///
 /// # Safety
-/// The CPU has AVX2 and F16C; `src` is readable and `dst` writable for `len` f32, and they are
-/// the same place or do not overlap (each group of 8 is loaded before it is stored).
+/// The CPU has AVX2 and F16C; `src`, `dst` and `len` as [`Half::round_raw`] asks (each group
+/// of 8 is loaded before it is stored, so in place is fine).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn round_f16_avx2(src: *const f32, dst: *mut f32, len: usize) {
@@ -351,8 +351,9 @@ pub(crate) trait Half: bytemuck::Pod + bytemuck::Zeroable + Send + Sync {
     /// give).
     ///
     /// # Safety
-    /// `src` is readable and `dst` writable for `len` f32, and they are either the same place
-    /// (in place) or do not overlap.
+    /// `src` is valid for reads and `dst` for writes of `len` f32 (non-null and aligned, as for
+    /// `ptr::read`/`ptr::write`, even when `len` is 0), and they are either the same place (in
+    /// place) or do not overlap.
     unsafe fn round_raw(src: *const f32, dst: *mut f32, len: usize);
     /// `v = f32(Self(v))` in place (what [`Half::narrow`] then [`Half::widen`] give).
     fn round_in_place(v: &mut [f32]) {
@@ -543,7 +544,8 @@ pub(crate) fn rounded_through<H: Half>(src: &[f32]) -> crate::Result<Vec<f32>> {
 mod tests {
     use super::*;
 
-    /// Every length up to 40 (the masked tails), through the serial slice conversions.
+    /// Every length up to 40 (the vector loops' tails: masked under AVX-512, scalar under
+    /// AVX2), through the serial slice conversions.
     #[test]
     fn short_slices_convert_exactly() {
         let src: Vec<f32> = (0..40)
@@ -569,7 +571,7 @@ mod tests {
                     "bf16 {len} {i}"
                 );
             }
-            // Rounded in place and from one slice into another (the masked tails).
+            // Rounded in place and from one slice into another (the tails too).
             let (mut ih, mut ib) = (s.to_vec(), s.to_vec());
             <f16 as Half>::round_in_place(&mut ih);
             <bf16 as Half>::round_in_place(&mut ib);

@@ -85,6 +85,15 @@ pub(crate) fn gemm_strided<T: 'static + Copy + num_traits::Zero + num_traits::On
     }
 }
 
+/// The elements an `m × k` operand with strides `(rs, cs)` spans from its first one (0 when
+/// empty).
+pub(crate) fn span((m, k): (usize, usize), (rs, cs): (usize, usize)) -> usize {
+    match m * k {
+        0 => 0,
+        _ => (m - 1) * rs + (k - 1) * cs + 1,
+    }
+}
+
 /// [`gemm_strided`] for f16 operands into an f32 `dst` (A may also be f32 rounded to f16 on
 /// the way in, [`RoundedF16`](super::sgemm_pack::RoundedF16)): at most 8 columns through the
 /// AVX-512 skinny kernel; else on AMX tiles where the CPU has them (each operand split into two
@@ -104,11 +113,7 @@ pub(crate) fn gemm_f16<A: super::sgemm_pack::PackSrc + super::amx::Parts>(
     parallel: bool,
 ) {
     use super::sgemm_pack::PackSrc;
-    let extent = |(r, c): (usize, usize), rows: usize, cols: usize| match rows * cols {
-        0 => 0,
-        _ => (rows - 1) * r + (cols - 1) * c + 1,
-    };
-    let (ea, eb) = (extent(ls, m, k), extent(rs, k, n));
+    let (ea, eb) = (span((m, k), ls), span((k, n), rs));
     assert!(dst.len() >= m * n, "gemm_f16: dst too small");
     assert!(
         lhs.len() >= ea && rhs.len() >= eb,
@@ -229,6 +234,10 @@ fn accumulate(
 /// into a contiguous copy. (A transposed `[1000, 512]` f16 weight gathered element by element
 /// against its stride cost ~2 % of a ResNet-18 fp16 autocast step on AVX2.)
 fn widened_operand(s: &CpuStorage, l: &Layout) -> Result<(Vec<f32>, Layout)> {
+    if l.elem_count() == 0 {
+        // (An empty view's offset may lie past its storage: nothing to read.)
+        return Ok((Vec::new(), Layout::contiguous(l.shape().clone())));
+    }
     let span = l.span();
     let range = l.offset()..l.offset() + span;
     let dense = span <= l.elem_count().saturating_mul(2);
@@ -331,32 +340,53 @@ mod tests {
         let mut g = Generator::new(5);
         let (batch, m, k, n) = (3, 7, 37, 13);
         for dt in [DType::F16, DType::BF16] {
-            // Each case: the lhs and rhs views, made from bases of either dtype.
+            // Each case: the rhs base's shape, the lhs and rhs views (made from bases of either
+            // dtype), and whether the rhs is dense (widened over its span) or gathered.
             type View = fn(&Tensor, &Tensor) -> Result<(Tensor, Tensor)>;
-            let cases: [(&str, View); 3] = [
-                ("transposed rhs", |a, b| {
-                    Ok((a.clone(), b.transpose(-1, -2)?))
-                }),
-                ("broadcast batch", |a, b| {
-                    let b = b.narrow(0, 2, 1)?.transpose(-1, -2)?;
-                    let dims = [a.dims()[0], b.dims()[1], b.dims()[2]];
-                    Ok((a.clone(), b.broadcast_as(dims)?))
-                }),
-                ("column slice", |a, b| {
-                    let b = b.transpose(-1, -2)?.contiguous()?;
-                    Ok((a.clone(), b.narrow(-1, 1, 13)?))
-                }),
+            let cases: [(&str, Vec<usize>, View, bool); 4] = [
+                (
+                    "transposed rhs",
+                    vec![batch, n, k],
+                    |a, b| Ok((a.clone(), b.transpose(-1, -2)?)),
+                    true,
+                ),
+                // (A linear layer's weight: 2-D, transposed, its batch broadcast.)
+                (
+                    "transposed 2-D rhs",
+                    vec![n, k],
+                    |a, b| Ok((a.clone(), b.t()?)),
+                    true,
+                ),
+                // Rows 0..13 of the last batch, at an offset, broadcast over the batch.
+                (
+                    "broadcast batch",
+                    vec![batch, 3 * n, k],
+                    |a, b| {
+                        let b = b.narrow(1, 0, 13)?.narrow(0, 2, 1)?.transpose(-1, -2)?;
+                        let dims = [a.dims()[0], b.dims()[1], b.dims()[2]];
+                        Ok((a.clone(), b.broadcast_as(dims)?))
+                    },
+                    true,
+                ),
+                // Columns 1..14 of 39: spans three times its elements.
+                (
+                    "column slice",
+                    vec![batch, 3 * n, k],
+                    |a, b| {
+                        let b = b.transpose(-1, -2)?.contiguous()?;
+                        Ok((a.clone(), b.narrow(-1, 1, 13)?))
+                    },
+                    false,
+                ),
             ];
-            for (name, view) in cases {
+            for (name, b_dims, view, dense) in cases {
                 let a0 = Tensor::uniform_with(&mut g, [batch, m, k], -1.0, 1.0, dt, dev)?;
-                let b0 = Tensor::uniform_with(&mut g, [batch, 3 * n, k], -1.0, 1.0, dt, dev)?;
-                // Rows 0..13 of each batch (the broadcast case: of the last batch, at an
-                // offset), or columns 1..14 of a transposed copy.
-                let b0 = match name {
-                    "column slice" => b0,
-                    _ => b0.narrow(1, 0, n)?,
-                };
+                let b0 = Tensor::uniform_with(&mut g, b_dims, -1.0, 1.0, dt, dev)?;
                 let (a, b) = view(&a0, &b0)?;
+                if b.rank() == 3 {
+                    let l = b.layout();
+                    assert_eq!(l.span() <= 2 * l.elem_count(), dense, "{name}");
+                }
                 let got = a.matmul(&b)?;
                 assert_eq!(got.dtype(), dt);
                 let (af, bf) = view(&a0.to_dtype(DType::F32)?, &b0.to_dtype(DType::F32)?)?;
@@ -372,11 +402,13 @@ mod tests {
                     2f64.powi(-8)
                 };
                 for z in 0..batch {
+                    // (A 2-D rhs is every batch's.)
+                    let zb = if b.rank() == 2 { 0 } else { z };
                     for i in 0..m {
                         for j in 0..n {
                             let (mut acc, mut abs) = (0.0, 0.0);
                             for p in 0..k {
-                                let t = av[(z * m + i) * k + p] * bv[(z * k + p) * n + j];
+                                let t = av[(z * m + i) * k + p] * bv[(zb * k + p) * n + j];
                                 acc += t;
                                 abs += t.abs();
                             }
@@ -388,6 +420,11 @@ mod tests {
                 }
             }
         }
+        // An empty view whose offset lies at the end of its storage: an empty product.
+        let x = Tensor::uniform_with(&mut g, [2, 3], -1.0, 1.0, DType::F16, dev)?;
+        let e = x.narrow(0, 2, 0)?.narrow(1, 3, 0)?.t()?;
+        let y = Tensor::uniform_with(&mut g, [0, 4], -1.0, 1.0, DType::F16, dev)?;
+        assert_eq!(e.matmul(&y)?.dims(), &[0, 4]);
         Ok(())
     }
 }

@@ -230,10 +230,10 @@ mod tests {
         }
     }
 
-    /// Every length up to 70, f32 (AVX-512, else the loop in wide vectors) against f64 (the
-    /// loop) on the same values, and f64 against the rule written out: equal maxima and
-    /// indices, with NaNs in the row and in the running maximum, ties (the earlier tap kept)
-    /// and infinities.
+    /// Every length up to 70, f32 (AVX-512, else the portable loop) against f64 (the portable
+    /// loop; both compiled for the widest vectors) on the same values, and f64 against the rule
+    /// written out: equal maxima and indices, with NaNs in the row and in the running maximum,
+    /// ties (the earlier tap kept) and infinities.
     #[test]
     fn max_of_every_other_element_matches_the_loop() {
         let special = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.25, -0.0];
