@@ -219,11 +219,11 @@ impl Geometry {
 
     /// Where output rows are narrow (at most [`TABLE_MAX_OW`] pixels; twice that where the
     /// row copies go one element at a time — strides above 2, and stride 2 without AVX-512;
-    /// half of it for stride-1 rows as wide as the input's), im2col and col2im go through a table instead of
-    /// per-row copies, whose bookkeeping there costs more than the data: for box row `r` and
-    /// output pixel `p` of one image's rows `oys`, entry `r · px + p` is the plane offset read
-    /// (`y · w + x`), or [`PAD`] where it reads padding. `None` for wider rows, or a table
-    /// longer than [`TABLE_MAX`].
+    /// half of it for stride-1 rows as wide as the input's), im2col and col2im go through a
+    /// table instead of per-row copies, whose bookkeeping there costs more than the data: for
+    /// box row `r` and output pixel `p` of one image's rows `oys`, entry `r · px + p` is the
+    /// plane offset read (`y · w + x`), or [`PAD`] where it reads padding. `None` for wider
+    /// rows, or a table longer than [`TABLE_MAX`].
     ///
     /// Measured per element on Zen 3 (one channel, rows vs table; im2col, col2im): 3 × 3 "same"
     /// on 16 × 16 0.29 vs 0.47 and 0.37 vs 0.86 ns (rows kept), on 8 × 8 0.77 vs 0.43 and
