@@ -720,8 +720,8 @@ macro_rules! conv_gemm {
 }
 conv_gemm!(f32, f32, gemm_strided);
 conv_gemm!(f64, f64, gemm_strided);
-conv_gemm!(bf16, bf16, super::amx::gemm_bf16);
-conv_gemm!(bf16, RoundedBf16, super::amx::gemm_bf16);
+conv_gemm!(bf16, bf16, super::matmul::gemm_bf16);
+conv_gemm!(bf16, RoundedBf16, super::matmul::gemm_bf16);
 conv_gemm!(f16, f16, gemm_f16);
 conv_gemm!(f16, RoundedF16, gemm_f16);
 conv_gemm!(f32, RoundedF16, rounded_gemm::<f16, RoundedF16>);
@@ -1155,9 +1155,10 @@ fn view(dims: [usize; 4], format: crate::MemoryFormat) -> Layout {
 }
 
 /// Runs pass `p` on two operands of one dtype (dense in `spec.format`): BF16 pairs on AMX or
-/// AVX512-BF16 where the CPU has one (bf16 products, f32 accumulation), F16 pairs read as f16
-/// and widened inside the f32 GEMM's packing where the CPU has AVX-512 (the same f32
-/// arithmetic as widening first), everything else in its compute type (f32; f64 for F64). Returns the
+/// AVX512-BF16 where the CPU has one (bf16 products, f32 accumulation), else — as F16 pairs —
+/// read as half and widened inside the f32 GEMM's packing where the CPU has AVX-512 (f16) or
+/// AVX2 (both: the same f32 arithmetic as widening first), everything else in its compute
+/// type (f32; f64 for F64). Returns the
 /// unrounded result in logical (NCHW) order and the operands' dtype.
 fn compute_pass(
     op: &'static str,
@@ -1170,13 +1171,13 @@ fn compute_pass(
     let (ha, hb) = (host(op, a)?, host(op, b)?);
     let view = |dims: [usize; 4]| view(dims, spec.format);
     let both = |d: DType| ha.dtype() == d && hb.dtype() == d;
-    Ok(if both(DType::BF16) && super::amx::engine().is_some() {
+    Ok(if both(DType::BF16) && super::matmul::bf16_packed() {
         let (x, y) = (
             half_nchw::<bf16>(&ha, &view(a_dims))?,
             half_nchw::<bf16>(&hb, &view(b_dims))?,
         );
         (Compute::F32(run_pass(p, &x, &y, g)?), DType::BF16)
-    } else if both(DType::F16) && <f16 as super::sgemm_pack::PackSrc>::simd() {
+    } else if both(DType::F16) && super::matmul::f16_packed() {
         // im2col in f16 (half the bytes), widened inside the GEMM's packing.
         let (x, y) = (
             half_nchw::<f16>(&ha, &view(a_dims))?,
@@ -1273,9 +1274,9 @@ fn expect_half(op: &'static str, what: &str, dtype: DType) -> Result<()> {
 /// Pass `p` (forward, or input gradient) of a half operand `a` (`x` or `dy`, F16 or BF16)
 /// with an F32 weight `w` rounded to `a`'s dtype as it is read: the values, and so the result,
 /// of casting the weight first (nearest even), without the cast's copy — on AMX or AVX512-BF16
-/// (bf16) or in the f32 kernel's packing (f16); where the CPU has neither, by the f32 GEMM
-/// on the operand widened and a rounded f32 copy of the weight (of the tap box's span each
-/// GEMM reads, where taps are skipped).
+/// (bf16) or in the f32 kernel's packing (f16 with AVX-512; either with AVX2); where the CPU
+/// has none of these, by the f32 GEMM on the operand widened and a rounded f32 copy of the
+/// weight (of the tap box's span each GEMM reads, where taps are skipped).
 fn rounding_weight(
     op: &'static str,
     p: Pass,
@@ -1297,7 +1298,7 @@ fn rounding_weight(
         view(spec.weight_dims(), spec.format),
     );
     let dtype = ha.dtype();
-    let out = if dtype == DType::BF16 && super::amx::engine().is_some() {
+    let out = if dtype == DType::BF16 && super::matmul::bf16_packed() {
         let (x, w) = (
             half_nchw::<bf16>(&ha, &a_view)?,
             half_nchw::<f32>(&hw, &w_view)?,
@@ -1306,7 +1307,7 @@ fn rounding_weight(
             Pass::Forward => forward::<bf16, RoundedBf16>(&x, bytemuck::cast_slice(&w), g)?,
             _ => backward_input::<bf16, RoundedBf16>(&x, bytemuck::cast_slice(&w), g)?,
         }
-    } else if dtype == DType::F16 && <f16 as super::sgemm_pack::PackSrc>::simd() {
+    } else if dtype == DType::F16 && super::matmul::f16_packed() {
         let (x, w) = (
             half_nchw::<f16>(&ha, &a_view)?,
             half_nchw::<f32>(&hw, &w_view)?,

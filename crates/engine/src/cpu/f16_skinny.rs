@@ -109,18 +109,56 @@ mod tests {
     use super::super::skinny::{applies, gemm};
     use super::*;
 
-    fn simd() -> bool {
-        <f16 as PackSrc>::simd()
+    use super::super::half_skinny_avx2::WidenFma8;
+
+    /// Runs `check` for the AVX-512 unit and the AVX2 one, those this CPU has.
+    fn for_each_unit(check: impl Fn(&str, fn(Shape, &mut [f32], Ops<'_>, Strides, bool, bool))) {
+        let mut ran = false;
+        if <f16 as PackSrc>::simd() {
+            check("avx512", run::<F16Fma>);
+            ran = true;
+        }
+        if <f16 as PackSrc>::avx2() {
+            check("avx2", run::<WidenFma8>);
+            ran = true;
+        }
+        if !ran {
+            println!("skipped: this CPU has neither AVX-512 nor AVX2/FMA/F16C");
+        }
+    }
+
+    type Shape = (usize, usize, usize);
+    type Strides = ((usize, usize), (usize, usize));
+    /// A as f16 or as f32 rounded while read, and B.
+    type Ops<'a> = (Either<'a>, &'a [f16]);
+    #[derive(Clone, Copy)]
+    enum Either<'a> {
+        Cast(&'a [f16]),
+        Rounded(&'a [RoundedF16]),
+    }
+
+    fn run<K: Kernels<f16, f16> + Kernels<RoundedF16, f16>>(
+        shape: Shape,
+        c: &mut [f32],
+        (a, b): Ops<'_>,
+        strides: Strides,
+        accumulate: bool,
+        parallel: bool,
+    ) {
+        match a {
+            Either::Cast(a) => gemm::<_, _, K>(shape, c, (a, b), strides, accumulate, parallel),
+            Either::Rounded(a) => gemm::<_, _, K>(shape, c, (a, b), strides, accumulate, parallel),
+        }
     }
 
     /// Odd shapes with `n ≤ 8` (both A layouts, overwrite and accumulate) against the f64
-    /// reference within the GEMM bound.
+    /// reference within the GEMM bound, on each unit.
     #[test]
     fn matches_f64_reference_at_odd_sizes() {
-        if !simd() {
-            println!("skipped: this CPU has no AVX-512 (or HEMI_CPU_NO_AVX512 is set)");
-            return;
-        }
+        for_each_unit(|_, unit| odd_sizes(unit));
+    }
+
+    fn odd_sizes(unit: fn(Shape, &mut [f32], Ops<'_>, Strides, bool, bool)) {
         let mut rnd = super::super::gemm_check::uniform(0x94D0_49BB_1331_11EB);
         super::super::gemm_check::check_against_f64(
             &[
@@ -136,19 +174,26 @@ mod tests {
             f16::to_f64,
             &|shape, c, a, sa, b, sb, accumulate, parallel| {
                 assert!(applies(shape.1, sa));
-                gemm::<_, _, F16Fma>(shape, c, (a, b), (sa, sb), accumulate, parallel)
+                unit(
+                    shape,
+                    c,
+                    (Either::Cast(a), b),
+                    (sa, sb),
+                    accumulate,
+                    parallel,
+                )
             },
         );
     }
 
     /// A given as f32 rounded while read gives the bits of A rounded first (ties, an f16
-    /// subnormal and f16's largest finite value among the values).
+    /// subnormal and f16's largest finite value among the values), on each unit.
     #[test]
     fn rounded_a_equals_a_cast_first() {
-        if !simd() {
-            println!("skipped: this CPU has no AVX-512 (or HEMI_CPU_NO_AVX512 is set)");
-            return;
-        }
+        for_each_unit(rounded_equals_cast);
+    }
+
+    fn rounded_equals_cast(name: &str, unit: fn(Shape, &mut [f32], Ops<'_>, Strides, bool, bool)) {
         let mut rnd = super::super::gemm_check::uniform(0xBF58_476D_1CE4_E5B9);
         // A tie (1 + 2^-11), a tie rounding up (1 + 3·2^-11), an f16 subnormal, 65504.
         let specials = [0x3F80_1000u32, 0x3F80_3000, 0x3380_0001, 0x477F_E000];
@@ -173,10 +218,29 @@ mod tests {
                     ),
                 };
                 let shape = (m, n, k);
-                gemm::<_, _, F16Fma>(shape, &mut want, (&cast, &b), (sa, (n, 1)), false, false);
-                gemm::<_, _, F16Fma>(shape, &mut got, (&rounded, &b), (sa, (n, 1)), false, true);
+                let strides = (sa, (n, 1));
+                unit(
+                    shape,
+                    &mut want,
+                    (Either::Cast(&cast), &b),
+                    strides,
+                    false,
+                    false,
+                );
+                unit(
+                    shape,
+                    &mut got,
+                    (Either::Rounded(&rounded), &b),
+                    strides,
+                    false,
+                    true,
+                );
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&got), bits(&want), "({m},{n},{k}) A strides {sa:?}");
+                assert_eq!(
+                    bits(&got),
+                    bits(&want),
+                    "{name} ({m},{n},{k}) A strides {sa:?}"
+                );
             }
         }
     }

@@ -1,13 +1,15 @@
-//! CPU matrix products through the `gemm` crate (f32 and f64 kernels). F16/BF16 operands are
-//! widened to f32 (exact), multiplied with f32 accumulation and rounded once at the output, so
-//! the result obeys DESIGN.md's GEMM bound with `u_out` of the output dtype.
+//! CPU matrix products through the `gemm` crate (f32 and f64 kernels) and our own kernels
+//! (`sgemm`, `amx`, `skinny`). F16/BF16 operands are widened to f32 (exact) — or multiplied
+//! exactly on bf16 units — with f32 accumulation and rounded once at the output, so the result
+//! obeys DESIGN.md's GEMM bound with `u_out` of the output dtype.
 
 use super::compute::{host, map_compute, to_f64_vec, Compute};
+use super::sgemm_pack::PackSrc;
 use super::wrap;
 use crate::backend::{check_gemm, check_matmul, GemmEpilogue, MatmulSpec};
 use crate::{CpuStorage, Error, Layout, Result, StorageRef};
 use gemm::Parallelism;
-use half::f16;
+use half::{bf16, f16};
 
 /// `dst[m, n] = lhs[m, k] · rhs[k, n]` with element strides (row, col) for each operand;
 /// `dst` is contiguous. All slices must cover the addressed elements (checked by callers).
@@ -97,12 +99,11 @@ pub(crate) fn span((m, k): (usize, usize), (rs, cs): (usize, usize)) -> usize {
 /// [`gemm_strided`] for f16 operands into an f32 `dst` (A may also be f32 rounded to f16 on
 /// the way in, [`RoundedF16`](super::sgemm_pack::RoundedF16)): at most 8 columns through the
 /// AVX-512 skinny kernel; else on AMX tiles where the CPU has them (each operand split into two
-/// exact bf16 parts, [`amx::gemm_f16`](super::amx::gemm_f16)); else through the AVX-512
-/// kernel, which widens them (exactly) while packing, where the CPU has it and the shape suits
-/// it; elsewhere the addressed extents are widened into f32 copies first. Every path gives f32
-/// sums of the exact products: DESIGN.md's GEMM bound, and the f32 GEMM's infinities and NaNs.
+/// exact bf16 parts, [`amx::gemm_f16`](super::amx::gemm_f16)); else as [`gemm_packed`]. Every
+/// path gives f32 sums of the exact products: DESIGN.md's GEMM bound, and the f32 GEMM's
+/// infinities and NaNs.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_f16<A: super::sgemm_pack::PackSrc + super::amx::Parts>(
+pub(crate) fn gemm_f16<A: PackSrc + super::amx::Parts>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     lhs: &[A],
@@ -112,7 +113,6 @@ pub(crate) fn gemm_f16<A: super::sgemm_pack::PackSrc + super::amx::Parts>(
     accumulate: bool,
     parallel: bool,
 ) {
-    use super::sgemm_pack::PackSrc;
     let (ea, eb) = (span((m, k), ls), span((k, n), rs));
     assert!(dst.len() >= m * n, "gemm_f16: dst too small");
     assert!(
@@ -133,28 +133,96 @@ pub(crate) fn gemm_f16<A: super::sgemm_pack::PackSrc + super::amx::Parts>(
         super::amx::gemm_f16((m, n, k), dst, lhs, ls, rhs, rs, accumulate, parallel);
         return;
     }
-    if m > 0
-        && n > 0
-        && k > 0
-        && A::simd()
-        && f16::simd()
-        && (m >= super::sgemm::NR || super::sgemm::suits((m, n)))
-    {
+    gemm_packed((m, n, k), dst, lhs, ls, rhs, rs, accumulate, parallel);
+}
+
+/// [`gemm_strided`] for bf16 operands into an f32 `dst` (A may also be f32 rounded to bf16 on
+/// the way in, [`RoundedBf16`](super::amx_pack::RoundedBf16)): on AMX or AVX512-BF16 where the CPU has one
+/// ([`amx::gemm_bf16`](super::amx::gemm_bf16): exact bf16 products, f32 sums, values below
+/// 2^-126 flushed as those units do), else as [`gemm_packed`] (exact f32 arithmetic on the
+/// widened values). Within DESIGN.md's GEMM bound either way.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_bf16<A: PackSrc + super::amx_pack::AmxSrc + super::amx::Parts>(
+    shape: (usize, usize, usize),
+    dst: &mut [f32],
+    lhs: &[A],
+    ls: (usize, usize),
+    rhs: &[bf16],
+    rs: (usize, usize),
+    accumulate: bool,
+    parallel: bool,
+) {
+    if super::amx::engine().is_some() {
+        super::amx::gemm_bf16(shape, dst, lhs, ls, rhs, rs, accumulate, parallel);
+    } else {
+        let (ea, eb) = (span((shape.0, shape.2), ls), span((shape.2, shape.1), rs));
+        assert!(dst.len() >= shape.0 * shape.1, "gemm_bf16: dst too small");
+        assert!(
+            lhs.len() >= ea && rhs.len() >= eb,
+            "gemm_bf16: operand too small"
+        );
+        gemm_packed(shape, dst, lhs, ls, rhs, rs, accumulate, parallel);
+    }
+}
+
+/// A half-precision product (`B` f16 or bf16; `A` the same, or an f32 weight rounded to it as
+/// read) with no unit of its own on this CPU, into f32 (the callers checked the extents): at
+/// most 8 columns through the AVX2 skinny kernel where there is AVX2 but no AVX-512 (A read in
+/// place, widened or rounded in registers); else through our f32 GEMM (`sgemm`: the AVX-512
+/// tile, or the AVX2 one), which widens or rounds the operands (exactly as a cast would) while
+/// packing, where the CPU has one and the shape suits it; elsewhere the addressed extents are
+/// widened into f32 copies for the `gemm` crate. f32 sums of exact products either way.
+#[allow(clippy::too_many_arguments)]
+fn gemm_packed<A: PackSrc, B: PackSrc>(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    lhs: &[A],
+    ls: (usize, usize),
+    rhs: &[B],
+    rs: (usize, usize),
+    accumulate: bool,
+    parallel: bool,
+) {
+    let nonempty = m > 0 && n > 0 && k > 0;
+    let avx2 = A::avx2() && B::avx2();
+    #[cfg(target_arch = "x86_64")]
+    if nonempty && avx2 && super::skinny::applies(n, ls) {
+        // (Where the AVX-512 unit serves, `gemm_f16` took this product already.)
+        use super::{half_skinny_avx2::WidenFma8, skinny::gemm};
+        gemm::<_, _, WidenFma8>((m, n, k), dst, (lhs, rhs), (ls, rs), accumulate, parallel);
+        return;
+    }
+    let tile_suits = m >= super::sgemm::NR || super::sgemm::suits_shape((m, n));
+    if nonempty && ((A::simd() && B::simd()) || avx2) && tile_suits {
         // (From n = 32 on: at 8 × 64 px the last stage's n = 32 products would otherwise
-        // widen their 512 × 4608 weights first. f16 A is packed even then: only f32 is read in
-        // place.) A product narrower than a tile but at least one tall (a late layer at small
-        // images: 512 × 12 × 4608) runs transposed inside `sgemm`: A (the weight) is read
-        // once while packed as the B operand, rather than widened into a fresh copy for the
-        // crate (a memory-bound pass over every late weight, twice per step).
+        // widen their 512 × 4608 weights first. Half A is packed even then: only f32 is read
+        // in place.) A product narrower than a tile but at least one tall (a late layer at
+        // small images: 512 × 12 × 4608) runs transposed inside `sgemm`: A (the weight) is
+        // read once while packed as the B operand, rather than widened into a fresh copy for
+        // the crate (a memory-bound pass over every late weight, twice per step).
         super::sgemm::sgemm((m, n, k), dst, lhs, ls, rhs, rs, accumulate, parallel);
         return;
     }
+    let (ea, eb) = (span((m, k), ls), span((k, n), rs));
     // (In parallel when long. Should the host cache's allocation fail, a plain one aborts as
     // any `Vec` would.)
-    let (a, b) = (A::widened(&lhs[..ea]), f16::widened(&rhs[..eb]));
+    let (a, b) = (A::widened(&lhs[..ea]), B::widened(&rhs[..eb]));
     gemm_strided((m, n, k), dst, &a, ls, &b, rs, accumulate, parallel);
     crate::alloc::recycle(a);
     crate::alloc::recycle(b);
+}
+
+/// Whether f16 operands are read as f16 (widened while packed, as are autocast weights rounded
+/// to f16) by the AVX-512 or AVX2 kernel: else half convolutions widen their operands first.
+pub(crate) fn f16_packed() -> bool {
+    f16::simd() || f16::avx2()
+}
+
+/// Whether bf16 convolution operands are read as bf16: on AMX or AVX512-BF16, or widened while
+/// packed by the AVX2 kernel (autocast weights rounded to bf16 likewise): else they are
+/// widened first.
+pub(crate) fn bf16_packed() -> bool {
+    super::amx::engine().is_some() || bf16::avx2()
 }
 
 /// Whether f16 products run on AMX tiles (split into bf16 parts): where the CPU has AMX, unless

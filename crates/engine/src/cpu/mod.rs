@@ -1,6 +1,7 @@
 //! The CPU backend: the reference implementation of every op. Loops over f32/f64 compute
 //! vectors (AVX-512 where the CPU has it), GEMMs on our AVX-512 / AMX / AVX512-BF16 kernels
-//! (the `gemm` crate elsewhere), parallel on rayon's global pool ([`init_threads`] makes the
+//! (the `gemm` crate elsewhere, except half-precision operands, which our AVX2 kernels read
+//! where there is AVX2 but no AVX-512), parallel on rayon's global pool ([`init_threads`] makes the
 //! calling thread one of its workers). One file per op family, each holding the family's
 //! trait implementation (`impl ConvOps for CpuBackend` in `conv.rs`, ...).
 
@@ -20,6 +21,8 @@ mod f16_skinny;
 #[cfg(test)]
 mod gemm_check;
 mod half_blocks;
+#[cfg(target_arch = "x86_64")]
+mod half_skinny_avx2;
 mod loss;
 mod matmul;
 mod memory;
@@ -28,6 +31,7 @@ mod optim;
 mod pool;
 mod reduce;
 mod sgemm;
+mod sgemm_avx2;
 mod sgemm_pack;
 #[cfg(target_arch = "x86_64")]
 mod skinny;

@@ -47,7 +47,12 @@ pub(crate) fn available() -> bool {
 /// orientation wins everywhere (256×16×2304 104 as is, 100 transposed, 147 in the crate;
 /// 2304×16×256 64, 112, 99; 256×24×2304 142, 130, 87): those stay with the crate.
 pub(crate) fn suits((m, n): (usize, usize)) -> bool {
-    available() && ((n >= NR && m >= 16) || (m >= NR && (4..16).contains(&n)))
+    available() && suits_shape((m, n))
+}
+
+/// The shapes of [`suits`], whatever the CPU.
+pub(crate) fn suits_shape((m, n): (usize, usize)) -> bool {
+    (n >= NR && m >= 16) || (m >= NR && (4..16).contains(&n))
 }
 
 /// The padded rows the kernel computes for `rows` rows of C: full 12-row tiles and one tile
@@ -151,10 +156,24 @@ unsafe fn kernel<const R: usize, const DIRECT: bool>(
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::type_complexity)]
 fn kernel_for(rows: usize) -> Kernel {
+    if !available() {
+        return super::sgemm_avx2::tile::<false>;
+    }
     match rows {
         0..=4 => kernel::<4, false>,
         5..=8 => kernel::<8, false>,
         _ => kernel::<MR, false>,
+    }
+}
+
+/// The tile that reads A in place (full `MR`-row tiles of an f32 A): AVX-512's, or the AVX2
+/// one ([`sgemm_avx2::tile`](super::sgemm_avx2::tile)).
+#[cfg(target_arch = "x86_64")]
+fn direct_kernel() -> Kernel {
+    if available() {
+        kernel::<MR, true>
+    } else {
+        super::sgemm_avx2::tile::<true>
     }
 }
 
@@ -219,7 +238,7 @@ fn gemm_serial<SA: PackSrc, SB: PackSrc>(
                     // SAFETY (offset): rows i0..i0+MR and k pc..pc+kc of A lie inside it
                     // (asserted above: i0 + MR <= m).
                     Some(a) if i0 < full => (
-                        kernel::<MR, true>,
+                        direct_kernel(),
                         (unsafe { a.as_ptr().add(i0 * a_rs + pc * a_cs) }, a_rs, a_cs),
                     ),
                     // SAFETY (offset): the packed slivers hold (m - full).div_ceil(MR) * kc * MR.
@@ -232,7 +251,8 @@ fn gemm_serial<SA: PackSrc, SB: PackSrc>(
                         ),
                     ),
                 };
-                // SAFETY: `available()` was checked by the caller; A as just described; the B
+                // SAFETY: `available()` (or the AVX2 tile's `sgemm_avx2::available()`) was
+                // checked by the caller; A as just described; the B
                 // sliver holds kc * NR values; C rows i0..i0+rows have `cols` writable
                 // columns from j0 (dst holds m * n).
                 #[cfg(target_arch = "x86_64")]
@@ -258,7 +278,8 @@ fn gemm_serial<SA: PackSrc, SB: PackSrc>(
 /// contiguous, `m, n, k > 0`. The operands are f32, or f16 widened exactly while packed (the
 /// same f32 products and sums as widening them first), or f32 rounded to f16 while packed
 /// ([`RoundedF16`](super::sgemm_pack::RoundedF16)). Callers check `SA::simd()` and
-/// `SB::simd()` (for f32: `available()`) and the slice extents (as for `gemm_strided`).
+/// `SB::simd()` (for f32: `available()`), or (the AVX2 tile, where there is no AVX-512)
+/// `SA::avx2()` and `SB::avx2()`, and the slice extents (as for `gemm_strided`).
 /// Shapes that use the kernel's tiles better transposed run so ([`transposed_better`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn sgemm<SA: PackSrc, SB: PackSrc>(
@@ -385,11 +406,12 @@ mod tests {
     use super::*;
 
     /// Odd sizes across every blocking edge, both operand layouts, overwrite and accumulate,
-    /// against an f64 reference within the GEMM bound.
+    /// against an f64 reference within the GEMM bound (on the AVX-512 tile, else the AVX2 one:
+    /// full and partial sub-tiles, A read in place).
     #[test]
     fn matches_f64_reference_at_odd_sizes() {
-        if !available() {
-            println!("skipped: this CPU has no AVX-512F (the gemm crate serves it)");
+        if !available() && !super::super::sgemm_avx2::available() {
+            println!("skipped: this CPU has neither AVX-512F nor AVX2/FMA/F16C");
             return;
         }
         super::super::gemm_check::check_against_f64(
@@ -434,8 +456,8 @@ mod tests {
     /// order), overwriting and accumulating, for strided operands of both layouts.
     #[test]
     fn transposed_run_gives_the_same_bits() {
-        if !available() {
-            println!("skipped: this CPU has no AVX-512F (the gemm crate serves it)");
+        if !available() && !super::super::sgemm_avx2::available() {
+            println!("skipped: this CPU has neither AVX-512F nor AVX2/FMA/F16C");
             return;
         }
         let mut rnd = super::super::gemm_check::uniform(0x1234_5678_9ABC_DEF1);
@@ -475,46 +497,70 @@ mod tests {
         }
     }
 
-    /// f16 operands, widened while packed, against the f64 reference of the f16 values.
+    /// f16 operands, widened while packed, against the f64 reference of the f16 values; and
+    /// (on the AVX2 packers) bf16 ones.
     #[test]
-    fn f16_operands_match_f64_reference() {
-        use half::f16;
-        if !f16::simd() {
-            println!("skipped: this CPU has no AVX-512F/BW (f16 GEMMs widen first there)");
-            return;
-        }
+    fn half_operands_match_f64_reference() {
+        use half::{bf16, f16};
+        let shapes = [(1, 1, 1), (13, 33, 7), (37, 65, 300), (64, 96, 513)];
         let mut rnd = super::super::gemm_check::uniform(0x6C07_8965_2F4A_7C15);
-        super::super::gemm_check::check_against_f64(
-            &[(1, 1, 1), (13, 33, 7), (37, 65, 300), (64, 96, 513)],
-            || f16::from_f32(rnd()),
-            f16::to_f64,
-            &|shape, c, a, sa, b, sb, accumulate, par| {
-                sgemm(shape, c, a, sa, b, sb, accumulate, par)
-            },
-        );
+        if f16::simd() || f16::avx2() {
+            super::super::gemm_check::check_against_f64(
+                &shapes,
+                || f16::from_f32(rnd()),
+                f16::to_f64,
+                &|shape, c, a, sa, b, sb, accumulate, par| {
+                    sgemm(shape, c, a, sa, b, sb, accumulate, par)
+                },
+            );
+        } else {
+            println!("skipped f16: this CPU has neither AVX-512F/BW nor AVX2 (f16 GEMMs widen)");
+        }
+        if bf16::avx2() {
+            super::super::gemm_check::check_against_f64(
+                &shapes,
+                || bf16::from_f32(rnd() * 1e3),
+                bf16::to_f64,
+                &|shape, c, a, sa, b, sb, accumulate, par| {
+                    sgemm(shape, c, a, sa, b, sb, accumulate, par)
+                },
+            );
+        } else {
+            println!("skipped bf16: this CPU has no AVX2 (bf16 GEMMs run on bf16 units or widen)");
+        }
     }
 
-    /// `gemm_f16` at shapes its kernel does not serve directly: products at most 8 columns
-    /// wide run `skinny`, others narrower than a register tile run transposed (in parallel
-    /// over blocks of A's rows, or serially), and the smallest ones widen for the crate;
-    /// against the f64 reference.
+    /// `gemm_f16` and `gemm_bf16` at shapes the blocked kernel does not serve directly:
+    /// products at most 8 columns wide run `skinny`, others narrower than a register tile run
+    /// transposed (in parallel over blocks of A's rows, or serially), and the smallest ones
+    /// widen for the crate; against the f64 reference.
     #[test]
-    fn narrow_f16_products_match_f64_reference() {
+    fn narrow_half_products_match_f64_reference() {
         use half::f16;
         let mut rnd = super::super::gemm_check::uniform(0x3C6E_F372_FE94_F82B);
+        let shapes = [
+            (100, 4, 300),
+            (33, 17, 70),
+            (512, 1, 40),
+            (40, 31, 9),
+            (20, 5, 33),
+            (20, 12, 33),
+        ];
         super::super::gemm_check::check_against_f64(
-            &[
-                (100, 4, 300),
-                (33, 17, 70),
-                (512, 1, 40),
-                (40, 31, 9),
-                (20, 5, 33),
-                (20, 12, 33),
-            ],
+            &shapes,
             || f16::from_f32(rnd()),
             f16::to_f64,
             &|shape, c, a, sa, b, sb, accumulate, par| {
                 super::super::matmul::gemm_f16(shape, c, a, sa, b, sb, accumulate, par)
+            },
+        );
+        // (On AMX or AVX512-BF16, whose units flush values below 2^-126: none is drawn.)
+        super::super::gemm_check::check_against_f64(
+            &shapes,
+            || half::bf16::from_f32(rnd()),
+            half::bf16::to_f64,
+            &|shape, c, a, sa, b, sb, accumulate, par| {
+                super::super::matmul::gemm_bf16(shape, c, a, sa, b, sb, accumulate, par)
             },
         );
     }

@@ -10,8 +10,9 @@
 //! The operands may also be f16 ([`PackSrc`]): they are widened (exactly) as they are packed,
 //! so an f16 convolution runs the f32 kernel without a widened copy of each operand first.
 
+use super::amx_pack::RoundedBf16;
 use super::sgemm::{MR, NR};
-use half::f16;
+use half::{bf16, f16};
 
 /// An operand element the packers read: f32, or f16 widened exactly on the way in.
 pub(crate) trait PackSrc: Copy + Send + Sync + 'static {
@@ -26,12 +27,58 @@ pub(crate) trait PackSrc: Copy + Send + Sync + 'static {
     fn widened(s: &[Self]) -> Vec<f32> {
         s.iter().map(|v| v.to_f32()).collect()
     }
-    /// The 16 values at `p` whose `mask` bit is set, as f32 (other lanes 0).
+    /// The 16 values at `p` whose `mask` bit is set, as f32 (other lanes 0). (The default,
+    /// value by value, serves types whose `simd()` is false.)
     ///
     /// # Safety
     /// [`PackSrc::simd`] holds; the masked elements are readable.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn load16(p: *const Self, mask: u16) -> std::arch::x86_64::__m512;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn load16(p: *const Self, mask: u16) -> std::arch::x86_64::__m512 {
+        let mut v = [0f32; 16];
+        for (i, x) in v.iter_mut().enumerate() {
+            if mask >> i & 1 == 1 {
+                // SAFETY: the masked elements are readable (the caller's contract).
+                *x = unsafe { *p.add(i) }.to_f32();
+            }
+        }
+        // SAFETY: `v` holds 16 f32.
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(v.as_ptr()) }
+    }
+    /// Whether this CPU runs [`PackSrc::load8`] and the AVX2 tile
+    /// ([`sgemm_avx2`](super::sgemm_avx2): AVX2, FMA and F16C).
+    fn avx2() -> bool {
+        super::sgemm_avx2::available()
+    }
+    /// The first `n` (1 to 8) values at `p` as f32 (other lanes 0).
+    ///
+    /// # Safety
+    /// [`PackSrc::avx2`] holds; the `n` elements are readable.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self, n: usize) -> std::arch::x86_64::__m256;
+}
+
+/// The first `n` (1 to 8) f32 values at `p` (other lanes 0): a plain load when all 8, else a
+/// masked one (which reads no lane past them).
+///
+/// # Safety
+/// AVX2; the `n` values are readable.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn load8_f32(p: *const f32, n: usize) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    // SAFETY: the first `n` values are readable (the caller's contract).
+    unsafe {
+        if n >= 8 {
+            _mm256_loadu_ps(p)
+        } else if n == 4 {
+            _mm256_insertf128_ps::<0>(_mm256_setzero_ps(), _mm_loadu_ps(p))
+        } else {
+            _mm256_maskload_ps(p, super::sgemm_avx2::lanes(n))
+        }
+    }
 }
 
 impl PackSrc for f32 {
@@ -50,6 +97,13 @@ impl PackSrc for f32 {
     unsafe fn load16(p: *const f32, mask: u16) -> std::arch::x86_64::__m512 {
         // SAFETY: the masked lanes are readable (the caller's contract).
         unsafe { std::arch::x86_64::_mm512_maskz_loadu_ps(mask, p) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const f32, n: usize) -> std::arch::x86_64::__m256 {
+        // SAFETY: the caller's contract.
+        unsafe { load8_f32(p, n) }
     }
 }
 
@@ -77,6 +131,14 @@ impl PackSrc for f16 {
         // SAFETY: the masked lanes are readable (the caller's contract).
         let h = unsafe { _mm512_maskz_loadu_epi16(mask as u32, p.cast()) };
         _mm512_cvtph_ps(_mm512_castsi512_si256(h))
+    }
+    /// 8 16-bit values ([`load8_u16`]) widened by `vcvtph2ps` (exact).
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const f16, n: usize) -> std::arch::x86_64::__m256 {
+        // SAFETY: the caller's contract (n values readable).
+        std::arch::x86_64::_mm256_cvtph_ps(unsafe { load8_u16(p.cast(), n) })
     }
 }
 
@@ -118,6 +180,113 @@ impl PackSrc for RoundedF16 {
             { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
         >(v))
     }
+    /// An f32 load (masked past `n`) through `vcvtps2ph` (nearest even) and `vcvtph2ps`.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const RoundedF16, n: usize) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract.
+        let v = unsafe { load8_f32(p.cast(), n) };
+        _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v))
+    }
+}
+
+/// bf16 operands (autocast activations and gradients), widened exactly while packed: by the
+/// AVX2 packers only (`simd()` is false: AVX-512 CPUs multiply bf16 on AMX or AVX512-BF16
+/// where they have it, and widen it first where they have neither).
+impl PackSrc for bf16 {
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+    fn simd() -> bool {
+        false
+    }
+    fn as_f32(_: &[bf16]) -> Option<&[f32]> {
+        None
+    }
+    /// (In parallel when long; should the host cache's allocation fail, a plain one.)
+    fn widened(s: &[bf16]) -> Vec<f32> {
+        super::convert::widened(s).unwrap_or_else(|_| s.iter().map(|v| v.to_f32()).collect())
+    }
+    /// 16-bit lanes zero-extended and shifted up by 16 (exact), a NaN made quiet (bit 22 set)
+    /// as `half` does.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const bf16, n: usize) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract (n values readable).
+        let h = unsafe { load8_u16(p.cast(), n) };
+        let x = _mm256_cvtepu16_epi32(h);
+        let magnitude = _mm256_and_si256(x, _mm256_set1_epi32(0x7FFF));
+        let nan = _mm256_cmpgt_epi32(magnitude, _mm256_set1_epi32(0x7F80));
+        let quiet = _mm256_or_si256(x, _mm256_and_si256(nan, _mm256_set1_epi32(0x40)));
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(quiet))
+    }
+}
+
+/// An f32 value that the AVX2 packers round to bf16 and widen back (`half`'s rounding, see
+/// `convert::round_bf16_lanes`) — an autocast weight read without its bf16 copy.
+impl PackSrc for RoundedBf16 {
+    fn to_f32(self) -> f32 {
+        bf16::from_f32(self.0).to_f32()
+    }
+    fn simd() -> bool {
+        false
+    }
+    fn as_f32(_: &[RoundedBf16]) -> Option<&[f32]> {
+        None
+    }
+    /// (In parallel when long; should the host cache's allocation fail, a plain one.)
+    fn widened(s: &[RoundedBf16]) -> Vec<f32> {
+        let v: &[f32] = bytemuck::cast_slice(s);
+        super::convert::rounded_through::<bf16>(v)
+            .unwrap_or_else(|_| s.iter().map(|v| v.to_f32()).collect())
+    }
+    /// Non-NaN `x` becomes `(x + 0x7FFF + ((x >> 16) & 1))` with the low 16 bits cleared
+    /// (nearest even; a carry bumps the exponent, up to infinity), NaN `x | 0x0040_0000`
+    /// cleared likewise (quiet).
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const RoundedBf16, n: usize) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract.
+        let x = _mm256_castps_si256(unsafe { load8_f32(p.cast(), n) });
+        let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(x), _mm256_set1_epi32(1));
+        let bias = _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), lsb);
+        let rounded = _mm256_add_epi32(x, bias);
+        let magnitude = _mm256_and_si256(x, _mm256_set1_epi32(0x7FFF_FFFF));
+        // (Magnitudes are non-negative as signed 32-bit integers.)
+        let nan = _mm256_cmpgt_epi32(magnitude, _mm256_set1_epi32(0x7F80_0000));
+        let quiet = _mm256_or_si256(x, _mm256_set1_epi32(0x0040_0000));
+        let bits = _mm256_blendv_epi8(rounded, quiet, nan);
+        _mm256_castsi256_ps(_mm256_and_si256(bits, _mm256_set1_epi32(!0xFFFF)))
+    }
+}
+
+/// The first `n` (1 to 8) 16-bit values at `p` (other lanes 0): a 16-byte load when all 8,
+/// else the `n` values copied into a zeroed group.
+///
+/// # Safety
+/// The `n` values are readable.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn load8_u16(p: *const u16, n: usize) -> std::arch::x86_64::__m128i {
+    use std::arch::x86_64::*;
+    if n >= 8 {
+        // SAFETY: 8 values are readable (the caller's contract).
+        unsafe { _mm_loadu_si128(p.cast()) }
+    } else {
+        let mut group = [0u16; 8];
+        // SAFETY: `n` values are readable (the caller's contract); `group` holds 8.
+        unsafe {
+            std::ptr::copy_nonoverlapping(p, group.as_mut_ptr(), n.min(8));
+            _mm_loadu_si128(group.as_ptr().cast())
+        }
+    }
 }
 
 /// Makes `out` at least `len` long (the packers write every element they use: a buffer reused
@@ -145,15 +314,21 @@ pub(crate) fn pack_a<S: PackSrc>(
     // 7.7 % of an fp16 training step at 8 × 64 px, whose weights are not read in place).
     let mut packed = 0;
     #[cfg(target_arch = "x86_64")]
-    if rs == 1 && S::simd() && kc > 0 {
+    if rs == 1 && (S::simd() || S::avx2()) && kc > 0 {
         packed = m / MR;
         for g0 in (0..packed).step_by(16) {
             let group = g0..(g0 + 16).min(packed);
             let src = &a[g0 * MR + k0 * cs..][..(kc - 1) * cs + group.len() * MR];
             let dst = &mut out[g0 * kc * MR..][..group.len() * kc * MR];
-            // SAFETY: `S::simd()` holds; `src` holds kc runs of `group.len() * MR` values `cs`
-            // apart, `dst` the group's slivers.
-            unsafe { copy_columns_avx512(src, cs, (kc, group.len()), dst) };
+            // SAFETY: `S::simd()` (or `S::avx2()`) holds; `src` holds kc runs of
+            // `group.len() * MR` values `cs` apart, `dst` the group's slivers.
+            unsafe {
+                if S::simd() {
+                    copy_columns_avx512(src, cs, (kc, group.len()), dst)
+                } else {
+                    super::sgemm_avx2::copy_columns(src, cs, (kc, group.len()), dst)
+                }
+            };
         }
     }
     for s in packed..slivers {
@@ -204,11 +379,17 @@ pub(crate) fn pack_b_sliver<S: PackSrc>(
     grow(out, kc * NR);
     if cs == 1 {
         #[cfg(target_arch = "x86_64")]
-        if S::simd() && cols > 0 {
+        if (S::simd() || S::avx2()) && cols > 0 {
             let src = &b[p0 * rs + j0..][..(kc - 1) * rs + cols];
-            // SAFETY: AVX-512F was detected; `src` holds rows 0..kc of `cols` values `rs`
-            // apart, `out` holds kc * NR.
-            unsafe { copy_rows_avx512(src, rs, (kc, cols), out) };
+            // SAFETY: AVX-512F (or AVX2) was detected; `src` holds rows 0..kc of `cols` values
+            // `rs` apart, `out` holds kc * NR.
+            unsafe {
+                if S::simd() {
+                    copy_rows_avx512(src, rs, (kc, cols), out)
+                } else {
+                    super::sgemm_avx2::copy_rows(src, rs, (kc, cols), out)
+                }
+            };
             return;
         }
         for (p, row) in out.chunks_exact_mut(NR).enumerate() {
@@ -307,6 +488,12 @@ fn transpose_rows<S: PackSrc>(src: &[&[S]], len: usize, dst: &mut [f32], width: 
     if S::simd() {
         // SAFETY: `S::simd()` holds; the extents were stated above (checked in debug).
         unsafe { transpose_rows_avx512(src, len, dst, width) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if S::avx2() {
+        // SAFETY: `S::avx2()` holds; the extents were stated above (checked in debug).
+        unsafe { super::sgemm_avx2::transpose_rows(src, len, dst, width) };
         return;
     }
     for (p, d) in dst[..len * width].chunks_exact_mut(width).enumerate() {
@@ -414,10 +601,15 @@ mod tests {
     use super::*;
 
     /// Both packers against their element-wise definition, at odd sizes and every layout,
-    /// with and without AVX-512 (the scalar branch runs where the CPU lacks it), for f32
-    /// operands and f16 ones (widened exactly while packed).
+    /// for f32 operands and f16 ones (widened exactly while packed): with AVX-512 (where the
+    /// CPU has it), else with AVX2 and with the AVX2 path turned off (the scalar branches).
     #[test]
     fn packs_equal_their_definition() {
+        check_all_packers();
+        super::super::sgemm_avx2::tests::without_avx2(check_all_packers);
+    }
+
+    fn check_all_packers() {
         let mut draw = super::super::gemm_check::uniform(0x9E37_79B9_7F4A_7C15);
         // (209 rows: a column-major A of more than one group of 16 slivers.)
         let (rows, cols) = (209, 300);
@@ -431,6 +623,38 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, &x)| RoundedF16(x * [1.0, 1e5, 3e-6, 7.3][i % 4]))
+            .collect();
+        check_packers(&rounded, (rows, cols));
+        // bf16 (packed by the AVX2 packers, else the scalar ones), with a signalling NaN (made
+        // quiet as `half` widens it), an infinity and subnormals among the values.
+        let specials = [0x7F81u16, 0xFF80, 0x0001, 0x807F];
+        let brain: Vec<bf16> = data
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| match specials.get(i % 37) {
+                Some(&bits) => bf16::from_bits(bits),
+                None => bf16::from_f32(x * 1e3),
+            })
+            .collect();
+        check_packers(&brain, (rows, cols));
+        // f32 rounded to bf16, against `half`: ties to even both ways, a signalling NaN, the
+        // largest finite f32 (rounds to infinity), a value that stays finite, subnormals.
+        let specials = [
+            0x3F80_8000u32,
+            0x3F81_8000,
+            0x7F80_0001,
+            0x7F7F_FFFF,
+            0xFF7F_7FFF,
+            0x0000_8001,
+            0x8000_7FFF,
+        ];
+        let rounded: Vec<RoundedBf16> = data
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| match specials.get(i % 41) {
+                Some(&bits) => RoundedBf16(f32::from_bits(bits)),
+                None => RoundedBf16(x * [1.0, 1e30, 3e-38, 7.3][i % 4]),
+            })
             .collect();
         check_packers(&rounded, (rows, cols));
     }

@@ -136,6 +136,63 @@ impl<A, P> Job<'_, A, P> {
     }
 }
 
+/// The AVX2 units' write-back ([`f16_skinny_avx2`](super::f16_skinny_avx2)): 8-lane
+/// accumulators, otherwise as [`Job::put_sums`] and [`Job::put_lanes`].
+#[cfg(target_arch = "x86_64")]
+impl<A, P> Job<'_, A, P> {
+    /// [`Job::put_sums`] for 8-lane accumulators (lanes added as a tree: halves, then pairs).
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn put_sums8<const R: usize, const NJ: usize>(
+        &self,
+        out: &mut [f32],
+        g: usize,
+        rows: usize,
+        c: &[[std::arch::x86_64::__m256; NJ]; R],
+    ) {
+        use std::arch::x86_64::*;
+        for (i, ci) in c.iter().enumerate().take(rows - g) {
+            for (j, cij) in ci.iter().enumerate().take(self.n) {
+                let half = _mm_add_ps(
+                    _mm256_castps256_ps128(*cij),
+                    _mm256_extractf128_ps::<1>(*cij),
+                );
+                let pair = _mm_add_ps(half, _mm_movehl_ps(half, half));
+                let sum = _mm_add_ss(pair, _mm_shuffle_ps::<1>(pair, pair));
+                self.put(out, g + i, j, _mm_cvtss_f32(sum));
+            }
+        }
+    }
+
+    /// [`Job::put_lanes`] for 8-lane accumulators: lane `i` of `c[gi][j]` is row
+    /// `g0 + 8·gi + i`, column `j`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn put_lanes8<const G: usize, const NJ: usize>(
+        &self,
+        out: &mut [f32],
+        g0: usize,
+        rows: usize,
+        c: &[[std::arch::x86_64::__m256; NJ]; G],
+    ) {
+        let mut lanes = [0f32; 8];
+        for (gi, cg) in c.iter().enumerate() {
+            let first = g0 + 8 * gi;
+            for (j, cgj) in cg.iter().enumerate().take(self.n) {
+                // SAFETY: `lanes` holds 8 f32.
+                unsafe { std::arch::x86_64::_mm256_storeu_ps(lanes.as_mut_ptr(), *cgj) };
+                for (i, v) in lanes.iter().enumerate().take(rows.saturating_sub(first)) {
+                    self.put(out, first + i, j, *v);
+                }
+            }
+        }
+    }
+}
+
 /// The low `count` bits of a 16-bit mask.
 pub(crate) fn mask16(count: usize) -> u16 {
     if count >= 16 {
