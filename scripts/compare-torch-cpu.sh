@@ -2,7 +2,9 @@
 # Side-by-side CPU training-step throughput: hemi (fp32, bf16 autocast, fp16 autocast) against
 # PyTorch (the same three; fp16 over TORCH_FP16_STEPS steps, default 2), same model (ResNet-18), optimizer (Adam), batch and thread
 # count, interleaved config by config so both see the same machine state. Prints one table with
-# the ratios. Not part of CI (it downloads PyTorch: a few GB).
+# the ratios. Not part of CI (it downloads PyTorch: a few GB). On AMX CPUs fp16 is also timed
+# with HEMI_CPU_NO_F16_AMX=1, on AVX2-only CPUs bf16 and fp16 with HEMI_CPU_NO_AVX2_GEMM=1
+# (their GEMMs on the gemm crate): one line each after the table.
 #
 #   bash scripts/compare-torch-cpu.sh                 # the three configs, 2 threads
 #   STEPS=6 THREADS=2 ROUNDS=3 CONFIGS="8x64 4x32 2x224" bash scripts/compare-torch-cpu.sh
@@ -29,6 +31,7 @@ cargo build --release -q --bench train_step_compare
 BIN=$(ls -t target/release/deps/train_step_compare-* | grep -v '\.d$' | head -1)
 
 AMX=$(grep -m1 -o amx_tile /proc/cpuinfo || true)
+AVX512=$(grep -m1 -o avx512f /proc/cpuinfo || true)
 out=$(mktemp)
 for round in $(seq "$ROUNDS"); do
     for cfg in $CONFIGS; do
@@ -39,6 +42,12 @@ for round in $(seq "$ROUNDS"); do
                 # On AMX CPUs also the fp16 GEMMs on the AVX-512 kernel instead of split tiles.
                 HEMI_CPU_NO_F16_AMX=1 RAYON_NUM_THREADS=$THREADS "$BIN" --batch "$b" --image "$s" \
                     --steps "$STEPS" --amp fp16 | sed 's/ fp16 / fp16-avx512 /' >>"$out"
+            fi
+            if [ "$amp" != off ] && [ -z "$AVX512" ]; then
+                # On AVX2-only CPUs also the half GEMMs without our AVX2 kernel (operands
+                # widened and weights rounded into copies for the gemm crate).
+                HEMI_CPU_NO_AVX2_GEMM=1 RAYON_NUM_THREADS=$THREADS "$BIN" --batch "$b" --image "$s" \
+                    --steps "$STEPS" --amp "$amp" | sed "s/ $amp / $amp-crate /" >>"$out"
             fi
             # PyTorch's fp16 autocast on the CPU is one to two orders of magnitude slower than
             # its fp32 here: a few steps say so.
@@ -70,6 +79,12 @@ for c in cfgs:
     v = rows.get(("hemi", c, "fp16-avx512"))
     if v is not None:
         print(f"{c}: hemi fp16 without f16 AMX tiles {v:.2f} img/s = {v / rows[('hemi', c, 'off')]:.2f}x hemi fp32")
+for c in cfgs:
+    # AVX2-only CPUs: bf16 and fp16 with their GEMMs on the gemm crate (HEMI_CPU_NO_AVX2_GEMM=1).
+    for a in ("bf16", "fp16"):
+        v = rows.get(("hemi", c, a + "-crate"))
+        if v is not None:
+            print(f"{c}: hemi {a} without the AVX2 half GEMM {v:.2f} img/s = {v / rows[('hemi', c, 'off')]:.2f}x hemi fp32")
 print(f"(images/s: per run the median of the timed steps after one warm-up step; per cell the median of {max(len(v) for v in runs.values())} interleaved runs)")
 PY
 rm -f "$out"

@@ -675,8 +675,8 @@ fn over_chunks<T: Send>(
 }
 
 /// An element type convolutions read and the type they accumulate and return in: f32 → f32,
-/// f64 → f64, bf16 → f32 (on AMX tiles or AVX512-BF16), f16 → f32 (widened while the f32
-/// kernel packs it).
+/// f64 → f64, bf16 → f32 (on AMX tiles or AVX512-BF16; else widened while the AVX2 kernel
+/// packs it), f16 → f32 (widened while the f32 kernel packs it).
 trait ConvElem: bytemuck::Pod + Send + Sync + 'static {
     type Acc: Float + bytemuck::Pod + Send + Sync + 'static;
 }

@@ -167,8 +167,8 @@ pub(crate) fn gemm_bf16<A: PackSrc + super::amx_pack::AmxSrc + super::amx::Parts
 
 /// A half-precision product (`B` f16 or bf16; `A` the same, or an f32 weight rounded to it as
 /// read) with no unit of its own on this CPU, into f32 (the callers checked the extents): at
-/// most 8 columns through the AVX2 skinny kernel where there is AVX2 but no AVX-512 (A read in
-/// place, widened or rounded in registers); else through our f32 GEMM (`sgemm`: the AVX-512
+/// most 8 columns through the AVX2 skinny kernel where there is AVX2 (f16 products reach it only
+/// without AVX-512; A read in place, widened or rounded in registers); else through our f32 GEMM (`sgemm`: the AVX-512
 /// tile, or the AVX2 one), which widens or rounds the operands (exactly as a cast would) while
 /// packing, where the CPU has one and the shape suits it; elsewhere the addressed extents are
 /// widened into f32 copies for the `gemm` crate. f32 sums of exact products either way.
@@ -219,10 +219,12 @@ pub(crate) fn f16_packed() -> bool {
 }
 
 /// Whether bf16 convolution operands are read as bf16: on AMX or AVX512-BF16, or widened while
-/// packed by the AVX2 kernel (autocast weights rounded to bf16 likewise): else they are
-/// widened first.
+/// packed by the AVX2 kernel (autocast weights rounded to bf16 likewise) where the CPU has AVX2
+/// but not AVX-512 (AVX-512 CPUs without a bf16 unit — Skylake-SP to Ice Lake — keep widening
+/// first for the AVX-512 kernel: the mixed path is not measured there): else they are widened
+/// first.
 pub(crate) fn bf16_packed() -> bool {
-    super::amx::engine().is_some() || bf16::avx2()
+    super::amx::engine().is_some() || (bf16::avx2() && !super::sgemm::available())
 }
 
 /// Whether f16 products run on AMX tiles (split into bf16 parts): where the CPU has AMX, unless

@@ -1,7 +1,7 @@
 //! The CPU backend: the reference implementation of every op. Loops over f32/f64 compute
 //! vectors (AVX-512 where the CPU has it), GEMMs on our AVX-512 / AMX / AVX512-BF16 kernels
-//! (the `gemm` crate elsewhere, except half-precision operands, which our AVX2 kernels read
-//! where there is AVX2 but no AVX-512), parallel on rayon's global pool ([`init_threads`] makes the
+//! (the `gemm` crate elsewhere, except half-precision convolution operands, which our AVX2
+//! kernels read where there is AVX2 but no AVX-512), parallel on rayon's global pool ([`init_threads`] makes the
 //! calling thread one of its workers). One file per op family, each holding the family's
 //! trait implementation (`impl ConvOps for CpuBackend` in `conv.rs`, ...).
 

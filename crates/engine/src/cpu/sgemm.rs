@@ -1,6 +1,7 @@
 //! f32 GEMM with an AVX-512 microkernel, chosen at run time where the CPU has AVX-512F (the
 //! `gemm` crate's AVX-512 kernels need a nightly compiler; on stable it runs AVX2 only). Other
-//! CPUs, and f64, keep the `gemm` crate.
+//! CPUs, and f64, keep the `gemm` crate for f32 operands; half-precision operands, which the
+//! crate cannot read, run this driver's AVX2 tile there ([`sgemm_avx2`](super::sgemm_avx2)).
 //!
 //! The shapes hemi multiplies on the CPU are mostly small (one image of a convolution:
 //! `C_out × (H·W) × (C_in·9)`), so packing must cost little: A is packed `KC` deep into
@@ -25,6 +26,10 @@ const KC: usize = 256;
 /// Whether this CPU runs the AVX-512 kernel (detected once; `HEMI_CPU_NO_AVX512` turns it off
 /// for comparisons).
 pub(crate) fn available() -> bool {
+    #[cfg(test)]
+    if tests::NO_AVX512.get() {
+        return false;
+    }
     #[cfg(target_arch = "x86_64")]
     {
         static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -152,7 +157,7 @@ unsafe fn kernel<const R: usize, const DIRECT: bool>(
 
 /// The register tile for `rows` (≤ `MR`) rows of C: 4, 8 or 12 rows of accumulators (a
 /// 64-row C is five 12-row tiles and a 4-row one, not six of 12: 64/72 of the FMAs were
-/// useful before, all of them now).
+/// useful before, all of them now); without AVX-512, the AVX2 tile (6-row sub-tiles).
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::type_complexity)]
 fn kernel_for(rows: usize) -> Kernel {
@@ -277,7 +282,8 @@ fn gemm_serial<SA: PackSrc, SB: PackSrc>(
 /// `dst[m, n] (+)= lhs[m, k] · rhs[k, n]` with element strides (row, col) per operand; `dst`
 /// contiguous, `m, n, k > 0`. The operands are f32, or f16 widened exactly while packed (the
 /// same f32 products and sums as widening them first), or f32 rounded to f16 while packed
-/// ([`RoundedF16`](super::sgemm_pack::RoundedF16)). Callers check `SA::simd()` and
+/// ([`RoundedF16`](super::sgemm_pack::RoundedF16)), or (the AVX2 packers only) bf16 widened
+/// or f32 rounded to bf16 ([`RoundedBf16`](super::amx_pack::RoundedBf16)). Callers check `SA::simd()` and
 /// `SB::simd()` (for f32: `available()`), or (the AVX2 tile, where there is no AVX-512)
 /// `SA::avx2()` and `SB::avx2()`, and the slice extents (as for `gemm_strided`).
 /// Shapes that use the kernel's tiles better transposed run so ([`transposed_better`]).
@@ -402,14 +408,41 @@ unsafe fn transpose_avx512(src: &[f32], (rows, cols): (usize, usize), dst: &mut 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    thread_local! {
+        /// Turns the AVX-512 kernel and packers off on this test thread ([`without_avx512`]).
+        pub(super) static NO_AVX512: std::cell::Cell<bool> =
+            const { std::cell::Cell::new(false) };
+    }
+
+    /// Runs `f` on this thread as on a CPU without AVX-512 (the AVX2 tile and packers, where
+    /// the CPU has AVX2).
+    pub(crate) fn without_avx512(f: impl FnOnce()) {
+        NO_AVX512.set(true);
+        f();
+        NO_AVX512.set(false);
+    }
+
+    /// Runs `check` as the CPU is, and again without AVX-512 where it has it (so that an
+    /// AVX-512 machine tests the AVX2 path too).
+    fn as_is_and_without_avx512(check: impl Fn()) {
+        check();
+        if available() {
+            without_avx512(check);
+        }
+    }
 
     /// Odd sizes across every blocking edge, both operand layouts, overwrite and accumulate,
     /// against an f64 reference within the GEMM bound (on the AVX-512 tile, else the AVX2 one:
     /// full and partial sub-tiles, A read in place).
     #[test]
     fn matches_f64_reference_at_odd_sizes() {
+        as_is_and_without_avx512(matches_f64_reference_at_odd_sizes_here);
+    }
+
+    fn matches_f64_reference_at_odd_sizes_here() {
         if !available() && !super::super::sgemm_avx2::available() {
             println!("skipped: this CPU has neither AVX-512F nor AVX2/FMA/F16C");
             return;
@@ -456,6 +489,10 @@ mod tests {
     /// order), overwriting and accumulating, for strided operands of both layouts.
     #[test]
     fn transposed_run_gives_the_same_bits() {
+        as_is_and_without_avx512(transposed_run_gives_the_same_bits_here);
+    }
+
+    fn transposed_run_gives_the_same_bits_here() {
         if !available() && !super::super::sgemm_avx2::available() {
             println!("skipped: this CPU has neither AVX-512F nor AVX2/FMA/F16C");
             return;
@@ -501,6 +538,10 @@ mod tests {
     /// (on the AVX2 packers) bf16 ones.
     #[test]
     fn half_operands_match_f64_reference() {
+        as_is_and_without_avx512(half_operands_match_f64_reference_here);
+    }
+
+    fn half_operands_match_f64_reference_here() {
         use half::{bf16, f16};
         let shapes = [(1, 1, 1), (13, 33, 7), (37, 65, 300), (64, 96, 513)];
         let mut rnd = super::super::gemm_check::uniform(0x6C07_8965_2F4A_7C15);
@@ -536,6 +577,10 @@ mod tests {
     /// widen for the crate; against the f64 reference.
     #[test]
     fn narrow_half_products_match_f64_reference() {
+        as_is_and_without_avx512(narrow_half_products_match_f64_reference_here);
+    }
+
+    fn narrow_half_products_match_f64_reference_here() {
         use half::f16;
         let mut rnd = super::super::gemm_check::uniform(0x3C6E_F372_FE94_F82B);
         let shapes = [

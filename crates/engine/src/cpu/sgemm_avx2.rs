@@ -17,14 +17,16 @@
 //! AVX2 kernel (`16 × 6`): f16 products should run at the crate's f32 speed without the
 //! copies.
 
-use super::sgemm::MR;
-use super::sgemm_pack::PackSrc;
+#[cfg(target_arch = "x86_64")]
+use super::{sgemm::MR, sgemm_pack::PackSrc};
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 /// Rows of the sub-tile.
+#[cfg(target_arch = "x86_64")]
 const SR: usize = 6;
 /// Columns of the sub-tile (two ymm vectors).
+#[cfg(target_arch = "x86_64")]
 const SC: usize = 16;
 
 /// Whether this CPU runs the AVX2 tile and packers (AVX2, FMA and F16C; detected once;
@@ -81,7 +83,7 @@ pub(crate) unsafe fn tile<const DIRECT: bool>(
             }
             // SAFETY: rows r·SR.. of the tile (packed: values r·SR.. of each k group, zero past
             // `rows`; in place: whole rows, as `rows == MR`), columns h·SC.. of the B sliver
-            // and of C, as the caller guarantees.
+            // and of C (`width > 0` of them: inside C), as the caller guarantees.
             unsafe {
                 let a_r = a.add(r * SR * if DIRECT { a_rs } else { 1 });
                 let c_r = c.add(r * SR * c_rs + h * SC);
@@ -94,8 +96,9 @@ pub(crate) unsafe fn tile<const DIRECT: bool>(
 
 /// `C[height × width] (+)= A[6 × kc] · B[kc × 16]`: six rows of A (packed: `MR` values per `k`
 /// step, the first six used; in place when `DIRECT`: rows `a_rs` apart, `k` steps `a_cs` apart)
-/// broadcast against two vectors of a B row, in 12 accumulators; C rows `c_rs` apart, loaded
-/// and stored masked to `width` columns.
+/// broadcast against two vectors of a B row, in 12 accumulators; C rows `c_rs` apart. Rows of
+/// C narrower than 16 go through a 16-value copy (no access past their `width` values: AMD
+/// leaves faults on masked-off lanes of `vmaskmovps` implementation-defined).
 ///
 /// # Safety
 /// AVX2 and FMA; A's six rows and B's `kc` rows of 16 values are readable; C's `height` rows
@@ -111,22 +114,20 @@ unsafe fn sub_tile<const DIRECT: bool>(
     load_c: bool,
 ) {
     let full = width == SC;
-    let (m0, m1) = (lanes(width.min(8)), lanes(width.saturating_sub(8)));
     let mut acc = [[_mm256_setzero_ps(); 2]; SR];
     if load_c {
         for (i, row) in acc.iter_mut().enumerate().take(height) {
-            let ci = c.wrapping_add(i * c_rs);
-            // SAFETY: row i < height of C holds `width` writable (so readable) values; the
-            // masked loads read no lane past them.
+            // SAFETY: row i < height of C holds `width` writable (so readable) values.
             unsafe {
-                *row = if full {
-                    [_mm256_loadu_ps(ci), _mm256_loadu_ps(ci.add(8))]
+                let ci = c.add(i * c_rs);
+                let mut edge = [0f32; SC];
+                let from = if full {
+                    ci.cast_const()
                 } else {
-                    [
-                        _mm256_maskload_ps(ci, m0),
-                        _mm256_maskload_ps(ci.wrapping_add(8), m1),
-                    ]
+                    std::ptr::copy_nonoverlapping(ci, edge.as_mut_ptr(), width);
+                    edge.as_ptr()
                 };
+                *row = [_mm256_loadu_ps(from), _mm256_loadu_ps(from.add(8))];
             }
         }
     }
@@ -144,30 +145,20 @@ unsafe fn sub_tile<const DIRECT: bool>(
         }
     }
     for (i, row) in acc.iter().enumerate().take(height) {
-        let ci = c.wrapping_add(i * c_rs);
-        // SAFETY: row i < height of C holds `width` writable values; the masked stores write
-        // no lane past them.
+        // SAFETY: row i < height of C holds `width` writable values.
         unsafe {
+            let ci = c.add(i * c_rs);
             if full {
                 _mm256_storeu_ps(ci, row[0]);
                 _mm256_storeu_ps(ci.add(8), row[1]);
             } else {
-                _mm256_maskstore_ps(ci, m0, row[0]);
-                _mm256_maskstore_ps(ci.wrapping_add(8), m1, row[1]);
+                let mut edge = [0f32; SC];
+                _mm256_storeu_ps(edge.as_mut_ptr(), row[0]);
+                _mm256_storeu_ps(edge.as_mut_ptr().add(8), row[1]);
+                std::ptr::copy_nonoverlapping(edge.as_ptr(), ci, width);
             }
         }
     }
-}
-
-/// Lanes `0..n` set (`n ≤ 8`), as the mask of `vmaskmovps`.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2")]
-pub(crate) fn lanes(n: usize) -> __m256i {
-    _mm256_cmpgt_epi32(
-        _mm256_set1_epi32(n as i32),
-        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-    )
 }
 
 /// `out[p * NR + j] = src[p * rs + j]` for `j < cols` (≤ `NR`), 0 past it, for `p < kc`: four
@@ -245,8 +236,8 @@ pub(crate) unsafe fn copy_columns<S: PackSrc>(
 }
 
 /// `sgemm_pack::transpose_rows` in 8 × 8 blocks: 8 source rows loaded 8 values at a time
-/// (masked at the `len` tail; empty rows are zero vectors), transposed in registers, stored as
-/// 8 destination rows of up to 8 values (4 lanes or masked at the `width` edge). Blocks of 8
+/// (fewer at the `len` tail; empty rows are zero vectors), transposed in registers, stored as
+/// 8 destination rows of up to 8 values (4 lanes, or copied, at the `width` edge). Blocks of 8
 /// whole rows run without any of those branches.
 ///
 /// # Safety
@@ -296,7 +287,11 @@ pub(crate) unsafe fn transpose_rows<S: PackSrc>(
                     match count {
                         8 => _mm256_storeu_ps(to, *v),
                         4 => _mm_storeu_ps(to, _mm256_castps256_ps128(*v)),
-                        _ => _mm256_maskstore_ps(to, lanes(count), *v),
+                        _ => {
+                            let mut edge = [0f32; 8];
+                            _mm256_storeu_ps(edge.as_mut_ptr(), *v);
+                            std::ptr::copy_nonoverlapping(edge.as_ptr(), to, count);
+                        }
                     }
                 }
             }

@@ -1,25 +1,29 @@
-//! Packing for the AVX-512 f32 GEMM (`sgemm`): A into `MR`-row slivers, B into `KC × NR`
-//! slivers. The operands whose `k` runs along their contiguous axis — a row-major A (the
+//! Packing for our f32 GEMM (`sgemm`, AVX-512 or AVX2 tile): A into `MR`-row slivers, B into
+//! `KC × NR` slivers. The operands whose `k` runs along their contiguous axis — a row-major A (the
 //! forward weight, the weight gradient's `dy`) and a column-major B (the weight gradient's
 //! im2col matrix read transposed) — must be transposed on the way in; element by element that
 //! cost 40 % of the kernel's own time in a 224-px training step, so those two cases move
-//! 16 × 16 blocks through registers instead (four shuffle stages, [`transpose16`]). The other
+//! 16 × 16 blocks through registers instead (four shuffle stages, [`transpose16`]; 8 × 8 blocks
+//! under AVX2, `sgemm_avx2::transpose_rows`). The other
 //! layouts are plain copies. Packing only moves values: the packed slivers hold exactly the
 //! operands' elements (and zeros past the edges).
 //!
-//! The operands may also be f16 ([`PackSrc`]): they are widened (exactly) as they are packed,
-//! so an f16 convolution runs the f32 kernel without a widened copy of each operand first.
+//! The operands may also be f16 or bf16 ([`PackSrc`]; bf16 on the AVX2 packers only): they are
+//! widened (exactly) as they are packed, so a half convolution runs the f32 kernel without a
+//! widened copy of each operand first; and an autocast weight (f32) is rounded to the half type
+//! as it is packed.
 
 use super::amx_pack::RoundedBf16;
 use super::sgemm::{MR, NR};
 use half::{bf16, f16};
 
-/// An operand element the packers read: f32, or f16 widened exactly on the way in.
+/// An operand element the packers read: f32, f16 or bf16 widened exactly on the way in, or f32
+/// rounded to f16 or bf16 (an autocast weight).
 pub(crate) trait PackSrc: Copy + Send + Sync + 'static {
     /// The value as f32 (exact).
     fn to_f32(self) -> f32;
-    /// Whether this CPU runs [`PackSrc::load16`] (AVX-512F and BW for both types, so the
-    /// packers, compiled for both, inline it).
+    /// Whether this CPU runs [`PackSrc::load16`] (AVX-512F and BW for every type that has it,
+    /// so the packers, compiled for both, inline it; false for the bf16 types).
     fn simd() -> bool;
     /// The slice itself when `Self` is f32 (the GEMM may then read A in place, unpacked).
     fn as_f32(s: &[Self]) -> Option<&[f32]>;
@@ -59,8 +63,8 @@ pub(crate) trait PackSrc: Copy + Send + Sync + 'static {
     unsafe fn load8(p: *const Self, n: usize) -> std::arch::x86_64::__m256;
 }
 
-/// The first `n` (1 to 8) f32 values at `p` (other lanes 0): a plain load when all 8, else a
-/// masked one (which reads no lane past them).
+/// The first `n` (1 to 8) f32 values at `p` (other lanes 0): a plain load when all 8 (or a
+/// 4-lane one for 4), else the `n` values copied into a zeroed group (no access past them).
 ///
 /// # Safety
 /// AVX2; the `n` values are readable.
@@ -76,7 +80,9 @@ unsafe fn load8_f32(p: *const f32, n: usize) -> std::arch::x86_64::__m256 {
         } else if n == 4 {
             _mm256_insertf128_ps::<0>(_mm256_setzero_ps(), _mm_loadu_ps(p))
         } else {
-            _mm256_maskload_ps(p, super::sgemm_avx2::lanes(n))
+            let mut group = [0f32; 8];
+            std::ptr::copy_nonoverlapping(p, group.as_mut_ptr(), n.min(8));
+            _mm256_loadu_ps(group.as_ptr())
         }
     }
 }
@@ -336,7 +342,7 @@ pub(crate) fn pack_a<S: PackSrc>(
         let rows = (m - s * MR).min(MR);
         let first = s * MR * rs + k0 * cs;
         if rs == 1 && rows == MR {
-            // Column-major A without AVX-512: each k step's 12 rows are adjacent.
+            // Column-major A without AVX-512 or AVX2: each k step's 12 rows are adjacent.
             for (p, d) in dst.chunks_exact_mut(MR).enumerate() {
                 for (v, x) in d.iter_mut().zip(&a[first + p * cs..][..MR]) {
                     *v = x.to_f32();
@@ -601,12 +607,15 @@ mod tests {
     use super::*;
 
     /// Both packers against their element-wise definition, at odd sizes and every layout,
-    /// for f32 operands and f16 ones (widened exactly while packed): with AVX-512 (where the
-    /// CPU has it), else with AVX2 and with the AVX2 path turned off (the scalar branches).
+    /// for f32, f16 and bf16 operands (widened exactly while packed) and f32 rounded to either:
+    /// with AVX-512 (where the CPU has it), with AVX2, and with neither (the scalar branches;
+    /// each turned off on the test thread).
     #[test]
     fn packs_equal_their_definition() {
+        use super::super::{sgemm::tests::without_avx512, sgemm_avx2::tests::without_avx2};
         check_all_packers();
-        super::super::sgemm_avx2::tests::without_avx2(check_all_packers);
+        without_avx512(check_all_packers);
+        without_avx512(|| without_avx2(check_all_packers));
     }
 
     fn check_all_packers() {

@@ -6,7 +6,9 @@
 //! B (`k × n`, small) is packed, transposed. This module is the driver (the packing of Bᵀ, the
 //! split into parallel tasks, the write-back); the kernels are per unit: bf16 on `VDPBF16PS`
 //! ([`bf16_skinny`](super::bf16_skinny)), f16 widened to f32 for FMA
-//! ([`f16_skinny`](super::f16_skinny)).
+//! ([`f16_skinny`](super::f16_skinny)), and — where there is AVX2 but no AVX-512 — f16 and
+//! bf16 widened for 8-lane FMA ([`half_skinny_avx2`](super::half_skinny_avx2), with fewer
+//! accumulators: 16 vector registers, not 32).
 //!
 //! Two kernels each, by A's layout:
 //! - **row-major A** (a forward weight): vectors run along `k` — one row of A against one
@@ -136,7 +138,7 @@ impl<A, P> Job<'_, A, P> {
     }
 }
 
-/// The AVX2 units' write-back ([`f16_skinny_avx2`](super::f16_skinny_avx2)): 8-lane
+/// The AVX2 unit's write-back ([`half_skinny_avx2`](super::half_skinny_avx2)): 8-lane
 /// accumulators, otherwise as [`Job::put_sums`] and [`Job::put_lanes`].
 #[cfg(target_arch = "x86_64")]
 impl<A, P> Job<'_, A, P> {
