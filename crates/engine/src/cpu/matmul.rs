@@ -137,10 +137,10 @@ pub(crate) fn gemm_f16<A: PackSrc + super::amx::Parts>(
 }
 
 /// [`gemm_strided`] for bf16 operands into an f32 `dst` (A may also be f32 rounded to bf16 on
-/// the way in, [`RoundedBf16`](super::amx_pack::RoundedBf16)): on AMX or AVX512-BF16 where the CPU has one
-/// ([`amx::gemm_bf16`](super::amx::gemm_bf16): exact bf16 products, f32 sums, values below
-/// 2^-126 flushed as those units do), else as [`gemm_packed`] (exact f32 arithmetic on the
-/// widened values). Within DESIGN.md's GEMM bound either way.
+/// the way in, [`RoundedBf16`](super::amx_pack::RoundedBf16)): on AMX or AVX512-BF16 where the
+/// CPU has one ([`amx::gemm_bf16`](super::amx::gemm_bf16): exact bf16 products, f32 sums,
+/// values below 2^-126 flushed as those units do), else as [`gemm_packed`] (exact f32
+/// arithmetic on the widened values). Within DESIGN.md's GEMM bound either way.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_bf16<A: PackSrc + super::amx_pack::AmxSrc + super::amx::Parts>(
     shape: (usize, usize, usize),
@@ -167,11 +167,12 @@ pub(crate) fn gemm_bf16<A: PackSrc + super::amx_pack::AmxSrc + super::amx::Parts
 
 /// A half-precision product (`B` f16 or bf16; `A` the same, or an f32 weight rounded to it as
 /// read) with no unit of its own on this CPU, into f32 (the callers checked the extents): at
-/// most 8 columns through the AVX2 skinny kernel where there is AVX2 (f16 products reach it only
-/// without AVX-512; A read in place, widened or rounded in registers); else through our f32 GEMM (`sgemm`: the AVX-512
-/// tile, or the AVX2 one), which widens or rounds the operands (exactly as a cast would) while
-/// packing, where the CPU has one and the shape suits it; elsewhere the addressed extents are
-/// widened into f32 copies for the `gemm` crate. f32 sums of exact products either way.
+/// most 8 columns through the AVX2 skinny kernel where there is AVX2 (f16 products reach it
+/// only without AVX-512; A read in place, widened or rounded in registers); else through our
+/// f32 GEMM (`sgemm`: the AVX-512 tile, or the AVX2 one), which widens or rounds the operands
+/// (exactly as a cast would) while packing, where the CPU has one and the shape suits it;
+/// elsewhere the addressed extents are widened into f32 copies for the `gemm` crate. f32 sums
+/// of exact products either way.
 #[allow(clippy::too_many_arguments)]
 fn gemm_packed<A: PackSrc, B: PackSrc>(
     (m, n, k): (usize, usize, usize),

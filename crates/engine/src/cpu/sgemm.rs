@@ -283,9 +283,9 @@ fn gemm_serial<SA: PackSrc, SB: PackSrc>(
 /// contiguous, `m, n, k > 0`. The operands are f32, or f16 widened exactly while packed (the
 /// same f32 products and sums as widening them first), or f32 rounded to f16 while packed
 /// ([`RoundedF16`](super::sgemm_pack::RoundedF16)), or (the AVX2 packers only) bf16 widened
-/// or f32 rounded to bf16 ([`RoundedBf16`](super::amx_pack::RoundedBf16)). Callers check `SA::simd()` and
-/// `SB::simd()` (for f32: `available()`), or (the AVX2 tile, where there is no AVX-512)
-/// `SA::avx2()` and `SB::avx2()`, and the slice extents (as for `gemm_strided`).
+/// or f32 rounded to bf16 ([`RoundedBf16`](super::amx_pack::RoundedBf16)). Callers check
+/// `SA::simd()` and `SB::simd()` (for f32: `available()`), or (the AVX2 tile, where there is
+/// no AVX-512) `SA::avx2()` and `SB::avx2()`, and the slice extents (as for `gemm_strided`).
 /// Shapes that use the kernel's tiles better transposed run so ([`transposed_better`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn sgemm<SA: PackSrc, SB: PackSrc>(
@@ -426,7 +426,8 @@ pub(crate) mod tests {
     }
 
     /// Runs `check` as the CPU is, and again without AVX-512 where it has it (so that an
-    /// AVX-512 machine tests the AVX2 path too).
+    /// AVX-512 machine tests the AVX2 path too — in its serial products: rayon's worker
+    /// threads keep their own view, and run their tasks' packing and tiles consistently).
     fn as_is_and_without_avx512(check: impl Fn()) {
         check();
         if available() {
