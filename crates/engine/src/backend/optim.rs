@@ -19,7 +19,7 @@ pub fn check_distinct(op: &'static str, storages: &[&StorageRef]) -> Result<()> 
     Ok(())
 }
 
-/// One parameter's tensors for [`crate::Backend::fused_adam`]; all contiguous, on one device.
+/// One parameter's tensors for [`OptimOps::adam_step`]; all contiguous, on one device.
 #[derive(Debug, Clone)]
 pub struct AdamTensors {
     /// The parameter (F32 or F64 master weights).
