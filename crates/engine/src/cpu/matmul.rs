@@ -113,12 +113,7 @@ pub(crate) fn gemm_f16<A: PackSrc + super::amx::Parts>(
     accumulate: bool,
     parallel: bool,
 ) {
-    let (ea, eb) = (span((m, k), ls), span((k, n), rs));
-    assert!(dst.len() >= m * n, "gemm_f16: dst too small");
-    assert!(
-        lhs.len() >= ea && rhs.len() >= eb,
-        "gemm_f16: operand too small"
-    );
+    checked_extents((m, n, k), dst.len(), (lhs.len(), ls), (rhs.len(), rs));
     #[cfg(target_arch = "x86_64")]
     if m > 0 && n > 0 && k > 0 && A::simd() && f16::simd() && super::skinny::applies(n, ls) {
         // At most 8 columns (a late layer at small images: 512 × 4 × 4608): A read in place,
@@ -155,18 +150,13 @@ pub(crate) fn gemm_bf16<A: PackSrc + super::amx_pack::AmxSrc + super::amx::Parts
     if super::amx::engine().is_some() {
         super::amx::gemm_bf16(shape, dst, lhs, ls, rhs, rs, accumulate, parallel);
     } else {
-        let (ea, eb) = (span((shape.0, shape.2), ls), span((shape.2, shape.1), rs));
-        assert!(dst.len() >= shape.0 * shape.1, "gemm_bf16: dst too small");
-        assert!(
-            lhs.len() >= ea && rhs.len() >= eb,
-            "gemm_bf16: operand too small"
-        );
         gemm_packed(shape, dst, lhs, ls, rhs, rs, accumulate, parallel);
     }
 }
 
 /// A half-precision product (`B` f16 or bf16; `A` the same, or an f32 weight rounded to it as
-/// read) with no unit of its own on this CPU, into f32 (the callers checked the extents): at
+/// read) with no unit of its own on this CPU, into f32 (extents checked: a panic, as for any
+/// slice, when an operand is too short): at
 /// most 8 columns through the AVX2 skinny kernel where there is AVX2 (f16 products reach it
 /// only without AVX-512; A read in place, widened or rounded in registers); else through our
 /// f32 GEMM (`sgemm`: the AVX-512 tile, or the AVX2 one), which widens or rounds the operands
@@ -184,6 +174,7 @@ fn gemm_packed<A: PackSrc, B: PackSrc>(
     accumulate: bool,
     parallel: bool,
 ) {
+    let (ea, eb) = checked_extents((m, n, k), dst.len(), (lhs.len(), ls), (rhs.len(), rs));
     let nonempty = m > 0 && n > 0 && k > 0;
     let avx2 = A::avx2() && B::avx2();
     #[cfg(target_arch = "x86_64")]
@@ -204,13 +195,29 @@ fn gemm_packed<A: PackSrc, B: PackSrc>(
         super::sgemm::sgemm((m, n, k), dst, lhs, ls, rhs, rs, accumulate, parallel);
         return;
     }
-    let (ea, eb) = (span((m, k), ls), span((k, n), rs));
     // (In parallel when long. Should the host cache's allocation fail, a plain one aborts as
     // any `Vec` would.)
     let (a, b) = (A::widened(&lhs[..ea]), B::widened(&rhs[..eb]));
     gemm_strided((m, n, k), dst, &a, ls, &b, rs, accumulate, parallel);
     crate::alloc::recycle(a);
     crate::alloc::recycle(b);
+}
+
+/// The extents a half-precision product reads of its operands (see [`span`]), after checking
+/// that `dst` holds `m × n` values and the operands (lengths, strides) hold their extents.
+fn checked_extents(
+    (m, n, k): (usize, usize, usize),
+    dst: usize,
+    (lhs, ls): (usize, (usize, usize)),
+    (rhs, rs): (usize, (usize, usize)),
+) -> (usize, usize) {
+    let (ea, eb) = (span((m, k), ls), span((k, n), rs));
+    assert!(dst >= m * n, "half-precision GEMM: dst too small");
+    assert!(
+        lhs >= ea && rhs >= eb,
+        "half-precision GEMM: operand too small"
+    );
+    (ea, eb)
 }
 
 /// Whether f16 operands are read as f16 (widened while packed, as are autocast weights rounded
