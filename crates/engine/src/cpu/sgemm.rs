@@ -6,11 +6,13 @@
 //! The shapes hemi multiplies on the CPU are mostly small (one image of a convolution:
 //! `C_out × (H·W) × (C_in·9)`), so packing must cost little: A is packed `KC` deep into
 //! `MR`-row slivers (zero-padded), each `KC × NR` sliver of B (any strides: the weight gradient
-//! reads a transposed one) is packed once and used by every row tile, and a `MR × NR = 12 × 32`
-//! register tile (24 zmm accumulators, A broadcast from the sliver) runs `KC` fused
-//! multiply-adds per element, with masked stores at the column edge. C is accumulated across `KC` passes in memory. Every element is a sum of f32
-//! FMAs in `k` order, so the error bound is DESIGN.md's GEMM bound (`K · 2^-24 · |A||B|`,
-//! within the stated `K · 2^-23`).
+//! reads a transposed one) is packed once per pass and used by every row tile (A in blocks of
+//! rows and B in panels where a pass would outgrow L2, see `gemm_serial`), and a
+//! `MR × NR = 12 × 32` register tile (24 zmm accumulators, A broadcast from the sliver) runs
+//! `KC` fused multiply-adds per element, with masked stores at the column edge. C is
+//! accumulated across `KC` passes in memory. Every element is a sum of f32 FMAs in `k` order,
+//! so the error bound is DESIGN.md's GEMM bound (`K · 2^-24 · |A||B|`, within the stated
+//! `K · 2^-23`).
 //!
 //! Prediction (roofline of one core): 2 FMA units × 16 lanes × 2 flops = 64 flop/cycle; the
 //! kernel issues 24 FMAs per 2 loads + 12 broadcasts per k step, so it is FMA-bound at about
@@ -86,7 +88,7 @@ fn transposed_better((m, n, k): (usize, usize, usize)) -> bool {
     }
 }
 
-use super::sgemm_pack::{pack_a, pack_b_sliver, PackSrc};
+use super::sgemm_pack::{grow, pack_a, pack_b_sliver, PackSrc};
 
 thread_local! {
     /// Packing buffers reused across calls on this thread (no allocation or zero-fill per call).
@@ -206,13 +208,38 @@ pub(crate) fn masks(cols: usize) -> (u16, u16) {
     (m as u16, (m >> 16) as u16)
 }
 
+/// Packed values (f32) of A or B beyond which [`gemm_serial`] blocks an operand: 256 KiB,
+/// which stays in a core's L2 (512 KiB on Zen 3, 2 MiB on Sapphire Rapids) beside the other
+/// operand's sliver.
+const PANEL: usize = 1 << 16;
+/// Rows of A per block where its `m × kc` pass exceeds [`PANEL`]: 16 slivers (192 KiB at
+/// `KC`).
+const MC: usize = 16 * MR;
+/// Passes at most this deep run a block's row tiles across all slivers (see [`gemm_serial`]).
+const SHALLOW: usize = 64;
+
 /// `dst[m × n] (+)= A · B` serially.
+///
+/// Per `KC`-deep pass, A is packed whole or, where that exceeds [`PANEL`] values, `MC` rows
+/// at a time, and each block meets the `KC × NR` slivers of B: packed one at a time where A
+/// is one block, else into a panel of at most `PANEL` values first, so that the blocks do not
+/// pack them again. (Packed whole, the A of an input gradient — `K × C_out` rows, 4608 × 256
+/// f32 or 4.7 MiB at a ResNet's last stage — left L2, and every sliver streamed it back from
+/// L3: 4608 × 32 × 512 with A rounded to f16 ran at 57 GFLOP/s on one Zen 3 core, 59 blocked.)
 ///
 /// A product at most `NR` columns wide (a late ResNet layer at small images: 512 × 32 × 4608)
 /// has one B sliver, so each A value feeds one register tile: packing A there costs a write
 /// and a read of the whole (weight) matrix for 64 flops per value. With f32 operands its
 /// full 12-row tiles read A in place instead (12 row streams, or 12 adjacent values per k for
-/// a column-major A); only the last partial tile is packed (zero rows beyond `m`).
+/// a column-major A; all rows one block); only the last partial tile is packed (zero rows
+/// beyond `m`).
+///
+/// A shallow pass (`kc ≤ SHALLOW`: a weight gradient over few pixels, 512 × 4608 × 32) does
+/// little work per element of C, so C's traffic dominates: there each row tile of a block
+/// sweeps all slivers of the panel, writing C row by row, rather than each sliver sweeping the
+/// row tiles down a 32-column strip of C whose rows are pages apart. On one Zen 3 core
+/// (median of 9 interleaved runs): 512 × 4608 × 32 1.3× (f16 A 63 → 74 GFLOP/s, the `gemm`
+/// crate's f32 74), 512 × 4608 × 4 1.8–2.1× (27 → 39, crate 29).
 fn gemm_serial<SA: PackSrc, SB: PackSrc>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
@@ -229,52 +256,162 @@ fn gemm_serial<SA: PackSrc, SB: PackSrc>(
     let full = if direct.is_some() { m / MR * MR } else { 0 };
     for pc in (0..k).step_by(KC) {
         let kc = KC.min(k - pc);
-        if m > full {
-            pack_a(&a.0[full * a_rs..], a.1, m - full, (pc, kc), pa);
-        }
-        let load_c = accumulate || pc > 0;
-        for j0 in (0..n).step_by(NR) {
-            let cols = NR.min(n - j0);
-            pack_b_sliver(b, (pc, kc), (j0, cols), pb);
-            for i0 in (0..m).step_by(MR) {
-                let rows = MR.min(m - i0);
-                #[cfg(target_arch = "x86_64")]
-                let (tile, a_tile): (Kernel, _) = match direct {
-                    // SAFETY (offset): rows i0..i0+MR and k pc..pc+kc of A lie inside it
-                    // (asserted above: i0 + MR <= m).
-                    Some(a) if i0 < full => (
-                        direct_kernel(),
-                        (unsafe { a.as_ptr().add(i0 * a_rs + pc * a_cs) }, a_rs, a_cs),
-                    ),
-                    // SAFETY (offset): the packed slivers hold (m - full).div_ceil(MR) * kc * MR.
-                    _ => (
-                        kernel_for(rows),
-                        (
-                            unsafe { pa.as_ptr().add((i0 - full) / MR * kc * MR) },
-                            1,
-                            MR,
-                        ),
-                    ),
-                };
-                // SAFETY: `available()` (or the AVX2 tile's `sgemm_avx2::available()`) was
-                // checked by the caller; A as just described; the B
-                // sliver holds kc * NR values; C rows i0..i0+rows have `cols` writable
-                // columns from j0 (dst holds m * n).
-                #[cfg(target_arch = "x86_64")]
-                unsafe {
-                    tile(
-                        kc,
-                        a_tile,
-                        pb.as_ptr(),
-                        NR,
-                        dst.as_mut_ptr().add(i0 * n + j0),
-                        n,
-                        rows,
-                        masks(cols),
-                        load_c,
-                    )
-                };
+        let pass = Pass {
+            pc,
+            kc,
+            load_c: accumulate || pc > 0,
+            by_rows: kc <= SHALLOW,
+        };
+        // Rows per block: all of them when A is read in place or its pass fits L2.
+        let block = if direct.is_some() || m * kc <= PANEL {
+            m
+        } else {
+            MC
+        };
+        // B sliver by sliver as the block reaches it (one block of A, deep passes), else
+        // packed first, a panel of at most PANEL values at a time.
+        let panel = pass.by_rows || block < m;
+        let width = if panel {
+            (PANEL / kc / NR * NR).max(NR)
+        } else {
+            n
+        };
+        for j1 in (0..n).step_by(width) {
+            let cols = width.min(n - j1);
+            if panel {
+                let slivers = cols.div_ceil(NR);
+                grow(pb, slivers * kc * NR);
+                for (s, out) in pb.chunks_exact_mut(kc * NR).take(slivers).enumerate() {
+                    let j0 = j1 + s * NR;
+                    pack_b_sliver(b, (pc, kc), (j0, NR.min(n - j0)), out);
+                }
+            } else {
+                grow(pb, kc * NR);
             }
+            for i1 in (0..m).step_by(block) {
+                let rows = block.min(m - i1);
+                // The block's packed rows (all but those read in place).
+                let first = i1.max(full);
+                if i1 + rows > first {
+                    pack_a(&a.0[first * a_rs..], a.1, i1 + rows - first, (pc, kc), pa);
+                }
+                let a_block = ABlock {
+                    in_place: direct.map(|a| (a, (a_rs, a_cs))),
+                    packed: pa,
+                    first,
+                };
+                let c = Strip {
+                    rows: i1..i1 + rows,
+                    cols: j1..j1 + cols,
+                    n,
+                };
+                run_block(&pass, (a_block, (b, pb, panel)), (dst, c));
+            }
+        }
+    }
+}
+
+/// One `KC`-deep pass of [`gemm_serial`].
+struct Pass {
+    pc: usize,
+    kc: usize,
+    /// Whether C holds sums to add to (accumulating, or a later pass).
+    load_c: bool,
+    /// Whether each row tile sweeps the slivers ([`SHALLOW`]).
+    by_rows: bool,
+}
+
+/// A block's A: its rows from `first` packed into `packed`; those above it (full `MR`-row
+/// tiles of an f32 A) read in place, with their strides.
+struct ABlock<'a> {
+    in_place: Option<(&'a [f32], (usize, usize))>,
+    packed: &'a [f32],
+    first: usize,
+}
+
+/// The rows and columns of C a block computes (C's rows `n` apart).
+struct Strip {
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    n: usize,
+}
+
+/// B of [`run_block`]: the operand, the packing buffer, and whether that holds the strip's
+/// slivers already (a panel) or gets each sliver packed as it is reached.
+type BSource<'a, 'b, S> = (Operand<'a, S>, &'b mut Vec<f32>, bool);
+
+/// The register tiles of one block of A against the strip's columns of B: sliver by sliver
+/// down the rows, or (`by_rows`) row tile by row tile across the slivers.
+fn run_block<SB: PackSrc>(
+    pass: &Pass,
+    (a, (b, pb, panel)): (ABlock<'_>, BSource<'_, '_, SB>),
+    (dst, c): (&mut [f32], Strip),
+) {
+    let Pass { pc, kc, load_c, .. } = *pass;
+    let slivers = c.cols.len().div_ceil(NR);
+    let mut tile_at = |i0: usize, s: usize, sliver: &[f32]| {
+        let (j0, rows) = (c.cols.start + s * NR, MR.min(c.rows.end - i0));
+        let cols = NR.min(c.cols.end - j0);
+        #[cfg(target_arch = "x86_64")]
+        let (tile, a_tile): (Kernel, _) = match a.in_place {
+            // SAFETY (offset): rows i0..i0+MR and k pc..pc+kc of A lie inside it (asserted
+            // by the caller: i0 + MR <= first <= m).
+            Some((a_full, (a_rs, a_cs))) if i0 < a.first => (
+                direct_kernel(),
+                (
+                    unsafe { a_full.as_ptr().add(i0 * a_rs + pc * a_cs) },
+                    a_rs,
+                    a_cs,
+                ),
+            ),
+            // SAFETY (offset): the packed slivers of rows `first..` hold
+            // (c.rows.end - first).div_ceil(MR) * kc * MR values.
+            _ => (
+                kernel_for(rows),
+                (
+                    unsafe { a.packed.as_ptr().add((i0 - a.first) / MR * kc * MR) },
+                    1,
+                    MR,
+                ),
+            ),
+        };
+        // SAFETY: `available()` (or the AVX2 tile's `sgemm_avx2::available()`) was checked
+        // by the caller; A as just described; the sliver holds kc * NR values; C rows
+        // i0..i0+rows have `cols` writable columns from j0 (dst holds m * n).
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            tile(
+                kc,
+                a_tile,
+                sliver.as_ptr(),
+                NR,
+                dst.as_mut_ptr().add(i0 * c.n + j0),
+                c.n,
+                rows,
+                masks(cols),
+                load_c,
+            )
+        };
+    };
+    let tiles = c.rows.clone().step_by(MR);
+    if pass.by_rows {
+        for i0 in tiles {
+            for (s, sliver) in pb.chunks_exact(kc * NR).take(slivers).enumerate() {
+                tile_at(i0, s, sliver);
+            }
+        }
+        return;
+    }
+    for s in 0..slivers {
+        let sliver = if panel {
+            &pb[s * kc * NR..][..kc * NR]
+        } else {
+            let j0 = c.cols.start + s * NR;
+            pack_b_sliver(b, (pc, kc), (j0, NR.min(c.cols.end - j0)), pb);
+            &pb[..kc * NR]
+        };
+        for i0 in tiles.clone() {
+            tile_at(i0, s, sliver);
         }
     }
 }
@@ -471,6 +608,60 @@ pub(crate) mod tests {
                 sgemm(shape, c, a, sa, b, sb, accumulate, true)
             },
         );
+    }
+
+    /// The serial driver's blocking (`gemm_serial`), whatever the thread count: A in blocks of
+    /// `MC` rows over panels of B (several panels: 300 × 600 × 300), one sliver wide (A read
+    /// in place where f32: 430 × 32 × 300), shallow passes with row tiles sweeping the slivers
+    /// (the last 44 deep of 401 × 64 × 300; 200 × 2100 × 40 over two panels), against the f64
+    /// reference, for f32 and f16 operands (f16: A always packed).
+    #[test]
+    fn blocked_passes_match_f64_reference() {
+        as_is_and_without_avx512(blocked_passes_match_f64_reference_here);
+    }
+
+    fn blocked_passes_match_f64_reference_here() {
+        use half::f16;
+        if !available() && !super::super::sgemm_avx2::available() {
+            println!("skipped: this CPU has neither AVX-512F nor AVX2/FMA/F16C");
+            return;
+        }
+        let shapes = [
+            (300, 600, 300),
+            (430, 32, 300),
+            (401, 64, 300),
+            (200, 2100, 40),
+        ];
+        assert!(shapes
+            .iter()
+            .all(|&(m, _, k)| m * k.min(KC) > PANEL || k <= SHALLOW));
+        fn serial<S: PackSrc>(
+            shape: (usize, usize, usize),
+            c: &mut [f32],
+            (a, sa): (&[S], (usize, usize)),
+            (b, sb): (&[S], (usize, usize)),
+            accumulate: bool,
+        ) {
+            let (mut pa, mut pb) = (Vec::new(), Vec::new());
+            gemm_serial(shape, c, (a, sa), (b, sb), accumulate, (&mut pa, &mut pb));
+        }
+        let mut rnd = super::super::gemm_check::uniform(0x5DEE_CE66_D1CE_4E5B);
+        super::super::gemm_check::check_against_f64(
+            &shapes,
+            &mut rnd,
+            f64::from,
+            &|shape, c, a, sa, b, sb, accumulate, _| serial(shape, c, (a, sa), (b, sb), accumulate),
+        );
+        if f16::simd() || f16::avx2() {
+            super::super::gemm_check::check_against_f64(
+                &shapes,
+                || f16::from_f32(rnd()),
+                f16::to_f64,
+                &|shape, c, a, sa, b, sb, accumulate, _| {
+                    serial(shape, c, (a, sa), (b, sb), accumulate)
+                },
+            );
+        }
     }
 
     /// The orientation choice: narrow products and mostly masked last tiles transpose, full

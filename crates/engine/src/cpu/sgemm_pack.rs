@@ -297,7 +297,7 @@ unsafe fn load8_u16(p: *const u16, n: usize) -> std::arch::x86_64::__m128i {
 
 /// Makes `out` at least `len` long (the packers write every element they use: a buffer reused
 /// across calls is not zero-filled again each time it had been shorter).
-fn grow(out: &mut Vec<f32>, len: usize) {
+pub(crate) fn grow(out: &mut Vec<f32>, len: usize) {
     if out.len() < len {
         out.resize(len, 0.0);
     }
@@ -375,14 +375,14 @@ pub(crate) fn pack_a<S: PackSrc>(
 /// Copies columns `j0..j0+cols` of rows `p0..p0+kc` of B (element `(r, c)` at
 /// `b[r*rs + c*cs]`) into a `kc × NR` sliver, zero-padded past `cols`. B's own rows are often a
 /// power-of-two bytes apart, which would map a whole sliver onto a few L1 sets; packed, it is
-/// one sequential stream.
+/// one sequential stream. `out` holds at least `kc × NR` values.
 pub(crate) fn pack_b_sliver<S: PackSrc>(
     (b, (rs, cs)): (&[S], (usize, usize)),
     (p0, kc): (usize, usize),
     (j0, cols): (usize, usize),
-    out: &mut Vec<f32>,
+    out: &mut [f32],
 ) {
-    grow(out, kc * NR);
+    let out = &mut out[..kc * NR];
     if cs == 1 {
         #[cfg(target_arch = "x86_64")]
         if (S::simd() || S::avx2()) && cols > 0 {
@@ -690,7 +690,8 @@ mod tests {
             }
             for (p0, kc) in [(0, 1), (2, 16), (7, 33)] {
                 for (j0, n) in [(0, 32), (5, 17), (260, 1), (9, 31)] {
-                    let mut out = Vec::new();
+                    // (Stale values first: the padding must be written, not assumed.)
+                    let mut out = vec![f32::NAN; kc * NR + 3];
                     pack_b_sliver((data, (rs, cs)), (p0, kc), (j0, n), &mut out);
                     for p in 0..kc {
                         for j in 0..NR {
