@@ -7,7 +7,8 @@
 //! `C_out × (H·W) × (C_in·9)`), so packing must cost little: A is packed `KC` deep into
 //! `MR`-row slivers (zero-padded), each `KC × NR` sliver of B (any strides: the weight gradient
 //! reads a transposed one) is packed once per pass and used by every row tile (A in blocks of
-//! rows and B in panels where a pass would outgrow L2, see `gemm_serial`), and a
+//! rows and B in panels where a pass would outgrow L2, B in panels for shallow passes too,
+//! see `gemm_serial`), and a
 //! `MR × NR = 12 × 32` register tile (24 zmm accumulators, A broadcast from the sliver) runs
 //! `KC` fused multiply-adds per element, with masked stores at the column edge. C is
 //! accumulated across `KC` passes in memory. Every element is a sum of f32 FMAs in `k` order,
@@ -208,9 +209,9 @@ pub(crate) fn masks(cols: usize) -> (u16, u16) {
     (m as u16, (m >> 16) as u16)
 }
 
-/// Packed values (f32) of A or B beyond which [`gemm_serial`] blocks an operand: 256 KiB,
-/// which stays in a core's L2 (512 KiB on Zen 3, 2 MiB on Sapphire Rapids) beside the other
-/// operand's sliver.
+/// Packed values (f32) of A or B beyond which [`gemm_serial`] blocks an operand: 256 KiB, so
+/// that a B panel and a 192 KiB block of A stay in a core's L2 together (512 KiB on Zen 3,
+/// 2 MiB on Sapphire Rapids).
 const PANEL: usize = 1 << 16;
 /// Rows of A per block where its `m × kc` pass exceeds [`PANEL`]: 16 slivers (192 KiB at
 /// `KC`).
@@ -221,11 +222,13 @@ const SHALLOW: usize = 64;
 /// `dst[m × n] (+)= A · B` serially.
 ///
 /// Per `KC`-deep pass, A is packed whole or, where that exceeds [`PANEL`] values, `MC` rows
-/// at a time, and each block meets the `KC × NR` slivers of B: packed one at a time where A
-/// is one block, else into a panel of at most `PANEL` values first, so that the blocks do not
-/// pack them again. (Packed whole, the A of an input gradient — `K × C_out` rows, 4608 × 256
-/// f32 or 4.7 MiB at a ResNet's last stage — left L2, and every sliver streamed it back from
-/// L3: 4608 × 32 × 512 with A rounded to f16 ran at 57 GFLOP/s on one Zen 3 core, 59 blocked.)
+/// at a time, and each block meets the `KC × NR` slivers of B: packed one at a time as they
+/// are reached where A is one block and the pass deep, else first into panels of at most
+/// `PANEL` values, so that the blocks (or the row sweeps below) do not pack them again; A is
+/// packed per panel (again for each further panel: a `1/width` share of the FMAs). (Packed
+/// whole, the A of an input gradient — `K × C_out` rows, 4608 × 256 f32 or 4.5 MiB at a
+/// ResNet's last stage — left L2, and every sliver streamed it back from L3: 4608 × 32 × 512
+/// with A rounded to f16, 1.08× blocked on one Zen 3 core, median of 9 interleaved runs.)
 ///
 /// A product at most `NR` columns wide (a late ResNet layer at small images: 512 × 32 × 4608)
 /// has one B sliver, so each A value feeds one register tile: packing A there costs a write
@@ -237,9 +240,10 @@ const SHALLOW: usize = 64;
 /// A shallow pass (`kc ≤ SHALLOW`: a weight gradient over few pixels, 512 × 4608 × 32) does
 /// little work per element of C, so C's traffic dominates: there each row tile of a block
 /// sweeps all slivers of the panel, writing C row by row, rather than each sliver sweeping the
-/// row tiles down a 32-column strip of C whose rows are pages apart. On one Zen 3 core
-/// (median of 9 interleaved runs): 512 × 4608 × 32 1.3× (f16 A 63 → 74 GFLOP/s, the `gemm`
-/// crate's f32 74), 512 × 4608 × 4 1.8–2.1× (27 → 39, crate 29).
+/// row tiles down a 32-column strip of C whose rows are pages apart. On one Zen 3 core, median
+/// new/old ratio of 9 interleaved pairs (best GFLOP/s of each in brackets): 512 × 4608 × 32
+/// 1.32× with A rounded to f16, 1.38× f32 (63 → 74, 52 → 72; the `gemm` crate's f32 74);
+/// 512 × 4608 × 4 2.1×, 1.8× (22 → 36, 27 → 39; crate 29).
 fn gemm_serial<SA: PackSrc, SB: PackSrc>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
@@ -354,10 +358,14 @@ fn run_block<SB: PackSrc>(
         let cols = NR.min(c.cols.end - j0);
         #[cfg(target_arch = "x86_64")]
         let (tile, a_tile): (Kernel, _) = match a.in_place {
-            // SAFETY (offset): rows i0..i0+MR and k pc..pc+kc of A lie inside it (asserted
-            // by the caller: i0 + MR <= first <= m).
+            // SAFETY (offset): rows i0..i0+MR and k pc..pc+kc of A lie inside it (A read in
+            // place is one block: i0 and first = full are multiples of MR, so i0 + MR <=
+            // first <= m, checked below in debug builds).
             Some((a_full, (a_rs, a_cs))) if i0 < a.first => (
-                direct_kernel(),
+                {
+                    debug_assert!(i0 + MR <= a.first);
+                    direct_kernel()
+                },
                 (
                     unsafe { a_full.as_ptr().add(i0 * a_rs + pc * a_cs) },
                     a_rs,
@@ -395,6 +403,8 @@ fn run_block<SB: PackSrc>(
     };
     let tiles = c.rows.clone().step_by(MR);
     if pass.by_rows {
+        // (Row sweeps read the panel packed for this pass.)
+        debug_assert!(panel && pb.len() >= slivers * kc * NR);
         for i0 in tiles {
             for (s, sliver) in pb.chunks_exact(kc * NR).take(slivers).enumerate() {
                 tile_at(i0, s, sliver);
@@ -613,8 +623,9 @@ pub(crate) mod tests {
     /// The serial driver's blocking (`gemm_serial`), whatever the thread count: A in blocks of
     /// `MC` rows over panels of B (several panels: 300 × 600 × 300), one sliver wide (A read
     /// in place where f32: 430 × 32 × 300), shallow passes with row tiles sweeping the slivers
-    /// (the last 44 deep of 401 × 64 × 300; 200 × 2100 × 40 over two panels), against the f64
-    /// reference, for f32 and f16 operands (f16: A always packed).
+    /// (the last 44 deep of 401 × 64 × 300; 200 × 2100 × 40 over two panels; 1100 × 100 × 60
+    /// over six blocks of A), against the f64 reference, for f32 and f16 operands (f16: A
+    /// always packed).
     #[test]
     fn blocked_passes_match_f64_reference() {
         as_is_and_without_avx512(blocked_passes_match_f64_reference_here);
@@ -631,10 +642,8 @@ pub(crate) mod tests {
             (430, 32, 300),
             (401, 64, 300),
             (200, 2100, 40),
+            (1100, 100, 60),
         ];
-        assert!(shapes
-            .iter()
-            .all(|&(m, _, k)| m * k.min(KC) > PANEL || k <= SHALLOW));
         fn serial<S: PackSrc>(
             shape: (usize, usize, usize),
             c: &mut [f32],
